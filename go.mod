@@ -1,0 +1,3 @@
+module github.com/ironclaw/ironclaw
+
+go 1.26.8
