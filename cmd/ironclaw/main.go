@@ -1,0 +1,89 @@
+// Command ironclaw runs commands and MCP tool servers in disposable sandboxes.
+//
+// This package only parses flags and wires the internal packages together;
+// each subcommand lives in its own file and is registered in newRootCmd.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a process exit status out of a subcommand without
+// printing anything more: the subcommand has already said what happened.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// globals are the settings every subcommand shares.
+type globals struct {
+	root   string // state directory
+	logger *slog.Logger
+	debug  bool
+}
+
+func newRootCmd(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ironclaw",
+		Short:         "Run untrusted agent code and MCP servers in disposable sandboxes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			level := slog.LevelWarn
+			if g.debug {
+				level = slog.LevelDebug
+			}
+			g.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+		},
+	}
+	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "state directory (env IRONCLAW_ROOT)")
+	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
+	for _, sub := range subcommands {
+		root.AddCommand(sub(g))
+	}
+	return root
+}
+
+// subcommands lists the constructors of every subcommand, one file each.
+var subcommands = []func(*globals) *cobra.Command{}
+
+const defaultRoot = "/run/ironclaw"
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	if reexec() {
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	g := &globals{logger: slog.Default()}
+	err := newRootCmd(g).ExecuteContext(ctx)
+	var ee exitError
+	switch {
+	case errors.As(err, &ee):
+		os.Exit(ee.code)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "ironclaw:", err)
+		os.Exit(125)
+	}
+}
+
+// reexec runs the in-sandbox side of IronClaw when this binary was
+// re-executed as a sandbox's init (or another helper stage) and reports
+// whether it did. It runs before any flag parsing.
+func reexec() bool {
+	return false
+}
