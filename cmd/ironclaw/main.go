@@ -10,10 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/state"
 )
 
 // exitError carries a process exit status out of a subcommand without
@@ -54,7 +55,7 @@ func newRootCmd(g *globals) *cobra.Command {
 // subcommands lists the constructors of every subcommand, one file each.
 var subcommands = []func(*globals) *cobra.Command{}
 
-const defaultRoot = "/run/ironclaw"
+const defaultRoot = state.DefaultRoot
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -67,10 +68,8 @@ func main() {
 	if reexec() {
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
 	g := &globals{logger: slog.Default()}
-	err := newRootCmd(g).ExecuteContext(ctx)
+	err := newRootCmd(g).ExecuteContext(context.Background())
 	var ee exitError
 	switch {
 	case errors.As(err, &ee):
@@ -82,8 +81,12 @@ func main() {
 }
 
 // reexec runs the in-sandbox side of IronClaw when this binary was
-// re-executed as a sandbox's init (or another helper stage) and reports
-// whether it did. It runs before any flag parsing.
+// re-executed as a sandbox's init (or another helper stage); those never
+// return. It runs before any flag parsing.
 func reexec() bool {
+	jail.MaybeInit()
 	return false
 }
+
+// cmdContext is the context commands run under.
+func cmdContext() context.Context { return context.Background() }

@@ -44,3 +44,20 @@ func RequireCommand(t testing.TB, name string) string {
 	Require(t, err == nil, "needs "+name+" on PATH")
 	return p
 }
+
+// SearchableTempDir returns a fresh directory that other users can search
+// (mode 0711), removed when the test ends. Sandbox state roots need it: a
+// sandbox's init runs as an unprivileged host uid and walks into the root,
+// while t.TempDir's parents are private.
+func SearchableTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ironclaw-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/state"
+)
+
+func init() { subcommands = append(subcommands, newGCCmd) }
+
+func newGCCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Reclaim what sandboxes of dead ironclaw processes left behind",
+		Long: `Reclaim the processes, cgroups, network namespaces, links, firewall tables
+and files of sandboxes whose ironclaw process died (even by SIGKILL). Only
+objects named in IronClaw's own records under --root are touched. Every
+start runs the same collection first.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root, err := state.Open(g.root)
+			if err != nil {
+				return err
+			}
+			n, err := root.Collect(g.reclaim)
+			fmt.Printf("reclaimed %d sandbox(es)\n", n)
+			return err
+		},
+	}
+}
+
+// reclaim removes the kernel objects recorded in a dead sandbox's state
+// directory, backend first (its processes hold the rest), then network.
+func (g *globals) reclaim(dir string) error {
+	return jail.Reclaim(dir)
+}

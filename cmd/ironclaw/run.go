@@ -1,0 +1,211 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
+)
+
+// runFlags are the flags of `ironclaw run`, as typed.
+type runFlags struct {
+	name     string
+	mounts   []string
+	workdir  string
+	rootfs   string
+	env      []string
+	envFiles []string
+	user     string
+	memory   string
+	pids     int64
+	cpus     float64
+	nofile   uint64
+	fsize    string
+	timeout  time.Duration
+	tty      bool
+}
+
+func init() { subcommands = append(subcommands, newRunCmd) }
+
+func newRunCmd(g *globals) *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Run a command in a fresh, disposable sandbox",
+		Long: `Run CMD in a fresh namespace jail and destroy the jail afterwards.
+
+The command sees read-only host system directories (/usr, /bin, /lib*, /sbin),
+a generated /etc, a private /proc, /dev and /tmp, and a writable /workspace,
+and nothing else of the host unless granted with --mount. It runs as an
+unprivileged user with no capabilities, in a new session, with a clean
+environment, and with loopback-only networking.
+
+Exit status: the command's own; 128+N if it died of signal N; 124 on
+--timeout; 125 if the sandbox could not start; 126/127 if the command
+could not be executed or found.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := f.spec(args)
+			if err != nil {
+				return err
+			}
+			return runSandbox(g, spec)
+		},
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false)
+	fl.StringVar(&f.name, "name", "", "sandbox ID (default: generated)")
+	fl.StringArrayVarP(&f.mounts, "mount", "m", nil, "grant a host path: HOST:GUEST[:ro|rw] (read-only unless rw)")
+	fl.StringVarP(&f.workdir, "workdir", "w", "", "host directory mounted read-write at /workspace (default: a fresh empty one)")
+	fl.StringVar(&f.rootfs, "rootfs", "", "prepared root directory to use instead of the host's system directories")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set KEY=VALUE in the command's environment")
+	fl.StringArrayVar(&f.envFiles, "env-file", nil, "read KEY=VALUE lines from a file")
+	fl.StringVarP(&f.user, "user", "u", "sandbox", "user inside the sandbox: sandbox (1000), root, UID or UID:GID")
+	fl.StringVar(&f.memory, "memory", sandbox.FormatSize(sandbox.DefaultResources.MemoryBytes), "memory limit, e.g. 512m; 0 for none")
+	fl.Int64Var(&f.pids, "pids", sandbox.DefaultResources.Pids, "limit on processes and threads; 0 for none")
+	fl.Float64Var(&f.cpus, "cpus", 0, "CPU limit in CPUs, e.g. 0.5; 0 for none")
+	fl.Uint64Var(&f.nofile, "nofile", sandbox.DefaultResources.NoFile, "limit on open files per process (RLIMIT_NOFILE)")
+	fl.StringVar(&f.fsize, "fsize", sandbox.FormatSize(sandbox.DefaultResources.FileSize), "largest file a process may write (RLIMIT_FSIZE); 0 for none")
+	fl.DurationVar(&f.timeout, "timeout", 0, "kill the sandbox after this long, e.g. 30s; 0 for none")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "give the command a pseudo-terminal")
+	return cmd
+}
+
+// spec turns the flags into a validated Spec.
+func (f *runFlags) spec(args []string) (sandbox.Spec, error) {
+	s := sandbox.Spec{
+		ID:      f.name,
+		Command: args,
+		Workdir: f.workdir,
+		Rootfs:  f.rootfs,
+		Timeout: f.timeout,
+		TTY:     f.tty,
+	}
+	if s.ID == "" {
+		s.ID = sandbox.NewID()
+	}
+	var err error
+	if s.User, err = sandbox.ParseUser(f.user); err != nil {
+		return s, err
+	}
+	for _, m := range f.mounts {
+		mt, err := sandbox.ParseMount(m)
+		if err != nil {
+			return s, err
+		}
+		s.Mounts = append(s.Mounts, mt)
+	}
+	for _, name := range f.envFiles {
+		fh, err := os.Open(name)
+		if err != nil {
+			return s, fmt.Errorf("--env-file: %w", err)
+		}
+		env, err := sandbox.ParseEnvFile(fh, name)
+		fh.Close()
+		if err != nil {
+			return s, fmt.Errorf("--env-file: %w", err)
+		}
+		s.Env = append(s.Env, env...)
+	}
+	s.Env = append(s.Env, f.env...)
+	if s.Resources.MemoryBytes, err = sandbox.ParseSize(f.memory); err != nil {
+		return s, fmt.Errorf("--memory: %w", err)
+	}
+	if s.Resources.FileSize, err = sandbox.ParseSize(f.fsize); err != nil {
+		return s, fmt.Errorf("--fsize: %w", err)
+	}
+	s.Resources.Pids, s.Resources.CPUs, s.Resources.NoFile = f.pids, f.cpus, f.nofile
+	return s, s.Validate()
+}
+
+// runSandbox runs spec in a jail with the caller's terminal and signals
+// wired through, and exits with the command's status.
+func runSandbox(g *globals, spec sandbox.Spec) error {
+	root, err := state.Open(g.root)
+	if err != nil {
+		return err
+	}
+	if n, err := root.Collect(g.reclaim); err != nil {
+		g.logger.Warn("reclaim leftovers of dead sandboxes", "err", err)
+	} else if n > 0 {
+		g.logger.Info("reclaimed leftovers of dead sandboxes", "count", n)
+	}
+	j, err := jail.New(jail.Config{Root: root, Logger: g.logger})
+	if err != nil {
+		return err
+	}
+
+	// Signals are caught before the sandbox exists, so that none is lost.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+
+	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
+	if spec.TTY && stdinTTY {
+		old, err := term.MakeRaw(int(os.Stdin.Fd()))
+		if err != nil {
+			return fmt.Errorf("set terminal raw mode: %w", err)
+		}
+		defer term.Restore(int(os.Stdin.Fd()), old)
+	}
+	sb, err := j.Start(cmdContext(), spec, jail.Options{IO: jail.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}})
+	if err != nil {
+		return startFailure(spec.ID, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				if s == syscall.SIGWINCH && spec.TTY {
+					if w, h, err := term.GetSize(int(os.Stdin.Fd())); err == nil {
+						_ = sb.ResizeTTY(uint16(h), uint16(w))
+					}
+					continue
+				}
+				_ = sb.Signal(s.(syscall.Signal))
+			}
+		}
+	}()
+	res, err := sb.Wait()
+	close(done)
+	if err != nil {
+		g.logger.Warn("tear down sandbox", "sandbox", spec.ID, "err", err)
+	}
+	switch {
+	case res.TimedOut:
+		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q timed out after %s: killed it and every process in it\n", spec.ID, spec.Timeout)
+		return exitError{124}
+	case res.OOMKilled:
+		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q ran out of memory: the kernel OOM killer ended it at the %s limit (--memory)\n",
+			spec.ID, sandbox.FormatSize(spec.Resources.MemoryBytes))
+	}
+	if res.ExitCode != 0 {
+		return exitError{res.ExitCode}
+	}
+	return nil
+}
+
+// startFailure prints a failed start as one line and picks the exit status.
+func startFailure(id string, err error) error {
+	fmt.Fprintf(os.Stderr, "ironclaw: start sandbox %q: %v\n", id, err)
+	switch {
+	case errors.Is(err, jail.ErrCommandNotFound):
+		return exitError{127}
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC):
+		return exitError{126}
+	}
+	return exitError{125}
+}

@@ -1,0 +1,485 @@
+// Package cgroup puts a sandbox in a control group with its limits, on
+// cgroup v2 hosts and on v1 or hybrid hosts, where the memory, pids and cpu
+// controllers live in v1 hierarchies.
+//
+// Creation goes through containerd/cgroups; every limit is then read back
+// from the kernel's own files, and a limit whose controller is missing fails
+// with sandbox.ErrUnsupported instead of being dropped.
+package cgroup
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	cgroups "github.com/containerd/cgroups/v3"
+	"github.com/containerd/cgroups/v3/cgroup1"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// Version is a cgroup hierarchy version.
+type Version int
+
+// The two cgroup versions.
+const (
+	V1 Version = 1
+	V2 Version = 2
+)
+
+// Controllers IronClaw uses, in the order they are created.
+var controllers = []string{"memory", "pids", "cpu"}
+
+// cpuPeriod is the CFS period used for --cpus, in microseconds.
+const cpuPeriod = 100000
+
+// Host describes the cgroup layout of this machine.
+type Host struct {
+	// Version is the hierarchy the limits are applied in: V2 on unified
+	// hosts, V1 on legacy and hybrid hosts.
+	Version Version
+	// Mode is what containerd/cgroups detected: "unified", "hybrid" or "legacy".
+	Mode string
+	// Mount is the cgroup mount: the v2 mount point, or the directory that
+	// holds one v1 hierarchy per controller.
+	Mount string
+	// Available lists the controllers IronClaw can use here.
+	Available map[string]bool
+}
+
+// Detect inspects the host's cgroup layout.
+func Detect() (*Host, error) {
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		return NewHost(V2, "/sys/fs/cgroup", "unified")
+	case cgroups.Hybrid:
+		return NewHost(V1, "/sys/fs/cgroup", "hybrid")
+	case cgroups.Legacy:
+		return NewHost(V1, "/sys/fs/cgroup", "legacy")
+	default:
+		return nil, fmt.Errorf("%w: no cgroup file system mounted at /sys/fs/cgroup", sandbox.ErrUnsupported)
+	}
+}
+
+// NewHost describes a cgroup layout at mount explicitly. Tests use it to
+// drive the v2 code on the hybrid host's unified mount.
+func NewHost(v Version, mount, mode string) (*Host, error) {
+	h := &Host{Version: v, Mode: mode, Mount: mount, Available: map[string]bool{}}
+	switch v {
+	case V2:
+		b, err := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
+		if err != nil {
+			return nil, fmt.Errorf("read cgroup v2 controllers: %w", err)
+		}
+		for _, c := range strings.Fields(string(b)) {
+			h.Available[c] = true
+		}
+	case V1:
+		for _, c := range controllers {
+			if _, err := os.Stat(filepath.Join(mount, c, "cgroup.procs")); err == nil {
+				h.Available[c] = true
+			}
+		}
+	default:
+		return nil, fmt.Errorf("cgroup version %d: unknown", v)
+	}
+	return h, nil
+}
+
+// Check returns an error wrapping sandbox.ErrUnsupported that names the
+// first limit in r the host cannot enforce.
+func (h *Host) Check(r sandbox.Resources) error {
+	need := []struct {
+		on   bool
+		ctl  string
+		flag string
+	}{
+		{r.MemoryBytes > 0, "memory", "--memory"},
+		{r.Pids > 0, "pids", "--pids"},
+		{r.CPUs > 0, "cpu", "--cpus"},
+	}
+	for _, n := range need {
+		if n.on && !h.Available[n.ctl] {
+			return fmt.Errorf("%w: %s needs the cgroup %s controller, which this host's cgroup v%d hierarchy does not offer; pass %s 0 to run without the limit",
+				sandbox.ErrUnsupported, n.flag, n.ctl, h.Version, n.flag)
+		}
+	}
+	return nil
+}
+
+// controllersFor returns the controllers the limits in r need, in
+// creation order. A sandbox without limits gets no cgroup at all: its
+// processes are still confined to its PID namespace, which dies with init.
+func controllersFor(r sandbox.Resources) []string {
+	var cs []string
+	if r.MemoryBytes > 0 {
+		cs = append(cs, "memory")
+	}
+	if r.Pids > 0 {
+		cs = append(cs, "pids")
+	}
+	if r.CPUs > 0 {
+		cs = append(cs, "cpu")
+	}
+	return cs
+}
+
+// Paths returns the directories a group at rel with the limits r has (or
+// would have) on this host: one per controller on v1, one on v2, none
+// without limits. Records keep them so that a later GC can remove them.
+func (h *Host) Paths(rel string, r sandbox.Resources) []string {
+	cs := controllersFor(r)
+	if len(cs) == 0 {
+		return nil
+	}
+	if h.Version == V2 {
+		return []string{filepath.Join(h.Mount, rel)}
+	}
+	ps := make([]string, len(cs))
+	for i, c := range cs {
+		ps[i] = filepath.Join(h.Mount, c, rel)
+	}
+	return ps
+}
+
+// Group is a live control group that owns its directories.
+type Group struct {
+	host  *Host
+	rel   string
+	ctls  []string // controllers in use; none means no cgroup
+	paths []string
+	v1    cgroup1.Cgroup
+	v2    *cgroup2.Manager
+}
+
+// Create makes the group rel (such as "/ironclaw/<key>") with the limits
+// r, reads every limit back from the kernel, and removes what it made on
+// any failure.
+func (h *Host) Create(rel string, r sandbox.Resources) (_ *Group, err error) {
+	if err := h.Check(r); err != nil {
+		return nil, err
+	}
+	g := &Group{host: h, rel: rel, ctls: controllersFor(r), paths: h.Paths(rel, r)}
+	if len(g.ctls) == 0 {
+		return g, nil
+	}
+	defer func() {
+		if err != nil {
+			_ = Remove(g.paths)
+		}
+	}()
+	switch h.Version {
+	case V1:
+		g.v1, err = cgroup1.New(cgroup1.StaticPath(rel), v1Resources(r), cgroup1.WithHierarchy(g.v1Hierarchy))
+	case V2:
+		g.v2, err = cgroup2.NewManager(h.Mount, rel, v2Resources(r))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", rel, err)
+	}
+	if err := g.verify(r); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+func (g *Group) v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	h := g.host
+	var subs []cgroup1.Subsystem
+	for _, c := range g.ctls {
+		switch c {
+		case "memory":
+			subs = append(subs, cgroup1.NewMemory(h.Mount, cgroup1.OptionalSwap()))
+		case "pids":
+			subs = append(subs, cgroup1.NewPids(h.Mount))
+		case "cpu":
+			subs = append(subs, cgroup1.NewCpu(h.Mount))
+		}
+	}
+	return subs, nil
+}
+
+func v1Resources(r sandbox.Resources) *specs.LinuxResources {
+	out := &specs.LinuxResources{}
+	if r.MemoryBytes > 0 {
+		limit := r.MemoryBytes
+		swap := r.MemoryBytes // memsw = memory + swap: no swap on top of the limit
+		out.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &swap}
+	}
+	if r.Pids > 0 {
+		out.Pids = &specs.LinuxPids{Limit: &r.Pids}
+	}
+	if r.CPUs > 0 {
+		quota, period := cpuQuota(r.CPUs), uint64(cpuPeriod)
+		out.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	return out
+}
+
+func v2Resources(r sandbox.Resources) *cgroup2.Resources {
+	out := &cgroup2.Resources{}
+	if r.MemoryBytes > 0 {
+		limit, swap := r.MemoryBytes, int64(0)
+		out.Memory = &cgroup2.Memory{Max: &limit, Swap: &swap}
+	}
+	if r.Pids > 0 {
+		out.Pids = &cgroup2.Pids{Max: r.Pids}
+	}
+	if r.CPUs > 0 {
+		quota, period := cpuQuota(r.CPUs), uint64(cpuPeriod)
+		out.CPU = &cgroup2.CPU{Max: cgroup2.NewCPUMax(&quota, &period)}
+	}
+	return out
+}
+
+func cpuQuota(cpus float64) int64 { return int64(math.Round(cpus * cpuPeriod)) }
+
+// verify reads each requested limit back from the kernel.
+func (g *Group) verify(r sandbox.Resources) error {
+	type want struct {
+		ctl, file, value string
+	}
+	var ws []want
+	page := int64(os.Getpagesize())
+	mem := strconv.FormatInt(r.MemoryBytes/page*page, 10)
+	switch g.host.Version {
+	case V1:
+		if r.MemoryBytes > 0 {
+			ws = append(ws, want{"memory", "memory.limit_in_bytes", mem})
+		}
+		if r.Pids > 0 {
+			ws = append(ws, want{"pids", "pids.max", strconv.FormatInt(r.Pids, 10)})
+		}
+		if r.CPUs > 0 {
+			ws = append(ws, want{"cpu", "cpu.cfs_quota_us", strconv.FormatInt(cpuQuota(r.CPUs), 10)},
+				want{"cpu", "cpu.cfs_period_us", strconv.Itoa(cpuPeriod)})
+		}
+	case V2:
+		if r.MemoryBytes > 0 {
+			ws = append(ws, want{"", "memory.max", mem}, want{"", "memory.swap.max", "0"})
+		}
+		if r.Pids > 0 {
+			ws = append(ws, want{"", "pids.max", strconv.FormatInt(r.Pids, 10)})
+		}
+		if r.CPUs > 0 {
+			ws = append(ws, want{"", "cpu.max", fmt.Sprintf("%d %d", cpuQuota(r.CPUs), cpuPeriod)})
+		}
+	}
+	for _, w := range ws {
+		p := g.file(w.ctl, w.file)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("verify cgroup limit: %w", err)
+		}
+		if got := strings.TrimSpace(string(b)); got != w.value {
+			return fmt.Errorf("verify cgroup limit %s: kernel has %q, want %q", p, got, w.value)
+		}
+	}
+	return nil
+}
+
+func (g *Group) file(ctl, name string) string {
+	if g.host.Version == V2 {
+		return filepath.Join(g.host.Mount, g.rel, name)
+	}
+	return filepath.Join(g.host.Mount, ctl, g.rel, name)
+}
+
+// Paths returns the group's directories.
+func (g *Group) Paths() []string { return g.paths }
+
+func (g *Group) has(ctl string) bool {
+	for _, c := range g.ctls {
+		if c == ctl {
+			return true
+		}
+	}
+	return false
+}
+
+// Version is the hierarchy version the group lives in.
+func (g *Group) Version() Version { return g.host.Version }
+
+// Open returns the group's directory for clone3(CLONE_INTO_CGROUP) on
+// cgroup v2, which starts a process inside the group without a migration.
+// On v1 it returns nil: processes are moved with AddProc.
+func (g *Group) Open() (*os.File, error) {
+	if g.host.Version != V2 || len(g.ctls) == 0 {
+		return nil, nil
+	}
+	f, err := os.OpenFile(filepath.Join(g.host.Mount, g.rel), os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup %s: %w", g.rel, err)
+	}
+	return f, nil
+}
+
+// AddProc moves pid into the group.
+func (g *Group) AddProc(pid int) error {
+	var err error
+	switch {
+	case len(g.ctls) == 0:
+		return nil
+	case g.v1 != nil:
+		err = g.v1.AddProc(uint64(pid))
+	default:
+		err = g.v2.AddProc(uint64(pid))
+	}
+	if err != nil {
+		return fmt.Errorf("add pid %d to cgroup %s: %w", pid, g.rel, err)
+	}
+	return nil
+}
+
+// OOMKills returns how many processes the kernel OOM killer has killed in
+// the group because of its memory limit.
+func (g *Group) OOMKills() (uint64, error) {
+	if !g.has("memory") {
+		return 0, nil
+	}
+	if g.host.Version == V2 {
+		return readKey(g.file("", "memory.events"), "oom_kill")
+	}
+	return readKey(g.file("memory", "memory.oom_control"), "oom_kill")
+}
+
+// Usage is a snapshot of what a group has consumed.
+type Usage struct {
+	MemoryBytes uint64 `json:"memory_bytes"`
+	Pids        uint64 `json:"pids"`
+}
+
+// Usage reads the group's current memory and process counts.
+func (g *Group) Usage() (Usage, error) {
+	var u Usage
+	var err error
+	if g.has("memory") {
+		name := "memory.usage_in_bytes"
+		if g.host.Version == V2 {
+			name = "memory.current"
+		}
+		if u.MemoryBytes, err = readUint(g.file("memory", name)); err != nil {
+			return u, err
+		}
+	}
+	if g.has("pids") {
+		if u.Pids, err = readUint(g.file("pids", "pids.current")); err != nil {
+			return u, err
+		}
+	}
+	return u, nil
+}
+
+// Destroy kills whatever still runs in the group and removes it.
+func (g *Group) Destroy() error { return Remove(g.Paths()) }
+
+// Remove kills every process in the cgroup directories paths and removes
+// them. Paths that do not exist are skipped, so Remove is idempotent and
+// serves GC of half-made groups.
+func Remove(paths []string) error {
+	var errs []error
+	for _, p := range paths {
+		if err := removeOne(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removeOne(dir string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := syscall.Rmdir(dir)
+		switch {
+		case err == nil || errors.Is(err, syscall.ENOENT):
+			return nil
+		case !errors.Is(err, syscall.EBUSY):
+			return fmt.Errorf("remove cgroup %s: %w", dir, err)
+		case time.Now().After(deadline):
+			return fmt.Errorf("remove cgroup %s: processes still running after 5s: %w", dir, err)
+		}
+		// Busy: kill what is left. Processes of a dead sandbox are
+		// already dying with its PID namespace; this covers the rest.
+		if err := killAll(dir); err != nil {
+			return err
+		}
+		time.Sleep(delay)
+	}
+}
+
+func killAll(dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err == nil {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("list cgroup %s: %w", dir, err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL) // ESRCH: already gone
+		}
+	}
+	return nil
+}
+
+// Procs lists the processes in the cgroup directory dir.
+func Procs(dir string) ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, "cgroup.procs"), err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+func readUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "max" {
+		return math.MaxUint64, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// readKey reads the value of key in a flat "key value" file.
+func readKey(path, key string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " ")
+		if ok && k == key {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return 0, fmt.Errorf("read %s: no %s line", path, key)
+}

@@ -1,0 +1,239 @@
+package jail
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// The host and the sandbox's init talk over a private Unix stream socket
+// pair (fd 3 in init). Each message is a 4-byte big-endian length and a
+// JSON document; file descriptors ride along as SCM_RIGHTS on the length.
+// The socket also ties the two lives together: when the host dies, init
+// reads EOF and takes the sandbox down with it.
+
+// maxFrame bounds a control message. The largest is the init config, whose
+// size is dominated by the environment and the argument list.
+const maxFrame = 16 << 20
+
+// initConfig is everything init needs to build the sandbox, sent once.
+type initConfig struct {
+	Hostname string `json:"hostname"`
+	// NewRoot is the (empty) directory the sandbox root is built on.
+	NewRoot string `json:"new_root"`
+	// Sources are the bind mounts to make, in order. Host-side paths are
+	// passed as O_PATH descriptors: init runs as an unprivileged host uid
+	// and could not walk to them (the host opens them as real root).
+	Sources []bindSource `json:"sources"`
+	// Etc holds the generated files of /etc, by name.
+	Etc map[string]string `json:"etc"`
+	// Symlinks are symlinks of the source root (/bin -> usr/bin on a
+	// merged-/usr host, /etc/os-release), recreated as they are.
+	Symlinks map[string]string `json:"symlinks"`
+
+	Command []string     `json:"command"`
+	Env     []string     `json:"env"`
+	User    sandbox.User `json:"user"`
+	Cwd     string       `json:"cwd"`
+	TTY     bool         `json:"tty"`
+	Rlimits []rlimit     `json:"rlimits"`
+	// Loopback brings up lo in a sandbox-owned network namespace.
+	Loopback bool `json:"loopback"`
+	// Trace asks init to report how long each of its steps took.
+	Trace bool `json:"trace,omitempty"`
+	// Epoch is the host's clock (Unix nanoseconds) when it began to start
+	// init, so traced init steps line up with the host's.
+	Epoch int64 `json:"epoch,omitempty"`
+}
+
+// bindSource is one bind mount: from the descriptor FD (in init) to Target
+// inside the sandbox.
+type bindSource struct {
+	FD       int    `json:"fd"`
+	Target   string `json:"target"`
+	Writable bool   `json:"writable"`
+	Dir      bool   `json:"dir"`
+	// System marks the host's system directories and rootfs entries; they
+	// are part of the read-only view Landlock grants execution in.
+	System bool `json:"system"`
+}
+
+type rlimit struct {
+	Resource int    `json:"resource"`
+	Cur      uint64 `json:"cur"`
+	Max      uint64 `json:"max"`
+}
+
+// hostMsg is sent by the host to init.
+type hostMsg struct {
+	Config *initConfig `json:"config,omitempty"`
+	// Placed says init is in the sandbox's cgroup: it may now create its
+	// cgroup namespace, rooted there.
+	Placed bool `json:"placed,omitempty"`
+	// Go lets init start the command once the host has verified the
+	// launching thread.
+	Go bool `json:"go,omitempty"`
+}
+
+// initMsg is sent by init to the host.
+type initMsg struct {
+	// Ready says the launching thread is confined and waits for Go. TID
+	// is its thread ID inside the sandbox's PID namespace.
+	Ready *readyMsg `json:"ready,omitempty"`
+	// Started carries the command's PID inside the sandbox.
+	Started *struct {
+		PID int `json:"pid"`
+	} `json:"started,omitempty"`
+	// Exited carries how the command ended.
+	Exited *exitStatus `json:"exited,omitempty"`
+	// Error is a start failure: the step and the cause.
+	Error *stepError `json:"error,omitempty"`
+}
+
+type readyMsg struct {
+	TID int `json:"tid"`
+	// Steps are init's step timings, with Trace.
+	Steps []string `json:"steps,omitempty"`
+}
+
+type exitStatus struct {
+	Code   int `json:"code"`
+	Signal int `json:"signal,omitempty"`
+}
+
+type stepError struct {
+	Step    string `json:"step"`
+	Message string `json:"message"`
+	// Errno is the errno of the cause, when there is one, so that the host
+	// can tell "command not found" from "permission denied".
+	Errno int `json:"errno,omitempty"`
+}
+
+// ctl is one end of the control socket.
+type ctl struct {
+	c *net.UnixConn
+}
+
+func newCtl(f *os.File) (*ctl, error) {
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("control socket: %T is not a Unix socket", c)
+	}
+	return &ctl{c: uc}, nil
+}
+
+// send writes v as one frame, with files attached.
+func (c *ctl) send(v any, files ...*os.File) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode control message: %w", err)
+	}
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = syscall.UnixRights(fds...)
+	}
+	if _, _, err := c.c.WriteMsgUnix(hdr[:], oob, nil); err != nil {
+		return fmt.Errorf("send control message: %w", err)
+	}
+	if _, err := c.c.Write(body); err != nil {
+		return fmt.Errorf("send control message: %w", err)
+	}
+	return nil
+}
+
+// recv reads one frame into v and returns the files attached to it.
+func (c *ctl) recv(v any) ([]*os.File, error) {
+	var hdr [4]byte
+	oob := make([]byte, syscall.CmsgSpace(16*4))
+	n, oobn, _, _, err := c.c.ReadMsgUnix(hdr[:], oob)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, io.EOF
+	}
+	files, err := parseRights(oob[:oobn])
+	if err != nil {
+		return nil, err
+	}
+	if n < len(hdr) {
+		if _, err := io.ReadFull(c.c, hdr[n:]); err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("read control frame: %w", err)
+		}
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if size > maxFrame {
+		closeAll(files)
+		return nil, fmt.Errorf("read control frame: %d bytes exceeds the %d limit", size, maxFrame)
+	}
+	body := make([]byte, size)
+	if _, err := io.ReadFull(c.c, body); err != nil {
+		closeAll(files)
+		return nil, fmt.Errorf("read control frame: %w", err)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		closeAll(files)
+		return nil, fmt.Errorf("decode control frame: %w", err)
+	}
+	return files, nil
+}
+
+func (c *ctl) Close() error { return c.c.Close() }
+
+func parseRights(oob []byte) ([]*os.File, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse control message rights: %w", err)
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := syscall.ParseUnixRights(&m)
+		if err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("parse control message rights: %w", err)
+		}
+		for _, fd := range fds {
+			syscall.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "ctl-fd"))
+		}
+	}
+	return files, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// errnoOf returns the errno inside err, or 0.
+func errnoOf(err error) int {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return int(en)
+	}
+	return 0
+}

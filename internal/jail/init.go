@@ -1,0 +1,380 @@
+package jail
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// InitArg0 is the argv[0] the jail re-executes its binary with to run the
+// sandbox's init. Every binary that starts jails (ironclaw, and the test
+// binaries of packages that start jails) calls MaybeInit first thing in
+// main or TestMain.
+const InitArg0 = "ironclaw-init"
+
+// ctlFD is the control socket's descriptor number in init.
+const ctlFD = 3
+
+// MaybeInit runs the sandbox init and never returns when this process was
+// started as one (argv[0] == InitArg0); otherwise it returns at once.
+func MaybeInit() {
+	if len(os.Args) == 0 || os.Args[0] != InitArg0 {
+		return
+	}
+	os.Exit(initMain())
+}
+
+// initMain is PID 1 of a sandbox: it builds the root file system, confines
+// the thread that will start the command, starts it when the host says so,
+// forwards signals to it, reaps every orphan, and reports how it ended.
+// When the command exits, init exits and the kernel kills whatever is left
+// in the PID namespace.
+func initMain() int {
+	t0 := time.Now()
+	var steps []string
+	mark := func(step string) {
+		steps = append(steps, step+"="+time.Since(t0).Round(time.Microsecond).String())
+	}
+	syscall.CloseOnExec(ctlFD)
+	c, err := newCtl(os.NewFile(ctlFD, "ctl"))
+	if err != nil {
+		return 1
+	}
+	var msg hostMsg
+	files, err := c.recv(&msg)
+	if err != nil || msg.Config == nil {
+		return 1
+	}
+	closeAll(files)
+	cfg := msg.Config
+	if cfg.Epoch != 0 {
+		steps = append(steps, "main="+t0.Sub(time.Unix(0, cfg.Epoch)).Round(time.Microsecond).String()+"-after-spawn")
+	}
+	mark("config")
+	fail := func(step string, err error) int {
+		_ = c.send(initMsg{Error: &stepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
+		return 1
+	}
+
+	// Signals are caught before anything can send one, and forwarded to
+	// the command once it runs. PID 1 only receives signals it handles.
+	sigs := make(chan os.Signal, 64)
+	signal.Notify(sigs, forwarded...)
+	signal.Notify(sigs, syscall.SIGCHLD)
+
+	if step, err := buildRoot(cfg); err != nil {
+		return fail(step, err)
+	}
+	mark("root")
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		return fail("set hostname", err)
+	}
+	if cfg.Loopback {
+		if err := loopbackUp(); err != nil {
+			return fail("bring up loopback", err)
+		}
+	}
+	path, err := lookPath(cfg.Command[0], cfg.Env)
+	if err != nil {
+		return fail("exec", err)
+	}
+	for _, r := range cfg.Rlimits {
+		if err := syscall.Setrlimit(r.Resource, &syscall.Rlimit{Cur: r.Cur, Max: r.Max}); err != nil {
+			return fail("set rlimit", fmt.Errorf("resource %d: %w", r.Resource, err))
+		}
+	}
+	ll, err := newLandlock(cfg)
+	if err != nil {
+		return fail("landlock", err)
+	}
+	mark("landlock")
+
+	// From here on the host drives: Placed and Go messages release the
+	// launcher; EOF means the host is gone and the sandbox goes with it.
+	l := startLauncher(cfg, path, ll)
+	hostGone := make(chan struct{})
+	go func() {
+		for {
+			var m hostMsg
+			files, err := c.recv(&m)
+			closeAll(files)
+			if err != nil {
+				close(hostGone)
+				return
+			}
+			if m.Placed {
+				l.place()
+			}
+			if m.Go {
+				l.release()
+			}
+		}
+	}()
+	var tid int
+	select {
+	case <-hostGone:
+		return 1
+	case tid = <-l.ready:
+	case err := <-l.failed:
+		return fail(l.step, err)
+	}
+	mark("confined")
+	if !cfg.Trace {
+		steps = nil
+	}
+	if err := c.send(initMsg{Ready: &readyMsg{TID: tid, Steps: steps}}); err != nil {
+		return 1
+	}
+	var pid int
+	select {
+	case <-hostGone:
+		return 1
+	case r := <-l.result:
+		if r.err != nil {
+			return fail("exec", r.err)
+		}
+		pid = r.pid
+	}
+	if err := c.send(initMsg{Started: &struct {
+		PID int `json:"pid"`
+	}{pid}}); err != nil {
+		return 1
+	}
+
+	for {
+		select {
+		case <-hostGone:
+			return 1
+		case s := <-sigs:
+			if s != syscall.SIGCHLD {
+				forward(pid, s.(syscall.Signal))
+				continue
+			}
+			if st, done := reap(pid); done {
+				// The command is gone: init exits, and the kernel
+				// kills everything left in the PID namespace.
+				_ = c.send(initMsg{Exited: &st})
+				return 0
+			}
+		}
+	}
+}
+
+// forwarded are the signals init passes on to the command's process group.
+var forwarded = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT,
+}
+
+func forward(pid int, s syscall.Signal) {
+	// The command leads its own session and process group; signal the
+	// group as a terminal would, and the process itself if the group is gone.
+	if err := syscall.Kill(-pid, s); err != nil {
+		_ = syscall.Kill(pid, s)
+	}
+}
+
+// reap collects every exited child. It reports the command's status once
+// the command itself has been reaped.
+func reap(pid int) (exitStatus, bool) {
+	for {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if err != nil || got <= 0 {
+			return exitStatus{}, false
+		}
+		if got != pid {
+			continue
+		}
+		if ws.Signaled() {
+			return exitStatus{Code: 128 + int(ws.Signal()), Signal: int(ws.Signal())}, true
+		}
+		return exitStatus{Code: ws.ExitStatus()}, true
+	}
+}
+
+// launcher owns the one OS thread the command is started from. Everything
+// that confines the command (cgroup namespace, capability bounding set,
+// no_new_privs, Landlock, and the seccomp filter) is applied to that
+// thread only, just before fork and execve, so the child inherits exactly
+// that state while init's other threads are unaffected. The thread is
+// never unlocked: the Go runtime destroys it when the goroutine ends.
+type launcher struct {
+	step   string
+	ready  chan int
+	failed chan error
+	placed chan struct{}
+	goCh   chan struct{}
+	result chan launchResult
+}
+
+type launchResult struct {
+	pid int
+	err error
+}
+
+func startLauncher(cfg *initConfig, path string, ll *landlockRules) *launcher {
+	l := &launcher{
+		ready:  make(chan int, 1),
+		failed: make(chan error, 1),
+		placed: make(chan struct{}),
+		goCh:   make(chan struct{}),
+		result: make(chan launchResult, 1),
+	}
+	go func() {
+		runtime.LockOSThread() // never unlocked
+		if step, err := confineThread(cfg, ll, l.placed); err != nil {
+			l.step = step
+			l.failed <- err
+			return
+		}
+		l.ready <- unix.Gettid()
+		<-l.goCh
+		pid, err := syscall.ForkExec(path, cfg.Command, &syscall.ProcAttr{
+			Dir:   cfg.Cwd,
+			Env:   cfg.Env,
+			Files: []uintptr{0, 1, 2},
+			Sys:   commandAttr(cfg),
+		})
+		l.result <- launchResult{pid, err}
+	}()
+	return l
+}
+
+func (l *launcher) place() { closeOnce(l.placed) }
+
+func (l *launcher) release() { closeOnce(l.goCh) }
+
+// closeOnce closes ch unless it is closed; only the control reader calls it.
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+func commandAttr(cfg *initConfig) *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if cfg.TTY {
+		attr.Setctty = true
+		attr.Ctty = 0
+	}
+	if cfg.User.UID != 0 || cfg.User.GID != 0 {
+		// setresuid away from 0 clears every capability of the child.
+		attr.Credential = &syscall.Credential{Uid: cfg.User.UID, Gid: cfg.User.GID, Groups: []uint32{}}
+	}
+	return attr
+}
+
+// confineThread applies, to the calling (locked) thread, everything the
+// command inherits. It returns the step that failed.
+func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (string, error) {
+	last, err := lastCap()
+	if err != nil {
+		return "drop capabilities", err
+	}
+	for c := 0; c <= last; c++ {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			return "drop capabilities", fmt.Errorf("drop %d from the bounding set: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return "drop capabilities", fmt.Errorf("clear ambient set: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return "no_new_privs", err
+	}
+	if err := ll.restrictThread(); err != nil {
+		return "landlock", err
+	}
+	if cfg.User.UID == 0 && cfg.User.GID == 0 {
+		// Root inside keeps its uid, so clear its capabilities here: the
+		// child starts with none.
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			return "drop capabilities", fmt.Errorf("capset: %w", err)
+		}
+	}
+	// A cgroup namespace rooted at the sandbox's cgroup. The host moves
+	// init there while init builds its root (on cgroup v1 a move waits for
+	// an RCU grace period, several milliseconds, so it runs in parallel).
+	<-placed
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return "cgroup namespace", err
+	}
+	// The seccomp filter is installed here, last, on this thread: it is
+	// the final step before fork and execve.
+	return "", nil
+}
+
+func lastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, fmt.Errorf("read cap_last_cap: %w", err)
+	}
+	var n int
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &n); err != nil {
+		return 0, fmt.Errorf("parse cap_last_cap: %w", err)
+	}
+	return n, nil
+}
+
+// ErrCommandNotFound is reported when the command is not on the sandbox's PATH.
+var ErrCommandNotFound = errors.New("command not found")
+
+// lookPath resolves name against the PATH of env, inside the sandbox.
+func lookPath(name string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		if _, err := os.Stat(name); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return "", fmt.Errorf("%s: %w", name, ErrCommandNotFound)
+			}
+			return "", fmt.Errorf("%s: %w", name, err)
+		}
+		return name, nil
+	}
+	pathEnv := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathEnv = v
+		}
+	}
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", name, ErrCommandNotFound)
+}
+
+// loopbackUp brings up lo in the sandbox's own network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}

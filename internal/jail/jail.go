@@ -1,0 +1,1036 @@
+// Package jail is IronClaw's namespace backend: it runs a command in a
+// fresh set of Linux namespaces (user, PID, mount, IPC, UTS, network and
+// cgroup) on a throwaway root built from read-only binds, under cgroup
+// limits, Landlock and a seccomp filter, and removes every trace of it
+// afterwards.
+//
+// The host side (Start) claims the sandbox's state directory, makes its
+// cgroup, and re-executes the current binary as the sandbox's init
+// (InitArg0), which is PID 1 of the new PID namespace. The two talk over a
+// socket pair (see ctl.go). Init builds the root and pivots into it,
+// confines one locked OS thread (capability bounding set, no_new_privs,
+// Landlock, seccomp) and reports that thread's ID; the host reads the
+// thread's /proc status back from the kernel and only then lets init fork
+// the command from it. Root inside the sandbox is an unprivileged uid on
+// the host.
+package jail
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
+)
+
+// DefaultUIDBase is the first host uid (and gid) of the range a sandbox's
+// user namespace maps: uid 0 inside is this uid outside, an account that
+// does not exist on the host.
+const DefaultUIDBase = 1_000_000_000
+
+// Config configures the jail backend.
+type Config struct {
+	// Root is the state directory sandboxes are recorded in.
+	Root *state.Root
+	// Cgroups is the host's cgroup layout; nil detects it.
+	Cgroups *cgroup.Host
+	// Logger receives debug and warning messages.
+	Logger *slog.Logger
+	// UIDBase is the first host uid of the mapped range (DefaultUIDBase).
+	UIDBase uint32
+	// Exe is the binary re-executed as init (/proc/self/exe). It must
+	// call MaybeInit first thing.
+	Exe string
+}
+
+// Jail starts sandboxes. It is safe for concurrent use.
+type Jail struct {
+	cfg Config
+}
+
+// New returns a jail backend.
+func New(cfg Config) (*Jail, error) {
+	if cfg.Root == nil {
+		return nil, errors.New("jail: no state root")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = DefaultUIDBase
+	}
+	if cfg.Exe == "" {
+		cfg.Exe = "/proc/self/exe"
+	}
+	if cfg.Cgroups == nil {
+		h, err := cgroup.Detect()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Cgroups = h
+	}
+	return &Jail{cfg: cfg}, nil
+}
+
+// IO holds the command's standard streams. Nil means /dev/null. A stream
+// that is an *os.File and not a terminal is handed to the command as is;
+// anything else is copied through a pipe, so that the command never holds
+// a descriptor of the caller's terminal.
+type IO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Options carry what other subsystems contribute to a start.
+type Options struct {
+	IO IO
+	// NetNS, when set, is the network namespace the sandbox joins instead
+	// of getting a new one with loopback only.
+	NetNS *os.File
+	// ResolvConf is the sandbox's /etc/resolv.conf.
+	ResolvConf string
+}
+
+// StartError is a failed start: the step that failed and why. Everything
+// done before the failure has been rolled back when it is returned.
+type StartError struct {
+	Step string
+	Err  error
+}
+
+func (e *StartError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Result is how a sandbox's command ended.
+type Result struct {
+	// ExitCode is the shell-style status: the command's exit code, or
+	// 128+N for death by signal N.
+	ExitCode int `json:"exit_code"`
+	// Signal is the signal that killed the command, if one did.
+	Signal syscall.Signal `json:"signal,omitempty"`
+	// OOMKilled says the kernel OOM killer ended the command at the
+	// sandbox's memory limit.
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// TimedOut says the sandbox was killed at its timeout.
+	TimedOut bool `json:"timed_out,omitempty"`
+}
+
+// record is the jail's record in the sandbox directory, written before any
+// kernel object exists, so that GC can always find what to remove.
+type record struct {
+	Cgroups []string `json:"cgroups"`
+}
+
+const recordName = "jail.json"
+
+// Sandbox is a running jail. It owns the sandbox's cgroup, init process
+// and state directory until Wait or Close returns.
+type Sandbox struct {
+	ID  string
+	Key sandbox.Key
+	Dir string
+
+	log     *slog.Logger
+	claim   *state.Claim
+	group   *cgroup.Group
+	initPID int
+	ctl     *ctl
+	master  *os.File // pty master, with TTY
+
+	copies     sync.WaitGroup // output copies to finish before Wait returns
+	exited     chan struct{}  // init has exited
+	initErr    error          // from waiting for init
+	status     chan exitStatus
+	statusDone chan struct{} // readStatus has returned
+	timedOut   chan struct{}
+	timer      *time.Timer
+
+	closeOnce sync.Once
+	closeErr  error
+	result    Result
+
+	t0    time.Time
+	marks []mark // step timings, logged at debug level
+}
+
+type mark struct {
+	step string
+	at   time.Duration
+}
+
+func (s *Sandbox) mark(step string) { s.marks = append(s.marks, mark{step, time.Since(s.t0)}) }
+
+func (s *Sandbox) logTimeline() {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	attrs := make([]any, 0, 2*len(s.marks))
+	for _, m := range s.marks {
+		attrs = append(attrs, m.step, m.at.Round(time.Microsecond).String())
+	}
+	s.log.Debug("sandbox timeline", attrs...)
+}
+
+// Start creates a sandbox for spec and starts its command. On error every
+// step already done is undone and the error is a *StartError.
+func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *Sandbox, err error) {
+	if err := spec.Validate(); err != nil {
+		return nil, &StartError{"validate", err}
+	}
+	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
+		return nil, &StartError{"cgroup", err}
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	claim, err := j.claim(spec.ID)
+	if err != nil {
+		return nil, &StartError{"claim state", err}
+	}
+	undo = append(undo, func() {
+		if err := claim.Release(); err != nil {
+			j.cfg.Logger.Warn("roll back state dir", "err", err)
+		}
+	})
+	s := &Sandbox{
+		ID: spec.ID, Key: claim.Key, Dir: claim.Dir,
+		log:        j.cfg.Logger.With("sandbox", spec.ID),
+		claim:      claim,
+		exited:     make(chan struct{}),
+		status:     make(chan exitStatus, 1),
+		statusDone: make(chan struct{}),
+		timedOut:   make(chan struct{}),
+		t0:         time.Now(),
+	}
+	rel := "/" + j.cfg.Root.Name() + "/" + string(claim.Key)
+	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources)}); err != nil {
+		return nil, &StartError{"record", err}
+	}
+	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
+	if err != nil {
+		return nil, &StartError{"cgroup", err}
+	}
+	s.mark("cgroup")
+	undo = append(undo, func() {
+		if err := s.group.Destroy(); err != nil {
+			j.cfg.Logger.Warn("roll back cgroup", "err", err)
+		}
+	})
+
+	icfg, files, err := j.prepare(spec, opts, claim.Dir)
+	defer closeAll(files)
+	if err != nil {
+		return nil, err
+	}
+	s.mark("prepare")
+
+	// The control socket: the host's end is close-on-exec, init's end
+	// becomes fd 3.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, &StartError{"control socket", err}
+	}
+	hostEnd, initEnd := os.NewFile(uintptr(pair[0]), "ctl"), os.NewFile(uintptr(pair[1]), "ctl-init")
+	defer initEnd.Close()
+	s.ctl, err = newCtl(hostEnd)
+	if err != nil {
+		return nil, &StartError{"control socket", err}
+	}
+	undo = append(undo, func() { s.ctl.Close() })
+
+	stdio, err := s.plumb(opts.IO, spec.TTY)
+	defer closeAll(stdio)
+	if err != nil {
+		return nil, &StartError{"stdio", err}
+	}
+	undo = append(undo, s.closeIO)
+
+	cmd := &exec.Cmd{
+		Path:       j.cfg.Exe,
+		Args:       []string{InitArg0, j.cfg.Root.Name()}, // the name makes leaks attributable
+		Env:        []string{},
+		Stdin:      stdio[0],
+		Stdout:     stdio[1],
+		Stderr:     stdio[2],
+		ExtraFiles: append([]*os.File{initEnd}, files...),
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID | syscall.CLONE_NEWNS |
+				syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
+			UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(j.cfg.UIDBase), Size: sandbox.MappedIDs}},
+			GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(j.cfg.UIDBase), Size: sandbox.MappedIDs}},
+			GidMappingsEnableSetgroups: true,
+			// Become uid 0 of the new namespace (host UIDBase); without it
+			// init would keep host root's uid, which is unmapped there.
+			Credential: &syscall.Credential{Uid: 0, Gid: 0},
+			Pdeathsig:  syscall.SIGKILL,
+			Setsid:     true,
+		},
+	}
+	if opts.NetNS == nil {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+	}
+	cgFD, err := s.group.Open()
+	if err != nil {
+		return nil, &StartError{"cgroup", err}
+	}
+	if cgFD != nil {
+		defer cgFD.Close()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgFD.Fd())
+	}
+	icfg.Epoch = time.Now().UnixNano()
+	if err := s.spawn(cmd, opts.NetNS); err != nil {
+		return nil, &StartError{"start init", err}
+	}
+	s.mark("spawn")
+	undo = append(undo, func() {
+		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+		<-s.exited
+	})
+	// Init builds its root while the host moves it into the cgroup; on
+	// cgroup v2 it was cloned straight into it.
+	if err := s.ctl.send(hostMsg{Config: icfg}); err != nil {
+		return nil, &StartError{"configure init", err}
+	}
+	if cgFD == nil {
+		if err := s.group.AddProc(s.initPID); err != nil {
+			return nil, &StartError{"cgroup", err}
+		}
+	}
+	if err := s.ctl.send(hostMsg{Placed: true}); err != nil {
+		return nil, &StartError{"configure init", err}
+	}
+	s.mark("placed")
+	if err := s.handshake(ctx); err != nil {
+		return nil, err
+	}
+	s.mark("started")
+	if spec.Timeout > 0 {
+		s.timer = time.AfterFunc(spec.Timeout, func() {
+			close(s.timedOut)
+			_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+		})
+	}
+	go s.readStatus()
+	s.log.Debug("sandbox started", "init_pid", s.initPID)
+	return s, nil
+}
+
+// claim takes the state directory of id, reclaiming a leftover of a dead
+// owner first.
+func (j *Jail) claim(id string) (*state.Claim, error) {
+	c, leftover, err := j.cfg.Root.Claim(id)
+	if leftover != nil {
+		if err := Reclaim(leftover.Dir); err != nil {
+			leftover.Release()
+			return nil, fmt.Errorf("reclaim leftover of %q: %w", id, err)
+		}
+		if err := leftover.Release(); err != nil {
+			return nil, err
+		}
+		c, _, err = j.cfg.Root.Claim(id)
+	}
+	return c, err
+}
+
+// spawn starts init from a goroutine locked to its OS thread for init's
+// whole life: the parent-death signal is tied to the thread that forked,
+// and a network namespace joined for the fork stays confined to it.
+func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread may be in the sandbox's netns
+		if netns != nil {
+			if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("join network namespace: %w", err)
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		s.initPID = cmd.Process.Pid
+		started <- nil
+		s.initErr = cmd.Wait()
+		close(s.exited)
+	}()
+	return <-started
+}
+
+// handshake runs init's side of the start: it waits for init to report a
+// confined launching thread, verifies that thread from the kernel's side,
+// lets init start the command and waits for it to have started.
+func (s *Sandbox) handshake(ctx context.Context) error {
+	msgs := make(chan initMsg, 1)
+	errc := make(chan error, 1)
+	next := func() {
+		go func() {
+			var m initMsg
+			files, err := s.ctl.recv(&m)
+			closeAll(files)
+			if err != nil {
+				errc <- err
+				return
+			}
+			msgs <- m
+		}()
+	}
+	wait := func() (initMsg, error) {
+		select {
+		case m := <-msgs:
+			if m.Error != nil {
+				return m, stepErr(m.Error)
+			}
+			return m, nil
+		case err := <-errc:
+			<-s.exited
+			return initMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
+		case <-ctx.Done():
+			return initMsg{}, &StartError{"start", ctx.Err()}
+		}
+	}
+	next()
+	m, err := wait()
+	if err != nil {
+		return err
+	}
+	if m.Ready == nil {
+		return &StartError{"init", errors.New("protocol error: expected ready")}
+	}
+	s.mark("ready")
+	if len(m.Ready.Steps) > 0 {
+		s.log.Debug("init timeline", "steps", strings.Join(m.Ready.Steps, " "))
+	}
+	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
+		return &StartError{"verify confinement", err}
+	}
+	if err := s.ctl.send(hostMsg{Go: true}); err != nil {
+		return &StartError{"start command", err}
+	}
+	next()
+	m, err = wait()
+	if err != nil {
+		return err
+	}
+	if m.Started == nil {
+		return &StartError{"init", errors.New("protocol error: expected started")}
+	}
+	return nil
+}
+
+func stepErr(e *stepError) error {
+	err := errors.New(e.Message)
+	switch {
+	case strings.Contains(e.Message, ErrCommandNotFound.Error()):
+		err = fmt.Errorf("%s: %w", strings.TrimSuffix(e.Message, ": "+ErrCommandNotFound.Error()), ErrCommandNotFound)
+	case e.Errno != 0:
+		err = errnoError{e.Message, syscall.Errno(e.Errno)}
+	}
+	return &StartError{e.Step, err}
+}
+
+// errnoError is an error from init whose cause has an errno, so that
+// errors.Is(err, syscall.EACCES) works across the process boundary.
+type errnoError struct {
+	msg   string
+	errno syscall.Errno
+}
+
+func (e errnoError) Error() string { return e.msg }
+func (e errnoError) Unwrap() error { return e.errno }
+
+// verifyThread reads the status of init's launching thread (tid inside the
+// sandbox's PID namespace) and requires what the command will inherit:
+// no_new_privs and an empty capability bounding set.
+func verifyThread(initPID, nsTID int) error {
+	st, err := findThread(initPID, nsTID)
+	if err != nil {
+		return err
+	}
+	if st["NoNewPrivs"] != "1" {
+		return fmt.Errorf("launching thread has NoNewPrivs %q, want 1", st["NoNewPrivs"])
+	}
+	if st["CapBnd"] != "0000000000000000" {
+		return fmt.Errorf("launching thread has CapBnd %s, want none", st["CapBnd"])
+	}
+	return nil
+}
+
+// findThread returns the /proc status fields of the thread of process pid
+// whose ID in the innermost PID namespace is nsTID.
+func findThread(pid, nsTID int) (map[string]string, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list threads of init: %w", err)
+	}
+	want := strconv.Itoa(nsTID)
+	for _, e := range ents {
+		st, err := readStatus(filepath.Join(dir, e.Name(), "status"))
+		if err != nil {
+			continue // thread exited
+		}
+		ids := strings.Fields(st["NSpid"])
+		if len(ids) > 0 && ids[len(ids)-1] == want {
+			return st, nil
+		}
+	}
+	return nil, fmt.Errorf("launching thread %d of init %d not found", nsTID, pid)
+}
+
+func readStatus(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m, nil
+}
+
+// readStatus collects the command's exit status from init, if init gets
+// to send one.
+func (s *Sandbox) readStatus() {
+	defer close(s.statusDone)
+	for {
+		var m initMsg
+		files, err := s.ctl.recv(&m)
+		closeAll(files)
+		if err != nil {
+			return
+		}
+		if m.Exited != nil {
+			s.status <- *m.Exited
+			return
+		}
+	}
+}
+
+// PID returns the host PID of the sandbox's init.
+func (s *Sandbox) PID() int { return s.initPID }
+
+// Group returns the sandbox's cgroup.
+func (s *Sandbox) Group() *cgroup.Group { return s.group }
+
+// Signal sends sig to init, which forwards it to the command's process group.
+func (s *Sandbox) Signal(sig syscall.Signal) error {
+	select {
+	case <-s.exited:
+		return nil
+	default:
+	}
+	if err := syscall.Kill(s.initPID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal sandbox: %w", err)
+	}
+	return nil
+}
+
+// ResizeTTY sets the size of the sandbox's terminal, with TTY.
+func (s *Sandbox) ResizeTTY(rows, cols uint16) error {
+	if s.master == nil {
+		return nil
+	}
+	return pty.Setsize(s.master, &pty.Winsize{Rows: rows, Cols: cols})
+}
+
+// Wait waits for the command to end, tears the sandbox down and reports
+// how the command ended.
+func (s *Sandbox) Wait() (Result, error) {
+	<-s.exited
+	err := s.Close()
+	return s.result, err
+}
+
+// Close kills the sandbox if it still runs, removes every kernel object
+// and file it owns, and releases its ID. It is idempotent.
+func (s *Sandbox) Close() error {
+	s.closeOnce.Do(func() {
+		if s.timer != nil {
+			s.timer.Stop()
+		}
+		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+		<-s.exited
+		s.mark("exited")
+		s.result = s.collect()
+		s.ctl.Close()
+		s.copies.Wait()
+		s.closeIO()
+		var errs []error
+		if err := s.group.Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+		s.mark("cgroup removed")
+		if err := s.claim.Release(); err != nil {
+			errs = append(errs, err)
+		}
+		s.mark("released")
+		s.logTimeline()
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// collect works out the Result once init has exited.
+func (s *Sandbox) collect() Result {
+	var r Result
+	// Init's last message is in the socket before its exit; the reader
+	// returns at that message or at EOF.
+	<-s.statusDone
+	select {
+	case st := <-s.status:
+		r = Result{ExitCode: st.Code, Signal: syscall.Signal(st.Signal)}
+	default:
+		// Init died without reporting: it was killed (timeout, OOM,
+		// Close), which killed the whole sandbox.
+		r = Result{ExitCode: 128 + int(syscall.SIGKILL), Signal: syscall.SIGKILL}
+		var ee *exec.ExitError
+		if errors.As(s.initErr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				r = Result{ExitCode: 128 + int(ws.Signal()), Signal: ws.Signal()}
+			}
+		}
+	}
+	select {
+	case <-s.timedOut:
+		r.TimedOut = true
+	default:
+	}
+	if r.Signal == syscall.SIGKILL {
+		if n, err := s.group.OOMKills(); err == nil && n > 0 {
+			r.OOMKilled = true
+		}
+	}
+	return r
+}
+
+// Reclaim removes what a sandbox whose owner died left behind in its
+// state directory dir: the processes and cgroups named in its record.
+// Mounts need no reclaiming: they lived in the sandbox's own mount
+// namespace and died with its last process.
+func Reclaim(dir string) error {
+	var rec record
+	if err := state.ReadJSON(filepath.Join(dir, recordName), &rec); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // died before making anything
+		}
+		return fmt.Errorf("read jail record: %w", err)
+	}
+	if err := cgroup.Remove(rec.Cgroups); err != nil {
+		return fmt.Errorf("reclaim cgroups: %w", err)
+	}
+	return nil
+}
+
+// prepare builds init's config and clones every host path the sandbox
+// binds into a detached mount, passed to init from fd 4 on.
+func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig, []*os.File, error) {
+	newRoot := filepath.Join(dir, "root")
+	if err := os.Mkdir(newRoot, 0o755); err != nil {
+		return nil, nil, &StartError{"create root", err}
+	}
+	cfg := &initConfig{
+		Hostname: sandbox.Hostname(spec.ID),
+		NewRoot:  newRoot,
+		Symlinks: map[string]string{},
+		Command:  spec.Command,
+		User:     spec.User,
+		Cwd:      sandbox.Workspace,
+		TTY:      spec.TTY,
+		Loopback: opts.NetNS == nil,
+		Trace:    j.cfg.Logger.Enabled(context.Background(), slog.LevelDebug),
+	}
+	cfg.Env = sandbox.MergeEnv(baseEnv(spec, cfg.Hostname), spec.Env...)
+	cfg.Etc = etcFiles(spec.User, cfg.Hostname, opts.ResolvConf)
+	cfg.Rlimits = rlimits(spec.Resources)
+
+	var files []*os.File
+	add := func(hostPath, target string, writable, system bool) error {
+		st, err := os.Stat(hostPath)
+		if err != nil {
+			return err
+		}
+		f, err := detachedBind(hostPath, writable)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+		cfg.Sources = append(cfg.Sources, bindSource{
+			FD: 3 + len(files), Target: target, Writable: writable, Dir: st.IsDir(), System: system,
+		})
+		return nil
+	}
+	fail := func(step string, err error) (*initConfig, []*os.File, error) {
+		return nil, files, &StartError{step, err}
+	}
+
+	src := "/"
+	sys := systemDirs
+	if spec.Rootfs != "" {
+		src = spec.Rootfs
+		var err error
+		if sys, err = rootfsEntries(src); err != nil {
+			return fail("rootfs", err)
+		}
+	}
+	for _, name := range sys {
+		p := filepath.Join(src, name)
+		st, err := os.Lstat(p)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			continue
+		case err != nil:
+			return fail("mount "+name, err)
+		case st.Mode()&os.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return fail("mount "+name, err)
+			}
+			cfg.Symlinks[name] = t
+		default:
+			if err := add(p, name, false, true); err != nil {
+				return fail("mount "+name, err)
+			}
+		}
+	}
+	etc, err := etcEntries(src, spec.Rootfs != "")
+	if err != nil {
+		return fail("mount /etc", err)
+	}
+	for _, name := range etc {
+		p := filepath.Join(src, name)
+		st, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		if st.Mode()&os.ModeSymlink != 0 {
+			if t, err := os.Readlink(p); err == nil {
+				cfg.Symlinks[name] = t
+			}
+			continue
+		}
+		if err := add(p, name, false, false); err != nil {
+			return fail("mount "+name, err)
+		}
+	}
+
+	work := spec.Workdir
+	if work == "" {
+		work = filepath.Join(dir, "workspace")
+		if err := os.Mkdir(work, 0o755); err != nil {
+			return fail("workspace", err)
+		}
+		if err := os.Chown(work, int(j.cfg.UIDBase+spec.User.UID), int(j.cfg.UIDBase+spec.User.GID)); err != nil {
+			return fail("workspace", err)
+		}
+	}
+	if err := add(work, sandbox.Workspace, true, false); err != nil {
+		return fail("workspace", err)
+	}
+	mounts := append([]sandbox.Mount(nil), spec.Mounts...)
+	sort.SliceStable(mounts, func(a, b int) bool { return mounts[a].Target < mounts[b].Target })
+	for _, m := range mounts {
+		if err := add(m.Source, m.Target, m.Writable, false); err != nil {
+			return fail("mount "+m.Target, err)
+		}
+	}
+	return cfg, files, nil
+}
+
+// detachedBind makes a detached recursive bind mount of hostPath with its
+// final attributes (read-only unless writable; nosuid and nodev always) and
+// returns its descriptor. Init, which runs as an unprivileged host uid and
+// in another mount namespace, attaches it with move_mount(2); it needs no
+// access to the host path itself, and the path is resolved once, here.
+func detachedBind(hostPath string, writable bool) (*os.File, error) {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, hostPath, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return nil, fmt.Errorf("clone mount of %s: %w", hostPath, err)
+	}
+	attr := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	if !writable {
+		attr |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: attr}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set attributes of %s: %w", hostPath, err)
+	}
+	return os.NewFile(uintptr(fd), hostPath), nil
+}
+
+// systemDirs are the host directories a sandbox sees, read-only.
+var systemDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"}
+
+// hostEtc are the host /etc entries a sandbox sees, read-only: what the
+// dynamic linker, TLS libraries, Debian's alternatives and common
+// interpreters need. Everything else in /etc stays hidden.
+var hostEtc = []string{
+	"/etc/alternatives", "/etc/ca-certificates", "/etc/ca-certificates.conf",
+	"/etc/debian_version", "/etc/gai.conf", "/etc/ld.so.cache", "/etc/ld.so.conf",
+	"/etc/ld.so.conf.d", "/etc/localtime", "/etc/mime.types", "/etc/os-release",
+	"/etc/protocols", "/etc/services", "/etc/ssl/certs", "/etc/ssl/openssl.cnf",
+	"/etc/timezone", "/etc/python3", "/etc/python3.11", "/etc/bash.bashrc",
+	"/etc/profile", "/etc/inputrc", "/etc/terminfo", "/etc/magic",
+}
+
+// generatedEtc are the /etc files IronClaw writes itself.
+var generatedEtc = []string{"passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf"}
+
+// rootfsEntries lists the top-level entries of a prepared root directory,
+// minus the ones IronClaw provides itself.
+func rootfsEntries(root string) ([]string, error) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		switch e.Name() {
+		case "proc", "dev", "sys", "tmp", "etc", "workspace":
+			continue
+		}
+		out = append(out, "/"+e.Name())
+	}
+	return out, nil
+}
+
+// etcEntries lists the /etc entries to bind: the curated host list, or
+// everything in a rootfs's /etc except the generated files.
+func etcEntries(root string, isRootfs bool) ([]string, error) {
+	if !isRootfs {
+		return hostEtc, nil
+	}
+	ents, err := os.ReadDir(filepath.Join(root, "etc"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if !contains(generatedEtc, e.Name()) {
+			out = append(out, "/etc/"+e.Name())
+		}
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultPath is the PATH a sandbox's command gets unless the spec sets one.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func baseEnv(spec sandbox.Spec, hostname string) []string {
+	env := []string{
+		"PATH=" + DefaultPath,
+		"HOME=" + sandbox.Workspace,
+		"USER=" + userName(spec.User.UID),
+		"LOGNAME=" + userName(spec.User.UID),
+		"HOSTNAME=" + hostname,
+		"LANG=C.UTF-8",
+	}
+	if spec.TTY {
+		t := os.Getenv("TERM")
+		if t == "" {
+			t = "xterm"
+		}
+		env = append(env, "TERM="+t)
+	}
+	return env
+}
+
+func userName(uid uint32) string {
+	switch uid {
+	case 0:
+		return "root"
+	case sandbox.SandboxUser.UID:
+		return "sandbox"
+	case 65534:
+		return "nobody"
+	}
+	return "user" + strconv.FormatUint(uint64(uid), 10)
+}
+
+func etcFiles(u sandbox.User, hostname, resolv string) map[string]string {
+	passwd := "root:x:0:0:root:/root:/bin/sh\n" +
+		"sandbox:x:1000:1000:sandbox:/workspace:/bin/sh\n" +
+		"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+	group := "root:x:0:\ntty:x:5:\nsandbox:x:1000:\nnogroup:x:65534:\n"
+	if n := userName(u.UID); strings.HasPrefix(n, "user") {
+		passwd += fmt.Sprintf("%s:x:%d:%d::/workspace:/bin/sh\n", n, u.UID, u.GID)
+	}
+	if u.GID != 0 && u.GID != 5 && u.GID != 1000 && u.GID != 65534 {
+		group += fmt.Sprintf("group%d:x:%d:\n", u.GID, u.GID)
+	}
+	if resolv == "" {
+		resolv = "# This sandbox has no network access beyond loopback.\n"
+	}
+	return map[string]string{
+		"passwd":        passwd,
+		"group":         group,
+		"hostname":      hostname + "\n",
+		"hosts":         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n",
+		"resolv.conf":   resolv,
+		"nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
+	}
+}
+
+func rlimits(r sandbox.Resources) []rlimit {
+	out := []rlimit{{Resource: unix.RLIMIT_CORE}}
+	if r.NoFile > 0 {
+		out = append(out, rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
+	}
+	if r.FileSize > 0 {
+		out = append(out, rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
+	}
+	return out
+}
+
+// plumb returns the command's stdin, stdout and stderr as files, starting
+// the copies a pipe or terminal needs.
+func (s *Sandbox) plumb(io IO, tty bool) ([]*os.File, error) {
+	if tty {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return nil, fmt.Errorf("open pty: %w", err)
+		}
+		s.master = master
+		if f, ok := io.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			if ws, err := pty.GetsizeFull(f); err == nil {
+				_ = pty.Setsize(master, ws)
+			}
+		}
+		if io.Stdin != nil {
+			go copyIn(master, io.Stdin, false)
+		}
+		if io.Stdout != nil {
+			s.copies.Add(1)
+			go func() {
+				defer s.copies.Done()
+				copyOut(io.Stdout, master)
+			}()
+		}
+		// Three descriptors for one terminal: the caller closes each.
+		dup := func() *os.File {
+			fd, _ := unix.FcntlInt(slave.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			return os.NewFile(uintptr(fd), slave.Name())
+		}
+		return []*os.File{slave, dup(), dup()}, nil
+	}
+	files := make([]*os.File, 3)
+	var err error
+	if files[0], err = s.input(io.Stdin); err != nil {
+		return files, err
+	}
+	if files[1], err = s.output(io.Stdout); err != nil {
+		return files, err
+	}
+	if files[2], err = s.output(io.Stderr); err != nil {
+		return files, err
+	}
+	return files, nil
+}
+
+func passThrough(v any) (*os.File, bool) {
+	f, ok := v.(*os.File)
+	if !ok || f == nil || term.IsTerminal(int(f.Fd())) {
+		return nil, false
+	}
+	// Hand the command its own descriptor, so the caller may close theirs.
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, false
+	}
+	return os.NewFile(uintptr(fd), f.Name()), true
+}
+
+func (s *Sandbox) input(r io.Reader) (*os.File, error) {
+	if r == nil {
+		return os.Open(os.DevNull)
+	}
+	if f, ok := passThrough(r); ok {
+		return f, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	go copyIn(pw, r, true)
+	return pr, nil
+}
+
+func (s *Sandbox) output(w io.Writer) (*os.File, error) {
+	if w == nil {
+		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	}
+	if f, ok := passThrough(w); ok {
+		return f, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	s.copies.Add(1)
+	go func() {
+		defer s.copies.Done()
+		copyOut(w, pr)
+		pr.Close()
+	}()
+	return pw, nil
+}
+
+// copyIn feeds the command's input. It is not waited for: a command may
+// exit without reading all of it.
+func copyIn(dst *os.File, src io.Reader, closeDst bool) {
+	_, _ = io.Copy(dst, src)
+	if closeDst {
+		dst.Close()
+	}
+}
+
+// copyOut drains the command's output until every writer in the sandbox
+// has closed it (or, for a terminal, until the terminal hangs up).
+func copyOut(dst io.Writer, src *os.File) {
+	_, _ = io.Copy(dst, src)
+}
+
+func (s *Sandbox) closeIO() {
+	if s.master != nil {
+		s.master.Close()
+	}
+}

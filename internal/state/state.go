@@ -1,0 +1,332 @@
+// Package state owns IronClaw's runtime records on disk: one directory per
+// sandbox, <root>/sandboxes/<key>, created before any kernel object of the
+// sandbox exists and removed after the last one is gone.
+//
+// The process that owns a sandbox holds an exclusive flock(2) on the
+// directory's lock file for the sandbox's whole life. The kernel drops the
+// lock when that process dies, even by SIGKILL, so a directory whose lock
+// can be taken belongs to a dead owner: GC reclaims it. Subsystems that make
+// kernel objects write their own record into the directory before making
+// the objects, and know how to reclaim them from it.
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// DefaultRoot is the state directory used when none is given. It is on a
+// tmpfs, like the kernel objects it describes: neither survives a reboot.
+const DefaultRoot = "/run/ironclaw"
+
+const (
+	lockFile   = "lock"
+	recordFile = "sandbox.json"
+)
+
+// Root is an IronClaw state directory.
+type Root struct {
+	dir string
+}
+
+// Open creates (if needed) and opens the state directory dir.
+func Open(dir string) (*Root, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("state root %q: not an absolute path", dir)
+	}
+	dir = filepath.Clean(dir)
+	if err := os.MkdirAll(filepath.Join(dir, "sandboxes"), 0o711); err != nil {
+		return nil, fmt.Errorf("create state root: %w", err)
+	}
+	// A sandbox's init runs as an unprivileged host uid and mounts its
+	// root on <dir>/sandboxes/<key>/root: every directory on the way must
+	// be searchable by others.
+	for p := filepath.Join(dir, "sandboxes"); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("state root: %w", err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return nil, fmt.Errorf("state root %s: directory %s is not searchable by other users (mode %v); sandboxes run as unprivileged uids and need o+x on it", dir, p, st.Mode().Perm())
+		}
+		if p == "/" {
+			break
+		}
+	}
+	return &Root{dir: dir}, nil
+}
+
+// Dir returns the state directory.
+func (r *Root) Dir() string { return r.dir }
+
+// Name returns the name the kernel objects of this root are grouped under:
+// "ironclaw" for the default root and "ironclaw-<hash>" for any other, so
+// that two IronClaw instances with different roots (two test suites, say)
+// never share a cgroup parent.
+func (r *Root) Name() string {
+	if r.dir == DefaultRoot {
+		return "ironclaw"
+	}
+	sum := sha256.Sum256([]byte(r.dir))
+	return "ironclaw-" + hex.EncodeToString(sum[:4])
+}
+
+// SandboxDir returns the directory of the sandbox with key k.
+func (r *Root) SandboxDir(k sandbox.Key) string {
+	return filepath.Join(r.dir, "sandboxes", string(k))
+}
+
+// Record is what the state directory knows about a sandbox regardless of
+// backend.
+type Record struct {
+	ID      string    `json:"id"`
+	Key     string    `json:"key"`
+	Created time.Time `json:"created"`
+	// OwnerPID is the process that holds the lock, for display only:
+	// liveness is decided by the lock, never by the PID.
+	OwnerPID int `json:"owner_pid"`
+}
+
+// Claim is an owned sandbox directory. The lock is held until Release.
+type Claim struct {
+	Dir    string
+	Key    sandbox.Key
+	Record Record
+	lock   *os.File
+}
+
+// Claim creates the directory for the sandbox id and takes its lock. It
+// fails with sandbox.ErrExists when a live owner holds the ID. A directory
+// left behind by a dead owner is returned in leftover, still locked, for the
+// caller to reclaim first and then Release; Claim must then be called again.
+func (r *Root) Claim(id string) (c *Claim, leftover *Claim, err error) {
+	if err := sandbox.ValidateID(id); err != nil {
+		return nil, nil, err
+	}
+	k := sandbox.KeyOf(id)
+	dir := r.SandboxDir(k)
+	for attempt := 0; attempt < 10; attempt++ {
+		fresh := true
+		if err := os.Mkdir(dir, 0o711); err != nil {
+			if !errors.Is(err, os.ErrExist) {
+				return nil, nil, fmt.Errorf("create sandbox dir: %w", err)
+			}
+			fresh = false
+		}
+		lock, err := lockDir(dir)
+		if errors.Is(err, errLocked) {
+			return nil, nil, fmt.Errorf("%w: %q (held by a running ironclaw)", sandbox.ErrExists, id)
+		}
+		if errors.Is(err, errStale) || errors.Is(err, os.ErrNotExist) {
+			continue // removed under us by a concurrent Release; retry
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		cl := &Claim{Dir: dir, Key: k, lock: lock}
+		if !fresh && hasRecord(dir) {
+			rec, _ := readRecord(dir)
+			cl.Record = rec
+			return nil, cl, nil
+		}
+		cl.Record = Record{ID: id, Key: string(k), Created: time.Now().UTC(), OwnerPID: os.Getpid()}
+		if err := writeJSON(filepath.Join(dir, recordFile), cl.Record); err != nil {
+			_ = cl.Release()
+			return nil, nil, err
+		}
+		return cl, nil, nil
+	}
+	return nil, nil, fmt.Errorf("claim sandbox dir %s: lost the race 10 times", dir)
+}
+
+// Release removes the sandbox directory and drops the lock. Callers must
+// have removed every kernel object first.
+func (c *Claim) Release() error {
+	if c.lock == nil {
+		return nil
+	}
+	// Unlink while locked: a GC that opened the old lock file will find
+	// the inode stale once it gets the lock, and back off.
+	err := os.RemoveAll(c.Dir)
+	c.lock.Close()
+	c.lock = nil
+	if err != nil {
+		return fmt.Errorf("remove sandbox dir: %w", err)
+	}
+	return nil
+}
+
+// Leaked returns the sandbox directories whose owner is dead, each locked
+// for the caller to reclaim and Release. Directories with live owners, and
+// entries that are not IronClaw sandbox directories, are left alone.
+func (r *Root) Leaked() ([]*Claim, error) {
+	ents, err := os.ReadDir(filepath.Join(r.dir, "sandboxes"))
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	var out []*Claim
+	for _, e := range ents {
+		k := sandbox.Key(e.Name())
+		if !e.IsDir() || !k.Valid() {
+			continue
+		}
+		dir := r.SandboxDir(k)
+		lock, err := lockDir(dir)
+		if err != nil {
+			continue // live, or gone meanwhile
+		}
+		c := &Claim{Dir: dir, Key: k, lock: lock}
+		c.Record, _ = readRecord(dir)
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Live returns the records of sandboxes whose owner is alive.
+func (r *Root) Live() ([]Record, error) {
+	ents, err := os.ReadDir(filepath.Join(r.dir, "sandboxes"))
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	var out []Record
+	for _, e := range ents {
+		k := sandbox.Key(e.Name())
+		if !e.IsDir() || !k.Valid() {
+			continue
+		}
+		dir := r.SandboxDir(k)
+		lock, err := lockDir(dir)
+		if err == nil {
+			lock.Close() // dead owner: not live
+			continue
+		}
+		if !errors.Is(err, errLocked) {
+			continue
+		}
+		if rec, err := readRecord(dir); err == nil {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+var (
+	errLocked = errors.New("locked by a live owner")
+	errStale  = errors.New("lock file replaced while waiting")
+)
+
+// lockDir takes the exclusive lock of dir without blocking and checks that
+// the locked file is still the one at the path.
+func lockDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, lockFile)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, errLocked
+		}
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	var held, now syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &held); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat lock: %w", err)
+	}
+	if err := syscall.Stat(p, &now); err != nil || now.Ino != held.Ino || now.Dev != held.Dev {
+		f.Close()
+		return nil, errStale
+	}
+	return f, nil
+}
+
+func hasRecord(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, recordFile))
+	return err == nil
+}
+
+func readRecord(dir string) (Record, error) {
+	var rec Record
+	err := ReadJSON(filepath.Join(dir, recordFile), &rec)
+	return rec, err
+}
+
+// WriteJSON writes v as JSON to path atomically (write to a temporary file,
+// fsync, rename), so a reader never sees a half-written record.
+func WriteJSON(path string, v any) error { return writeJSON(path, v) }
+
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", filepath.Base(path), err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", filepath.Base(path), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", filepath.Base(path), err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// ReadJSON reads a record written by WriteJSON into v.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("decode %s: %w", path, err)
+	}
+	return nil
+}
+
+// Collect reclaims every sandbox directory of a dead owner: reclaim removes
+// the kernel objects the directory's records name, then the directory goes.
+// A directory whose reclaim fails is kept (and its error returned) so that
+// a later run can try again; nothing without a record is touched.
+func (r *Root) Collect(reclaim func(dir string) error) (int, error) {
+	leaked, err := r.Leaked()
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for _, c := range leaked {
+		if err := reclaim(c.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("reclaim %s (%q): %w", c.Key, c.Record.ID, err))
+			c.lock.Close()
+			continue
+		}
+		if err := c.Release(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}

@@ -1,0 +1,174 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func tempRoot(t *testing.T) *Root {
+	t.Helper()
+	r, err := Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestOpenRefusesUnsearchableParents(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(filepath.Join(dir, "state"))
+	if err == nil || !strings.Contains(err.Error(), "not searchable") {
+		t.Fatalf("Open under a 0700 dir = %v, want a 'not searchable' error", err)
+	}
+	if _, err := Open("relative"); err == nil {
+		t.Fatal("Open(relative) succeeded")
+	}
+}
+
+func TestClaimExclusive(t *testing.T) {
+	r := tempRoot(t)
+	c, left, err := r.Claim("vm-1")
+	if err != nil || left != nil {
+		t.Fatalf("Claim = %v, %v", left, err)
+	}
+	if _, _, err := r.Claim("vm-1"); !errors.Is(err, sandbox.ErrExists) {
+		t.Fatalf("second Claim = %v, want ErrExists", err)
+	}
+	// A near-identical ID is a different sandbox.
+	c2, _, err := r.Claim("vm_1")
+	if err != nil {
+		t.Fatalf("Claim(vm_1) = %v", err)
+	}
+	if c.Dir == c2.Dir {
+		t.Fatal("vm-1 and vm_1 share a directory")
+	}
+	live, err := r.Live()
+	if err != nil || len(live) != 2 {
+		t.Fatalf("Live = %v, %v; want 2 records", live, err)
+	}
+	for _, cl := range []*Claim{c, c2} {
+		if err := cl.Release(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(cl.Dir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("Release left %s: %v", cl.Dir, err)
+		}
+	}
+	c3, _, err := r.Claim("vm-1")
+	if err != nil {
+		t.Fatalf("Claim after Release = %v", err)
+	}
+	c3.Release()
+}
+
+// TestDeadOwnerIsLeaked claims a sandbox in a child process that is then
+// SIGKILLed, and checks the directory is found leaked, reclaimed once and
+// then claimable again.
+func TestDeadOwnerIsLeaked(t *testing.T) {
+	if os.Getenv("STATE_TEST_CHILD") != "" {
+		r, err := Open(os.Getenv("STATE_TEST_CHILD"))
+		if err != nil {
+			os.Exit(2)
+		}
+		if _, _, err := r.Claim("orphan"); err != nil {
+			os.Exit(3)
+		}
+		os.Stdout.WriteString("claimed\n")
+		select {}
+	}
+	r := tempRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDeadOwnerIsLeaked$")
+	cmd.Env = append(os.Environ(), "STATE_TEST_CHILD="+r.Dir())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if _, err := out.Read(buf); err != nil || string(buf[:7]) != "claimed" {
+		t.Fatalf("child did not claim: %q %v", buf, err)
+	}
+	if _, _, err := r.Claim("orphan"); !errors.Is(err, sandbox.ErrExists) {
+		t.Fatalf("Claim while the owner lives = %v, want ErrExists", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+
+	var reclaimed []string
+	n, err := r.Collect(func(dir string) error { reclaimed = append(reclaimed, dir); return nil })
+	if err != nil || n != 1 || len(reclaimed) != 1 {
+		t.Fatalf("Collect = %d, %v (%v); want 1 reclaimed", n, err, reclaimed)
+	}
+	if n, err := r.Collect(func(string) error { return nil }); n != 0 || err != nil {
+		t.Fatalf("second Collect = %d, %v", n, err)
+	}
+	c, left, err := r.Claim("orphan")
+	if err != nil || left != nil {
+		t.Fatalf("Claim after Collect = %v, %v", left, err)
+	}
+	c.Release()
+}
+
+func TestCollectKeepsFailedAndIgnoresForeign(t *testing.T) {
+	r := tempRoot(t)
+	c, _, err := r.Claim("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.lock.Close() // simulate the owner's death
+	c.lock = nil
+	foreign := filepath.Join(r.Dir(), "sandboxes", "not-a-key")
+	if err := os.Mkdir(foreign, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if _, err := r.Collect(func(string) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("Collect = %v, want boom", err)
+	}
+	if _, err := os.Stat(c.Dir); err != nil {
+		t.Fatalf("failed reclaim removed the dir: %v", err)
+	}
+	if n, err := r.Collect(func(string) error { return nil }); n != 1 || err != nil {
+		t.Fatalf("retry Collect = %d, %v", n, err)
+	}
+	if _, err := os.Stat(foreign); err != nil {
+		t.Fatalf("Collect touched a foreign entry: %v", err)
+	}
+}
+
+func TestLeftoverReturnedByClaim(t *testing.T) {
+	r := tempRoot(t)
+	c, _, err := r.Claim("again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.lock.Close()
+	c.lock = nil
+	_, left, err := r.Claim("again")
+	if err != nil || left == nil || left.Record.ID != "again" {
+		t.Fatalf("Claim over a dead owner = %+v, %v; want the leftover", left, err)
+	}
+	left.Release()
+}
+
+func TestRootName(t *testing.T) {
+	if n := (&Root{dir: DefaultRoot}).Name(); n != "ironclaw" {
+		t.Errorf("default root name = %q", n)
+	}
+	a, b := (&Root{dir: "/a"}).Name(), (&Root{dir: "/b"}).Name()
+	if a == b || !strings.HasPrefix(a, "ironclaw-") {
+		t.Errorf("root names %q, %q", a, b)
+	}
+}
