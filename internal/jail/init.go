@@ -296,6 +296,13 @@ func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (
 	if err := ll.restrictThread(); err != nil {
 		return "landlock", err
 	}
+	// A cgroup namespace rooted at the sandbox's cgroup. The host moves
+	// init there while init builds its root (on cgroup v1 a move waits for
+	// an RCU grace period, several milliseconds, so it runs in parallel).
+	<-placed
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return "cgroup namespace", err
+	}
 	if cfg.User.UID == 0 && cfg.User.GID == 0 {
 		// Root inside keeps its uid, so clear its capabilities here: the
 		// child starts with none.
@@ -304,13 +311,6 @@ func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
 			return "drop capabilities", fmt.Errorf("capset: %w", err)
 		}
-	}
-	// A cgroup namespace rooted at the sandbox's cgroup. The host moves
-	// init there while init builds its root (on cgroup v1 a move waits for
-	// an RCU grace period, several milliseconds, so it runs in parallel).
-	<-placed
-	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return "cgroup namespace", err
 	}
 	// The seccomp filter is installed here, last, on this thread: it is
 	// the final step before fork and execve.

@@ -316,7 +316,8 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"configure init", err}
 	}
 	if cgFD == nil {
-		if err := s.group.AddProc(s.initPID); err != nil {
+		// ESRCH: init already died, and the handshake reports why.
+		if err := s.group.AddProc(s.initPID); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return nil, &StartError{"cgroup", err}
 		}
 	}

@@ -1,0 +1,136 @@
+// Command ironclaw-bench measures IronClaw against its peers on this
+// machine and prints medians and ratios. Every performance figure in the
+// README and docs comes from a run of this command.
+//
+//	ironclaw-bench jail [-runs N] [-json]    ironclaw run vs bwrap vs plain exec
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/ironclaw/ironclaw/internal/bench"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "jail":
+		err = jail(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown benchmark %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// common holds the flags every benchmark takes.
+type common struct {
+	runs, warmup int
+	json         bool
+	ironclaw     string
+	root         string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.IntVar(&c.runs, "runs", 100, "measured runs per contestant")
+	fs.IntVar(&c.warmup, "warmup", 5, "unmeasured warm-up runs per contestant")
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	fs.StringVar(&c.ironclaw, "ironclaw", "", "ironclaw binary (default: next to this one, then PATH)")
+	fs.StringVar(&c.root, "root", "", "state root for the measured sandboxes (default: a fresh temporary one)")
+}
+
+func (c *common) setup() (cleanup func(), err error) {
+	if c.ironclaw == "" {
+		self, _ := os.Executable()
+		c.ironclaw = filepath.Join(filepath.Dir(self), "ironclaw")
+		if _, err := os.Stat(c.ironclaw); err != nil {
+			if c.ironclaw, err = exec.LookPath("ironclaw"); err != nil {
+				return nil, fmt.Errorf("no ironclaw binary next to ironclaw-bench or on PATH; pass -ironclaw")
+			}
+		}
+	}
+	cleanup = func() {}
+	if c.root == "" {
+		dir, err := os.MkdirTemp("", "ironclaw-bench-")
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(dir, 0o711); err != nil {
+			return nil, err
+		}
+		c.root = filepath.Join(dir, "state")
+		cleanup = func() { os.RemoveAll(dir) }
+	}
+	return cleanup, nil
+}
+
+func (c *common) print(rep *bench.Report) error {
+	if c.json {
+		return rep.JSON(os.Stdout)
+	}
+	return rep.Print(os.Stdout)
+}
+
+// command returns a contestant that runs argv and requires success.
+func command(name string, argv ...string) bench.Contestant {
+	return bench.Contestant{Name: name, Run: func(ctx context.Context) error {
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}}
+}
+
+func jail(args []string) error {
+	fs := flag.NewFlagSet("jail", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	fs.Parse(args)
+	cleanup, err := c.setup()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	bwrap, err := exec.LookPath("bwrap")
+	if err != nil {
+		return fmt.Errorf("bwrap not found: apt-get install bubblewrap")
+	}
+	work, err := os.MkdirTemp("", "bench-work-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	// bwrap gets the same view the jail builds (system dirs read-only,
+	// proc, dev, tmp, a workspace, clean environment, no capabilities),
+	// minus what it cannot do: cgroup limits, Landlock and the
+	// parent-verified launch.
+	bw := []string{bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+		"--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+		"--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+		"--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind", "/etc/alternatives", "/etc/alternatives",
+		"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/workspace", "--chdir", "/workspace",
+		"--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--cap-drop", "ALL", "/bin/true"}
+	ic := []string{c.ironclaw, "--root", c.root, "run"}
+	rep, err := bench.Run(context.Background(), "ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, []bench.Contestant{
+		command("ironclaw (default limits: cgroups + Landlock)", append(ic, "--", "/bin/true")...),
+		command("ironclaw --memory 0 --pids 0 (no cgroup)", append(ic, "--memory", "0", "--pids", "0", "--", "/bin/true")...),
+		command("bwrap", bw...),
+		command("exec /bin/true", "/bin/true"),
+	})
+	if err != nil {
+		return err
+	}
+	return c.print(rep)
+}

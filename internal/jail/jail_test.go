@@ -1,0 +1,158 @@
+package jail
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	MaybeInit() // this test binary is also the sandboxes' init
+	os.Exit(m.Run())
+}
+
+func newJail(t *testing.T, cg *cgroup.Host) (*Jail, *state.Root) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	root, err := state.Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := testutil.Leaks(root.Dir(), root.Name()); err != nil {
+			t.Error(err)
+		}
+	})
+	j, err := New(Config{Root: root, Cgroups: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j, root
+}
+
+func spec(id string, cmd ...string) sandbox.Spec {
+	return sandbox.Spec{ID: id, Command: cmd, User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}
+}
+
+func TestLimitsAreReadBackFromTheKernel(t *testing.T) {
+	j, _ := newJail(t, nil)
+	s := spec("limits", "sleep", "30")
+	s.Resources.MemoryBytes = 64 << 20
+	s.Resources.Pids = 50
+	s.Resources.CPUs = 0.5
+	sb, err := j.Start(context.Background(), s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	paths := sb.Group().Paths()
+	if len(paths) != 3 {
+		t.Fatalf("cgroup paths %v, want memory, pids and cpu", paths)
+	}
+	want := map[string]string{"memory.limit_in_bytes": "67108864", "pids.max": "50", "cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000"}
+	if sb.Group().Version() == cgroup.V2 {
+		want = map[string]string{"memory.max": "67108864", "memory.swap.max": "0", "pids.max": "50", "cpu.max": "50000 100000"}
+	}
+	for file, v := range want {
+		var got string
+		for _, p := range paths {
+			if b, err := os.ReadFile(filepath.Join(p, file)); err == nil {
+				got = strings.TrimSpace(string(b))
+			}
+		}
+		if got != v {
+			t.Errorf("%s = %q, want %q", file, got, v)
+		}
+	}
+	procs, err := cgroup.Procs(paths[0])
+	if err != nil || len(procs) != 2 {
+		t.Errorf("cgroup holds %v (%v), want init and sleep", procs, err)
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cgroup %s remains after Close", p)
+		}
+	}
+}
+
+func TestUnenforceableLimitIsRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	// The hybrid host's unified hierarchy has no controllers: a v2 host
+	// without the memory controller must refuse --memory, not drop it.
+	v2, err := cgroup.NewHost(cgroup.V2, "/sys/fs/cgroup/unified", "test")
+	if err != nil {
+		v2, err = cgroup.NewHost(cgroup.V2, "/sys/fs/cgroup", "test")
+	}
+	testutil.Require(t, err == nil, "no cgroup v2 mount")
+	if v2.Available["memory"] {
+		testutil.Require(t, false, "this host's v2 hierarchy has the memory controller; the refusal cannot be shown")
+	}
+	j, root := newJail(t, v2)
+	s := spec("refused", "true")
+	s.Resources = sandbox.Resources{MemoryBytes: 64 << 20}
+	_, err = j.Start(context.Background(), s, Options{})
+	var se *StartError
+	if !errors.As(err, &se) || se.Step != "cgroup" || !errors.Is(err, sandbox.ErrUnsupported) || !strings.Contains(err.Error(), "--memory") {
+		t.Fatalf("Start = %v, want a cgroup StartError wrapping ErrUnsupported that names --memory", err)
+	}
+	if _, err := os.Stat(root.SandboxDir(sandbox.KeyOf("refused"))); err == nil {
+		t.Error("refused start left a state directory")
+	}
+}
+
+func TestNearIdenticalIDsGetDistinctObjects(t *testing.T) {
+	j, _ := newJail(t, nil)
+	ids := []string{"vm-1", "vm_1", strings.Repeat("ü", 300), strings.Repeat("ü", 299) + "u"}
+	seen := map[string]string{}
+	var sbs []*Sandbox
+	for _, id := range ids {
+		sb, err := j.Start(context.Background(), spec(id, "sleep", "30"), Options{})
+		if err != nil {
+			t.Fatalf("Start(%q): %v", id, err)
+		}
+		sbs = append(sbs, sb)
+		for _, p := range append(sb.Group().Paths(), sb.Dir) {
+			if prev, ok := seen[p]; ok {
+				t.Errorf("%q and %q share %s", id, prev, p)
+			}
+			seen[p] = id
+			if len(filepath.Base(p)) > 255 {
+				t.Errorf("%s: name longer than NAME_MAX", p)
+			}
+		}
+	}
+	for _, sb := range sbs {
+		if err := sb.Close(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestCloseKillsAndWaitReports(t *testing.T) {
+	j, _ := newJail(t, nil)
+	s := spec("closed", "sleep", "60")
+	s.Timeout = 300 * time.Millisecond
+	sb, err := j.Start(context.Background(), s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := sb.Wait()
+	if err != nil || !res.TimedOut || res.ExitCode != 137 {
+		t.Fatalf("Wait = %+v, %v; want a timed-out SIGKILL", res, err)
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+}
