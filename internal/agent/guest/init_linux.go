@@ -29,6 +29,16 @@ func Setup(log *slog.Logger) (*Booted, error) {
 	if err := mountAPI("/"); err != nil {
 		return nil, err
 	}
+	// The initramfs has no /dev/console node, so the kernel started us
+	// without stdio; take the console from devtmpfs now.
+	if fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0); err == nil {
+		for i := 0; i < 3; i++ {
+			_ = unix.Dup3(fd, i, 0)
+		}
+		if fd > 2 {
+			unix.Close(fd)
+		}
+	}
 	raw, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return nil, fmt.Errorf("read kernel command line: %w", err)
@@ -312,22 +322,27 @@ func openSerialPort(ctx context.Context, name string) (io.ReadWriteCloser, error
 	if err != nil {
 		return nil, err
 	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dev, err)
+	}
+	// The port polls POLLHUP (with POLLIN: a read would not block, it
+	// returns EOF) while no host is connected, and POLLIN alone once the
+	// host is there. It stays open while waiting, so bytes the host sends
+	// are never dropped by a close.
 	for {
-		f, err := os.OpenFile(dev, os.O_RDWR, 0)
-		if err != nil {
-			return nil, fmt.Errorf("open %s: %w", dev, err)
-		}
-		// Wait for host data: POLLIN, not POLLHUP (no host yet).
 		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
 		_, perr := unix.Poll(fds, 200)
-		if perr == nil && fds[0].Revents&unix.POLLIN != 0 {
+		if perr == nil && fds[0].Revents&unix.POLLIN != 0 && fds[0].Revents&unix.POLLHUP == 0 {
 			return f, nil
 		}
-		f.Close()
 		if ctx.Err() != nil {
+			f.Close()
 			return nil, ctx.Err()
 		}
-		time.Sleep(50 * time.Millisecond)
+		if perr != nil || fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
