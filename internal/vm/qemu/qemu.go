@@ -1,0 +1,501 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/agent/guest"
+	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/vm/image"
+)
+
+// Files the driver creates in the sandbox directory.
+const (
+	RecordFile    = "qemu.json"      // written before QEMU starts; read by Reclaim
+	ConsoleLog    = "console.log"    // guest serial console
+	StdoutLog     = "qemu.stdout"    // QEMU's stdout
+	StderrLog     = "qemu.stderr"    // QEMU's stderr
+	agentSocket   = "agent.sock"     // virtio-serial chardev
+	qmpSocket     = "qmp.sock"       // QMP
+	initrdFile    = "initramfs.cpio" // shared initramfs + this sandbox's token
+	agentPortName = "org.ironclaw.agent"
+)
+
+// Config describes one VM.
+type Config struct {
+	// Binary is the QEMU executable; "" means qemu-system-x86_64 on PATH.
+	Binary string
+	// Image holds kernel, initramfs and rootfs.
+	Image *image.Image
+	// Dir is the sandbox's directory (owned by the caller); the driver
+	// writes its record, sockets, logs and the per-sandbox initramfs here.
+	Dir string
+	// MemoryMiB and CPUs size the VM; 0 means 256 MiB and 1 vCPU.
+	MemoryMiB int
+	CPUs      int
+	// KVM selects -accel kvm; only set it when a boot probe passed on
+	// this host (Probe). Otherwise TCG.
+	KVM bool
+	// Tap is a tap device in NetNS to attach as virtio-net; "" means no
+	// network device. NetNS is the path of the netns QEMU runs in (e.g.
+	// /run/netns/NAME); "" means the caller's.
+	Tap     string
+	NetNS   string
+	MAC     string // "" derives one from the token
+	Network *guest.NetConfig
+	// Hostname of the guest.
+	Hostname string
+	// Token is the per-sandbox agent token (required). It reaches the
+	// guest only inside the per-sandbox initramfs.
+	Token []byte
+	// BootTimeout bounds boot until the agent answers; 0 means 90 s.
+	BootTimeout time.Duration
+	// Launch builds the command that runs argv (the seam for the seccomp
+	// VMM launcher); nil means exec.Command(argv[0], argv[1:]...). The
+	// driver sets the returned command's stdio and starts it.
+	Launch func(ctx context.Context, argv []string) (*exec.Cmd, error)
+	// Cmdline is appended to the kernel command line.
+	Cmdline []string
+	Logger  *slog.Logger
+}
+
+// VM is a running QEMU micro-VM with a connected agent.
+type VM struct {
+	cfg     Config
+	log     *slog.Logger
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error
+	// Agent is the connected agent client.
+	Agent *agentapi.Client
+	QMP   *QMP
+	// BootTime is from process start to the agent's handshake reply.
+	BootTime time.Duration
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Record is what the driver writes before starting QEMU, so Reclaim can
+// remove what a killed owner left behind.
+type Record struct {
+	PID       int      `json:"pid"`
+	StartTime uint64   `json:"start_time"` // /proc/<pid>/stat field 22, guards against pid reuse
+	Binary    string   `json:"binary"`
+	Files     []string `json:"files"`
+}
+
+// Argv returns QEMU's command line for cfg (without starting anything).
+func Argv(cfg Config) ([]string, error) {
+	if cfg.Image == nil {
+		return nil, errors.New("qemu config: image: required")
+	}
+	bin := cfg.Binary
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	mem, cpus := cfg.MemoryMiB, cfg.CPUs
+	if mem == 0 {
+		mem = 256
+	}
+	if cpus == 0 {
+		cpus = 1
+	}
+	if mem < 64 || cpus < 1 || cpus > 64 {
+		return nil, fmt.Errorf("qemu config: memory %d MiB / %d cpus out of range", mem, cpus)
+	}
+	cmdline := []string{"console=ttyS0", "reboot=t", "panic=-1", "quiet", "loglevel=4",
+		guest.ParamRoot + "=/dev/vda",
+		guest.ParamChannel + "=" + guest.Channel{Kind: "virtio-serial", Name: agentPortName}.String(),
+		guest.ParamPowerOff + "=reboot",
+	}
+	if cfg.Hostname != "" {
+		cmdline = append(cmdline, guest.ParamHostname+"="+cfg.Hostname)
+	}
+	if cfg.Network != nil {
+		if cfg.Tap == "" {
+			return nil, errors.New("qemu config: network: set without a tap")
+		}
+		cmdline = append(cmdline, guest.ParamNet+"="+cfg.Network.String())
+	}
+	for _, c := range cfg.Cmdline {
+		if strings.Contains(c, "ironclaw.token") {
+			return nil, errors.New("qemu config: cmdline: the token never goes on the command line")
+		}
+	}
+	cmdline = append(cmdline, cfg.Cmdline...)
+	accel, cpu := "tcg", "max"
+	if cfg.KVM {
+		accel, cpu = "kvm", "host"
+	}
+	d := cfg.Dir
+	argv := []string{bin,
+		"-M", "microvm,x-option-roms=off,rtc=on",
+		"-accel", accel, "-cpu", cpu,
+		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-chardev", "file,id=console,path=" + filepath.Join(d, ConsoleLog),
+		"-serial", "chardev:console",
+		"-kernel", cfg.Image.Kernel,
+		"-initrd", filepath.Join(d, initrdFile),
+		"-append", strings.Join(cmdline, " "),
+		"-drive", "id=root,file=" + cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
+		"-device", "virtio-blk-device,drive=root",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(d, agentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
+		"-device", "virtio-rng-device",
+		"-qmp", "unix:" + filepath.Join(d, qmpSocket) + ",server=on,wait=off",
+	}
+	if cfg.Tap != "" {
+		mac := cfg.MAC
+		if mac == "" {
+			mac = "02:1c:00:00:00:02"
+		}
+		argv = append(argv, "-netdev", "tap,id=net0,ifname="+cfg.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev=net0,mac="+mac)
+	}
+	return argv, nil
+}
+
+// Start boots a VM and connects to its agent. On any failure everything it
+// made is removed and QEMU is killed; the error names the step and carries
+// the end of QEMU's stderr and the console.
+func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
+	if len(cfg.Token) == 0 {
+		return nil, errors.New("qemu start: token: required")
+	}
+	if cfg.Dir == "" {
+		return nil, errors.New("qemu start: dir: required")
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 90 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	argv, err := Argv(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range []string{cfg.Image.Kernel, cfg.Image.Rootfs, cfg.Image.Initramfs} {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("qemu start: image file: %w", err)
+		}
+	}
+	bin, err := exec.LookPath(argv[0])
+	if err != nil {
+		return nil, fmt.Errorf("qemu start: binary: %w", err)
+	}
+	argv[0] = bin
+	rec := Record{Binary: bin, Files: []string{RecordFile, agentSocket, qmpSocket, initrdFile}}
+	if err := writeRecord(cfg.Dir, rec); err != nil {
+		return nil, err
+	}
+	v := &VM{cfg: cfg, log: log, exited: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			v.teardown()
+		}
+	}()
+	if err := image.WriteSandboxInitramfs(filepath.Join(cfg.Dir, initrdFile), cfg.Image.Initramfs, cfg.Token); err != nil {
+		return nil, fmt.Errorf("qemu start: %w", err)
+	}
+	launch := cfg.Launch
+	if launch == nil {
+		launch = func(_ context.Context, a []string) (*exec.Cmd, error) { return exec.Command(a[0], a[1:]...), nil }
+	}
+	cmd, err := launch(ctx, argv)
+	if err != nil {
+		return nil, fmt.Errorf("qemu start: launcher: %w", err)
+	}
+	stdout, err1 := os.OpenFile(filepath.Join(cfg.Dir, StdoutLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	stderr, err2 := os.OpenFile(filepath.Join(cfg.Dir, StderrLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("qemu start: log files: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	cmd.SysProcAttr.Setpgid = true
+	start := time.Now()
+	err = startIn(cfg.NetNS, cmd)
+	stdout.Close()
+	stderr.Close()
+	if err != nil {
+		return nil, fmt.Errorf("qemu start: %w", err)
+	}
+	v.cmd = cmd
+	go func() {
+		v.waitErr = cmd.Wait()
+		close(v.exited)
+	}()
+	rec.PID = cmd.Process.Pid
+	rec.StartTime, _ = procStartTime(rec.PID)
+	if err := writeRecord(cfg.Dir, rec); err != nil {
+		return nil, err
+	}
+	log.Debug("qemu started", "pid", rec.PID, "kvm", cfg.KVM)
+
+	bctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-v.exited:
+			cancel()
+		case <-bctx.Done():
+		}
+	}()
+	if v.QMP, err = dialRetry(bctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(cfg.Dir, qmpSocket)) }); err != nil {
+		return nil, v.bootErr("connect QMP", err)
+	}
+	conn, err := dialRetry(bctx, func(c context.Context) (net.Conn, error) {
+		return agentapi.DialUnix(c, filepath.Join(cfg.Dir, agentSocket))
+	})
+	if err != nil {
+		return nil, v.bootErr("connect agent channel", err)
+	}
+	if v.Agent, err = agentapi.Connect(bctx, conn, cfg.Token); err != nil {
+		return nil, v.bootErr("agent handshake", err)
+	}
+	v.BootTime = time.Since(start)
+	log.Debug("agent ready", "boot", v.BootTime)
+	return v, nil
+}
+
+func dialRetry[T any](ctx context.Context, dial func(context.Context) (T, error)) (T, error) {
+	for {
+		c, err := dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			return c, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// bootErr explains a failed boot: an exited QEMU with its status and the
+// tail of its stderr and of the guest console.
+func (v *VM) bootErr(step string, err error) error {
+	select {
+	case <-v.exited:
+		return fmt.Errorf("qemu start: %s: QEMU exited early (%v): stderr: %s; console: %s", step, v.waitErr,
+			tail(filepath.Join(v.cfg.Dir, StderrLog), 600), tail(filepath.Join(v.cfg.Dir, ConsoleLog), 1200))
+	default:
+	}
+	return fmt.Errorf("qemu start: %s: %w; console: %s", step, err, tail(filepath.Join(v.cfg.Dir, ConsoleLog), 1200))
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) > n {
+		s = "…" + s[len(s)-n:]
+	}
+	if s == "" {
+		return "(empty)"
+	}
+	return s
+}
+
+// Exited is closed when the QEMU process has exited.
+func (v *VM) Exited() <-chan struct{} { return v.exited }
+
+// PID is QEMU's process id.
+func (v *VM) PID() int { return v.cmd.Process.Pid }
+
+// Close shuts the VM down: a clean power-off through the agent, then QMP
+// quit, then SIGKILL, each bounded in time; then it removes the sockets,
+// the per-sandbox initramfs and the record. The logs stay for the caller.
+func (v *VM) Close() error {
+	v.closeOnce.Do(func() {
+		if v.Agent != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := v.Agent.Shutdown(ctx); err != nil {
+				v.log.Debug("agent shutdown", "err", err)
+			}
+			cancel()
+			select {
+			case <-v.exited:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		v.closeErr = v.teardown()
+	})
+	return v.closeErr
+}
+
+func (v *VM) teardown() error {
+	if v.Agent != nil {
+		_ = v.Agent.Close()
+	}
+	if v.cmd != nil {
+		select {
+		case <-v.exited:
+		default:
+			if v.QMP != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = v.QMP.Execute(ctx, "quit", nil, nil)
+				cancel()
+			}
+			select {
+			case <-v.exited:
+			case <-time.After(3 * time.Second):
+				_ = v.cmd.Process.Kill()
+				<-v.exited
+			}
+		}
+	}
+	if v.QMP != nil {
+		_ = v.QMP.Close()
+	}
+	return removeFiles(v.cfg.Dir)
+}
+
+func removeFiles(dir string) error {
+	var errs []error
+	for _, f := range []string{agentSocket, qmpSocket, initrdFile, RecordFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("qemu cleanup: %w", err)
+	}
+	return nil
+}
+
+func writeRecord(dir string, rec Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("qemu record: %w", err)
+	}
+	tmp := filepath.Join(dir, RecordFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("qemu record: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, RecordFile)); err != nil {
+		return fmt.Errorf("qemu record: %w", err)
+	}
+	return nil
+}
+
+// Reclaim kills the QEMU named in dir's record if it still runs (same pid
+// and start time) and removes the files the driver made. It is idempotent.
+func Reclaim(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, RecordFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("qemu reclaim: %w", err)
+	}
+	var rec Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("qemu reclaim: record %s: %w", dir, err)
+	}
+	if rec.PID > 0 {
+		if st, err := procStartTime(rec.PID); err == nil && st == rec.StartTime {
+			if err := unix.Kill(rec.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
+				return fmt.Errorf("qemu reclaim: kill %d: %w", rec.PID, err)
+			}
+			for i := 0; i < 100; i++ {
+				if st2, err := procStartTime(rec.PID); err != nil || st2 != rec.StartTime {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	return removeFiles(dir)
+}
+
+// procStartTime reads field 22 of /proc/<pid>/stat (start time in ticks).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	if f[0] == "Z" {
+		return 0, errors.New("zombie")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// startIn starts cmd inside the network namespace at nsPath: the fork
+// happens on an OS thread that has joined it, so the child is born there.
+func startIn(nsPath string, cmd *exec.Cmd) error {
+	if nsPath == "" {
+		return cmd.Start()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is left locked (and so discarded by the runtime)
+		// if it cannot be returned to its original namespace.
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open current netns: %w", err)
+			return
+		}
+		defer unix.Close(orig)
+		target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open netns %s: %w", nsPath, err)
+			return
+		}
+		defer unix.Close(target)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", nsPath, err)
+			return
+		}
+		err = cmd.Start()
+		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// NewToken returns a fresh random agent token.
+func NewToken() []byte {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return []byte(hex.EncodeToString(b[:]))
+}
