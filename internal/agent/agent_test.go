@@ -360,7 +360,7 @@ func TestAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if err := agentapi.WriteJSON(conn, agentapi.FrameHello, agentapi.Hello{Version: agentapi.Version + 1, Token: string(testToken)}); err != nil {
+	if err := agentapi.WriteJSON(conn, agentapi.FrameHello, agentapi.Hello{Version: agentapi.Version + 1, Token: testToken}); err != nil {
 		t.Fatal(err)
 	}
 	fr, err := agentapi.ReadFrame(conn, 0)

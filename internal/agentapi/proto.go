@@ -156,8 +156,10 @@ func decodeStrict(b []byte, v any) error {
 
 // Hello is the host's first frame on a connection.
 type Hello struct {
-	Version int    `json:"version"`
-	Token   string `json:"token"`
+	Version int `json:"version"`
+	// Token is raw bytes (base64 in JSON): a string field would turn
+	// bytes that are not UTF-8 into U+FFFD and lose the token.
+	Token []byte `json:"token"`
 }
 
 // HelloReply is the agent's answer to Hello. OK is false with Error set when

@@ -2,8 +2,10 @@ package agentapi
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"net"
 	"testing"
 )
 
@@ -157,5 +159,28 @@ func TestZeroAndClosedClient(t *testing.T) {
 	case <-c.Done():
 	default:
 		t.Error("Done of an unconnected client is not closed")
+	}
+}
+
+// TestHandshakeBinaryToken guards against a token that is not UTF-8 being
+// mangled on the way (a JSON string field turns such bytes into U+FFFD).
+func TestHandshakeBinaryToken(t *testing.T) {
+	tok := []byte{0xff, 0xfe, 0x00, 0x80, 'a', 0xc3, 0x28, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09}
+	other := append([]byte{}, tok...)
+	other[0] = 0xfd // differs only in a byte that is invalid UTF-8 either way
+	for _, c := range []struct {
+		sent []byte
+		ok   bool
+	}{{tok, true}, {other, false}} {
+		a, b := net.Pipe()
+		errc := make(chan error, 1)
+		go func() { errc <- ServerHandshake(context.Background(), b, func() []byte { return tok }) }()
+		cerr := clientHandshake(context.Background(), a, c.sent)
+		serr := <-errc
+		a.Close()
+		b.Close()
+		if (cerr == nil) != c.ok || (serr == nil) != c.ok {
+			t.Errorf("token %x: client %v, server %v; want ok=%v", c.sent, cerr, serr, c.ok)
+		}
 	}
 }

@@ -45,7 +45,7 @@ type deadliner interface{ SetDeadline(time.Time) error }
 func clientHandshake(ctx context.Context, rw io.ReadWriteCloser, token []byte) error {
 	stop := watchCtx(ctx, rw)
 	defer stop()
-	if err := WriteJSON(rw, FrameHello, Hello{Version: Version, Token: string(token)}); err != nil {
+	if err := WriteJSON(rw, FrameHello, Hello{Version: Version, Token: token}); err != nil {
 		return fmt.Errorf("agent handshake: %w", ctxErr(ctx, err))
 	}
 	f, err := ReadFrame(rw, maxHelloFrame)
@@ -86,7 +86,7 @@ func ServerHandshake(ctx context.Context, rw io.ReadWriteCloser, token func() []
 	switch {
 	case h.Version != Version:
 		refuse = fmt.Sprintf("version mismatch: agent speaks %d, host sent %d", Version, h.Version)
-	case !TokenEqual([]byte(h.Token), token()):
+	case !TokenEqual(h.Token, token()):
 		refuse = "bad token"
 	}
 	if refuse != "" {

@@ -161,6 +161,12 @@ type Group struct {
 	v2    *cgroup2.Manager
 }
 
+// Load returns a handle on the existing group rel made with the limits r,
+// for a process that re-attaches to a sandbox it did not create.
+func (h *Host) Load(rel string, r sandbox.Resources) *Group {
+	return &Group{host: h, rel: rel, ctls: controllersFor(r), paths: h.Paths(rel, r)}
+}
+
 // Create makes the group rel (such as "/ironclaw/<key>") with the limits
 // r, reads every limit back from the kernel, and removes what it made on
 // any failure.

@@ -48,6 +48,16 @@ type initConfig struct {
 	Loopback bool `json:"loopback"`
 	// Trace asks init to report how long each of its steps took.
 	Trace bool `json:"trace,omitempty"`
+	// Agent, when set, makes init serve the agent protocol for a
+	// long-lived sandbox instead of running one command.
+	Agent *agentInit `json:"agent,omitempty"`
+	// Persistent keeps the sandbox alive when the host process that made
+	// it exits; a daemon re-attaches to it through the agent socket.
+	Persistent bool `json:"persistent,omitempty"`
+	// LockFD is the state directory's lock, held by init for the
+	// sandbox's whole life: GC takes the sandbox for dead only when both
+	// its owner and its init are gone.
+	LockFD int `json:"lock_fd"`
 	// Epoch is the host's clock (Unix nanoseconds) when it began to start
 	// init, so traced init steps line up with the host's.
 	Epoch int64 `json:"epoch,omitempty"`
@@ -63,6 +73,15 @@ type bindSource struct {
 	// System marks the host's system directories and rootfs entries; they
 	// are part of the read-only view Landlock grants execution in.
 	System bool `json:"system"`
+}
+
+// agentInit configures the agent a long-lived sandbox's init serves.
+type agentInit struct {
+	// ListenFD is a listening Unix socket the host created in the
+	// sandbox's state directory (outside the sandbox's view).
+	ListenFD    int    `json:"listen_fd"`
+	Token       []byte `json:"token"`
+	MaxFileSize int64  `json:"max_file_size,omitempty"`
 }
 
 type rlimit struct {

@@ -32,11 +32,13 @@ func MaybeInit() {
 	os.Exit(initMain())
 }
 
-// initMain is PID 1 of a sandbox: it builds the root file system, confines
-// the thread that will start the command, starts it when the host says so,
-// forwards signals to it, reaps every orphan, and reports how it ended.
-// When the command exits, init exits and the kernel kills whatever is left
-// in the PID namespace.
+// initMain is PID 1 of a sandbox. It builds the root file system and
+// confines a thread the way every command of the sandbox will be confined;
+// the host verifies that thread. Then, for `ironclaw run`, it starts the
+// command from that thread, forwards signals to it, reaps every orphan and
+// reports how the command ended; when the command exits, init exits and the
+// kernel kills whatever is left in the PID namespace. For a long-lived
+// sandbox it serves the agent protocol instead (see agentMain).
 func initMain() int {
 	t0 := time.Now()
 	var steps []string
@@ -59,6 +61,9 @@ func initMain() int {
 		steps = append(steps, "main="+t0.Sub(time.Unix(0, cfg.Epoch)).Round(time.Microsecond).String()+"-after-spawn")
 	}
 	mark("config")
+	// The state directory's lock stays open in init (close-on-exec, so no
+	// command inherits it) for as long as the sandbox lives.
+	syscall.CloseOnExec(cfg.LockFD)
 	fail := func(step string, err error) int {
 		_ = c.send(initMsg{Error: &stepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
 		return 1
@@ -67,8 +72,10 @@ func initMain() int {
 	// Signals are caught before anything can send one, and forwarded to
 	// the command once it runs. PID 1 only receives signals it handles.
 	sigs := make(chan os.Signal, 64)
-	signal.Notify(sigs, forwarded...)
-	signal.Notify(sigs, syscall.SIGCHLD)
+	if cfg.Agent == nil {
+		signal.Notify(sigs, forwarded...)
+		signal.Notify(sigs, syscall.SIGCHLD)
+	}
 
 	if step, err := buildRoot(cfg); err != nil {
 		return fail(step, err)
@@ -82,9 +89,11 @@ func initMain() int {
 			return fail("bring up loopback", err)
 		}
 	}
-	path, err := lookPath(cfg.Command[0], cfg.Env)
-	if err != nil {
-		return fail("exec", err)
+	path := ""
+	if cfg.Agent == nil {
+		if path, err = lookPath(cfg.Command[0], cfg.Env); err != nil {
+			return fail("exec", err)
+		}
 	}
 	for _, r := range cfg.Rlimits {
 		if err := syscall.Setrlimit(r.Resource, &syscall.Rlimit{Cur: r.Cur, Max: r.Max}); err != nil {
@@ -98,7 +107,8 @@ func initMain() int {
 	mark("landlock")
 
 	// From here on the host drives: Placed and Go messages release the
-	// launcher; EOF means the host is gone and the sandbox goes with it.
+	// launcher; EOF means the host is gone, and the sandbox goes with it
+	// unless it is persistent.
 	l := startLauncher(cfg, path, ll)
 	hostGone := make(chan struct{})
 	go func() {
@@ -147,6 +157,9 @@ func initMain() int {
 		PID int `json:"pid"`
 	}{pid}}); err != nil {
 		return 1
+	}
+	if cfg.Agent != nil {
+		return agentMain(cfg, ll, c, hostGone)
 	}
 
 	for {
@@ -238,6 +251,12 @@ func startLauncher(cfg *initConfig, path string, ll *landlockRules) *launcher {
 		}
 		l.ready <- unix.Gettid()
 		<-l.goCh
+		if cfg.Agent != nil {
+			// A long-lived sandbox has no command of its own: this thread
+			// only proved the confinement every exec will get.
+			l.result <- launchResult{}
+			return
+		}
 		pid, err := syscall.ForkExec(path, cfg.Command, &syscall.ProcAttr{
 			Dir:   cfg.Cwd,
 			Env:   cfg.Env,

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,22 @@ type Options struct {
 	NetNS *os.File
 	// ResolvConf is the sandbox's /etc/resolv.conf.
 	ResolvConf string
+	// Agent, when set, makes a long-lived sandbox: its init serves the
+	// agent protocol (exec, files, health) on AgentSocket instead of
+	// running spec.Command.
+	Agent *AgentOptions
+	// Persistent keeps the sandbox running after the process that started
+	// it exits; a later process re-attaches with Attach. Without it the
+	// sandbox dies with its owner.
+	Persistent bool
+}
+
+// AgentOptions configure the agent of a long-lived sandbox.
+type AgentOptions struct {
+	// Token authenticates every agent connection. Required.
+	Token []byte
+	// MaxFileSize caps uploads and downloads (0: the agent's default).
+	MaxFileSize int64
 }
 
 // StartError is a failed start: the step that failed and why. Everything
@@ -134,9 +151,19 @@ type Result struct {
 }
 
 // record is the jail's record in the sandbox directory, written before any
-// kernel object exists, so that GC can always find what to remove.
+// kernel object exists (and completed once init runs), so that GC can
+// always find what to remove and a daemon can re-attach.
 type record struct {
 	Cgroups []string `json:"cgroups"`
+	// CgroupRel and Resources rebuild the cgroup handle on Attach.
+	CgroupRel string            `json:"cgroup_rel"`
+	Resources sandbox.Resources `json:"resources"`
+	// InitPID and InitStart (start time in clock ticks since boot, from
+	// /proc/PID/stat) identify init without trusting a reused PID.
+	InitPID    int    `json:"init_pid,omitempty"`
+	InitStart  uint64 `json:"init_start,omitempty"`
+	Agent      bool   `json:"agent,omitempty"`
+	Persistent bool   `json:"persistent,omitempty"`
 }
 
 const recordName = "jail.json"
@@ -149,7 +176,9 @@ type Sandbox struct {
 	Dir string
 
 	log     *slog.Logger
-	claim   *state.Claim
+	root    *state.Root
+	claim   *state.Claim // nil when attached: init holds the lock
+	pidfd   int          // with Attach: names init without a PID race
 	group   *cgroup.Group
 	initPID int
 	ctl     *ctl
@@ -195,6 +224,12 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := spec.Validate(); err != nil {
 		return nil, &StartError{"validate", err}
 	}
+	if opts.Agent == nil && len(spec.Command) == 0 {
+		return nil, &StartError{"validate", fmt.Errorf("%w: command: must name a program", sandbox.ErrInvalid)}
+	}
+	if opts.Agent != nil && len(opts.Agent.Token) < 16 {
+		return nil, &StartError{"validate", fmt.Errorf("%w: agent token: want at least 16 bytes", sandbox.ErrInvalid)}
+	}
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
 		return nil, &StartError{"cgroup", err}
 	}
@@ -219,6 +254,8 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		ID: spec.ID, Key: claim.Key, Dir: claim.Dir,
 		log:        j.cfg.Logger.With("sandbox", spec.ID),
 		claim:      claim,
+		pidfd:      -1,
+		root:       j.cfg.Root,
 		exited:     make(chan struct{}),
 		status:     make(chan exitStatus, 1),
 		statusDone: make(chan struct{}),
@@ -226,7 +263,9 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		t0:         time.Now(),
 	}
 	rel := "/" + j.cfg.Root.Name() + "/" + string(claim.Key)
-	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources)}); err != nil {
+	rec := record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources), CgroupRel: rel, Resources: spec.Resources,
+		Agent: opts.Agent != nil, Persistent: opts.Persistent}
+	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
 	}
 	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
@@ -268,6 +307,23 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	undo = append(undo, s.closeIO)
 
+	// Init keeps the state directory's lock for the sandbox's life.
+	lockDup, err := dupFile(claim.LockFile())
+	if err != nil {
+		return nil, &StartError{"lock", err}
+	}
+	icfg.LockFD = 3 + len(files) + 1
+	files = append(files, lockDup)
+	if opts.Agent != nil {
+		lf, err := listenAgent(claim.Dir)
+		if err != nil {
+			return nil, &StartError{"agent socket", err}
+		}
+		icfg.Agent = &agentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
+		files = append(files, lf)
+	}
+	icfg.Persistent = opts.Persistent
+
 	cmd := &exec.Cmd{
 		Path:       j.cfg.Exe,
 		Args:       []string{InitArg0, j.cfg.Root.Name()}, // the name makes leaks attributable
@@ -292,6 +348,9 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if opts.NetNS == nil {
 		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
 	}
+	if opts.Persistent {
+		cmd.SysProcAttr.Pdeathsig = 0
+	}
 	cgFD, err := s.group.Open()
 	if err != nil {
 		return nil, &StartError{"cgroup", err}
@@ -306,6 +365,13 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"start init", err}
 	}
 	s.mark("spawn")
+	rec.InitPID = s.initPID
+	if rec.InitStart, err = procStart(s.initPID); err != nil {
+		return nil, &StartError{"record", err}
+	}
+	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
+		return nil, &StartError{"record", err}
+	}
 	undo = append(undo, func() {
 		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
 		<-s.exited
@@ -472,6 +538,12 @@ func verifyThread(initPID, nsTID int) error {
 	if err != nil {
 		return err
 	}
+	return checkConfined(st)
+}
+
+// checkConfined checks a thread's /proc status for what every command of
+// a sandbox inherits.
+func checkConfined(st map[string]string) error {
 	if st["NoNewPrivs"] != "1" {
 		return fmt.Errorf("launching thread has NoNewPrivs %q, want 1", st["NoNewPrivs"])
 	}
@@ -548,7 +620,7 @@ func (s *Sandbox) Signal(sig syscall.Signal) error {
 		return nil
 	default:
 	}
-	if err := syscall.Kill(s.initPID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := s.kill(sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal sandbox: %w", err)
 	}
 	return nil
@@ -577,11 +649,13 @@ func (s *Sandbox) Close() error {
 		if s.timer != nil {
 			s.timer.Stop()
 		}
-		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+		_ = s.kill(syscall.SIGKILL)
 		<-s.exited
 		s.mark("exited")
 		s.result = s.collect()
-		s.ctl.Close()
+		if s.ctl != nil {
+			s.ctl.Close()
+		}
 		s.copies.Wait()
 		s.closeIO()
 		var errs []error
@@ -589,14 +663,89 @@ func (s *Sandbox) Close() error {
 			errs = append(errs, err)
 		}
 		s.mark("cgroup removed")
-		if err := s.claim.Release(); err != nil {
-			errs = append(errs, err)
+		claim := s.claim
+		if claim == nil {
+			// Attached: the lock went with init; take it to remove the dir.
+			var err error
+			if claim, err = s.root.TakeOver(s.Key, 10*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if claim != nil {
+			if err := claim.Release(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.pidfd >= 0 {
+			unix.Close(s.pidfd)
 		}
 		s.mark("released")
 		s.logTimeline()
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
+}
+
+// kill signals init, through its pidfd when attached.
+func (s *Sandbox) kill(sig syscall.Signal) error {
+	if s.pidfd >= 0 {
+		return unix.PidfdSendSignal(s.pidfd, sig, nil, 0)
+	}
+	return syscall.Kill(s.initPID, sig)
+}
+
+// Done is closed when the sandbox's init has exited.
+func (s *Sandbox) Done() <-chan struct{} { return s.exited }
+
+// Attach re-attaches to the persistent sandbox id, started by a process
+// that has since exited (a daemon before its restart). It fails with
+// sandbox.ErrNotFound when the sandbox is not alive; GC reclaims it then.
+func (j *Jail) Attach(id string) (*Sandbox, error) {
+	k := sandbox.KeyOf(id)
+	dir := j.cfg.Root.SandboxDir(k)
+	var rec record
+	if err := state.ReadJSON(filepath.Join(dir, recordName), &rec); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("attach %q: %w", id, sandbox.ErrNotFound)
+		}
+		return nil, fmt.Errorf("attach %q: %w", id, err)
+	}
+	if !rec.Persistent || rec.InitPID == 0 {
+		return nil, fmt.Errorf("attach %q: not a persistent sandbox", id)
+	}
+	pidfd, err := unix.PidfdOpen(rec.InitPID, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attach %q: init is gone: %w", id, sandbox.ErrNotFound)
+	}
+	// The pidfd pins the process; now check it is the recorded init.
+	if start, err := procStart(rec.InitPID); err != nil || start != rec.InitStart {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("attach %q: init is gone (PID reused): %w", id, sandbox.ErrNotFound)
+	}
+	s := &Sandbox{
+		ID: id, Key: k, Dir: dir,
+		log:        j.cfg.Logger.With("sandbox", id),
+		root:       j.cfg.Root,
+		pidfd:      pidfd,
+		initPID:    rec.InitPID,
+		group:      j.cfg.Cgroups.Load(rec.CgroupRel, rec.Resources),
+		exited:     make(chan struct{}),
+		status:     make(chan exitStatus, 1),
+		statusDone: make(chan struct{}),
+		timedOut:   make(chan struct{}),
+		t0:         time.Now(),
+	}
+	close(s.statusDone)
+	go func() {
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+		close(s.exited)
+	}()
+	return s, nil
 }
 
 // collect works out the Result once init has exited.
@@ -763,6 +912,55 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 		}
 	}
 	return cfg, files, nil
+}
+
+// AgentSocket returns the path of the Unix socket a long-lived sandbox's
+// agent listens on. It lives in the state directory, outside the sandbox.
+func (s *Sandbox) AgentSocket() string { return filepath.Join(s.Dir, agentSocketName) }
+
+const agentSocketName = "agent.sock"
+
+// listenAgent creates the agent's listening socket, readable by root only.
+func listenAgent(dir string) (*os.File, error) {
+	path := filepath.Join(dir, agentSocketName)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, err
+	}
+	return l.File()
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// procStart returns the start time of pid, in clock ticks since boot
+// (field 22 of /proc/PID/stat): with the PID, it names a process uniquely.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces and parentheses;
+	// the fields after the last ')' are plain.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // detachedBind makes a detached recursive bind mount of hostPath with its

@@ -5,7 +5,6 @@ import (
 
 	"github.com/landlock-lsm/go-landlock/landlock"
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
-	"golang.org/x/sys/unix"
 )
 
 // landlockRules is a prepared Landlock ruleset that limits file access to
@@ -50,12 +49,12 @@ func newLandlock(cfg *initConfig) (*landlockRules, error) {
 }
 
 // restrictThread enforces the ruleset on the calling thread, which must
-// be locked and have no_new_privs set.
+// be locked and have no_new_privs set. The ruleset stays open (close on
+// exec) for the next exec of a long-lived sandbox.
 func (l *landlockRules) restrictThread() error {
 	if l.fd < 0 {
 		return nil
 	}
-	defer unix.Close(l.fd)
 	if err := llsys.LandlockRestrictSelf(l.fd, l.flags); err != nil {
 		return fmt.Errorf("restrict self: %w", err)
 	}

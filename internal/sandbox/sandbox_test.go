@@ -165,7 +165,7 @@ func TestSpecValidate(t *testing.T) {
 		t.Fatalf("Validate(good) = %v", err)
 	}
 	bad := map[string]func(*Spec){
-		"command":   func(s *Spec) { s.Command = nil },
+		"command":   func(s *Spec) { s.Command = []string{""} },
 		"argument":  func(s *Spec) { s.Command = []string{"a", "b\x00"} },
 		"env":       func(s *Spec) { s.Env = []string{"NOEQUALS"} },
 		"user":      func(s *Spec) { s.User = User{UID: 70000} },

@@ -15,7 +15,7 @@ type Spec struct {
 	// are named after KeyOf(ID), never after the ID.
 	ID string `json:"id"`
 	// Command is the program and its arguments, resolved against the
-	// sandbox's own PATH.
+	// sandbox's own PATH. A long-lived sandbox (an agent) may have none.
 	Command []string `json:"command"`
 	// Env is the complete environment of the command, as K=V pairs. It
 	// starts clean: nothing is inherited from the caller.
@@ -124,7 +124,9 @@ func (s *Spec) Validate() error {
 	if err := ValidateID(s.ID); err != nil {
 		return err
 	}
-	if len(s.Command) == 0 || s.Command[0] == "" {
+	// A long-lived sandbox may have no command of its own; the backend
+	// requires one where it runs one.
+	if len(s.Command) > 0 && s.Command[0] == "" {
 		return fmt.Errorf("%w: command: must name a program", ErrInvalid)
 	}
 	for i, a := range s.Command {

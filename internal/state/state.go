@@ -148,6 +148,37 @@ func (r *Root) Claim(id string) (c *Claim, leftover *Claim, err error) {
 	return nil, nil, fmt.Errorf("claim sandbox dir %s: lost the race 10 times", dir)
 }
 
+// LockFile returns the open lock file. Passing it to a process that
+// outlives the caller (a persistent sandbox's init) keeps the sandbox
+// claimed for as long as that process lives.
+func (c *Claim) LockFile() *os.File { return c.lock }
+
+// TakeOver claims the directory of key once its current holders are gone,
+// waiting up to timeout for them to let go. A daemon uses it to release a
+// persistent sandbox it re-attached to after killing the sandbox's init.
+func (r *Root) TakeOver(k sandbox.Key, timeout time.Duration) (*Claim, error) {
+	if !k.Valid() {
+		return nil, fmt.Errorf("take over sandbox: invalid key %q", k)
+	}
+	dir := r.SandboxDir(k)
+	deadline := time.Now().Add(timeout)
+	for delay := 200 * time.Microsecond; ; delay = min(2*delay, 20*time.Millisecond) {
+		lock, err := lockDir(dir)
+		if err == nil {
+			c := &Claim{Dir: dir, Key: k, lock: lock}
+			c.Record, _ = readRecord(dir)
+			return c, nil
+		}
+		if !errors.Is(err, errLocked) {
+			return nil, fmt.Errorf("take over sandbox %s: %w", k, err)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("take over sandbox %s: still held after %s", k, timeout)
+		}
+		time.Sleep(delay)
+	}
+}
+
 // Release removes the sandbox directory and drops the lock. Callers must
 // have removed every kernel object first.
 func (c *Claim) Release() error {

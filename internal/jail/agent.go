@@ -1,0 +1,116 @@
+package jail
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/agent"
+)
+
+// agentMain serves the agent protocol in a long-lived sandbox: exec, files
+// and health, on the listening socket the host created in the sandbox's
+// state directory. Every exec is confined exactly like the command of
+// `ironclaw run` (see confineThread), on a fresh locked thread, and that
+// thread's status is read back from the kernel before the fork.
+func agentMain(cfg *initConfig, ll *landlockRules, c *ctl, hostGone <-chan struct{}) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if !cfg.Persistent {
+		go func() {
+			<-hostGone
+			cancel()
+		}()
+	}
+	// SIGTERM is a request to stop; PID 1 ignores it unless handled.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		cancel()
+	}()
+	lf := os.NewFile(uintptr(cfg.Agent.ListenFD), "agent.sock")
+	syscall.CloseOnExec(cfg.Agent.ListenFD)
+	l, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		return 1
+	}
+	srv, err := agent.New(agent.Config{
+		Token:       cfg.Agent.Token,
+		FileRoot:    "/",
+		MaxFileSize: cfg.Agent.MaxFileSize,
+		Launch:      confinedLauncher(cfg, ll),
+		Reaper:      agent.NewReaper(ctx),
+		Shutdown:    cancel,
+		Version:     "jail",
+	})
+	if err != nil {
+		return 1
+	}
+	defer srv.Close()
+	if err := srv.Serve(ctx, l); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// confinedLauncher returns the agent's Launch: it starts cmd from a fresh
+// locked thread that carries the sandbox's confinement, as the sandbox's
+// user unless the exec asked for another, in a new session.
+func confinedLauncher(cfg *initConfig, ll *landlockRules) func(context.Context, *exec.Cmd) error {
+	placed := make(chan struct{})
+	close(placed) // the sandbox is in its cgroup for good
+	return func(ctx context.Context, cmd *exec.Cmd) error {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		// The launching thread dies right after the fork, so a
+		// parent-death signal would kill the command at once; the
+		// command dies with the sandbox's PID namespace instead.
+		cmd.SysProcAttr.Pdeathsig = 0
+		cmd.SysProcAttr.Setsid = true
+		if cmd.SysProcAttr.Credential == nil {
+			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: cfg.User.UID, Gid: cfg.User.GID, Groups: []uint32{}}
+		}
+		u := *cmd.SysProcAttr.Credential
+		if u.Uid == 0 && u.Gid == 0 {
+			// Root keeps init's uid; confineThread clears its
+			// capabilities, after which setgroups would fail.
+			cmd.SysProcAttr.Credential = nil
+		}
+		errc := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread is confined
+			c := *cfg
+			c.User.UID, c.User.GID = u.Uid, u.Gid
+			if step, err := confineThread(&c, ll, placed); err != nil {
+				errc <- fmt.Errorf("%s: %w", step, err)
+				return
+			}
+			if err := verifySelf(); err != nil {
+				errc <- fmt.Errorf("verify confinement: %w", err)
+				return
+			}
+			errc <- cmd.Start()
+		}()
+		return <-errc
+	}
+}
+
+// verifySelf reads the calling thread's status back from the kernel and
+// requires what every command must inherit.
+func verifySelf() error {
+	st, err := readStatus(fmt.Sprintf("/proc/self/task/%d/status", unix.Gettid()))
+	if err != nil {
+		return err
+	}
+	return checkConfined(st)
+}

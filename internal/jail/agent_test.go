@@ -1,0 +1,178 @@
+package jail
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
+)
+
+func token(t *testing.T) []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func connect(t *testing.T, sb *Sandbox, tok []byte) *agentapi.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := agentapi.DialUnix(ctx, sb.AgentSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agentapi.Connect(ctx, conn, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func execOut(t *testing.T, c *agentapi.Client, spec agentapi.ExecSpec) (string, agentapi.ExitStatus) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	st, err := c.Exec(context.Background(), spec, agentapi.ExecIO{Stdout: &out, Stderr: &errb})
+	if err != nil {
+		t.Fatalf("exec %v: %v (stderr %q)", spec.Argv, err, errb.String())
+	}
+	return out.String(), st
+}
+
+func TestAgentExecsAreConfined(t *testing.T) {
+	j, _ := newJail(t, nil)
+	tok := token(t)
+	sb, err := j.Start(context.Background(), spec("agent"), Options{Agent: &AgentOptions{Token: tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	c := connect(t, sb, tok)
+	out, st := execOut(t, c, agentapi.ExecSpec{Argv: []string{"sh", "-c", "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; hostname"}})
+	if st.Code != 0 {
+		t.Fatalf("exec failed: %+v %q", st, out)
+	}
+	for _, want := range []string{"1000\n", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "agent\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("exec output lacks %q:\n%s", want, out)
+		}
+	}
+	// Root inside still has no capabilities; Landlock still applies.
+	out, _ = execOut(t, c, agentapi.ExecSpec{User: "0", Argv: []string{"sh", "-c", "grep CapEff /proc/self/status; echo x > /proc/self/comm || echo denied"}})
+	if !strings.Contains(out, "0000000000000000") || !strings.Contains(out, "denied") {
+		t.Errorf("root exec: %q", out)
+	}
+	// Concurrent execs share the sandbox.
+	errc := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() {
+			_, err := c.Exec(context.Background(), agentapi.ExecSpec{Argv: []string{"sleep", "0.2"}}, agentapi.ExecIO{})
+			errc <- err
+		}()
+	}
+	for i := 0; i < 4; i++ {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	// Files land in the workspace.
+	if _, err := c.WriteFile(context.Background(), "/workspace/hello.txt", strings.NewReader("hi"), 0o644, 0); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = execOut(t, c, agentapi.ExecSpec{Argv: []string{"cat", "/workspace/hello.txt"}})
+	if out != "hi" {
+		t.Errorf("uploaded file reads %q", out)
+	}
+	if _, err := c.WriteFile(context.Background(), "/usr/evil", strings.NewReader("x"), 0o644, 0); err == nil {
+		t.Error("upload into read-only /usr succeeded")
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sb.AgentSocket()); !errors.Is(err, os.ErrNotExist) {
+		t.Error("agent socket remains after Close")
+	}
+}
+
+// TestPersistentSandboxOutlivesItsOwner starts a persistent sandbox from a
+// child process that then exits (a daemon that is SIGKILLed), re-attaches,
+// execs, and destroys it.
+func TestPersistentSandboxOutlivesItsOwner(t *testing.T) {
+	if dir := os.Getenv("JAIL_TEST_OWNER"); dir != "" {
+		root, err := state.Open(dir)
+		if err != nil {
+			os.Exit(2)
+		}
+		j, err := New(Config{Root: root})
+		if err != nil {
+			os.Exit(3)
+		}
+		s := spec("persistent")
+		s.Resources.MemoryBytes = 64 << 20
+		_, err = j.Start(context.Background(), s, Options{Agent: &AgentOptions{Token: []byte(os.Getenv("JAIL_TEST_TOKEN"))}, Persistent: true})
+		if err != nil {
+			os.Stdout.WriteString("error: " + err.Error() + "\n")
+			os.Exit(4)
+		}
+		os.Stdout.WriteString("started\n")
+		select {} // SIGKILLed by the test
+	}
+	j, root := newJail(t, nil)
+	tok := []byte("0123456789abcdef0123456789abcdef")
+	owner := exec.Command(os.Args[0], "-test.run=^TestPersistentSandboxOutlivesItsOwner$")
+	owner.Env = append(os.Environ(), "JAIL_TEST_OWNER="+root.Dir(), "JAIL_TEST_TOKEN="+string(tok))
+	out, _ := owner.StdoutPipe()
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "started\n" {
+		owner.Process.Kill()
+		owner.Wait()
+		t.Fatalf("owner: %q", line)
+	}
+	owner.Process.Kill()
+	owner.Wait()
+
+	// GC must not take a live persistent sandbox for leaked.
+	if n, err := root.Collect(Reclaim); n != 0 || err != nil {
+		t.Fatalf("Collect reclaimed %d (%v) live sandboxes", n, err)
+	}
+	sb, err := j.Attach("persistent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, sb, tok)
+	out2, st := execOut(t, c, agentapi.ExecSpec{Argv: []string{"echo", "still here"}})
+	if out2 != "still here\n" || st.Code != 0 {
+		t.Fatalf("exec after re-attach: %q %+v", out2, st)
+	}
+	t.Logf("re-attached to init %d, exec said %q", sb.PID(), out2)
+	cg := sb.Group().Paths()
+	if len(cg) == 0 {
+		t.Fatal("re-attached sandbox lost its cgroup")
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(cg, sb.Dir) {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s remains after Close", p)
+		}
+	}
+	if _, err := j.Attach("persistent"); !errors.Is(err, sandbox.ErrNotFound) {
+		t.Errorf("Attach after Close = %v, want ErrNotFound", err)
+	}
+}
