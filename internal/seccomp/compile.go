@@ -72,6 +72,21 @@ func (a *asm) assemble() ([]bpf.RawInstruction, error) {
 	if len(a.pending) != 0 {
 		return nil, fmt.Errorf("assemble: label bound past the end of the program")
 	}
+	// "Next instruction" must mean the original next one even after
+	// trampolines are inserted: make it an explicit label.
+	for i, in := range a.code {
+		if in.ja != nil || in.op&0x07 != unix.BPF_JMP {
+			continue
+		}
+		for _, t := range []**label{&in.jt, &in.jf} {
+			if *t == nil {
+				if i+1 >= len(a.code) {
+					return nil, fmt.Errorf("assemble: jump at %d falls off the end", i)
+				}
+				*t = &label{at: a.code[i+1]}
+			}
+		}
+	}
 	for {
 		pos := make(map[*insn]int, len(a.code))
 		for i, in := range a.code {

@@ -207,7 +207,13 @@ func probes() map[string]func() syscall.Errno {
 		"mkdirat_custom":       func() syscall.Errno { return raw(unix.SYS_MKDIRAT, bad, 0, 0) },
 		"x32_getpid":           func() syscall.Errno { return raw(x32SyscallBit | unix.SYS_GETPID) },
 		"sleep":                func() syscall.Errno { time.Sleep(10 * time.Millisecond); return 0 },
+		// storm: many denied calls, half of them to numbers no table knows.
+		"storm": func() syscall.Errno {
+			for i := range 5000 {
+				raw(unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, pid, 0, 0)
+				raw(uintptr(1000 + i))
+			}
+			return 0
+		},
 	}
 }
-
-var _ = testing.Short
