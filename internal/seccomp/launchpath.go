@@ -77,9 +77,11 @@ func LaunchPath() []Call {
 
 // CheckLaunchPath runs p on every LaunchPath call and returns an error
 // wrapping ErrLaunchPath that names each call p does not let proceed.
-func CheckLaunchPath(p *Program) error {
+func CheckLaunchPath(p *Program) error { return checkCalls(p, LaunchPath()) }
+
+func checkCalls(p *Program, calls []Call) error {
 	var bad []string
-	for _, c := range LaunchPath() {
+	for _, c := range calls {
 		nr, ok := p.Arch.SyscallNumber(c.Name)
 		if !ok {
 			return fmt.Errorf("launch path: syscall %s unknown on %s", c.Name, p.Arch)

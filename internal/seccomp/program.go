@@ -143,12 +143,18 @@ func allowsEverything(pol *Policy) bool {
 // Program. In Audit mode every action that stops a syscall becomes a user
 // notification. The launch path is checked on the enforcing program.
 func CompilePolicy(name string, pol *Policy, mode Mode, arch Arch) (*Program, error) {
+	return compileChecked(name, pol, mode, arch, LaunchPath())
+}
+
+// compileChecked compiles pol and requires the enforcing program to let
+// every call of mustProceed proceed.
+func compileChecked(name string, pol *Policy, mode Mode, arch Arch, mustProceed []Call) (*Program, error) {
 	raw, err := compilePolicy(pol, arch)
 	if err != nil {
 		return nil, fmt.Errorf("compile profile %s for %s: %w", name, arch, err)
 	}
 	prog := &Program{Profile: name, Arch: arch, Mode: Enforce, Instructions: raw}
-	if err := CheckLaunchPath(prog); err != nil {
+	if err := checkCalls(prog, mustProceed); err != nil {
 		return nil, fmt.Errorf("profile %s: %w", name, err)
 	}
 	switch mode {

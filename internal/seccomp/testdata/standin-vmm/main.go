@@ -126,6 +126,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "standin-vmm: bind api socket:", err)
 			os.Exit(5)
 		}
+		if err := unix.Listen(int(sock), 8); err != nil {
+			fmt.Fprintln(os.Stderr, "standin-vmm: listen on api socket:", err)
+			os.Exit(5)
+		}
 		defer os.Remove(*apiSock)
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
