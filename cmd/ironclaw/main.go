@@ -52,7 +52,7 @@ func newRootCmd(g *globals) *cobra.Command {
 }
 
 // subcommands lists the constructors of every subcommand, one file each.
-var subcommands = []func(*globals) *cobra.Command{}
+var subcommands = []func(*globals) *cobra.Command{newSeccompCmd}
 
 const defaultRoot = "/run/ironclaw"
 
@@ -85,5 +85,5 @@ func main() {
 // re-executed as a sandbox's init (or another helper stage) and reports
 // whether it did. It runs before any flag parsing.
 func reexec() bool {
-	return false
+	return seccompReexec()
 }

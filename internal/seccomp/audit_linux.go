@@ -69,7 +69,10 @@ type SyscallCount struct {
 // Report is an audit-mode summary: exact per-syscall counts, and the most
 // recent events in a ring of fixed capacity.
 type Report struct {
-	Version  int            `json:"version"`
+	Version int `json:"version"`
+	// Profile is the profile that was audited; the Auditor does not know
+	// it, the caller that writes the report fills it in.
+	Profile  string         `json:"profile,omitempty"`
 	Total    uint64         `json:"total"`    // notifications received
 	Unknown  uint64         `json:"unknown"`  // of which the syscall number or arch was not in IronClaw's tables
 	Dropped  uint64         `json:"dropped"`  // events that no longer fit the ring
