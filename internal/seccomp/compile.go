@@ -206,9 +206,13 @@ func compilePolicy(pol *Policy, arch Arch) ([]bpf.RawInstruction, error) {
 	}
 	sort.Slice(nrs, func(i, j int) bool { return nrs[i] < nrs[j] })
 
-	// Cover [0, x32SyscallBit) with handlers; gaps get the default action,
+	// Cover every number that reaches the search (below the x32 bit on
+	// x86_64, all on aarch64) with handlers; gaps get the default action,
 	// and neighbours with the same unconditional action merge.
-	const top = x32SyscallBit - 1
+	top := uint32(0xffffffff)
+	if in.x32 {
+		top = x32SyscallBit - 1
+	}
 	var hs []handler
 	add := func(h handler) {
 		if n := len(hs); n > 0 && h.rules == nil && hs[n-1].rules == nil && hs[n-1].action == h.action && hs[n-1].hi+1 == h.lo {
@@ -233,7 +237,7 @@ func compilePolicy(pol *Policy, arch Arch) ([]bpf.RawInstruction, error) {
 		}
 		next = nr + 1
 	}
-	if next <= top {
+	if len(nrs) == 0 || nrs[len(nrs)-1] < top {
 		add(handler{lo: next, hi: top, action: pol.Default})
 	}
 
@@ -246,12 +250,18 @@ func compilePolicy(pol *Policy, arch Arch) ([]bpf.RawInstruction, error) {
 	a.ret(kill)
 	a.bind(ok)
 	a.ld(offNr)
-	// x32 (and any number with that bit) shares AUDIT_ARCH_X86_64: kill.
-	// On aarch64 no syscall number reaches that far either.
-	low := &label{}
-	a.jmp(opJgeK, x32SyscallBit, nil, low)
-	a.ret(kill)
-	a.bind(low)
+	if in.x32 {
+		// x32 (and any number with that bit) shares AUDIT_ARCH_X86_64:
+		// kill. The exception is -1, which a tracer sets to skip a
+		// syscall: it gets the default action, as libseccomp does.
+		low, x32 := &label{}, &label{}
+		a.jmp(opJgeK, x32SyscallBit, nil, low)
+		a.jmp(opJeqK, 0xffffffff, nil, x32)
+		a.ret(pol.Default.ret())
+		a.bind(x32)
+		a.ret(kill)
+		a.bind(low)
+	}
 	emitTree(&a, hs)
 	return a.assemble()
 }

@@ -23,7 +23,13 @@ var (
 // to check the generated BPF against.
 func refDecide(pol *Policy, arch Arch, auditArch, nr uint32, args [6]uint64) uint32 {
 	in := archInfos[arch]
-	if auditArch != in.audit || nr&x32SyscallBit != 0 || nr >= x32SyscallBit {
+	if auditArch != in.audit {
+		return unix.SECCOMP_RET_KILL_PROCESS
+	}
+	if nr == 0xffffffff {
+		return pol.Default.ret()
+	}
+	if in.x32 && nr&x32SyscallBit != 0 {
 		return unix.SECCOMP_RET_KILL_PROCESS
 	}
 	var conditional []Rule
@@ -164,9 +170,13 @@ func TestArchAndX32KilledVM(t *testing.T) {
 					t.Errorf("%s/%s: arch %#x: %#x, %v; want KILL_PROCESS", a, name, wrong, got, err)
 				}
 			}
-			for _, n := range []uint32{x32SyscallBit | read, x32SyscallBit | 39, x32SyscallBit | 512, 0xffffffff} {
-				if got := eval(t, p, n, [6]uint64{}); got != unix.SECCOMP_RET_KILL_PROCESS {
-					t.Errorf("%s/%s: nr %#x = %#x, want KILL_PROCESS", a, name, n, got)
+			for _, n := range []uint32{x32SyscallBit | read, x32SyscallBit | 39, x32SyscallBit | 512, 0xfffffffe, 0xffffffff} {
+				want := uint32(unix.SECCOMP_RET_KILL_PROCESS) // x32 on x86_64
+				if a == ArchAARCH64 || n == 0xffffffff {
+					want = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM) // no such syscall, or a tracer's skip
+				}
+				if got := eval(t, p, n, [6]uint64{}); got != want {
+					t.Errorf("%s/%s: nr %#x = %#x, want %#x", a, name, n, got, want)
 				}
 			}
 			// Unknown numbers below the x32 bit get the default action.
