@@ -81,12 +81,16 @@ func CheckLaunchPath(p *Program) error { return checkCalls(p, LaunchPath()) }
 
 func checkCalls(p *Program, calls []Call) error {
 	var bad []string
+	ev, err := p.evaluator()
+	if err != nil {
+		return err
+	}
 	for _, c := range calls {
 		nr, ok := p.Arch.SyscallNumber(c.Name)
 		if !ok {
 			return fmt.Errorf("launch path: syscall %s unknown on %s", c.Name, p.Arch)
 		}
-		ret, err := p.Evaluate(0, nr, c.Args)
+		ret, err := ev(0, nr, c.Args)
 		if err != nil {
 			return fmt.Errorf("launch path: %s: %w", c.Name, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +25,8 @@ const (
 	capEnv     = "IRONCLAW_SECCOMP_TEST_CAPACITY"
 	// childModeEnv is the helper mode of the jailed child (e.g. "probe").
 	childModeEnv = "IRONCLAW_SECCOMP_TEST_CHILD_MODE"
+	// threadsEnv makes the jail helper report its threads' seccomp state.
+	threadsEnv = "IRONCLAW_SECCOMP_TEST_THREADS"
 )
 
 func TestMain(m *testing.M) {
@@ -118,6 +121,21 @@ func helperJail(argv []string) int {
 		}
 		if err := os.WriteFile(os.Getenv(reportEnv), out, 0o600); err != nil {
 			return fail("write report: %v", err)
+		}
+	}
+	if os.Getenv(threadsEnv) != "" {
+		// Report each thread's seccomp mode: only this one is filtered.
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return fail("list threads: %v", err)
+		}
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(task.Name())
+			st, err := ReadStatus(os.Getpid(), tid)
+			if err != nil {
+				return fail("%v", err)
+			}
+			fmt.Fprintf(os.Stderr, "thread %d self=%t seccomp=%d nnp=%t\n", tid, tid == unix.Gettid(), st.Seccomp, st.NoNewPrivs)
 		}
 	}
 	if ws.Signaled() {

@@ -192,33 +192,44 @@ func auditPolicy(pol *Policy) *Policy {
 // for syscall nr with args on auditArch (0 means p's own architecture) and
 // returns the SECCOMP_RET_* value.
 func (p *Program) Evaluate(auditArch, nr uint32, args [6]uint64) (uint32, error) {
-	if auditArch == 0 {
-		in, err := p.Arch.info()
-		if err != nil {
-			return 0, err
-		}
-		auditArch = in.audit
+	ev, err := p.evaluator()
+	if err != nil {
+		return 0, err
+	}
+	return ev(auditArch, nr, args)
+}
+
+// evaluator prepares p for repeated evaluation in the VM.
+func (p *Program) evaluator() (func(auditArch, nr uint32, args [6]uint64) (uint32, error), error) {
+	in, err := p.Arch.info()
+	if err != nil {
+		return nil, err
 	}
 	insns, ok := bpf.Disassemble(p.Instructions)
 	if !ok {
-		return 0, fmt.Errorf("evaluate: program has instructions the VM cannot decode")
+		return nil, fmt.Errorf("evaluate: program has instructions the VM cannot decode")
 	}
 	vm, err := bpf.NewVM(insns)
 	if err != nil {
-		return 0, fmt.Errorf("evaluate: %w", err)
+		return nil, fmt.Errorf("evaluate: %w", err)
 	}
-	// The VM loads words big-endian, the kernel in host order: store each
-	// 32-bit word big-endian so a load yields the value the kernel would.
-	var data [64]byte
-	binary.BigEndian.PutUint32(data[offNr:], nr)
-	binary.BigEndian.PutUint32(data[offArch:], auditArch)
-	for i, v := range args {
-		binary.BigEndian.PutUint32(data[offArgs+8*i:], uint32(v))
-		binary.BigEndian.PutUint32(data[offArgs+8*i+4:], uint32(v>>32))
-	}
-	ret, err := vm.Run(data[:])
-	if err != nil {
-		return 0, fmt.Errorf("evaluate: %w", err)
-	}
-	return uint32(ret), nil
+	return func(auditArch, nr uint32, args [6]uint64) (uint32, error) {
+		if auditArch == 0 {
+			auditArch = in.audit
+		}
+		// The VM loads words big-endian, the kernel in host order: store
+		// each 32-bit word big-endian so a load yields the kernel's value.
+		var data [64]byte
+		binary.BigEndian.PutUint32(data[offNr:], nr)
+		binary.BigEndian.PutUint32(data[offArch:], auditArch)
+		for i, v := range args {
+			binary.BigEndian.PutUint32(data[offArgs+8*i:], uint32(v))
+			binary.BigEndian.PutUint32(data[offArgs+8*i+4:], uint32(v>>32))
+		}
+		ret, err := vm.Run(data[:])
+		if err != nil {
+			return 0, fmt.Errorf("evaluate: %w", err)
+		}
+		return uint32(ret), nil
+	}, nil
 }
