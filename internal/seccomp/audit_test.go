@@ -1,11 +1,21 @@
 package seccomp
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 func runAudited(t *testing.T, profile string, capacity int, argv []string, env ...string) (jailed, Report) {
@@ -89,5 +99,74 @@ func TestAuditRingBoundedUnderStorm(t *testing.T) {
 		if r.Events[i].Time.Before(r.Events[i-1].Time) {
 			t.Fatalf("events out of order at %d", i)
 		}
+	}
+}
+
+// TestAuditorServesAnotherProcess is the jail's arrangement: the listener
+// belongs to the sandbox's init, the Auditor runs in another process (here
+// it takes the fd with pidfd_getfd), and Run returns by itself when every
+// task using the filter has exited.
+func TestAuditorServesAnotherProcess(t *testing.T) {
+	testutil.RequireRoot(t) // pidfd_getfd needs ptrace access to the helper
+	data, err := json.Marshal(mustCompile(t, ProfileDefault, Audit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	progPath := filepath.Join(t.TempDir(), "program.json")
+	if err := os.WriteFile(progPath, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], os.Args[0], "ptrace", "mount", "getppid")
+	cmd.Env = append(os.Environ(), helperEnv+"=jail", programEnv+"="+progPath, holdEnv+"=1", childModeEnv+"=probe")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	rd := bufio.NewReader(stdout)
+	var fd int
+	if _, err := fmt.Fscanf(rd, "listener %d\n", &fd); err != nil {
+		t.Fatalf("helper: %v (stderr %s)", err, stderr.String())
+	}
+	pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+	unix.Close(pidfd)
+	if err != nil {
+		t.Fatalf("pidfd_getfd: %v", err)
+	}
+	aud := NewAuditor(os.NewFile(uintptr(lfd), "listener"), 8, nil)
+	done := make(chan error, 1)
+	go func() { done <- aud.Run(context.Background()) }()
+	io.WriteString(stdin, "go\n")
+	out, err := io.ReadAll(rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v (stderr %s)", err, stderr.String())
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the sandbox's tasks exited")
+	}
+	r := aud.Report()
+	if count(r, "ptrace") == 0 || count(r, "mount") == 0 || count(r, "getppid") != 0 {
+		t.Fatalf("report %+v (probe output %s)", r.Syscalls, out)
 	}
 }

@@ -27,6 +27,8 @@ const (
 	childModeEnv = "IRONCLAW_SECCOMP_TEST_CHILD_MODE"
 	// threadsEnv makes the jail helper report its threads' seccomp state.
 	threadsEnv = "IRONCLAW_SECCOMP_TEST_THREADS"
+	// holdEnv makes the jail helper hand its listener to the test process.
+	holdEnv = "IRONCLAW_SECCOMP_TEST_HOLD"
 )
 
 func TestMain(m *testing.M) {
@@ -76,7 +78,13 @@ func helperJail(argv []string) int {
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if listener != nil {
+	if listener != nil && os.Getenv(holdEnv) != "" {
+		// The host takes the listener (pidfd_getfd) and serves it; wait
+		// for its go-ahead before starting the workload.
+		fmt.Printf("listener %d\n", listener.Fd())
+		var line string
+		fmt.Scanln(&line)
+	} else if listener != nil {
 		capacity := 64
 		fmt.Sscan(os.Getenv(capEnv), &capacity)
 		aud = NewAuditor(listener, capacity, slog.New(slog.NewTextHandler(os.Stderr, nil)))
