@@ -11,7 +11,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/doctor"
 )
 
-func init() { subcommands = append(subcommands, newDoctorCmd) }
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	var asJSON bool

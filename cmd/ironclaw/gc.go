@@ -9,7 +9,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
-func init() { subcommands = append(subcommands, newGCCmd) }
 
 func newGCCmd(g *globals) *cobra.Command {
 	return &cobra.Command{

@@ -53,7 +53,9 @@ func newRootCmd(g *globals) *cobra.Command {
 }
 
 // subcommands lists the constructors of every subcommand, one file each.
-var subcommands = []func(*globals) *cobra.Command{}
+var subcommands = []func(*globals) *cobra.Command{
+	newRunCmd, newGCCmd, newDoctorCmd, newSeccompCmd,
+}
 
 const defaultRoot = state.DefaultRoot
 
@@ -85,7 +87,7 @@ func main() {
 // return. It runs before any flag parsing.
 func reexec() bool {
 	jail.MaybeInit()
-	return false
+	return seccompReexec()
 }
 
 // cmdContext is the context commands run under.

@@ -34,7 +34,6 @@ type runFlags struct {
 	tty      bool
 }
 
-func init() { subcommands = append(subcommands, newRunCmd) }
 
 func newRunCmd(g *globals) *cobra.Command {
 	var f runFlags

@@ -1,0 +1,206 @@
+package seccomp
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// LauncherArg0 is the argv[0] under which the ironclaw binary (or a test
+// binary) runs LauncherMain: the caller's re-exec dispatch checks for it
+// before anything else.
+const LauncherArg0 = "ironclaw-vmm-launch"
+
+// VMMConfig describes a VMM process to start through the launcher.
+type VMMConfig struct {
+	Kind   VMMKind
+	Binary string   // absolute path of the VMM
+	Args   []string // VMM arguments (see FirecrackerArgs); QEMUSandboxArgs are appended for QEMU
+	// Launcher is the binary that runs LauncherMain when started with
+	// argv[0] = LauncherArg0; empty means this executable.
+	Launcher   string
+	Env        []string
+	Dir        string
+	Stdin      io.Reader
+	Stdout     io.Writer
+	Stderr     io.Writer
+	ExtraFiles []*os.File    // become fds 3, 4, ... of the VMM
+	Logger     *slog.Logger  // nil: discard
+	Timeout    time.Duration // for the launcher to reach execve; 0 means 10s
+}
+
+// LaunchVMM starts the VMM through the launcher, which installs the outer
+// filter (CompileVMM) on every thread and execs the VMM. It returns once
+// the VMM runs and the kernel shows it filtered with no_new_privs (read
+// from /proc/PID/status); otherwise it kills the process and returns an
+// error. The caller owns the returned, started command and must Wait.
+func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	arch, err := NativeArch()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := CompileVMM(cfg.Kind, arch); err != nil {
+		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
+	}
+	args, err := vmmArgs(cfg.Kind, cfg.Args)
+	if err != nil {
+		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
+	}
+	launcher := cfg.Launcher
+	if launcher == "" {
+		if launcher, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("launch %s: find launcher: %w", cfg.Kind, err)
+		}
+	}
+	vmmInfo, err := os.Stat(cfg.Binary)
+	if err != nil {
+		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
+	}
+	// The launcher reports failures before execve on this pipe; execve
+	// closes it (close-on-exec), so EOF with no message means it exec'd.
+	syncR, syncW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("launch %s: sync pipe: %w", cfg.Kind, err)
+	}
+	defer syncR.Close()
+	syncFD := 3 + len(cfg.ExtraFiles)
+	cmd := exec.CommandContext(ctx, launcher)
+	cmd.Args = append([]string{LauncherArg0, "-kind", string(cfg.Kind), "-sync-fd", strconv.Itoa(syncFD), "--", cfg.Binary}, args...)
+	cmd.Env, cmd.Dir = cfg.Env, cfg.Dir
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = cfg.Stdin, cfg.Stdout, cfg.Stderr
+	cmd.ExtraFiles = append(slices.Clone(cfg.ExtraFiles), syncW)
+	err = cmd.Start()
+	syncW.Close()
+	if err != nil {
+		return nil, fmt.Errorf("launch %s: start launcher: %w", cfg.Kind, err)
+	}
+	fail := func(err error) (*exec.Cmd, error) {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
+	}
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := syncR.SetReadDeadline(deadline); err != nil {
+		return fail(fmt.Errorf("sync pipe deadline: %w", err))
+	}
+	msg, err := io.ReadAll(io.LimitReader(syncR, 4096))
+	if err != nil {
+		return fail(fmt.Errorf("wait for the launcher to exec: %w", err))
+	}
+	if len(msg) > 0 {
+		return fail(fmt.Errorf("launcher: %s", msg))
+	}
+	pid := cmd.Process.Pid
+	exeInfo, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return fail(fmt.Errorf("check the VMM executable: %w", err))
+	}
+	if !os.SameFile(exeInfo, vmmInfo) {
+		return fail(fmt.Errorf("process %d does not run %s after exec", pid, cfg.Binary))
+	}
+	st, err := ReadStatus(pid, 0)
+	if err != nil {
+		return fail(err)
+	}
+	if err := st.RequireFiltered(); err != nil {
+		return fail(fmt.Errorf("VMM pid %d: %w", pid, err))
+	}
+	log.Info("VMM started under seccomp", "kind", cfg.Kind, "pid", pid, "seccomp_filters", st.SeccompFilters)
+	return cmd, nil
+}
+
+// vmmArgs checks a VMM's arguments and adds what IronClaw requires.
+func vmmArgs(kind VMMKind, args []string) ([]string, error) {
+	switch kind {
+	case Firecracker:
+		for _, a := range args {
+			if flagIs(a, "no-seccomp") {
+				return nil, fmt.Errorf("argument %s: Firecracker must keep its seccomp filters", a)
+			}
+		}
+		return slices.Clone(args), nil
+	case QEMU:
+		for _, a := range args {
+			if flagIs(a, "sandbox") {
+				return nil, fmt.Errorf("argument %s: IronClaw sets QEMU's -sandbox itself", a)
+			}
+		}
+		return append(slices.Clone(args), QEMUSandboxArgs()...), nil
+	}
+	return nil, fmt.Errorf("VMM kind %q: %w", kind, ErrUnsupported)
+}
+
+// LauncherMain is the launcher: it installs the outer VMM filter on every
+// thread (TSYNC) and execs the VMM; it returns only on failure, with the
+// exit status to use. args are the arguments after argv[0]:
+//
+//	-kind KIND -sync-fd N -- /path/to/vmm ARGS...
+func LauncherMain(args []string, stderr io.Writer) int {
+	runtime.LockOSThread()
+	fs := flag.NewFlagSet(LauncherArg0, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kind := fs.String("kind", "", "VMM kind")
+	syncFD := fs.Int("sync-fd", -1, "fd to report pre-exec failures on")
+	if err := fs.Parse(args); err != nil {
+		return 125
+	}
+	var sync io.Writer = io.Discard
+	if *syncFD >= 3 {
+		unix.CloseOnExec(*syncFD)
+		sync = os.NewFile(uintptr(*syncFD), "sync")
+	}
+	fail := func(err error) int {
+		msg := LauncherArg0 + ": " + err.Error()
+		fmt.Fprintln(stderr, msg)
+		io.WriteString(sync, msg)
+		return 126
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return fail(errors.New("no VMM binary given"))
+	}
+	// Check the arguments again: the launcher may be run by hand.
+	if _, err := vmmArgs(VMMKind(*kind), nil); err != nil {
+		return fail(err)
+	}
+	for _, a := range rest[1:] {
+		if VMMKind(*kind) == Firecracker && flagIs(a, "no-seccomp") {
+			return fail(fmt.Errorf("argument %s: Firecracker must keep its seccomp filters", a))
+		}
+	}
+	arch, err := NativeArch()
+	if err != nil {
+		return fail(err)
+	}
+	prog, err := CompileVMM(VMMKind(*kind), arch)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := InstallProcess(prog); err != nil {
+		return fail(err)
+	}
+	err = unix.Exec(rest[0], rest, os.Environ())
+	return fail(fmt.Errorf("exec %s: %w", rest[0], err))
+}
