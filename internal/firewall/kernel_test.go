@@ -1,0 +1,63 @@
+package firewall
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func testTarget(t testing.TB, rules ...string) *Target {
+	t.Helper()
+	p, err := ParsePolicy(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Target{
+		Name: "sabcdefghijkl", Policy: p,
+		SandboxAddr: netip.MustParseAddr("10.200.0.2"), HostAddr: netip.MustParseAddr("10.200.0.1"),
+		HostIf: "icabcdefghijklh",
+		Deny:   []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("198.51.100.1/32")},
+		Services: Services{DNS: 5300, HTTP: 8080, HTTPS: 8443},
+	}
+}
+
+func connIn(t testing.TB, ns *netns.NS) *nftables.Conn {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestApplyVerifyKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "10.1.0.0/16", "203.0.113.7:5000-5010", "example.com", "1.1.1.1/udp")
+	chains, err := BuildSandbox(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySandbox(c, chains); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifySandbox(c, chains); err != nil {
+		t.Fatal(err)
+	}
+	part, err := BuildHost(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	out, err := testutil.RunCommand(t.Context(), ns, "nft", "list", "ruleset")
+	t.Log(out, err)
+}
