@@ -18,8 +18,8 @@ func testTarget(t testing.TB, rules ...string) *Target {
 	return &Target{
 		Name: "sabcdefghijkl", Policy: p,
 		SandboxAddr: netip.MustParseAddr("10.200.0.2"), HostAddr: netip.MustParseAddr("10.200.0.1"),
-		HostIf: "icabcdefghijklh",
-		Deny:   []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("198.51.100.1/32")},
+		HostIf:   "icabcdefghijklh",
+		Deny:     []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("198.51.100.1/32")},
 		Services: Services{DNS: 5300, HTTP: 8080, HTTPS: 8443},
 	}
 }

@@ -132,7 +132,7 @@ var (
 )
 
 func hookRef(h nftables.ChainHook) *nftables.ChainHook { return &h }
-func prioRef(p int32) *nftables.ChainPriority       { v := nftables.ChainPriority(p); return &v }
+func prioRef(p int32) *nftables.ChainPriority          { v := nftables.ChainPriority(p); return &v }
 
 // Hook priorities. Filtering runs at the standard filter priority; the
 // relative order of IronClaw's and other tables' chains does not matter for
@@ -449,4 +449,90 @@ func commentData(c string) []byte {
 		return nil
 	}
 	return userdata.AppendString(nil, userdata.TypeComment, c)
+}
+
+// Denied reports whether dst lies in a range a sandbox may not reach (the
+// deny tier given, then InternalRanges) without a CIDR rule of p that names
+// that range explicitly and contains dst. It is the Go model of the tiers
+// policyRules builds, used by the egress proxy to refuse names that resolve
+// to internal addresses.
+func Denied(dst netip.Addr, deny []netip.Prefix, p Policy) bool {
+	if !dst.Is4() {
+		return true
+	}
+	for _, tier := range [][]netip.Prefix{deny, InternalRanges} {
+		for _, r := range p.CIDRs {
+			if insideAny(r.Prefix, tier) && r.Prefix.Contains(dst) {
+				return false
+			}
+		}
+		for _, d := range tier {
+			if d.Contains(dst) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Allows reports whether the ruleset built from t lets a new flow from the
+// sandbox to dst (protocol proto, an IPPROTO_* number; port 0 for
+// protocols without ports) through the forward path. It is the Go model of
+// the forward chain, used to decide which tracked connections a policy
+// update must cut; tests check it against the kernel.
+func (t *Target) Allows(dst netip.Addr, proto byte, port uint16) bool {
+	if !dst.Is4() {
+		return false
+	}
+	match := func(r CIDRRule) bool {
+		if !r.Prefix.Contains(dst) {
+			return false
+		}
+		if r.Proto == ProtoAny && r.PortLo == 0 {
+			return true
+		}
+		switch {
+		case proto == unix.IPPROTO_TCP && r.Proto == ProtoUDP, proto == unix.IPPROTO_UDP && r.Proto == ProtoTCP:
+			return false
+		case proto != unix.IPPROTO_TCP && proto != unix.IPPROTO_UDP:
+			return false
+		}
+		return r.PortLo == 0 || port >= r.PortLo && port <= r.PortHi
+	}
+	used := make([]bool, len(t.Policy.CIDRs))
+	for _, tier := range [][]netip.Prefix{t.Deny, InternalRanges} {
+		for i, r := range t.Policy.CIDRs {
+			if !used[i] && insideAny(r.Prefix, tier) {
+				used[i] = true
+				if match(r) {
+					return true
+				}
+			}
+		}
+		for _, d := range tier {
+			if d.Contains(dst) {
+				return false
+			}
+		}
+	}
+	for i, r := range t.Policy.CIDRs {
+		if !used[i] && match(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// HostPartNames returns the chains (without rules) and map entries of the
+// host part named name for interface hostIf: what RemoveHost needs.
+func HostPartNames(name, hostIf string) HostPart {
+	fi, fo, li, np, nq := hostChainNames(name)
+	var p HostPart
+	for _, c := range []string{fi, fo, li, np, nq} {
+		p.Chains = append(p.Chains, Chain{Name: c})
+	}
+	for i, m := range []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost} {
+		p.Elements = append(p.Elements, MapElement{Map: m, Iface: hostIf, Chain: p.Chains[i].Name})
+	}
+	return p
 }
