@@ -255,9 +255,46 @@ func addIPv6(t *testing.T, host, inet *netns.NS, n *Net) {
 	addRoute(t, host, netip.MustParsePrefix("2001:db8:ffff::/64"), netip.MustParseAddr("2001:db8:1::2"))
 	addRoute(t, inet, netip.MustParsePrefix("2001:db8:2::/64"), netip.MustParseAddr("2001:db8:1::1"))
 	addRoute(t, n.ns, netip.MustParsePrefix("::/0"), netip.MustParseAddr("2001:db8:2::1"))
+	// The host's firewall drops the sandbox's neighbour discovery (all
+	// IPv6 is dropped), which would leave a FAILED neighbour entry that
+	// outlives the firewall in the control phase: pin both neighbours.
+	hostMAC := linkMAC(t, host, n.rec.Names.HostIf)
+	sbMAC := linkMAC(t, n.ns, SandboxIf)
+	addNeigh(t, n.ns, SandboxIf, netip.MustParseAddr("2001:db8:2::1"), hostMAC)
+	addNeigh(t, host, n.rec.Names.HostIf, netip.MustParseAddr("2001:db8:2::2"), sbMAC)
 	if err := host.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0)
 	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func linkMAC(t *testing.T, ns *netns.NS, name string) net.HardwareAddr {
+	t.Helper()
+	h, err := ns.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().HardwareAddr
+}
+
+func addNeigh(t *testing.T, ns *netns.NS, dev string, ip netip.Addr, mac net.HardwareAddr) {
+	t.Helper()
+	h, err := ns.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}); err != nil {
 		t.Fatal(err)
 	}
 }
