@@ -43,6 +43,16 @@ type Config struct {
 	Link LinkKind
 	// Logger; nil discards.
 	Logger *slog.Logger
+
+	// step, when set (by tests), is called at each step of setup, so a
+	// test can kill the process there.
+	step func(name string)
+}
+
+func (c *Config) at(name string) {
+	if c.step != nil {
+		c.step(name)
+	}
 }
 
 // LinkKind selects how a sandbox namespace is joined to the host.

@@ -117,6 +117,7 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
 	}
+	n.cfg.at("record")
 	lease, err := n.cfg.addrPool().Take(string(n.key), func(l netns.Lease) error {
 		n.rec.Lease = &l
 		return writeRecord(n.dir, RecordFile, n.rec)
@@ -127,11 +128,13 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	n.cfg.at("lease")
 	ns, err := netns.Create(n.cfg.NetnsDir, names.Netns)
 	if err != nil {
 		return err
 	}
 	n.ns = ns
+	n.cfg.at("netns")
 	host, err := netns.Current()
 	if err != nil {
 		return err
@@ -140,6 +143,7 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	if err := netns.CreateVeth(host, ns, netns.Veth{HostName: names.HostIf, PeerName: SandboxIf, HostAddr: lease.Host, PeerAddr: lease.Sandbox}); err != nil {
 		return err
 	}
+	n.cfg.at("veth")
 	if _, err := netns.EnableUplinkForwarding(host); err != nil {
 		return err
 	}
@@ -162,6 +166,7 @@ func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, po
 		if err := n.startEgress(ctx, t); err != nil {
 			return err
 		}
+		n.cfg.at("egress")
 	}
 	if err := n.apply(t); err != nil {
 		return err
@@ -213,6 +218,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err := firewall.ApplySandbox(sc, inner); err != nil {
 		return err
 	}
+	n.cfg.at("sandbox-rules")
 	hc, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables on the host: %w", err)
@@ -220,6 +226,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err := firewall.ApplyHost(hc, &part); err != nil {
 		return err
 	}
+	n.cfg.at("host-rules")
 	if err := firewall.VerifySandbox(sc, inner); err != nil {
 		return err
 	}
