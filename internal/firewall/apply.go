@@ -56,11 +56,39 @@ func hostMap(t *nftables.Table, name string) *nftables.Set {
 	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
 }
 
-// ApplyHost adds or replaces one sandbox's part of the shared host table,
-// in one transaction: the table, its maps and base chains are created if
-// missing (and the base chains' dispatch rules rewritten, so they are never
-// doubled); the sandbox's chains are flushed and refilled and its map
-// entries set.
+// EnsureHostBase makes sure the shared host table exists with its maps and
+// its base chains, which dispatch to the sandboxes' chains. It reads the
+// base chains first and writes (one transaction: chains flushed and
+// refilled, so rules are never doubled) only if they differ, then reads
+// them back. Concurrent callers are safe: each transaction is atomic and
+// they all write the same thing.
+func EnsureHostBase(c *nftables.Conn) error {
+	base := BuildHostBase()
+	if verifyChains(c, base) == nil {
+		return nil
+	}
+	t := table()
+	c.AddTable(t)
+	for _, m := range HostMaps {
+		if err := c.AddSet(hostMap(t, m), nil); err != nil {
+			return fmt.Errorf("apply host base: map %s: %w", m, err)
+		}
+	}
+	for i := range base {
+		nc := addChain(c, t, &base[i])
+		c.FlushChain(nc)
+		addRules(c, t, nc, &base[i])
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("apply host base: %w", err)
+	}
+	return verifyChains(c, base)
+}
+
+// ApplyHost adds or replaces one sandbox's part of the shared host table in
+// one transaction: its chains are created if missing, flushed and refilled,
+// and its map entries set. The maps are created if missing; the base chains
+// that consult them are EnsureHostBase's (VerifyHost checks both).
 func ApplyHost(c *nftables.Conn, part *HostPart) error {
 	t := table()
 	c.AddTable(t)
@@ -81,12 +109,6 @@ func ApplyHost(c *nftables.Conn, part *HostPart) error {
 		if err := c.SetAddElements(sets[e.Map], []nftables.SetElement{elem(e)}); err != nil {
 			return fmt.Errorf("apply host ruleset: map %s: %w", e.Map, err)
 		}
-	}
-	base := BuildHostBase()
-	for i := range base {
-		nc := addChain(c, t, &base[i])
-		c.FlushChain(nc)
-		addRules(c, t, nc, &base[i])
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply host ruleset: %w", err)
@@ -257,29 +279,16 @@ func VerifySandbox(c *nftables.Conn, want []Chain) error {
 	return nil
 }
 
-// VerifyHost reads the host table back and checks that its base chains
-// dispatch through the maps, that the sandbox's map entries point at its
-// chains, and that those chains hold exactly the built rules.
+// VerifyHost reads back the host table's base chains, the sandbox's chains
+// and its map entries, and checks them against what was built. It reads
+// only those chains, so its cost does not grow with the number of
+// sandboxes.
 func VerifyHost(c *nftables.Conn, part *HostPart) error {
-	got, err := ReadTable(c)
-	if err != nil {
+	if err := verifyChains(c, BuildHostBase()); err != nil {
 		return err
 	}
-	byName := map[string]*Chain{}
-	for i := range got {
-		byName[got[i].Name] = &got[i]
-	}
-	base := BuildHostBase()
-	for _, set := range [][]Chain{base, part.Chains} {
-		for i := range set {
-			g, ok := byName[set[i].Name]
-			if !ok {
-				return fmt.Errorf("%w: host chain %s is missing", ErrVerify, set[i].Name)
-			}
-			if err := compareChain(g, &set[i]); err != nil {
-				return err
-			}
-		}
+	if err := verifyChains(c, part.Chains); err != nil {
+		return err
 	}
 	for _, e := range part.Elements {
 		m, err := ReadMap(c, e.Map)
@@ -288,6 +297,39 @@ func VerifyHost(c *nftables.Conn, part *HostPart) error {
 		}
 		if m[e.Iface] != e.Chain {
 			return fmt.Errorf("%w: map %s sends %s to %q, want %q", ErrVerify, e.Map, e.Iface, m[e.Iface], e.Chain)
+		}
+	}
+	return nil
+}
+
+// ReadChain reads one chain of IronClaw's table back with its rules.
+func ReadChain(c *nftables.Conn, name string) (*Chain, error) {
+	t := table()
+	nc, err := c.ListChain(t, name)
+	if err != nil {
+		return nil, fmt.Errorf("read chain %s: %w", name, err)
+	}
+	nc.Table = t
+	rs, err := c.GetRules(t, nc)
+	if err != nil {
+		return nil, fmt.Errorf("read rules of %s: %w", name, err)
+	}
+	ch := &Chain{Name: nc.Name, Type: nc.Type, Hook: nc.Hooknum, Priority: nc.Priority, Policy: nc.Policy}
+	for _, r := range rs {
+		cm, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		ch.Rules = append(ch.Rules, Rule{Comment: cm, Exprs: r.Exprs})
+	}
+	return ch, nil
+}
+
+func verifyChains(c *nftables.Conn, want []Chain) error {
+	for i := range want {
+		got, err := ReadChain(c, want[i].Name)
+		if err != nil {
+			return fmt.Errorf("%w: chain %s is missing: %v", ErrVerify, want[i].Name, err)
+		}
+		if err := compareChain(got, &want[i]); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -536,3 +536,10 @@ func HostPartNames(name, hostIf string) HostPart {
 	}
 	return p
 }
+
+// IfnameMatchForBench returns the expressions of `iifname NAME counter`-like
+// rule that matches nothing real: benchmarks use it to build a linear chain
+// for comparison with the map dispatch.
+func IfnameMatchForBench(name string) []expr.Any {
+	return append(ifname(expr.MetaKeyIIFNAME, name), &expr.Verdict{Kind: expr.VerdictDrop})
+}

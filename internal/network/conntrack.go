@@ -21,7 +21,12 @@ func cutFlows(ns *netns.NS, t *firewall.Target) error {
 		return err
 	}
 	defer host.Close()
-	return errors.Join(cutFlowsIn(ns, t), cutFlowsIn(host, t))
+	// Each dump walks the kernel's whole conntrack hash table (it is
+	// shared by all namespaces), so the two run side by side.
+	errc := make(chan error, 1)
+	go func() { errc <- cutFlowsIn(ns, t) }()
+	herr := cutFlowsIn(host, t)
+	return errors.Join(<-errc, herr)
 }
 
 func cutFlowsIn(ns *netns.NS, t *firewall.Target) error {

@@ -121,4 +121,3 @@ func TestDomainRules(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
-

@@ -43,7 +43,7 @@ type testEnv struct {
 	inet *testutil.Internet
 }
 
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	testutil.RequireHostNetNS(t)
 	inet := testutil.NewInternet(t, peerA, peerB, peerMeta, peerPriv, peer6)
@@ -68,7 +68,7 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 // sandboxDir makes a sandbox state directory for id.
-func (e *testEnv) sandboxDir(t *testing.T, id string) (string, sandbox.Key) {
+func (e *testEnv) sandboxDir(t testing.TB, id string) (string, sandbox.Key) {
 	t.Helper()
 	key := sandbox.KeyOf(id)
 	dir := filepath.Join(e.cfg.Root, "sandboxes", string(key))
@@ -79,7 +79,7 @@ func (e *testEnv) sandboxDir(t *testing.T, id string) (string, sandbox.Key) {
 }
 
 // setup runs Setup for id with rules and closes the network at the end.
-func (e *testEnv) setup(t *testing.T, id string, rules ...string) *Net {
+func (e *testEnv) setup(t testing.TB, id string, rules ...string) *Net {
 	t.Helper()
 	p, err := firewall.ParsePolicy(rules)
 	if err != nil {
@@ -100,7 +100,7 @@ func (e *testEnv) setup(t *testing.T, id string, rules ...string) *Net {
 
 // serveTestDNS runs a DNS server on the host's loopback that plays the
 // upstream resolver for the egress proxy and returns its address.
-func serveTestDNS(t *testing.T) string {
+func serveTestDNS(t testing.TB) string {
 	t.Helper()
 	zone := map[string]netip.Addr{
 		"allowed.test.":       peerA,
@@ -130,7 +130,7 @@ func serveTestDNS(t *testing.T) string {
 
 // serveWeb runs an HTTP server on addr:80 and an HTTPS server (self-signed)
 // on addr:443 inside ns; both answer "web <addr>".
-func serveWeb(t *testing.T, ns *netns.NS, addr netip.Addr) {
+func serveWeb(t testing.TB, ns *netns.NS, addr netip.Addr) {
 	t.Helper()
 	var ln80, ln443 net.Listener
 	if err := ns.Do(func() error {
@@ -151,7 +151,7 @@ func serveWeb(t *testing.T, ns *netns.NS, addr netip.Addr) {
 	t.Cleanup(func() { s80.Close(); s443.Close() })
 }
 
-func selfSigned(t *testing.T) tls.Certificate {
+func selfSigned(t testing.TB) tls.Certificate {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -55,7 +54,7 @@ type slot struct {
 // release marks the slot used (never reused), drops the flock and removes
 // the sandbox's record that points at it.
 func (s *slot) release(sandboxDir string) error {
-	err := writeFileSync(filepath.Join(s.dir, slotState), stateUsed)
+	err := writeState(filepath.Join(s.dir, slotState), stateUsed)
 	err = errors.Join(err, s.lock.Close(), removeRecord(sandboxDir))
 	return err
 }
@@ -76,14 +75,14 @@ func lockFile(path string, block bool) (*os.File, error) {
 	return f, nil
 }
 
-func writeFileSync(path, content string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+// writeState replaces a slot's state file atomically (see writeRecord on
+// why there is no fsync).
+func writeState(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, werr := f.WriteString(content)
-	serr := f.Sync()
-	if err := errors.Join(werr, serr, f.Close()); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -152,17 +151,18 @@ func prepareSlot(ctx context.Context, c Config) error {
 	}
 	// A slot lets nothing out: replace the empty-policy sandbox table
 	// with one that allows loopback only.
-	sc, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()))
+	sc, _, err := n.conns()
 	if err == nil {
 		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
 	}
+	err = errors.Join(err, n.closeConns())
 	n.ns.Close()
 	if err != nil {
 		rerr := removeObjects(n.rec)
 		os.RemoveAll(dir)
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
-	return writeFileSync(filepath.Join(dir, slotState), stateFree)
+	return writeState(filepath.Join(dir, slotState), stateFree)
 }
 
 // Claim is Setup from a prepared slot of the pool: it takes a free slot and
@@ -206,7 +206,7 @@ var ErrPoolEmpty = errors.New("no free network slot in the pool")
 
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
-	if err := writeFileSync(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
+	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
 		lock.Close()
 		return nil, err
 	}

@@ -56,8 +56,10 @@ func (r *record) target() (*firewall.Target, error) {
 	}, nil
 }
 
-// writeRecord writes r to dir/name atomically and durably (temp file,
-// fsync, rename, fsync of the directory).
+// writeRecord writes r to dir/name atomically (temp file, rename). It does
+// not fsync: the record must survive the death of the process, which the
+// page cache guarantees, not a reboot, which takes every kernel object the
+// record names with it (and the state root is normally tmpfs anyway).
 func writeRecord(dir, name string, r *record) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -70,22 +72,13 @@ func writeRecord(dir, name string, r *record) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	_, werr := f.Write(append(b, '\n'))
-	serr := f.Sync()
 	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
+	if err := errors.Join(werr, cerr); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -32,6 +32,9 @@ type Net struct {
 	eg   *egress.Server
 	tgt  *firewall.Target
 	slot *slot // set when the network came from the pool
+	// sc and hc are lasting nftables connections to the sandbox's
+	// namespace and the host (see conns).
+	sc, hc *nftables.Conn
 
 	closed bool
 }
@@ -211,17 +214,16 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	sc, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()))
+	sc, hc, err := n.conns()
 	if err != nil {
-		return fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
+		return err
 	}
 	if err := firewall.ApplySandbox(sc, inner); err != nil {
 		return err
 	}
 	n.cfg.at("sandbox-rules")
-	hc, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables on the host: %w", err)
+	if err := firewall.EnsureHostBase(hc); err != nil {
+		return err
 	}
 	if err := firewall.ApplyHost(hc, &part); err != nil {
 		return err
@@ -231,6 +233,33 @@ func (n *Net) apply(t *firewall.Target) error {
 		return err
 	}
 	return firewall.VerifyHost(hc, &part)
+}
+
+// conns returns the lasting nftables connections to the sandbox's
+// namespace and to the host, made on first use.
+func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
+	if n.sc == nil {
+		if n.sc, err = nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting()); err != nil {
+			return nil, nil, fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
+		}
+	}
+	if n.hc == nil {
+		if n.hc, err = nftables.New(nftables.AsLasting()); err != nil {
+			return nil, nil, fmt.Errorf("nftables on the host: %w", err)
+		}
+	}
+	return n.sc, n.hc, nil
+}
+
+func (n *Net) closeConns() error {
+	var errs []error
+	for _, c := range []*nftables.Conn{n.sc, n.hc} {
+		if c != nil {
+			errs = append(errs, c.CloseLasting())
+		}
+	}
+	n.sc, n.hc = nil, nil
+	return errors.Join(errs...)
 }
 
 // denyList is the first deny tier: the host's own IPv4 addresses and the
@@ -326,10 +355,16 @@ func (n *Net) Verify(ctx context.Context) (Report, error) {
 	if n.ns == nil {
 		return Report{}, nil
 	}
-	return verify(n.ns, n.tgt)
+	sc, hc, err := n.conns()
+	if err != nil {
+		return Report{}, err
+	}
+	return verify(sc, hc, n.tgt)
 }
 
-func verify(ns *netns.NS, t *firewall.Target) (Report, error) {
+// verify reads both rulesets of t back through sc (the sandbox's
+// namespace) and hc (the host) and compares them with what t builds.
+func verify(sc, hc *nftables.Conn, t *firewall.Target) (Report, error) {
 	var r Report
 	inner, err := firewall.BuildSandbox(t)
 	if err != nil {
@@ -339,24 +374,12 @@ func verify(ns *netns.NS, t *firewall.Target) (Report, error) {
 	if err != nil {
 		return r, err
 	}
-	sc, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
-	if err != nil {
-		return r, err
-	}
-	hc, err := nftables.New()
-	if err != nil {
-		return r, err
-	}
 	if r.Sandbox, err = firewall.ReadTable(sc); err != nil {
 		return r, err
 	}
-	all, err := firewall.ReadTable(hc)
-	if err != nil {
-		return r, err
-	}
-	for _, c := range all {
-		if c.Base() || strings.HasPrefix(c.Name, t.Name+"-") {
-			r.Host = append(r.Host, c)
+	for _, c := range append(firewall.BuildHostBase(), part.Chains...) {
+		if live, err := firewall.ReadChain(hc, c.Name); err == nil {
+			r.Host = append(r.Host, *live)
 		}
 	}
 	r.Maps = map[string]string{}
@@ -388,7 +411,7 @@ func (n *Net) Close() error {
 
 // teardown removes what n.rec names (used by Close and by a failed Setup).
 func (n *Net) teardown() error {
-	var errs []error
+	errs := []error{n.closeConns()}
 	if n.eg != nil {
 		errs = append(errs, n.eg.Close())
 		n.eg = nil

@@ -181,7 +181,8 @@ func NewInternet(t testing.TB, peers ...netip.Addr) *Internet {
 	lo, err := ph.LinkByName("lo")
 	must(err)
 	for _, a := range peers {
-		must(ph.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}}))
+		// No duplicate address detection: an IPv6 address must be usable at once.
+		must(ph.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}, Flags: unix.IFA_F_NODAD}))
 	}
 	return inet
 }
