@@ -33,16 +33,18 @@ func addRules(c *nftables.Conn, t *nftables.Table, nc *nftables.Chain, ch *Chain
 }
 
 // ApplySandbox replaces the sandbox table in the namespace c talks to with
-// chains, in one transaction: the table is added (in case it is missing),
-// deleted and re-created, so the kernel switches from the old ruleset to the
-// new one atomically and never runs with a partial one.
+// chains, in one transaction, so the kernel switches from the old ruleset
+// to the new one atomically and never runs with a partial one. The table
+// and chains are created if missing and otherwise kept: each chain is
+// flushed and refilled. Keeping the base chains avoids unregistering and
+// re-registering their hooks, which costs an RCU grace period; a chain the
+// table should not have is caught by VerifySandbox.
 func ApplySandbox(c *nftables.Conn, chains []Chain) error {
 	t := table()
 	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
 	for i := range chains {
 		nc := addChain(c, t, &chains[i])
+		c.FlushChain(nc)
 		addRules(c, t, nc, &chains[i])
 	}
 	if err := c.Flush(); err != nil {
@@ -87,18 +89,14 @@ func EnsureHostBase(c *nftables.Conn) error {
 
 // ApplyHost adds or replaces one sandbox's part of the shared host table in
 // one transaction: its chains are created if missing, flushed and refilled,
-// and its map entries set. The maps are created if missing; the base chains
-// that consult them are EnsureHostBase's (VerifyHost checks both).
+// and its map entries set. The table, the maps and the base chains that
+// consult them are EnsureHostBase's, which must run first (VerifyHost
+// checks both).
 func ApplyHost(c *nftables.Conn, part *HostPart) error {
 	t := table()
-	c.AddTable(t)
 	sets := map[string]*nftables.Set{}
 	for _, m := range HostMaps {
-		s := hostMap(t, m)
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("apply host ruleset: map %s: %w", m, err)
-		}
-		sets[m] = s
+		sets[m] = hostMap(t, m)
 	}
 	for i := range part.Chains {
 		nc := addChain(c, t, &part.Chains[i])
@@ -287,6 +285,15 @@ func VerifyHost(c *nftables.Conn, part *HostPart) error {
 	if err := verifyChains(c, BuildHostBase()); err != nil {
 		return err
 	}
+	return VerifyHostPart(c, part)
+}
+
+// VerifyHostPart is VerifyHost without the base chains, for a caller that
+// has just verified them (EnsureHostBase). Map entries are read with one
+// dump per map: a single-element get (NFT_MSG_GETSETELEM without
+// NLM_F_DUMP) waits for the previous transaction's cleanup on 6.x kernels,
+// milliseconds, while the dump answers at once.
+func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
 	if err := verifyChains(c, part.Chains); err != nil {
 		return err
 	}

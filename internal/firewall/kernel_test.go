@@ -52,6 +52,9 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
 	if err := ApplyHost(c, &part); err != nil {
 		t.Fatal(err)
 	}

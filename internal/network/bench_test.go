@@ -1,6 +1,7 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -111,23 +112,63 @@ func BenchmarkSetupTeardown(b *testing.B) {
 	_ = sd
 }
 
-// BenchmarkRuleInstall measures a policy change on a live sandbox: both
-// rulesets replaced in one transaction each, read back and verified,
-// conntrack swept. The peer is an empty nftables transaction (the netlink
-// round trip floor).
+// BenchmarkRuleInstall measures a policy change on a live sandbox, split
+// into: installing both rulesets (one transaction each, the sandbox's and
+// the host's side by side, as Setup and Claim do), reading both back and
+// verifying them, and a whole Update (install, verify, record, conntrack
+// sweep). The peer is an empty nftables transaction: the netlink round-trip
+// floor.
 func BenchmarkRuleInstall(b *testing.B) {
+	for _, others := range []int{0, 499} {
+		b.Run(fmt.Sprintf("sandboxes=%d", others+1), func(b *testing.B) { benchRuleInstall(b, others) })
+	}
+}
+
+func benchRuleInstall(b *testing.B, others int) {
 	e := newEnv(b)
 	n := e.setup(b, "install", "203.0.113.10:8080/tcp")
+	if others > 0 {
+		hc, _ := nftables.New()
+		for _, p := range otherSandboxes(b, e, n, others) {
+			if err := firewall.ApplyHost(hc, &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	pols := make([]firewall.Policy, 2)
 	pols[0], _ = firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp", "203.0.113.0/24:443/tcp", "198.18.0.0/15:1000-2000/udp"})
 	pols[1], _ = firewall.ParsePolicy([]string{"203.0.113.20/32", "192.0.2.0/24:53/udp"})
-	var install, floor []time.Duration
+	sc, hc, err := n.conns()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var install, verifyT, update, floor []time.Duration
 	for i := 0; b.Loop(); i++ {
+		t := *n.tgt
+		t.Policy = pols[i%2]
+		inner, _ := firewall.BuildSandbox(&t)
+		part, _ := firewall.BuildHost(&t)
 		t0 := time.Now()
-		if err := n.Update(b.Context(), pols[i%2]); err != nil {
+		errc := make(chan error, 1)
+		go func() { errc <- firewall.ApplySandbox(sc, inner) }()
+		herr := firewall.ApplyHost(hc, &part)
+		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
 		}
 		install = append(install, time.Since(t0))
+		t0 = time.Now()
+		go func() { errc <- firewall.VerifySandbox(sc, inner) }()
+		herr = firewall.VerifyHostPart(hc, &part)
+		if err := errors.Join(<-errc, herr); err != nil {
+			b.Fatal(err)
+		}
+		verifyT = append(verifyT, time.Since(t0))
+
+		t0 = time.Now()
+		if err := n.Update(b.Context(), pols[(i+1)%2]); err != nil {
+			b.Fatal(err)
+		}
+		update = append(update, time.Since(t0))
 		c, _ := nftables.New()
 		t0 = time.Now()
 		c.AddTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})
@@ -139,7 +180,10 @@ func BenchmarkRuleInstall(b *testing.B) {
 	c, _ := nftables.New()
 	c.DelTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})
 	c.Flush()
-	mi, mf := reportMedian(b, "install", install), reportMedian(b, "empty-txn", floor)
+	mi := reportMedian(b, "install", install)
+	reportMedian(b, "verify", verifyT)
+	reportMedian(b, "update-with-conntrack-sweep", update)
+	mf := reportMedian(b, "empty-txn", floor)
 	b.ReportMetric(float64(mi)/float64(mf), "install/empty-txn")
 }
 
@@ -180,25 +224,7 @@ func BenchmarkPerPacket(b *testing.B) {
 		}
 		return median(d)
 	}
-	// 499 more sandboxes' host rules (chains and map entries; their links
-	// need not exist for the lookups to cost what they cost).
-	var parts []firewall.HostPart
-	for i := 1; i < 500; i++ {
-		k := sandbox.KeyOf(fmt.Sprintf("other-%d", i))
-		lease := e.cfg.addrPool().At(i + 1000)
-		pol, _ := firewall.ParsePolicy([]string{"203.0.113.0/24:443/tcp"})
-		part, err := firewall.BuildHost(&firewall.Target{Name: NamesOf(k).Chains, Policy: pol, SandboxAddr: lease.Sandbox.Addr(),
-			HostAddr: lease.Host.Addr(), HostIf: NamesOf(k).HostIf, Deny: n.tgt.Deny})
-		if err != nil {
-			b.Fatal(err)
-		}
-		parts = append(parts, part)
-	}
-	defer func() {
-		for i := range parts {
-			firewall.RemoveHost(hc, &parts[i])
-		}
-	}()
+	parts := otherSandboxes(b, e, n, 499)
 	var one, many []time.Duration
 	for b.Loop() {
 		one = append(one, measure())
@@ -222,16 +248,46 @@ func BenchmarkPerPacket(b *testing.B) {
 	hc.AddTable(t)
 	prio := nftables.ChainPriority(-1)
 	ch := hc.AddChain(&nftables.Chain{Name: "fwd", Table: t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: &prio})
-	for i := 0; i < 500; i++ {
-		hc.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: firewall.IfnameMatchForBench(fmt.Sprintf("iclinear%d", i))})
-	}
 	if err := hc.Flush(); err != nil {
 		b.Fatal(err)
+	}
+	for i := 0; i < 500; i++ {
+		hc.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: firewall.IfnameMatchForBench(fmt.Sprintf("iclinear%d", i))})
+		if i%100 == 99 { // keep the acknowledgements of one batch within the socket buffer
+			if err := hc.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 	defer func() { hc.DelTable(t); hc.Flush() }()
 	lin := measure()
 	b.ReportMetric(float64(lin.Microseconds()), "rtt-500-linear-rules-median-µs")
 	b.ReportMetric(float64(lin)/float64(m1), "ratio-linear500/1")
+}
+
+// otherSandboxes builds the host parts of count more sandboxes (chains and
+// map entries; their links need not exist for lookups and validation to
+// cost what they cost), removed at the end of the benchmark.
+func otherSandboxes(b *testing.B, e *testEnv, n *Net, count int) []firewall.HostPart {
+	var parts []firewall.HostPart
+	for i := 1; i <= count; i++ {
+		k := sandbox.KeyOf(fmt.Sprintf("other-%d", i))
+		lease := e.cfg.addrPool().At(i + 1000)
+		pol, _ := firewall.ParsePolicy([]string{"203.0.113.0/24:443/tcp"})
+		part, err := firewall.BuildHost(&firewall.Target{Name: NamesOf(k).Chains, Policy: pol, SandboxAddr: lease.Sandbox.Addr(),
+			HostAddr: lease.Host.Addr(), HostIf: NamesOf(k).HostIf, Deny: n.tgt.Deny})
+		if err != nil {
+			b.Fatal(err)
+		}
+		parts = append(parts, part)
+	}
+	b.Cleanup(func() {
+		hc, _ := nftables.New()
+		for i := range parts {
+			firewall.RemoveHost(hc, &parts[i])
+		}
+	})
+	return parts
 }
 
 func serveUDPEcho(b testing.TB, ns *netns.NS, addr netip.AddrPort) {

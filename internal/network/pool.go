@@ -151,11 +151,11 @@ func prepareSlot(ctx context.Context, c Config) error {
 	}
 	// A slot lets nothing out: replace the empty-policy sandbox table
 	// with one that allows loopback only.
-	sc, _, err := n.conns()
+	sc, err := n.sandboxConn()
 	if err == nil {
 		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
 	}
-	err = errors.Join(err, n.closeConns())
+	err = errors.Join(err, n.closeConns(false))
 	n.ns.Close()
 	if err != nil {
 		rerr := removeObjects(n.rec)

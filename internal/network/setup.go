@@ -214,52 +214,99 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	sc, hc, err := n.conns()
+	// The sandbox's namespace and the host have separate nftables
+	// instances: install and verify both side by side.
+	errc := make(chan error, 1)
+	go func() {
+		sc, err := n.sandboxConn()
+		if err == nil {
+			err = firewall.ApplySandbox(sc, inner)
+		}
+		if err == nil {
+			n.cfg.at("sandbox-rules")
+			err = firewall.VerifySandbox(sc, inner)
+		}
+		errc <- err
+	}()
+	herr := n.applyHost(&part)
+	serr := <-errc
+	return errors.Join(serr, herr)
+}
+
+func (n *Net) applyHost(part *firewall.HostPart) error {
+	hc, err := n.hostConn()
 	if err != nil {
 		return err
 	}
-	if err := firewall.ApplySandbox(sc, inner); err != nil {
-		return err
-	}
-	n.cfg.at("sandbox-rules")
 	if err := firewall.EnsureHostBase(hc); err != nil {
 		return err
 	}
-	if err := firewall.ApplyHost(hc, &part); err != nil {
+	if err := firewall.ApplyHost(hc, part); err != nil {
 		return err
 	}
 	n.cfg.at("host-rules")
-	if err := firewall.VerifySandbox(sc, inner); err != nil {
-		return err
+	return firewall.VerifyHostPart(hc, part)
+}
+
+func (n *Net) sandboxConn() (*nftables.Conn, error) {
+	if n.sc == nil {
+		c, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting())
+		if err != nil {
+			return nil, fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
+		}
+		n.sc = c
 	}
-	return firewall.VerifyHost(hc, &part)
+	return n.sc, nil
+}
+
+func (n *Net) hostConn() (*nftables.Conn, error) {
+	if n.hc == nil {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, fmt.Errorf("nftables on the host: %w", err)
+		}
+		n.hc = c
+	}
+	return n.hc, nil
 }
 
 // conns returns the lasting nftables connections to the sandbox's
 // namespace and to the host, made on first use.
 func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
-	if n.sc == nil {
-		if n.sc, err = nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting()); err != nil {
-			return nil, nil, fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
-		}
+	if sandboxConn, err = n.sandboxConn(); err != nil {
+		return nil, nil, err
 	}
-	if n.hc == nil {
-		if n.hc, err = nftables.New(nftables.AsLasting()); err != nil {
-			return nil, nil, fmt.Errorf("nftables on the host: %w", err)
-		}
+	if hostConn, err = n.hostConn(); err != nil {
+		return nil, nil, err
 	}
-	return n.sc, n.hc, nil
+	return sandboxConn, hostConn, nil
 }
 
-func (n *Net) closeConns() error {
-	var errs []error
-	for _, c := range []*nftables.Conn{n.sc, n.hc} {
-		if c != nil {
-			errs = append(errs, c.CloseLasting())
-		}
-	}
+// closeConns closes the lasting connections. Closing a netlink socket
+// that lives in another namespace takes milliseconds (the netlink library
+// tears down the thread it made there), which would sit on every sandbox's
+// exit path; async does it in the background and logs a failure.
+func (n *Net) closeConns(async bool) error {
+	conns := []*nftables.Conn{n.sc, n.hc}
 	n.sc, n.hc = nil, nil
-	return errors.Join(errs...)
+	closeAll := func() error {
+		var errs []error
+		for _, c := range conns {
+			if c != nil {
+				errs = append(errs, c.CloseLasting())
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if !async {
+		return closeAll()
+	}
+	go func() {
+		if err := closeAll(); err != nil {
+			n.log.Warn("close nftables connections", "err", err)
+		}
+	}()
+	return nil
 }
 
 // denyList is the first deny tier: the host's own IPv4 addresses and the
@@ -411,7 +458,7 @@ func (n *Net) Close() error {
 
 // teardown removes what n.rec names (used by Close and by a failed Setup).
 func (n *Net) teardown() error {
-	errs := []error{n.closeConns()}
+	errs := []error{n.closeConns(true)}
 	if n.eg != nil {
 		errs = append(errs, n.eg.Close())
 		n.eg = nil
