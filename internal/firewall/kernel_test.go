@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -63,4 +64,37 @@ func TestApplyVerifyKernel(t *testing.T) {
 	}
 	out, err := testutil.RunCommand(t.Context(), ns, "nft", "list", "ruleset")
 	t.Log(out, err)
+}
+
+func TestRender(t *testing.T) {
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "203.0.113.7:5000-5010/udp")
+	chains, err := BuildSandbox(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range chains[0].Rules {
+		got = append(got, r.String())
+	}
+	for _, want := range []string{
+		`oifname "lo" accept comment "loopback"`,
+		`ct state established,related accept comment "replies"`,
+		`meta nfproto != ipv4 drop comment "IPv4 only"`,
+		`ip saddr != 10.200.0.2 drop comment "own source only"`,
+		`ip daddr 10.200.0.1 meta l4proto udp th dport 53 accept comment "DNS stub udp:53"`,
+		`ip daddr 10.200.0.0/16 drop comment "deny 10.200.0.0/16"`,
+		`ip daddr 203.0.113.0/24 meta l4proto tcp th dport 443 accept comment "allow 203.0.113.0/24:443/tcp"`,
+		`ip daddr 203.0.113.7 meta l4proto udp th dport >= 5000 <= 5010 accept comment "allow 203.0.113.7:5000-5010/udp"`,
+	} {
+		found := false
+		for _, g := range got {
+			found = found || g == want
+		}
+		if !found {
+			t.Errorf("no rule renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
+		}
+	}
+	if d := chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
+		t.Errorf("Describe: %s", d)
+	}
 }
