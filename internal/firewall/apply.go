@@ -3,7 +3,6 @@ package firewall
 import (
 	"encoding/binary"
 
-	"errors"
 	"fmt"
 	"github.com/mdlayher/netlink"
 	"reflect"
@@ -119,50 +118,49 @@ func elem(e MapElement) nftables.SetElement {
 }
 
 // RemoveHost deletes one sandbox's map entries and chains from the host
-// table, whichever of them exist (it reads the table first), in one
-// transaction. Nothing else in the table is touched. It is idempotent.
+// table in one transaction, and touches nothing else in it. Whatever of
+// them is missing (a half-made setup) is first created empty within the
+// same transaction and then deleted, so the batch never fails on a missing
+// object and nothing needs to be read first: the cost does not grow with
+// the number of sandboxes. It is idempotent; without the table it does
+// nothing.
 func RemoveHost(c *nftables.Conn, part *HostPart) error {
-	t := table()
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return fmt.Errorf("remove host ruleset: list chains: %w", err)
+		return fmt.Errorf("remove host ruleset: list tables: %w", err)
 	}
-	have := map[string]bool{}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			have[ch.Name] = true
-		}
+	found := false
+	for _, t := range tables {
+		found = found || t.Name == TableName
 	}
-	if len(have) == 0 {
+	if !found {
 		return nil
 	}
-	n := 0
-	for _, e := range part.Elements {
-		s := hostMap(t, e.Map)
-		els, err := c.GetSetElements(s)
-		if err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue
-			}
-			return fmt.Errorf("remove host ruleset: read map %s: %w", e.Map, err)
+	t := table()
+	sets := map[string]*nftables.Set{}
+	for _, m := range HostMaps {
+		s := hostMap(t, m)
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("remove host ruleset: map %s: %w", m, err)
 		}
-		for _, el := range els {
-			if strings.TrimRight(string(el.Key), "\x00") == e.Iface {
-				if err := c.SetDeleteElements(s, []nftables.SetElement{{Key: ifnameBytes(e.Iface)}}); err != nil {
-					return fmt.Errorf("remove host ruleset: map %s: %w", e.Map, err)
-				}
-				n++
-			}
-		}
+		sets[m] = s
 	}
+	var chains []*nftables.Chain
 	for _, ch := range part.Chains {
-		if have[ch.Name] {
-			c.DelChain(&nftables.Chain{Name: ch.Name, Table: t})
-			n++
+		chains = append(chains, c.AddChain(&nftables.Chain{Name: ch.Name, Table: t}))
+	}
+	for _, e := range part.Elements {
+		if err := c.SetAddElements(sets[e.Map], []nftables.SetElement{elem(e)}); err != nil {
+			return fmt.Errorf("remove host ruleset: map %s: %w", e.Map, err)
 		}
 	}
-	if n == 0 {
-		return nil
+	for _, e := range part.Elements {
+		if err := c.SetDeleteElements(sets[e.Map], []nftables.SetElement{{Key: ifnameBytes(e.Iface)}}); err != nil {
+			return fmt.Errorf("remove host ruleset: map %s: %w", e.Map, err)
+		}
+	}
+	for _, ch := range chains {
+		c.DelChain(ch)
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("remove host ruleset: %w", err)

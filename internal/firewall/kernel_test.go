@@ -98,3 +98,57 @@ func TestRender(t *testing.T) {
 		t.Errorf("Describe: %s", d)
 	}
 }
+
+// TestRemoveHostTouchesNothingElse removes one sandbox's host part (twice,
+// and once more after it is gone) and checks that another sandbox's part
+// and another tool's table are exactly as they were.
+func TestRemoveHostTouchesNothingElse(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	other := &nftables.Table{Name: "othertool", Family: nftables.TableFamilyINet}
+	c.AddTable(other)
+	oc := c.AddChain(&nftables.Chain{Name: "fwd", Table: other, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: other, Chain: oc, Exprs: accept()})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := testTarget(t, "203.0.113.0/24"), testTarget(t, "198.51.100.0/24:53/udp")
+	b.Name, b.HostIf, b.SandboxAddr, b.HostAddr = "sbother", "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+	pa, _ := BuildHost(a)
+	pb, _ := BuildHost(b)
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*HostPart{&pa, &pb} {
+		if err := ApplyHost(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if err := RemoveHost(c, &pa); err != nil {
+			t.Fatalf("remove %d: %v", i, err)
+		}
+	}
+	if err := VerifyHost(c, &pb); err != nil {
+		t.Fatalf("the other sandbox was disturbed: %v", err)
+	}
+	chains, _ := ReadTable(c)
+	for _, ch := range chains {
+		if strings.HasPrefix(ch.Name, a.Name) {
+			t.Errorf("chain %s survived", ch.Name)
+		}
+	}
+	rules, err := c.GetRules(other, oc)
+	if err != nil || len(rules) != 1 {
+		t.Fatalf("another tool's table changed: %d rules, %v", len(rules), err)
+	}
+	// Without the table RemoveHost does nothing (and creates nothing).
+	empty := connIn(t, testutil.NewNetNS(t))
+	if err := RemoveHost(empty, &pa); err != nil {
+		t.Fatal(err)
+	}
+	if ch, _ := ReadTable(empty); len(ch) != 0 {
+		t.Fatalf("RemoveHost created %v", ch)
+	}
+}
