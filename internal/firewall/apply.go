@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"encoding/binary"
+	"slices"
 
 	"fmt"
 	"github.com/mdlayher/netlink"
@@ -39,9 +40,20 @@ func addRules(c *nftables.Conn, t *nftables.Table, nc *nftables.Chain, ch *Chain
 // re-registering their hooks, which costs an RCU grace period; a chain the
 // table should not have is caught by VerifySandbox.
 func ApplySandbox(c *nftables.Conn, chains []Chain) error {
+	return ApplySandboxChanges(c, nil, chains)
+}
+
+// ApplySandboxChanges is ApplySandbox for a table known to hold prev (the
+// last ruleset applied and verified): chains equal in both are left alone,
+// so a policy change only rewrites the output chain. The caller verifies
+// the whole table afterwards, which catches a prev that was not true.
+func ApplySandboxChanges(c *nftables.Conn, prev, chains []Chain) error {
 	t := table()
 	c.AddTable(t)
 	for i := range chains {
+		if unchanged(prev, &chains[i]) {
+			continue
+		}
 		nc := addChain(c, t, &chains[i])
 		c.FlushChain(nc)
 		addRules(c, t, nc, &chains[i])
@@ -92,25 +104,73 @@ func EnsureHostBase(c *nftables.Conn) error {
 // consult them are EnsureHostBase's, which must run first (VerifyHost
 // checks both).
 func ApplyHost(c *nftables.Conn, part *HostPart) error {
+	return ApplyHostChanges(c, nil, part)
+}
+
+// ApplyHostChanges is ApplyHost for a host table known to hold prev (the
+// sandbox's last part applied and verified): unchanged chains are left
+// alone and map entries are not re-added. The caller verifies afterwards.
+func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
 	t := table()
 	sets := map[string]*nftables.Set{}
 	for _, m := range HostMaps {
 		sets[m] = hostMap(t, m)
 	}
+	var prevChains []Chain
+	if prev != nil {
+		prevChains = prev.Chains
+	}
+	n := 0
 	for i := range part.Chains {
+		if unchanged(prevChains, &part.Chains[i]) {
+			continue
+		}
+		n++
 		nc := addChain(c, t, &part.Chains[i])
 		c.FlushChain(nc)
 		addRules(c, t, nc, &part.Chains[i])
 	}
 	for _, e := range part.Elements {
+		if prev != nil && slices.Contains(prev.Elements, e) {
+			continue
+		}
+		n++
 		if err := c.SetAddElements(sets[e.Map], []nftables.SetElement{elem(e)}); err != nil {
 			return fmt.Errorf("apply host ruleset: map %s: %w", e.Map, err)
 		}
+	}
+	if n == 0 {
+		return nil
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply host ruleset: %w", err)
 	}
 	return nil
+}
+
+// unchanged reports whether prev holds a chain equal to c.
+func unchanged(prev []Chain, c *Chain) bool {
+	for i := range prev {
+		if prev[i].Name == c.Name {
+			return sameChain(&prev[i], c)
+		}
+	}
+	return false
+}
+
+func sameChain(a, b *Chain) bool {
+	if a.Base() != b.Base() || a.Type != b.Type || len(a.Rules) != len(b.Rules) {
+		return false
+	}
+	if a.Base() && (*a.Hook != *b.Hook || *a.Priority != *b.Priority || *a.Policy != *b.Policy) {
+		return false
+	}
+	for i := range a.Rules {
+		if a.Rules[i].Comment != b.Rules[i].Comment || !exprsEqual(a.Rules[i].Exprs, b.Rules[i].Exprs) {
+			return false
+		}
+	}
+	return true
 }
 
 func elem(e MapElement) nftables.SetElement {

@@ -135,14 +135,16 @@ func benchRuleInstall(b *testing.B, others int) {
 			}
 		}
 	}
-	pols := make([]firewall.Policy, 2)
+	pols := make([]firewall.Policy, 3)
 	pols[0], _ = firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp", "203.0.113.0/24:443/tcp", "198.18.0.0/15:1000-2000/udp"})
 	pols[1], _ = firewall.ParsePolicy([]string{"203.0.113.20/32", "192.0.2.0/24:53/udp"})
+	pols[2], _ = firewall.ParsePolicy([]string{"198.51.100.0/24:443/tcp"})
 	sc, hc, err := n.conns()
 	if err != nil {
 		b.Fatal(err)
 	}
 	var install, verifyT, update, floor []time.Duration
+	prevInner, prevPart := n.prevInner, n.prevPart
 	for i := 0; b.Loop(); i++ {
 		t := *n.tgt
 		t.Policy = pols[i%2]
@@ -150,8 +152,8 @@ func benchRuleInstall(b *testing.B, others int) {
 		part, _ := firewall.BuildHost(&t)
 		t0 := time.Now()
 		errc := make(chan error, 1)
-		go func() { errc <- firewall.ApplySandbox(sc, inner) }()
-		herr := firewall.ApplyHost(hc, &part)
+		go func() { errc <- firewall.ApplySandboxChanges(sc, prevInner, inner) }()
+		herr := firewall.ApplyHostChanges(hc, prevPart, &part)
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
 		}
@@ -163,12 +165,14 @@ func benchRuleInstall(b *testing.B, others int) {
 			b.Fatal(err)
 		}
 		verifyT = append(verifyT, time.Since(t0))
+		n.prevInner, n.prevPart = inner, &part
 
 		t0 = time.Now()
-		if err := n.Update(b.Context(), pols[(i+1)%2]); err != nil {
+		if err := n.Update(b.Context(), pols[2]); err != nil {
 			b.Fatal(err)
 		}
 		update = append(update, time.Since(t0))
+		prevInner, prevPart = n.prevInner, n.prevPart
 		c, _ := nftables.New()
 		t0 = time.Now()
 		c.AddTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})

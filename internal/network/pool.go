@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
@@ -224,6 +223,13 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	rec := *srec
 	rec.Key, rec.Slot = string(key), sdir
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key)), rec: &rec, ns: ns, slot: s}
+	// What the slot was prepared with, so the claim rewrites only the
+	// chains that differ (everything is verified afterwards).
+	if st, err := srec.target(); err == nil {
+		if part, err := firewall.BuildHost(st); err == nil {
+			n.prevInner, n.prevPart = firewall.BuildEmptySandbox(), &part
+		}
+	}
 	host, err := netns.Current()
 	if err == nil {
 		err = n.install(ctx, host, *srec.Lease, policy)
@@ -261,7 +267,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 		if string(b) == stateFree {
 			continue
 		}
-		destroyed, err := destroySlot(sdir, "")
+		destroyed, err := destroySlot(sdir)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -285,7 +291,7 @@ func Drain(ctx context.Context, cfg Config) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), ""); err != nil {
+		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name())); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -294,13 +300,13 @@ func Drain(ctx context.Context, cfg Config) error {
 
 // destroySlotDir destroys the slot at sdir for Reclaim of a dead sandbox.
 func destroySlotDir(sdir string) error {
-	_, err := destroySlot(sdir, "")
+	_, err := destroySlot(sdir)
 	return err
 }
 
 // destroySlot removes a slot's objects and directory if its flock is free.
 // sdir must be Root/net/slots/<valid key>.
-func destroySlot(sdir, _ string) (bool, error) {
+func destroySlot(sdir string) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
 	}
@@ -331,9 +337,4 @@ func destroySlot(sdir, _ string) (bool, error) {
 		return false, fmt.Errorf("destroy slot: %w", err)
 	}
 	return true, nil
-}
-
-// IsSlotDir reports whether path looks like a pool slot directory.
-func IsSlotDir(path string) bool {
-	return strings.HasSuffix(filepath.Dir(path), string(filepath.Separator)+"slots")
 }

@@ -159,3 +159,26 @@ func TestNamesDistinct(t *testing.T) {
 		}
 	}
 }
+
+// TestSetupRollsBack makes Setup fail after the namespace, link and lease
+// exist (the egress proxy cannot start: no usable resolver) and checks that
+// nothing is left.
+func TestSetupRollsBack(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg
+	cfg.Resolver = "not-an-address"
+	dir, key := e.sandboxDir(t, "rollback")
+	p, _ := firewall.ParsePolicy([]string{"allowed.test"})
+	var reached []string
+	cfg.step = func(s string) { reached = append(reached, s) }
+	if n, err := Setup(t.Context(), cfg, dir, key, p); err == nil {
+		n.Close()
+		t.Fatal("Setup succeeded with an unusable resolver")
+	}
+	if len(reached) < 4 {
+		t.Fatalf("setup failed too early to test rollback: reached %v", reached)
+	}
+	if left := leftovers(t, e, dir, NamesOf(key)); len(left) > 0 {
+		t.Fatalf("left behind after a failed Setup: %v", left)
+	}
+}

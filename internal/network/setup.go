@@ -35,6 +35,10 @@ type Net struct {
 	// sc and hc are lasting nftables connections to the sandbox's
 	// namespace and the host (see conns).
 	sc, hc *nftables.Conn
+	// prevInner and prevPart are the rulesets last applied and verified
+	// (nil when unknown), so a change rewrites only the chains that differ.
+	prevInner []firewall.Chain
+	prevPart  *firewall.HostPart
 
 	closed bool
 }
@@ -214,13 +218,32 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
+	prevInner, prevPart := n.prevInner, n.prevPart
+	n.prevInner, n.prevPart = nil, nil
+	err = n.applyRules(inner, &part, prevInner, prevPart)
+	if err != nil && (prevInner != nil || prevPart != nil) {
+		// The kernel did not hold what was last applied (someone changed
+		// it): apply everything.
+		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
+		err = n.applyRules(inner, &part, nil, nil)
+	}
+	if err != nil {
+		return err
+	}
+	n.prevInner, n.prevPart = inner, &part
+	return nil
+}
+
+// applyRules applies both rulesets (only the chains that differ from prev,
+// when known) and verifies them.
+func (n *Net) applyRules(inner []firewall.Chain, part *firewall.HostPart, prevInner []firewall.Chain, prevPart *firewall.HostPart) error {
 	// The sandbox's namespace and the host have separate nftables
 	// instances: install and verify both side by side.
 	errc := make(chan error, 1)
 	go func() {
 		sc, err := n.sandboxConn()
 		if err == nil {
-			err = firewall.ApplySandbox(sc, inner)
+			err = firewall.ApplySandboxChanges(sc, prevInner, inner)
 		}
 		if err == nil {
 			n.cfg.at("sandbox-rules")
@@ -228,12 +251,11 @@ func (n *Net) apply(t *firewall.Target) error {
 		}
 		errc <- err
 	}()
-	herr := n.applyHost(&part)
-	serr := <-errc
-	return errors.Join(serr, herr)
+	herr := n.applyHost(prevPart, part)
+	return errors.Join(<-errc, herr)
 }
 
-func (n *Net) applyHost(part *firewall.HostPart) error {
+func (n *Net) applyHost(prev, part *firewall.HostPart) error {
 	hc, err := n.hostConn()
 	if err != nil {
 		return err
@@ -241,7 +263,7 @@ func (n *Net) applyHost(part *firewall.HostPart) error {
 	if err := firewall.EnsureHostBase(hc); err != nil {
 		return err
 	}
-	if err := firewall.ApplyHost(hc, part); err != nil {
+	if err := firewall.ApplyHostChanges(hc, prev, part); err != nil {
 		return err
 	}
 	n.cfg.at("host-rules")
