@@ -338,3 +338,16 @@ func destroySlot(sdir string) (bool, error) {
 	}
 	return true, nil
 }
+
+// Acquire gives the sandbox its network the fastest way available: a
+// claimed pool slot, or Setup when the pool has none free (or the policy
+// allows nothing, which needs no slot).
+func Acquire(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
+	if policy.Networked() {
+		n, err := Claim(ctx, cfg, dir, key, policy)
+		if !errors.Is(err, ErrPoolEmpty) {
+			return n, err
+		}
+	}
+	return Setup(ctx, cfg, dir, key, policy)
+}

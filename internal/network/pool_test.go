@@ -81,6 +81,18 @@ func TestPool(t *testing.T) {
 	if _, err := Claim(t.Context(), e.cfg, t.TempDir(), key2, p); !errors.Is(err, ErrPoolEmpty) {
 		t.Fatalf("claim from an empty pool: %v, want ErrPoolEmpty", err)
 	}
+	// Acquire falls back to Setup on an empty pool.
+	dir3, key3 := e.sandboxDir(t, "acquired")
+	n3, err := Acquire(t.Context(), e.cfg, dir3, key3, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n3.slot != nil || n3.File() == nil {
+		t.Fatal("Acquire on an empty pool did not fall back to Setup")
+	}
+	if err := n3.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if destroyed, err := Maintain(t.Context(), e.cfg); err != nil || destroyed != 1 {
 		t.Fatalf("maintain: destroyed %d, %v; want the one used slot", destroyed, err)
 	}
