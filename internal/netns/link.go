@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -112,7 +113,42 @@ func CreateVeth(host, peer *NS, v Veth) error {
 	if err := ph.RouteAdd(&netlink.Route{LinkIndex: pl.Attrs().Index, Gw: gw}); err != nil {
 		return fmt.Errorf("default route via %s in %s: %w", gw, peer.path, err)
 	}
-	return nil
+	// The kernel attaches a link's queueing discipline asynchronously
+	// (linkwatch) after it comes up; until then every packet sent on it
+	// is dropped, so the workload's first SYN would be lost and retried a
+	// second later. Wait until both sides report operstate up.
+	if err := waitUp(hh, v.HostName, 5*time.Second); err != nil {
+		return err
+	}
+	return waitUp(ph, v.PeerName, 5*time.Second)
+}
+
+// WaitUp waits until the link called name in n reports operstate up (its
+// queueing discipline attached), for at most timeout.
+func WaitUp(n *NS, name string, timeout time.Duration) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return waitUp(h, name, timeout)
+}
+
+func waitUp(h *netlink.Handle, name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for delay := 50 * time.Microsecond; ; delay = min(2*delay, 5*time.Millisecond) {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("wait for %s: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wait for %s: still %s after %s", name, l.Attrs().OperState, timeout)
+		}
+		time.Sleep(delay)
+	}
 }
 
 // LoopbackUp brings up lo in n (a namespace with no other link).

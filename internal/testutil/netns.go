@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -178,6 +177,8 @@ func NewInternet(t testing.TB, peers ...netip.Addr) *Internet {
 	must(err)
 	must(ph.AddrAdd(pe, &netlink.Addr{IPNet: &net.IPNet{IP: inet.PeerAddr.AsSlice(), Mask: net.CIDRMask(24, 32)}}))
 	must(ph.LinkSetUp(pe))
+	must(netns.WaitUp(host, UplinkName, 5*time.Second))
+	must(netns.WaitUp(inet.NS, "eth0", 5*time.Second))
 	lo, err := ph.LinkByName("lo")
 	must(err)
 	for _, a := range peers {
@@ -401,6 +402,3 @@ func LeakedMounts(dir string) ([]string, error) {
 	}
 	return out, sc.Err()
 }
-
-// Discard is an io.Writer for loggers in tests that need none.
-var Discard io.Writer = io.Discard
