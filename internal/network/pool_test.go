@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
@@ -111,5 +112,34 @@ func TestPool(t *testing.T) {
 	}
 	if rec, _ := readRecord(dir2, RecordFile); rec != nil {
 		t.Fatal("sandbox record survives Reclaim")
+	}
+}
+
+// TestLoopbackOnly: a policy that allows nothing needs no network objects;
+// the jail makes a private namespace itself.
+func TestLoopbackOnly(t *testing.T) {
+	e := newEnv(t)
+	dir, key := e.sandboxDir(t, "offline")
+	n, err := Acquire(t.Context(), e.cfg, dir, key, firewall.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.File() != nil || n.Addr().IsValid() {
+		t.Fatal("a loopback-only sandbox got a namespace or an address")
+	}
+	if err := n.Update(t.Context(), firewall.Policy{}); !errors.Is(err, sandbox.ErrUnsupported) {
+		t.Fatalf("Update of a loopback-only sandbox: %v, want ErrUnsupported", err)
+	}
+	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+		t.Fatal(err, rep.Err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, e, dir, NamesOf(key)); len(left) > 0 {
+		t.Fatalf("left: %v", left)
+	}
+	if _, err := Setup(t.Context(), e.cfg, dir, "not-a-key", firewall.Policy{}); err == nil {
+		t.Fatal("Setup accepted an invalid key")
 	}
 }
