@@ -62,8 +62,6 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := VerifyHost(c, &part); err != nil {
 		t.Fatal(err)
 	}
-	out, err := testutil.RunCommand(t.Context(), ns, "nft", "list", "ruleset")
-	t.Log(out, err)
 }
 
 func TestRender(t *testing.T) {
