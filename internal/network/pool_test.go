@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -48,6 +49,12 @@ func TestPool(t *testing.T) {
 		if tgt.Policy.Networked() {
 			t.Fatalf("free slot has policy %v", tgt.Policy.Rules())
 		}
+		ns, err := netns.Open(rec.netnsPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		runProbes(t, "free slot", &testutil.Probe{NS: ns}, []probe{tcp("public peer", peerA, 8080, false), udp("public peer", peerA, 9090, false)})
+		ns.Close()
 	}
 	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
 	dir, key := e.sandboxDir(t, "pooled")
