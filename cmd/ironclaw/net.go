@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strconv"
+
+	"github.com/ironclaw/ironclaw/internal/network"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/spf13/cobra"
+)
+
+// netConfig is the sandbox-network configuration of this host.
+func netConfig(g *globals) network.Config {
+	return network.Config{Root: g.root, Logger: g.logger}
+}
+
+func newNetCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "net",
+		Short: "Inspect and maintain sandbox networks",
+	}
+	cmd.AddCommand(newNetShowCmd(g), newNetPoolCmd(g))
+	return cmd
+}
+
+func newNetShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Print a sandbox's live firewall rules and whether they verify",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if err := sandbox.ValidateID(id); err != nil {
+				return err
+			}
+			dir := filepath.Join(g.root, "sandboxes", string(sandbox.KeyOf(id)))
+			st, err := network.Inspect(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			if !printNetStatus(cmd.OutOrStdout(), id, st) {
+				return exitError{code: 1}
+			}
+			return nil
+		},
+	}
+}
+
+// printNetStatus prints st and reports whether the rules verified.
+func printNetStatus(w io.Writer, id string, st *network.Status) bool {
+	if !st.Networked {
+		fmt.Fprintf(w, "sandbox %s: no network record (loopback only, or no such sandbox)\n", id)
+		return true
+	}
+	fmt.Fprintf(w, "sandbox %s\n  namespace %s\n  link      %s (host side) <-> %s\n  address   %v, gateway %v\n",
+		id, st.NetnsPath, st.Names.HostIf, network.SandboxIf, st.SandboxAddr, st.HostAddr)
+	if st.Slot != "" {
+		fmt.Fprintf(w, "  pool slot %s\n", st.Slot)
+	}
+	fmt.Fprintf(w, "  allow     %v\n", st.Allow)
+	if st.Services.HTTPS != 0 {
+		fmt.Fprintf(w, "  egress    DNS stub :%d, HTTP proxy :%d, HTTPS proxy :%d\n", st.Services.DNS, st.Services.HTTP, st.Services.HTTPS)
+	}
+	fmt.Fprintln(w, "\ninside the sandbox: table inet ironclaw")
+	for _, c := range st.Report.Sandbox {
+		fmt.Fprintf(w, "  %s\n", c.Describe())
+		for _, r := range c.Rules {
+			fmt.Fprintf(w, "    %s\n", r)
+		}
+	}
+	fmt.Fprintln(w, "\non the host: table inet ironclaw (base chains and this sandbox's chains)")
+	for _, c := range st.Report.Host {
+		fmt.Fprintf(w, "  %s\n", c.Describe())
+		for _, r := range c.Rules {
+			fmt.Fprintf(w, "    %s\n", r)
+		}
+	}
+	maps := make([]string, 0, len(st.Report.Maps))
+	for m := range st.Report.Maps {
+		maps = append(maps, m)
+	}
+	sort.Strings(maps)
+	for _, m := range maps {
+		fmt.Fprintf(w, "  map %s: %q : jump %s\n", m, st.Names.HostIf, st.Report.Maps[m])
+	}
+	if st.Report.Err != nil {
+		fmt.Fprintf(w, "\nverification FAILED: %v\n", st.Report.Err)
+		return false
+	}
+	fmt.Fprintln(w, "\nverified: the kernel holds exactly the rules built from the policy")
+	return true
+}
+
+func newNetPoolCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pool",
+		Short: "Maintain the pool of prepared sandbox networks",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "fill N",
+		Short: "Destroy used slots and prepare free ones until N are free",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 0 || n > 1024 {
+				return fmt.Errorf("%w: pool size %q: want a number from 0 to 1024", sandbox.ErrInvalid, args[0])
+			}
+			cfg := netConfig(g)
+			destroyed, err := network.Maintain(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			made, err := network.Fill(cmd.Context(), cfg, n)
+			fmt.Fprintf(cmd.OutOrStdout(), "destroyed %d used slots, prepared %d\n", destroyed, made)
+			return err
+		},
+	}, &cobra.Command{
+		Use:   "drain",
+		Short: "Destroy every slot not in use",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return network.Drain(cmd.Context(), netConfig(g))
+		},
+	})
+	return cmd
+}

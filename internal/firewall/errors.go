@@ -1,0 +1,16 @@
+package firewall
+
+import "errors"
+
+// Sentinel errors of the firewall package.
+var (
+	// ErrInvalidRule marks an --allow rule that does not parse.
+	ErrInvalidRule = errors.New("invalid allow rule")
+	// ErrUnsupportedRule marks an --allow rule that parses but that this
+	// build cannot enforce (IPv6 egress, a domain on a port the proxy does
+	// not serve). It is never dropped silently.
+	ErrUnsupportedRule = errors.New("unsupported allow rule")
+	// ErrVerify marks a ruleset read back from the kernel that differs from
+	// the one that was applied.
+	ErrVerify = errors.New("firewall verification failed")
+)

@@ -1,0 +1,152 @@
+package firewall
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func testTarget(t testing.TB, rules ...string) *Target {
+	t.Helper()
+	p, err := ParsePolicy(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Target{
+		Name: "sabcdefghijkl", Policy: p,
+		SandboxAddr: netip.MustParseAddr("10.200.0.2"), HostAddr: netip.MustParseAddr("10.200.0.1"),
+		HostIf:   "icabcdefghijklh",
+		Deny:     []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("198.51.100.1/32")},
+		Services: Services{DNS: 5300, HTTP: 8080, HTTPS: 8443},
+	}
+}
+
+func connIn(t testing.TB, ns *netns.NS) *nftables.Conn {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestApplyVerifyKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "10.1.0.0/16", "203.0.113.7:5000-5010", "example.com", "1.1.1.1/udp")
+	chains, err := BuildSandbox(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySandbox(c, chains); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifySandbox(c, chains); err != nil {
+		t.Fatal(err)
+	}
+	part, err := BuildHost(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRender(t *testing.T) {
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "203.0.113.7:5000-5010/udp")
+	chains, err := BuildSandbox(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range chains[0].Rules {
+		got = append(got, r.String())
+	}
+	for _, want := range []string{
+		`oifname "lo" accept comment "loopback"`,
+		`ct state established,related accept comment "replies"`,
+		`meta nfproto != ipv4 drop comment "IPv4 only"`,
+		`ip saddr != 10.200.0.2 drop comment "own source only"`,
+		`ip daddr 10.200.0.1 meta l4proto udp th dport 53 accept comment "DNS stub udp:53"`,
+		`ip daddr 10.200.0.0/16 drop comment "deny 10.200.0.0/16"`,
+		`ip daddr 203.0.113.0/24 meta l4proto tcp th dport 443 accept comment "allow 203.0.113.0/24:443/tcp"`,
+		`ip daddr 203.0.113.7 meta l4proto udp th dport >= 5000 <= 5010 accept comment "allow 203.0.113.7:5000-5010/udp"`,
+	} {
+		found := false
+		for _, g := range got {
+			found = found || g == want
+		}
+		if !found {
+			t.Errorf("no rule renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
+		}
+	}
+	if d := chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
+		t.Errorf("Describe: %s", d)
+	}
+}
+
+// TestRemoveHostTouchesNothingElse removes one sandbox's host part (twice,
+// and once more after it is gone) and checks that another sandbox's part
+// and another tool's table are exactly as they were.
+func TestRemoveHostTouchesNothingElse(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	other := &nftables.Table{Name: "othertool", Family: nftables.TableFamilyINet}
+	c.AddTable(other)
+	oc := c.AddChain(&nftables.Chain{Name: "fwd", Table: other, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	c.AddRule(&nftables.Rule{Table: other, Chain: oc, Exprs: accept()})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := testTarget(t, "203.0.113.0/24"), testTarget(t, "198.51.100.0/24:53/udp")
+	b.Name, b.HostIf, b.SandboxAddr, b.HostAddr = "sbother", "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+	pa, _ := BuildHost(a)
+	pb, _ := BuildHost(b)
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*HostPart{&pa, &pb} {
+		if err := ApplyHost(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		if err := RemoveHost(c, &pa); err != nil {
+			t.Fatalf("remove %d: %v", i, err)
+		}
+	}
+	if err := VerifyHost(c, &pb); err != nil {
+		t.Fatalf("the other sandbox was disturbed: %v", err)
+	}
+	chains, _ := ReadTable(c)
+	for _, ch := range chains {
+		if strings.HasPrefix(ch.Name, a.Name) {
+			t.Errorf("chain %s survived", ch.Name)
+		}
+	}
+	rules, err := c.GetRules(other, oc)
+	if err != nil || len(rules) != 1 {
+		t.Fatalf("another tool's table changed: %d rules, %v", len(rules), err)
+	}
+	// Without the table RemoveHost does nothing (and creates nothing).
+	empty := connIn(t, testutil.NewNetNS(t))
+	if err := RemoveHost(empty, &pa); err != nil {
+		t.Fatal(err)
+	}
+	if ch, _ := ReadTable(empty); len(ch) != 0 {
+		t.Fatalf("RemoveHost created %v", ch)
+	}
+}

@@ -1,0 +1,545 @@
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the name of IronClaw's nftables table, both inside each
+// sandbox's namespace and on the host. Other tools' tables are never touched.
+const TableName = "ironclaw"
+
+// Names of the host table's verdict maps. Each maps an interface name to a
+// jump to that sandbox's chain.
+const (
+	MapForwardIn  = "fwd_in"   // forwarded, from the sandbox
+	MapForwardOut = "fwd_out"  // forwarded, to the sandbox
+	MapLocalIn    = "local_in" // to the host itself, from the sandbox
+	MapNATPre     = "nat_pre"  // prerouting DNAT/redirect, from the sandbox
+	MapNATPost    = "nat_post" // postrouting masquerade, from the sandbox
+)
+
+// InternalRanges are the IPv4 networks a sandbox can never reach unless a
+// CIDR rule names them explicitly: "this network", RFC 1918, shared address
+// space (100.64/10), loopback, link-local (169.254.169.254, the cloud
+// metadata address, included), multicast and reserved/broadcast.
+// IPv6 is dropped altogether (see ErrUnsupportedRule), ULA fc00::/7 included.
+var InternalRanges = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
+// Services are the ports on the host side of the sandbox's link where the
+// egress DNS stub and proxy listen. The sandbox reaches them at HostAddr on
+// the standard ports (53, 80, 443); the host redirects them here. Zero
+// means the service is not offered.
+type Services struct {
+	DNS   uint16 // UDP and TCP
+	HTTP  uint16
+	HTTPS uint16
+}
+
+// Target is the desired firewall state of one networked sandbox: plain data,
+// everything the builders need.
+type Target struct {
+	// Name is unique per sandbox and names its chains on the host
+	// (derived from the sandbox key by the caller).
+	Name string
+	// Policy is the allowlist.
+	Policy Policy
+	// SandboxAddr is the sandbox's only address: the only source forwarded.
+	SandboxAddr netip.Addr
+	// HostAddr is the host side of the link: the sandbox's gateway, DNS
+	// server and proxy.
+	HostAddr netip.Addr
+	// HostIf is the name of the host side of the link.
+	HostIf string
+	// Deny are networks denied before any rule unless a rule lies inside
+	// one of them: the host's own addresses and the pool of sandbox
+	// addresses. InternalRanges are denied after them.
+	Deny []netip.Prefix
+	// Services are the listening ports of the DNS stub and proxy.
+	Services Services
+}
+
+// Validate checks t before anything is built from it.
+func (t *Target) Validate() error {
+	switch {
+	case t.Name == "" || len(t.Name) > 64:
+		return fmt.Errorf("firewall target: name %q must be 1 to 64 characters", t.Name)
+	case !t.SandboxAddr.Is4() || !t.HostAddr.Is4():
+		return fmt.Errorf("firewall target %s: sandbox and host addresses must be IPv4, got %v and %v", t.Name, t.SandboxAddr, t.HostAddr)
+	case t.HostIf == "" || len(t.HostIf) > unix.IFNAMSIZ-1:
+		return fmt.Errorf("firewall target %s: host interface %q must be 1 to 15 bytes", t.Name, t.HostIf)
+	}
+	return nil
+}
+
+// Chain is one nftables chain with its rules, as built or as read back.
+type Chain struct {
+	Name     string
+	Type     nftables.ChainType
+	Hook     *nftables.ChainHook
+	Priority *nftables.ChainPriority
+	Policy   *nftables.ChainPolicy
+	Rules    []Rule
+}
+
+// Base reports whether c is a base chain (attached to a hook).
+func (c *Chain) Base() bool { return c.Hook != nil }
+
+// Rule is one rule: its expressions and a human-readable comment, which is
+// stored in the rule's user data (nft shows it as a comment).
+type Rule struct {
+	Comment string
+	Exprs   []expr.Any
+}
+
+// MapElement is one entry of a host verdict map.
+type MapElement struct {
+	Map   string
+	Iface string
+	Chain string
+}
+
+// HostPart is what one sandbox adds to the shared host table.
+type HostPart struct {
+	Chains   []Chain
+	Elements []MapElement
+}
+
+// Chain names of a sandbox's host part.
+func hostChainNames(name string) (fi, fo, li, np, nq string) {
+	return name + "-fwd-in", name + "-fwd-out", name + "-local-in", name + "-nat-pre", name + "-nat-post"
+}
+
+var (
+	policyDrop   = nftables.ChainPolicyDrop
+	policyAccept = nftables.ChainPolicyAccept
+)
+
+func hookRef(h nftables.ChainHook) *nftables.ChainHook { return &h }
+func prioRef(p int32) *nftables.ChainPriority          { v := nftables.ChainPriority(p); return &v }
+
+// Hook priorities. Filtering runs at the standard filter priority; the
+// relative order of IronClaw's and other tables' chains does not matter for
+// safety, since a drop in any base chain is final.
+const (
+	prioFilter = 0
+	prioDSTNAT = -100
+	prioSRCNAT = 100
+)
+
+// BuildSandbox returns the chains of the table inside the sandbox's
+// namespace. All three base chains have policy drop; output allows
+// loopback, replies, the host's services and the policy's rules.
+func BuildSandbox(t *Target) ([]Chain, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	out := Chain{Name: "output", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookOutput), Priority: prioRef(prioFilter), Policy: &policyDrop}
+	out.Rules = append(out.Rules,
+		rule("loopback", ifname(expr.MetaKeyOIFNAME, "lo"), accept()),
+		rule("replies", ctEstablished(), accept()),
+		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
+		rule("own source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(t.SandboxAddr, 32)), drop()),
+	)
+	out.Rules = append(out.Rules, serviceRules(t, true)...)
+	out.Rules = append(out.Rules, policyRules(t)...)
+
+	in := Chain{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyDrop}
+	in.Rules = append(in.Rules,
+		rule("loopback", ifname(expr.MetaKeyIIFNAME, "lo"), accept()),
+		rule("replies", ctEstablished(), accept()),
+	)
+	fwd := Chain{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyDrop}
+	return []Chain{out, in, fwd}, nil
+}
+
+// BuildEmptySandbox returns the sandbox table of a namespace that allows
+// nothing at all but loopback: the state of a prepared pool slot.
+func BuildEmptySandbox() []Chain {
+	out := Chain{Name: "output", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookOutput), Priority: prioRef(prioFilter), Policy: &policyDrop,
+		Rules: []Rule{rule("loopback", ifname(expr.MetaKeyOIFNAME, "lo"), accept())}}
+	in := Chain{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyDrop,
+		Rules: []Rule{rule("loopback", ifname(expr.MetaKeyIIFNAME, "lo"), accept())}}
+	fwd := Chain{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyDrop}
+	return []Chain{out, in, fwd}
+}
+
+// BuildHostBase returns the base chains of the shared host table. Their
+// policy is accept, so traffic that is no sandbox's is left to the host's
+// other rules; each rule only dispatches a sandbox's traffic to its chains.
+func BuildHostBase() []Chain {
+	return []Chain{
+		{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyAccept,
+			Rules: []Rule{
+				rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapForwardIn)),
+				rule("to sandboxes", vmap(expr.MetaKeyOIFNAME, MapForwardOut)),
+			}},
+		{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyAccept,
+			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapLocalIn))}},
+		{Name: "prerouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPrerouting), Priority: prioRef(prioDSTNAT), Policy: &policyAccept,
+			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapNATPre))}},
+		{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept,
+			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapNATPost))}},
+	}
+}
+
+// HostMaps are the names of the host table's verdict maps.
+var HostMaps = []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost}
+
+// BuildHost returns the sandbox's part of the shared host table.
+func BuildHost(t *Target) (HostPart, error) {
+	if err := t.Validate(); err != nil {
+		return HostPart{}, err
+	}
+	fiName, foName, liName, npName, nqName := hostChainNames(t.Name)
+	own := netip.PrefixFrom(t.SandboxAddr, 32)
+	fi := Chain{Name: fiName, Rules: []Rule{
+		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
+		rule("own source only", addr(12, expr.CmpOpNeq, own), drop()),
+		rule("replies", ctEstablished(), accept()),
+	}}
+	fi.Rules = append(fi.Rules, policyRules(t)...)
+	fi.Rules = append(fi.Rules, rule("default deny", drop()))
+
+	fo := Chain{Name: foName, Rules: []Rule{
+		rule("replies", ctEstablished(), accept()),
+		rule("default deny", drop()),
+	}}
+	li := Chain{Name: liName, Rules: []Rule{
+		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
+		rule("own source only", addr(12, expr.CmpOpNeq, own), drop()),
+		rule("replies", ctEstablished(), accept()),
+	}}
+	li.Rules = append(li.Rules, serviceRules(t, false)...)
+	li.Rules = append(li.Rules, rule("default deny", drop()))
+
+	np := Chain{Name: npName}
+	host := netip.PrefixFrom(t.HostAddr, 32)
+	for _, s := range []struct {
+		proto byte
+		from  uint16
+		to    uint16
+		what  string
+	}{
+		{unix.IPPROTO_UDP, 53, t.Services.DNS, "DNS stub"},
+		{unix.IPPROTO_TCP, 53, t.Services.DNS, "DNS stub"},
+		{unix.IPPROTO_TCP, 80, t.Services.HTTP, "HTTP proxy"},
+		{unix.IPPROTO_TCP, 443, t.Services.HTTPS, "HTTPS proxy"},
+	} {
+		if s.to == 0 {
+			continue
+		}
+		np.Rules = append(np.Rules, rule(fmt.Sprintf("%s %s:%d", s.what, protoName(s.proto), s.from),
+			addr(16, expr.CmpOpEq, host), l4proto(s.proto), ports(s.from, s.from), redirect(s.to)))
+	}
+	nq := Chain{Name: nqName, Rules: []Rule{rule("NAT to the uplink", masquerade())}}
+	part := HostPart{Chains: []Chain{fi, fo, li, np, nq}}
+	for _, e := range []struct{ m, c string }{{MapForwardIn, fiName}, {MapForwardOut, foName}, {MapLocalIn, liName}, {MapNATPre, npName}, {MapNATPost, nqName}} {
+		part.Elements = append(part.Elements, MapElement{Map: e.m, Iface: t.HostIf, Chain: e.c})
+	}
+	return part, nil
+}
+
+// serviceRules allow the sandbox to reach the DNS stub and the proxy. Inside
+// the sandbox they match the standard ports at HostAddr; on the host, after
+// the redirect, the services' own ports.
+func serviceRules(t *Target, inside bool) []Rule {
+	var out []Rule
+	host := netip.PrefixFrom(t.HostAddr, 32)
+	add := func(what string, proto byte, std, actual uint16) {
+		if actual == 0 {
+			return
+		}
+		p := actual
+		if inside {
+			p = std
+		}
+		out = append(out, rule(fmt.Sprintf("%s %s:%d", what, protoName(proto), p), addr(16, expr.CmpOpEq, host), l4proto(proto), ports(p, p), accept()))
+	}
+	add("DNS stub", unix.IPPROTO_UDP, 53, t.Services.DNS)
+	add("DNS stub", unix.IPPROTO_TCP, 53, t.Services.DNS)
+	add("HTTP proxy", unix.IPPROTO_TCP, 80, t.Services.HTTP)
+	add("HTTPS proxy", unix.IPPROTO_TCP, 443, t.Services.HTTPS)
+	return out
+}
+
+// policyRules are the allow rules in tiers: for each deny tier (first the
+// host's addresses and the sandbox pool, then InternalRanges), the rules
+// lying inside the tier are accepted, then the tier is dropped; the
+// remaining rules are accepted last. A rule "names a range explicitly" when
+// its network lies inside it.
+func policyRules(t *Target) []Rule {
+	var out []Rule
+	used := make([]bool, len(t.Policy.CIDRs))
+	for _, tier := range [][]netip.Prefix{t.Deny, InternalRanges} {
+		for i, r := range t.Policy.CIDRs {
+			if !used[i] && insideAny(r.Prefix, tier) {
+				used[i] = true
+				out = append(out, cidrRules(r)...)
+			}
+		}
+		for _, p := range tier {
+			out = append(out, rule("deny "+p.String(), addr(16, expr.CmpOpEq, p), drop()))
+		}
+	}
+	for i, r := range t.Policy.CIDRs {
+		if !used[i] {
+			out = append(out, cidrRules(r)...)
+		}
+	}
+	return out
+}
+
+func insideAny(p netip.Prefix, tier []netip.Prefix) bool {
+	for _, d := range tier {
+		if d.Bits() <= p.Bits() && d.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func cidrRules(r CIDRRule) []Rule {
+	c := "allow " + r.String()
+	dst := addr(16, expr.CmpOpEq, r.Prefix)
+	switch {
+	case r.Proto == ProtoAny && r.PortLo == 0:
+		return []Rule{rule(c, dst, accept())}
+	case r.Proto == ProtoAny:
+		return []Rule{
+			rule(c, dst, l4proto(unix.IPPROTO_TCP), ports(r.PortLo, r.PortHi), accept()),
+			rule(c, dst, l4proto(unix.IPPROTO_UDP), ports(r.PortLo, r.PortHi), accept()),
+		}
+	}
+	proto := byte(unix.IPPROTO_TCP)
+	if r.Proto == ProtoUDP {
+		proto = unix.IPPROTO_UDP
+	}
+	return []Rule{rule(c, dst, l4proto(proto), ports(r.PortLo, r.PortHi), accept())}
+}
+
+func protoName(p byte) string {
+	if p == unix.IPPROTO_UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// Expression helpers. Each returns the expressions nft itself would emit,
+// dependencies included (inet tables need the nfproto/l4proto checks that
+// nft adds implicitly).
+
+func rule(comment string, parts ...[]expr.Any) Rule {
+	r := Rule{Comment: comment}
+	for _, p := range parts {
+		r.Exprs = append(r.Exprs, p...)
+	}
+	return r
+}
+
+func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+func drop() []expr.Any   { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+func ifname(key expr.MetaKey, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(name)},
+	}
+}
+
+// ifnameBytes is an interface name as nft compares it: NUL-padded to IFNAMSIZ.
+func ifnameBytes(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+func nfproto(op expr.CmpOp, proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte{proto}},
+	}
+}
+
+func l4proto(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// addr matches the IPv4 source (offset 12) or destination (offset 16)
+// address against p. Callers check nfproto first.
+func addr(offset uint32, op expr.CmpOp, p netip.Prefix) []expr.Any {
+	a := p.Addr().As4()
+	if p.Bits() == 0 {
+		// 0.0.0.0/0 matches every IPv4 packet; "not in /0" matches none.
+		if op == expr.CmpOpEq {
+			return nil
+		}
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0xff}}}
+	}
+	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}}
+	if p.Bits() < 32 {
+		mask := netip.PrefixFrom(netip.AddrFrom4([4]byte{0xff, 0xff, 0xff, 0xff}), p.Bits()).Masked().Addr().As4()
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask[:], Xor: []byte{0, 0, 0, 0}})
+	}
+	return append(out, &expr.Cmp{Op: op, Register: 1, Data: a[:]})
+}
+
+func ports(lo, hi uint16) []expr.Any {
+	if lo == 0 {
+		return nil
+	}
+	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
+	if lo == hi {
+		return append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(lo)})
+	}
+	return append(out,
+		&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: binaryutil.BigEndian.PutUint16(lo)},
+		&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: binaryutil.BigEndian.PutUint16(hi)},
+	)
+}
+
+func ctEstablished() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+			Xor:  binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+func vmap(key expr.MetaKey, set string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: set, DestRegister: 0, IsDestRegSet: true},
+	}
+}
+
+func redirect(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+		// Flags 2 is NF_NAT_RANGE_PROTO_SPECIFIED, as nft emits (and the kernel echoes).
+		&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: 2},
+	}
+}
+
+func masquerade() []expr.Any { return []expr.Any{&expr.Masq{}} }
+
+func commentData(c string) []byte {
+	if c == "" {
+		return nil
+	}
+	return userdata.AppendString(nil, userdata.TypeComment, c)
+}
+
+// Denied reports whether dst lies in a range a sandbox may not reach (the
+// deny tier given, then InternalRanges) without a CIDR rule of p that names
+// that range explicitly and contains dst. It is the Go model of the tiers
+// policyRules builds, used by the egress proxy to refuse names that resolve
+// to internal addresses.
+func Denied(dst netip.Addr, deny []netip.Prefix, p Policy) bool {
+	if !dst.Is4() {
+		return true
+	}
+	for _, tier := range [][]netip.Prefix{deny, InternalRanges} {
+		for _, r := range p.CIDRs {
+			if insideAny(r.Prefix, tier) && r.Prefix.Contains(dst) {
+				return false
+			}
+		}
+		for _, d := range tier {
+			if d.Contains(dst) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Allows reports whether the ruleset built from t lets a new flow from the
+// sandbox to dst (protocol proto, an IPPROTO_* number; port 0 for
+// protocols without ports) through the forward path. It is the Go model of
+// the forward chain, used to decide which tracked connections a policy
+// update must cut; tests check it against the kernel.
+func (t *Target) Allows(dst netip.Addr, proto byte, port uint16) bool {
+	if !dst.Is4() {
+		return false
+	}
+	match := func(r CIDRRule) bool {
+		if !r.Prefix.Contains(dst) {
+			return false
+		}
+		if r.Proto == ProtoAny && r.PortLo == 0 {
+			return true
+		}
+		switch {
+		case proto == unix.IPPROTO_TCP && r.Proto == ProtoUDP, proto == unix.IPPROTO_UDP && r.Proto == ProtoTCP:
+			return false
+		case proto != unix.IPPROTO_TCP && proto != unix.IPPROTO_UDP:
+			return false
+		}
+		return r.PortLo == 0 || port >= r.PortLo && port <= r.PortHi
+	}
+	used := make([]bool, len(t.Policy.CIDRs))
+	for _, tier := range [][]netip.Prefix{t.Deny, InternalRanges} {
+		for i, r := range t.Policy.CIDRs {
+			if !used[i] && insideAny(r.Prefix, tier) {
+				used[i] = true
+				if match(r) {
+					return true
+				}
+			}
+		}
+		for _, d := range tier {
+			if d.Contains(dst) {
+				return false
+			}
+		}
+	}
+	for i, r := range t.Policy.CIDRs {
+		if !used[i] && match(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// HostPartNames returns the chains (without rules) and map entries of the
+// host part named name for interface hostIf: what RemoveHost needs.
+func HostPartNames(name, hostIf string) HostPart {
+	fi, fo, li, np, nq := hostChainNames(name)
+	var p HostPart
+	for _, c := range []string{fi, fo, li, np, nq} {
+		p.Chains = append(p.Chains, Chain{Name: c})
+	}
+	for i, m := range []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost} {
+		p.Elements = append(p.Elements, MapElement{Map: m, Iface: hostIf, Chain: p.Chains[i].Name})
+	}
+	return p
+}
+
+// IfnameMatchForBench returns the expressions of `iifname NAME counter`-like
+// rule that matches nothing real: benchmarks use it to build a linear chain
+// for comparison with the map dispatch.
+func IfnameMatchForBench(name string) []expr.Any {
+	return append(ifname(expr.MetaKeyIIFNAME, name), &expr.Verdict{Kind: expr.VerdictDrop})
+}

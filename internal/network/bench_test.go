@@ -1,0 +1,317 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// The benchmarks time every operation and report the median (and ratios
+// against a peer measured in the same run) as custom metrics; ns/op is the
+// mean. Run them with
+//
+//	go test -run '^$' -bench . -benchtime 30x ./internal/network/
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func reportMedian(b *testing.B, name string, d []time.Duration) time.Duration {
+	m := median(d)
+	b.ReportMetric(float64(m.Microseconds()), name+"-median-µs")
+	return m
+}
+
+// BenchmarkSetupTeardown compares, per sandbox: making and removing a bare
+// namespace and veth pair (the kernel's floor), a full Setup and Close
+// (namespace, veth, lease, both rulesets verified), and a Claim from the
+// pool and its release (what a sandbox start pays when a slot is ready).
+func BenchmarkSetupTeardown(b *testing.B) {
+	e := newEnv(b)
+	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
+	host, err := netns.Current()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer host.Close()
+	var rawUp, rawDown, setup, closeT, claim, release []time.Duration
+	b.Cleanup(func() { Drain(b.Context(), e.cfg) })
+	for i := 0; b.Loop(); i++ {
+		// Bare namespace + veth.
+		t0 := time.Now()
+		ns, err := netns.Create(e.cfg.NetnsDir, "raw")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := netns.CreateVeth(host, ns, netns.Veth{HostName: "icbenchraw", PeerName: "eth0",
+			HostAddr: netip.MustParsePrefix("10.201.0.1/30"), PeerAddr: netip.MustParsePrefix("10.201.0.2/30")}); err != nil {
+			b.Fatal(err)
+		}
+		rawUp = append(rawUp, time.Since(t0))
+		t0 = time.Now()
+		ns.Close()
+		if err := netns.DeleteLink(host, "icbenchraw"); err != nil {
+			b.Fatal(err)
+		}
+		if err := netns.Remove(ns.Path()); err != nil {
+			b.Fatal(err)
+		}
+		rawDown = append(rawDown, time.Since(t0))
+
+		// Full Setup and Close.
+		dir, key := e.sandboxDir(b, fmt.Sprintf("bench-%d", i))
+		t0 = time.Now()
+		n, err := Setup(b.Context(), e.cfg, dir, key, p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		setup = append(setup, time.Since(t0))
+		t0 = time.Now()
+		if err := n.Close(); err != nil {
+			b.Fatal(err)
+		}
+		closeT = append(closeT, time.Since(t0))
+
+		// Pool: prepare off the clock, claim and release on it, destroy
+		// off the clock.
+		if _, err := Fill(b.Context(), e.cfg, 1); err != nil {
+			b.Fatal(err)
+		}
+		t0 = time.Now()
+		n, err = Claim(b.Context(), e.cfg, dir, key, p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		claim = append(claim, time.Since(t0))
+		t0 = time.Now()
+		if err := n.Close(); err != nil {
+			b.Fatal(err)
+		}
+		release = append(release, time.Since(t0))
+		if _, err := Maintain(b.Context(), e.cfg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ru, rd := reportMedian(b, "raw-netns-veth-up", rawUp), reportMedian(b, "raw-netns-veth-down", rawDown)
+	su, sd := reportMedian(b, "setup", setup), reportMedian(b, "close", closeT)
+	cu, cd := reportMedian(b, "pool-claim", claim), reportMedian(b, "pool-release", release)
+	b.ReportMetric(float64(su)/float64(ru), "setup/raw-up")
+	b.ReportMetric(float64(cu)/float64(ru), "claim/raw-up")
+	b.ReportMetric(float64(cd)/float64(rd), "release/raw-down")
+	_ = sd
+}
+
+// BenchmarkRuleInstall measures a policy change on a live sandbox, split
+// into: installing both rulesets (one transaction each, the sandbox's and
+// the host's side by side, as Setup and Claim do), reading both back and
+// verifying them, and a whole Update (install, verify, record, conntrack
+// sweep). The peer is an empty nftables transaction: the netlink round-trip
+// floor.
+func BenchmarkRuleInstall(b *testing.B) {
+	for _, others := range []int{0, 499} {
+		b.Run(fmt.Sprintf("sandboxes=%d", others+1), func(b *testing.B) { benchRuleInstall(b, others) })
+	}
+}
+
+func benchRuleInstall(b *testing.B, others int) {
+	e := newEnv(b)
+	n := e.setup(b, "install", "203.0.113.10:8080/tcp")
+	if others > 0 {
+		hc, _ := nftables.New()
+		for _, p := range otherSandboxes(b, e, n, others) {
+			if err := firewall.ApplyHost(hc, &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	pols := make([]firewall.Policy, 3)
+	pols[0], _ = firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp", "203.0.113.0/24:443/tcp", "198.18.0.0/15:1000-2000/udp"})
+	pols[1], _ = firewall.ParsePolicy([]string{"203.0.113.20/32", "192.0.2.0/24:53/udp"})
+	pols[2], _ = firewall.ParsePolicy([]string{"198.51.100.0/24:443/tcp"})
+	sc, hc, err := n.conns()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var install, verifyT, update, floor []time.Duration
+	prevInner, prevPart := n.prevInner, n.prevPart
+	for i := 0; b.Loop(); i++ {
+		t := *n.tgt
+		t.Policy = pols[i%2]
+		inner, _ := firewall.BuildSandbox(&t)
+		part, _ := firewall.BuildHost(&t)
+		t0 := time.Now()
+		errc := make(chan error, 1)
+		go func() { errc <- firewall.ApplySandboxChanges(sc, prevInner, inner) }()
+		herr := firewall.ApplyHostChanges(hc, prevPart, &part)
+		if err := errors.Join(<-errc, herr); err != nil {
+			b.Fatal(err)
+		}
+		install = append(install, time.Since(t0))
+		t0 = time.Now()
+		go func() { errc <- firewall.VerifySandbox(sc, inner) }()
+		herr = firewall.VerifyHostPart(hc, &part)
+		if err := errors.Join(<-errc, herr); err != nil {
+			b.Fatal(err)
+		}
+		verifyT = append(verifyT, time.Since(t0))
+		n.prevInner, n.prevPart = inner, &part
+
+		t0 = time.Now()
+		if err := n.Update(b.Context(), pols[2]); err != nil {
+			b.Fatal(err)
+		}
+		update = append(update, time.Since(t0))
+		prevInner, prevPart = n.prevInner, n.prevPart
+		c, _ := nftables.New()
+		t0 = time.Now()
+		c.AddTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})
+		if err := c.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		floor = append(floor, time.Since(t0))
+	}
+	c, _ := nftables.New()
+	c.DelTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})
+	c.Flush()
+	mi := reportMedian(b, "install", install)
+	reportMedian(b, "verify", verifyT)
+	reportMedian(b, "update-with-conntrack-sweep", update)
+	mf := reportMedian(b, "empty-txn", floor)
+	b.ReportMetric(float64(mi)/float64(mf), "install/empty-txn")
+}
+
+// BenchmarkPerPacket measures a UDP round trip from a sandbox through the
+// host's forward path to a peer and back, with the host table holding the
+// rules of 1 sandbox and then of 500 (499 more sandboxes' chains and map
+// entries), in the same run. A final round with a linear chain of 500
+// iifname rules in front (what a design without maps would pay) shows the
+// measurement can see growth.
+func BenchmarkPerPacket(b *testing.B) {
+	e := newEnv(b)
+	n := e.setup(b, "packets", "203.0.113.10:9999/udp")
+	serveUDPEcho(b, e.inet.NS, netip.AddrPortFrom(peerA, 9999))
+	var conn net.Conn
+	if err := n.ns.Do(func() error {
+		var err error
+		conn, err = net.Dial("udp", "203.0.113.10:9999")
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	hc, _ := nftables.New()
+	const rounds = 2000
+	measure := func() time.Duration {
+		buf := make([]byte, 64)
+		var d []time.Duration
+		for i := 0; i < rounds; i++ {
+			t0 := time.Now()
+			conn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write(buf[:32]); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := conn.Read(buf); err != nil {
+				b.Fatal(err)
+			}
+			d = append(d, time.Since(t0))
+		}
+		return median(d)
+	}
+	parts := otherSandboxes(b, e, n, 499)
+	var one, many []time.Duration
+	for b.Loop() {
+		one = append(one, measure())
+		for i := range parts {
+			if err := firewall.ApplyHost(hc, &parts[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		many = append(many, measure())
+		for i := range parts {
+			if err := firewall.RemoveHost(hc, &parts[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	m1, m500 := reportMedian(b, "rtt-1-sandbox", one), reportMedian(b, "rtt-500-sandboxes", many)
+	b.ReportMetric(float64(m500)/float64(m1), "ratio-500/1")
+
+	// Control: 500 linear rules in the path.
+	t := &nftables.Table{Name: "icbenchlinear", Family: nftables.TableFamilyINet}
+	hc.AddTable(t)
+	prio := nftables.ChainPriority(-1)
+	ch := hc.AddChain(&nftables.Chain{Name: "fwd", Table: t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: &prio})
+	if err := hc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 500; i++ {
+		hc.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: firewall.IfnameMatchForBench(fmt.Sprintf("iclinear%d", i))})
+		if i%100 == 99 { // keep the acknowledgements of one batch within the socket buffer
+			if err := hc.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	defer func() { hc.DelTable(t); hc.Flush() }()
+	lin := measure()
+	b.ReportMetric(float64(lin.Microseconds()), "rtt-500-linear-rules-median-µs")
+	b.ReportMetric(float64(lin)/float64(m1), "ratio-linear500/1")
+}
+
+// otherSandboxes builds the host parts of count more sandboxes (chains and
+// map entries; their links need not exist for lookups and validation to
+// cost what they cost), removed at the end of the benchmark.
+func otherSandboxes(b *testing.B, e *testEnv, n *Net, count int) []firewall.HostPart {
+	var parts []firewall.HostPart
+	for i := 1; i <= count; i++ {
+		k := sandbox.KeyOf(fmt.Sprintf("other-%d", i))
+		lease := e.cfg.addrPool().At(i + 1000)
+		pol, _ := firewall.ParsePolicy([]string{"203.0.113.0/24:443/tcp"})
+		part, err := firewall.BuildHost(&firewall.Target{Name: NamesOf(k).Chains, Policy: pol, SandboxAddr: lease.Sandbox.Addr(),
+			HostAddr: lease.Host.Addr(), HostIf: NamesOf(k).HostIf, Deny: n.tgt.Deny})
+		if err != nil {
+			b.Fatal(err)
+		}
+		parts = append(parts, part)
+	}
+	b.Cleanup(func() {
+		hc, _ := nftables.New()
+		for i := range parts {
+			firewall.RemoveHost(hc, &parts[i])
+		}
+	})
+	return parts
+}
+
+func serveUDPEcho(b testing.TB, ns *netns.NS, addr netip.AddrPort) {
+	var pc net.PacketConn
+	if err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr.String())
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	b.Cleanup(func() { pc.Close() })
+}

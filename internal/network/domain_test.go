@@ -1,0 +1,123 @@
+package network
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/miekg/dns"
+)
+
+// TestDomainRules drives the DNS stub and the egress proxy from inside a
+// sandbox, through the host firewall's redirects, to web servers on peer
+// hosts, with the proxy resolving through a test DNS server.
+func TestDomainRules(t *testing.T) {
+	e := newEnv(t)
+	n := e.setup(t, "domains", "allowed.test", "*.wild.test")
+	gw := n.Gateway().String()
+	if got := string(n.ResolvConf()); !strings.Contains(got, "nameserver "+gw) {
+		t.Fatalf("resolv.conf does not point at the stub: %q", got)
+	}
+	ctx := t.Context()
+
+	t.Run("dns", func(t *testing.T) {
+		for _, c := range []struct {
+			name  string
+			rcode int
+		}{{"allowed.test", dns.RcodeSuccess}, {"www.wild.test", dns.RcodeSuccess}, {"ALLOWED.test.", dns.RcodeSuccess},
+			{"other.test", dns.RcodeRefused}, {"wild.test", dns.RcodeRefused}, {"exfil-data.allowed.test", dns.RcodeRefused}} {
+			r, err := lookup(n.ns, gw+":53", c.name)
+			if err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			if r.Rcode != c.rcode {
+				t.Errorf("%s: rcode %s, want %s", c.name, dns.RcodeToString[r.Rcode], dns.RcodeToString[c.rcode])
+			}
+			if c.rcode == dns.RcodeSuccess {
+				if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != gw {
+					t.Errorf("%s: answer %v, want the proxy address %s", c.name, r.Answer, gw)
+				}
+			}
+		}
+	})
+
+	t.Run("http", func(t *testing.T) {
+		code, body, err := httpGet(ctx, n.ns, gw+":80", "allowed.test")
+		if err != nil || code != 200 || body != "web 203.0.113.10 host=allowed.test" {
+			t.Errorf("allowed.test: %d %q %v", code, body, err)
+		}
+		for _, host := range []string{"denied.test", "internal.wild.test", "meta.wild.test", "203.0.113.10"} {
+			code, body, err := httpGet(ctx, n.ns, gw+":80", host)
+			if err != nil || code != 403 {
+				t.Errorf("%s: want 403, got %d %q %v", host, code, body, err)
+			}
+		}
+	})
+
+	t.Run("https", func(t *testing.T) {
+		for _, sni := range []string{"allowed.test", "www.wild.test"} {
+			body, err := httpsGet(ctx, n.ns, gw+":443", sni)
+			if err != nil || !strings.HasPrefix(body, "web 203.0.113.10 host="+sni) {
+				t.Errorf("%s: %q %v", sni, body, err)
+			}
+		}
+		for _, sni := range []string{"denied.test", "internal.wild.test", "meta.wild.test"} {
+			if body, err := httpsGet(ctx, n.ns, gw+":443", sni); err == nil {
+				t.Errorf("%s: want refused, got %q", sni, body)
+			}
+		}
+	})
+
+	t.Run("connect", func(t *testing.T) {
+		try := func(target, sni string) error {
+			c, err := dialIn(n.ns, "tcp", gw+":80", 2*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := c.Write([]byte("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n")); err != nil {
+				return err
+			}
+			br := bufio.NewReader(c)
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(line, " 200 ") {
+				return &net.OpError{Op: "connect", Err: errString(line)}
+			}
+			for l, _ := br.ReadString('\n'); strings.TrimSpace(l) != ""; l, _ = br.ReadString('\n') {
+			}
+			tc := tls.Client(c, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+			return tc.Handshake()
+		}
+		if err := try("allowed.test:443", "allowed.test"); err != nil {
+			t.Errorf("CONNECT with matching SNI: %v", err)
+		}
+		if err := try("allowed.test:443", "denied.test"); err == nil {
+			t.Error("CONNECT allowed.test with SNI denied.test got through")
+		}
+		if err := try("denied.test:443", "denied.test"); err == nil {
+			t.Error("CONNECT to a name not allowed got through")
+		}
+	})
+
+	t.Run("direct", func(t *testing.T) {
+		// The proxy is the only way out: the peer's own address is not.
+		runProbes(t, "direct", &testutil.Probe{NS: n.ns}, []probe{
+			tcp("web server by address", peerA, 80, false),
+			tcp("web server by address", peerA, 443, false),
+			udp("another resolver", peerA, 53, false),
+			tcp("other port on the proxy address", n.Gateway(), 8080, false),
+		})
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }

@@ -1,0 +1,62 @@
+package network
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.HostNetNSMain(m, leakCheck) }
+
+// leakCheck runs in the test host namespace after every test: no IronClaw
+// link, no namespace bind mount and no sandbox chain may be left.
+func leakCheck() error {
+	var problems []string
+	links, err := testutil.LeakedLinks(IfPrefix)
+	if err != nil {
+		return err
+	}
+	if len(links) > 0 {
+		problems = append(problems, fmt.Sprintf("links %v", links))
+	}
+	mounts, err := testutil.LeakedMounts("")
+	if err != nil {
+		return err
+	}
+	if len(mounts) > 0 {
+		problems = append(problems, fmt.Sprintf("netns mounts %v", mounts))
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	chains, err := firewall.ReadTable(c)
+	if err != nil {
+		return err
+	}
+	for _, ch := range chains {
+		if strings.HasPrefix(ch.Name, ChainPrefix) {
+			problems = append(problems, "chain "+ch.Name)
+		}
+	}
+	for _, m := range firewall.HostMaps {
+		if len(chains) == 0 {
+			break
+		}
+		entries, err := firewall.ReadMap(c, m)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			problems = append(problems, fmt.Sprintf("map %s entries %v", m, entries))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("left behind: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+// Package network gives a sandbox its network: for a policy that allows
+// anything, a network namespace of its own joined to the host by a veth
+// pair with an address from a pool, NAT to the host's uplink, the
+// default-deny firewall inside the namespace and on the host (package
+// firewall), and, for domain rules, the DNS stub and proxy (package egress).
+//
+// Setup is fail-closed: it returns only after both rulesets have been
+// applied, read back from the kernel and verified; on any error it rolls
+// back everything it made. Every object is named after the sandbox's Key
+// ("ic…" links and namespaces, chains "ic-<key>-…" in table inet ironclaw)
+// and listed in a record file (net.json) in the sandbox's state directory,
+// written before the object is made, so Reclaim can remove whatever a
+// killed process left and never touches anything it did not make.
+package network
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// Config are the host-wide settings of sandbox networking.
+type Config struct {
+	// Root is IronClaw's state root (/run/ironclaw); address leases and
+	// pool slots live below Root/net.
+	Root string
+	// NetnsDir is where namespace bind mounts go; empty means /run/netns
+	// (where `ip netns` finds them).
+	NetnsDir string
+	// Pool is the network sandbox addresses come from, carved into /30s;
+	// empty means 10.200.0.0/16.
+	Pool netip.Prefix
+	// Resolver is the DNS server (host:port) the egress proxy resolves
+	// names through; required for domain rules. DefaultResolver reads
+	// the host's /etc/resolv.conf.
+	Resolver string
+	// Link is the kind of link to the host; only LinkVeth exists now.
+	Link LinkKind
+	// Logger; nil discards.
+	Logger *slog.Logger
+
+	// step, when set (by tests), is called at each step of setup, so a
+	// test can kill the process there.
+	step func(name string)
+}
+
+func (c *Config) at(name string) {
+	if c.step != nil {
+		c.step(name)
+	}
+}
+
+// LinkKind selects how a sandbox namespace is joined to the host.
+type LinkKind int
+
+// Link kinds. A micro-VM backend will add a tap device inside the sandbox
+// namespace, bridged or routed to the veth.
+const (
+	LinkVeth LinkKind = iota
+)
+
+// DefaultPool is the address pool used when Config.Pool is empty.
+var DefaultPool = netip.MustParsePrefix("10.200.0.0/16")
+
+func (c *Config) withDefaults() (Config, error) {
+	out := *c
+	if out.Root == "" {
+		return out, errors.New("network config: no state root")
+	}
+	if out.NetnsDir == "" {
+		out.NetnsDir = "/run/netns"
+	}
+	if !out.Pool.IsValid() {
+		out.Pool = DefaultPool
+	}
+	if out.Link != LinkVeth {
+		return out, fmt.Errorf("network config: link kind %d: %w", out.Link, sandbox.ErrUnsupported)
+	}
+	if out.Logger == nil {
+		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := out.addrPool().Validate(); err != nil {
+		return out, fmt.Errorf("network config: %w", err)
+	}
+	return out, nil
+}
+
+func (c *Config) addrPool() netns.AddrPool {
+	return netns.AddrPool{Prefix: c.Pool, Dir: filepath.Join(c.Root, "net", "leases")}
+}
+
+// Names are the kernel object names of one sandbox's network, all derived
+// from its Key.
+type Names struct {
+	// Netns is the file name of the namespace bind mount.
+	Netns string `json:"netns"`
+	// HostIf is the host side of the veth pair: "ic" and 13 key
+	// characters, 15 bytes, the most IFNAMSIZ allows.
+	HostIf string `json:"host_if"`
+	// Chains prefixes the sandbox's chains in the host table.
+	Chains string `json:"chains"`
+}
+
+// SandboxIf is the name of the sandbox's side of its link, inside its own
+// namespace.
+const SandboxIf = "eth0"
+
+// Prefixes every IronClaw network object name starts with.
+const (
+	IfPrefix    = "ic"
+	ChainPrefix = "ic-"
+)
+
+// NamesOf returns the object names for key. Keys are 26 base32 characters
+// of SHA-256; an interface name holds 13 of them (65 bits).
+func NamesOf(key sandbox.Key) Names {
+	return Names{
+		Netns:  "ic-" + string(key),
+		HostIf: IfPrefix + key.Short(13),
+		Chains: ChainPrefix + string(key),
+	}
+}

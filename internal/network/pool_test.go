@@ -1,0 +1,152 @@
+package network
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+func slotStates(t testing.TB, cfg Config) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	ents, _ := os.ReadDir(filepath.Join(cfg.Root, "net", "slots"))
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(cfg.Root, "net", "slots", e.Name(), slotState))
+		out[e.Name()] = string(b)
+	}
+	return out
+}
+
+// TestPool claims prepared slots, proves the policy on them with traffic,
+// and checks that a used slot is never handed out again and is destroyed
+// by Maintain, and that a crashed owner's slot is reclaimed.
+func TestPool(t *testing.T) {
+	e := newEnv(t)
+	t.Cleanup(func() {
+		if err := Drain(t.Context(), e.cfg); err != nil {
+			t.Error(err)
+		}
+	})
+	if made, err := Fill(t.Context(), e.cfg, 2); err != nil || made != 2 {
+		t.Fatalf("fill: %d %v", made, err)
+	}
+	// A free slot lets nothing out.
+	for name := range slotStates(t, e.cfg) {
+		rec, err := readRecord(filepath.Join(e.cfg.Root, "net", "slots", name), RecordFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tgt, err := rec.target()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tgt.Policy.Networked() {
+			t.Fatalf("free slot has policy %v", tgt.Policy.Rules())
+		}
+		ns, err := netns.Open(rec.netnsPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		runProbes(t, "free slot", &testutil.Probe{NS: ns}, []probe{tcp("public peer", peerA, 8080, false), udp("public peer", peerA, 9090, false)})
+		ns.Close()
+	}
+	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
+	dir, key := e.sandboxDir(t, "pooled")
+	n, err := Claim(t.Context(), e.cfg, dir, key, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runProbes(t, "pooled", &testutil.Probe{NS: n.ns}, []probe{
+		tcp("allowed", peerA, 8080, true),
+		tcp("other host", peerB, 8080, false),
+		tcp("metadata", peerMeta, 8080, false),
+	})
+	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+		t.Fatal(err, rep.Err)
+	}
+	used := filepath.Base(n.slot.dir)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := slotStates(t, e.cfg)[used]; st != stateUsed {
+		t.Fatalf("closed slot is %q, want %q", st, stateUsed)
+	}
+
+	dir2, key2 := e.sandboxDir(t, "pooled-2")
+	n2, err := Claim(t.Context(), e.cfg, dir2, key2, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(n2.slot.dir) == used {
+		t.Fatal("a used slot was handed out again")
+	}
+	if _, err := Claim(t.Context(), e.cfg, t.TempDir(), key2, p); !errors.Is(err, ErrPoolEmpty) {
+		t.Fatalf("claim from an empty pool: %v, want ErrPoolEmpty", err)
+	}
+	// Acquire falls back to Setup on an empty pool.
+	dir3, key3 := e.sandboxDir(t, "acquired")
+	n3, err := Acquire(t.Context(), e.cfg, dir3, key3, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n3.slot != nil || n3.File() == nil {
+		t.Fatal("Acquire on an empty pool did not fall back to Setup")
+	}
+	if err := n3.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if destroyed, err := Maintain(t.Context(), e.cfg); err != nil || destroyed != 1 {
+		t.Fatalf("maintain: destroyed %d, %v; want the one used slot", destroyed, err)
+	}
+	if _, ok := slotStates(t, e.cfg)[used]; ok {
+		t.Fatal("used slot still exists after Maintain")
+	}
+	// n2's owner "dies": its flock goes, and GC reclaims the sandbox dir.
+	slotDir := n2.slot.dir
+	n2.slot.lock.Close()
+	n2.eg = nil
+	if err := Reclaim(dir2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(slotDir); !os.IsNotExist(err) {
+		t.Fatalf("crashed owner's slot survives Reclaim: %v", err)
+	}
+	if rec, _ := readRecord(dir2, RecordFile); rec != nil {
+		t.Fatal("sandbox record survives Reclaim")
+	}
+}
+
+// TestLoopbackOnly: a policy that allows nothing needs no network objects;
+// the jail makes a private namespace itself.
+func TestLoopbackOnly(t *testing.T) {
+	e := newEnv(t)
+	dir, key := e.sandboxDir(t, "offline")
+	n, err := Acquire(t.Context(), e.cfg, dir, key, firewall.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.File() != nil || n.Addr().IsValid() {
+		t.Fatal("a loopback-only sandbox got a namespace or an address")
+	}
+	if err := n.Update(t.Context(), firewall.Policy{}); !errors.Is(err, sandbox.ErrUnsupported) {
+		t.Fatalf("Update of a loopback-only sandbox: %v, want ErrUnsupported", err)
+	}
+	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+		t.Fatal(err, rep.Err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, e, dir, NamesOf(key)); len(left) > 0 {
+		t.Fatalf("left: %v", left)
+	}
+	if _, err := Setup(t.Context(), e.cfg, dir, "not-a-key", firewall.Policy{}); err == nil {
+		t.Fatal("Setup accepted an invalid key")
+	}
+}

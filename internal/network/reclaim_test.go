@@ -1,0 +1,184 @@
+package network
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+const helperEnv = "IRONCLAW_TEST_NET_HELPER"
+
+type helperSpec struct {
+	Root, NetnsDir, Resolver, Dir, Key, KillAt string
+	Rules                                      []string
+}
+
+// TestNetHelperProcess is not a test: it is the body of the helper process
+// TestKillDuringSetup re-executes the test binary as. It runs Setup and
+// SIGKILLs itself at the step named in its spec.
+func TestNetHelperProcess(t *testing.T) {
+	raw := os.Getenv(helperEnv)
+	if raw == "" {
+		return
+	}
+	var s helperSpec
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		t.Fatal(err)
+	}
+	kill := func() { syscall.Kill(os.Getpid(), syscall.SIGKILL); select {} }
+	cfg := Config{Root: s.Root, NetnsDir: s.NetnsDir, Resolver: s.Resolver, step: func(name string) {
+		if name == s.KillAt {
+			kill()
+		}
+	}}
+	p, err := firewall.ParsePolicy(s.Rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Setup(t.Context(), cfg, s.Dir, sandbox.Key(s.Key), p); err != nil {
+		t.Fatal(err)
+	}
+	kill() // "done": killed with a complete network
+}
+
+// TestKillDuringSetup SIGKILLs a process in the middle of Setup, at every
+// step, and checks that Reclaim then leaves nothing behind.
+func TestKillDuringSetup(t *testing.T) {
+	e := newEnv(t)
+	for _, step := range []string{"record", "lease", "netns", "veth", "egress", "sandbox-rules", "host-rules", "done"} {
+		t.Run(step, func(t *testing.T) {
+			dir, key := e.sandboxDir(t, "killed-at-"+step)
+			spec, _ := json.Marshal(helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
+				Dir: dir, Key: string(key), KillAt: step, Rules: []string{"203.0.113.0/24", "allowed.test"}})
+			cmd := exec.Command("/proc/self/exe", "-test.run=^TestNetHelperProcess$")
+			cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
+			}
+			names := NamesOf(key)
+			left := leftovers(t, e, dir, names)
+			if step == "done" && len(left) < 4 {
+				t.Fatalf("after a complete setup expected a namespace, a link, chains and a lease to reclaim; found %v", left)
+			}
+			if err := Reclaim(dir); err != nil {
+				t.Fatalf("reclaim: %v", err)
+			}
+			if left := leftovers(t, e, dir, names); len(left) > 0 {
+				t.Fatalf("left behind after Reclaim: %v", left)
+			}
+			if err := Reclaim(dir); err != nil {
+				t.Fatalf("second reclaim: %v", err)
+			}
+		})
+	}
+}
+
+// leftovers lists what exists of a sandbox's network objects.
+func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
+	t.Helper()
+	var out []string
+	if _, err := os.Stat(filepath.Join(dir, RecordFile)); err == nil {
+		out = append(out, "record")
+	}
+	host, err := netns.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	if ok, _ := netns.LinkExists(host, names.HostIf); ok {
+		out = append(out, "link "+names.HostIf)
+	}
+	if netns.Mounted(filepath.Join(e.cfg.NetnsDir, names.Netns)) {
+		out = append(out, "netns mount")
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.NetnsDir, names.Netns)); err == nil {
+		out = append(out, "netns file")
+	}
+	c, _ := nftables.New()
+	chains, err := firewall.ReadTable(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range chains {
+		if strings.HasPrefix(ch.Name, names.Chains) {
+			out = append(out, "chain "+ch.Name)
+		}
+	}
+	leases, _ := os.ReadDir(filepath.Join(e.cfg.Root, "net", "leases"))
+	for _, l := range leases {
+		out = append(out, "lease "+l.Name())
+	}
+	return out
+}
+
+// TestNamesDistinct checks that IDs that differ only slightly, long IDs
+// and Unicode IDs get distinct names within the kernel's limits, and that
+// two near-identical IDs really get separate objects side by side.
+func TestNamesDistinct(t *testing.T) {
+	ids := []string{"vm-1", "vm_1", "vm-1 ", "VM-1", "vm.1", "vm-11", strings.Repeat("x", sandbox.MaxIDLen), strings.Repeat("x", sandbox.MaxIDLen-1) + "y",
+		"日本語のサンドボックス🙂", "sandbox\u00e9", "sandbox\u0065\u0301"}
+	seen := map[string]string{}
+	for _, id := range ids {
+		n := NamesOf(sandbox.KeyOf(id))
+		if len(n.HostIf) > netns.MaxIfName || !strings.HasPrefix(n.HostIf, IfPrefix) {
+			t.Errorf("%q: interface name %q does not fit IFNAMSIZ or lacks the prefix", id, n.HostIf)
+		}
+		for _, name := range []string{"link " + n.HostIf, "netns " + n.Netns, "chains " + n.Chains} {
+			if prev, dup := seen[name]; dup {
+				t.Errorf("%.40q and %.40q share the %s", prev, id, name)
+			}
+			seen[name] = id
+		}
+	}
+
+	e := newEnv(t)
+	var nets []*Net
+	for _, id := range []string{"vm-1", "vm_1", "日本語のサンドボックス🙂" + strings.Repeat("長", 300)} {
+		nets = append(nets, e.setup(t, id, "203.0.113.10:8080/tcp"))
+	}
+	for i, a := range nets {
+		if rep, err := a.Verify(t.Context()); err != nil || rep.Err != nil {
+			t.Errorf("sandbox %d does not verify: %v %v", i, err, rep.Err)
+		}
+		for _, b := range nets[i+1:] {
+			if a.rec.Names.HostIf == b.rec.Names.HostIf || a.Addr() == b.Addr() || a.Path() == b.Path() {
+				t.Errorf("two sandboxes share objects: %+v / %+v", a.rec.Names, b.rec.Names)
+			}
+		}
+	}
+}
+
+// TestSetupRollsBack makes Setup fail after the namespace, link and lease
+// exist (the egress proxy cannot start: no usable resolver) and checks that
+// nothing is left.
+func TestSetupRollsBack(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg
+	cfg.Resolver = "not-an-address"
+	dir, key := e.sandboxDir(t, "rollback")
+	p, _ := firewall.ParsePolicy([]string{"allowed.test"})
+	var reached []string
+	cfg.step = func(s string) { reached = append(reached, s) }
+	if n, err := Setup(t.Context(), cfg, dir, key, p); err == nil {
+		n.Close()
+		t.Fatal("Setup succeeded with an unusable resolver")
+	}
+	if len(reached) < 4 {
+		t.Fatalf("setup failed too early to test rollback: reached %v", reached)
+	}
+	if left := leftovers(t, e, dir, NamesOf(key)); len(left) > 0 {
+		t.Fatalf("left behind after a failed Setup: %v", left)
+	}
+}

@@ -1,0 +1,500 @@
+package network
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/egress"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+)
+
+// Net is the live network of one sandbox. It owns the namespace, the link,
+// the address lease, the firewall rules and the egress servers until Close.
+type Net struct {
+	cfg  Config
+	dir  string
+	key  sandbox.Key
+	log  *slog.Logger
+	mu   sync.Mutex
+	rec  *record
+	ns   *netns.NS
+	eg   *egress.Server
+	tgt  *firewall.Target
+	slot *slot // set when the network came from the pool
+	// sc and hc are lasting nftables connections to the sandbox's
+	// namespace and the host (see conns).
+	sc, hc *nftables.Conn
+	// prevInner and prevPart are the rulesets last applied and verified
+	// (nil when unknown), so a change rewrites only the chains that differ.
+	prevInner []firewall.Chain
+	prevPart  *firewall.HostPart
+
+	closed bool
+}
+
+// File returns the sandbox's network namespace, for setns(2) by the jail
+// before it starts the sandbox's init. Nil for a policy that allows
+// nothing: the jail then makes a private namespace (CLONE_NEWNET).
+func (n *Net) File() *os.File {
+	if n.ns == nil {
+		return nil
+	}
+	return n.ns.File()
+}
+
+// Path returns the namespace's bind-mount path ("" when File is nil).
+func (n *Net) Path() string {
+	if n.ns == nil {
+		return ""
+	}
+	return n.ns.Path()
+}
+
+// ResolvConf returns the sandbox's /etc/resolv.conf: the DNS stub for a
+// policy with domain rules, otherwise a file with no nameserver.
+func (n *Net) ResolvConf() []byte {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return resolvConf(n.tgt)
+}
+
+func resolvConf(t *firewall.Target) []byte {
+	if t == nil || len(t.Policy.Domains) == 0 {
+		return []byte("# ironclaw: no DNS (no domain allow rules)\n")
+	}
+	return []byte("# ironclaw: DNS stub, answers allowed names only\nnameserver " + t.HostAddr.String() + "\noptions ndots:0 attempts:2 timeout:2\n")
+}
+
+// Addr returns the sandbox's address (invalid when File is nil).
+func (n *Net) Addr() netip.Addr {
+	if n.tgt == nil {
+		return netip.Addr{}
+	}
+	return n.tgt.SandboxAddr
+}
+
+// Gateway returns the host side of the link (invalid when File is nil).
+func (n *Net) Gateway() netip.Addr {
+	if n.tgt == nil {
+		return netip.Addr{}
+	}
+	return n.tgt.HostAddr
+}
+
+// Setup gives the sandbox key (state directory dir) its network for
+// policy. For a policy that allows nothing it makes nothing and returns a
+// Net whose File is nil. Otherwise it returns only once the rulesets are
+// applied, read back and verified; on any error everything made so far is
+// removed. The caller holds dir's lock for the sandbox's lifetime.
+func Setup(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !key.Valid() {
+		return nil, fmt.Errorf("network setup: invalid sandbox key %q", key)
+	}
+	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key))}
+	if !policy.Networked() {
+		return n, nil
+	}
+	if err := n.setup(ctx, policy); err != nil {
+		if rerr := n.teardown(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
+		}
+		return nil, fmt.Errorf("network setup: %w", err)
+	}
+	return n, nil
+}
+
+func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
+	names := NamesOf(n.key)
+	n.rec = &record{Version: 1, Key: string(n.key), Names: names, NetnsDir: n.cfg.NetnsDir}
+	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
+		return err
+	}
+	n.cfg.at("record")
+	lease, err := n.cfg.addrPool().Take(string(n.key), func(l netns.Lease) error {
+		n.rec.Lease = &l
+		return writeRecord(n.dir, RecordFile, n.rec)
+	})
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n.cfg.at("lease")
+	ns, err := netns.Create(n.cfg.NetnsDir, names.Netns)
+	if err != nil {
+		return err
+	}
+	n.ns = ns
+	n.cfg.at("netns")
+	host, err := netns.Current()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	if err := netns.CreateVeth(host, ns, netns.Veth{HostName: names.HostIf, PeerName: SandboxIf, HostAddr: lease.Host, PeerAddr: lease.Sandbox}); err != nil {
+		return err
+	}
+	n.cfg.at("veth")
+	if _, err := netns.EnableUplinkForwarding(host); err != nil {
+		return err
+	}
+	return n.install(ctx, host, lease, policy)
+}
+
+// install computes the target, starts egress if the policy needs it,
+// applies and verifies both rulesets.
+func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, policy firewall.Policy) error {
+	deny, err := denyList(host, n.cfg.Pool)
+	if err != nil {
+		return err
+	}
+	t := &firewall.Target{
+		Name: n.rec.Names.Chains, Policy: policy,
+		SandboxAddr: lease.Sandbox.Addr(), HostAddr: lease.Host.Addr(), HostIf: n.rec.Names.HostIf,
+		Deny: deny,
+	}
+	if len(policy.Domains) > 0 {
+		if err := n.startEgress(ctx, t); err != nil {
+			return err
+		}
+		n.cfg.at("egress")
+	}
+	if err := n.apply(t); err != nil {
+		return err
+	}
+	n.tgt = t
+	return nil
+}
+
+func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
+	if n.eg != nil {
+		n.eg.SetPolicy(t.Policy)
+		t.Services = n.eg.Services()
+		return nil
+	}
+	resolver := n.cfg.Resolver
+	if resolver == "" {
+		var err error
+		if resolver, err = DefaultResolver(); err != nil {
+			return err
+		}
+	}
+	eg, err := egress.Start(ctx, egress.Config{Listen: t.HostAddr, Resolver: resolver, Deny: t.Deny, Logger: n.log}, t.Policy)
+	if err != nil {
+		return err
+	}
+	n.eg = eg
+	t.Services = eg.Services()
+	return nil
+}
+
+// apply records t, then applies and verifies the sandbox and host rulesets.
+func (n *Net) apply(t *firewall.Target) error {
+	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services}
+	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
+		return err
+	}
+	inner, err := firewall.BuildSandbox(t)
+	if err != nil {
+		return err
+	}
+	part, err := firewall.BuildHost(t)
+	if err != nil {
+		return err
+	}
+	prevInner, prevPart := n.prevInner, n.prevPart
+	n.prevInner, n.prevPart = nil, nil
+	err = n.applyRules(inner, &part, prevInner, prevPart)
+	if err != nil && (prevInner != nil || prevPart != nil) {
+		// The kernel did not hold what was last applied (someone changed
+		// it): apply everything.
+		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
+		err = n.applyRules(inner, &part, nil, nil)
+	}
+	if err != nil {
+		return err
+	}
+	n.prevInner, n.prevPart = inner, &part
+	return nil
+}
+
+// applyRules applies both rulesets (only the chains that differ from prev,
+// when known) and verifies them.
+func (n *Net) applyRules(inner []firewall.Chain, part *firewall.HostPart, prevInner []firewall.Chain, prevPart *firewall.HostPart) error {
+	// The sandbox's namespace and the host have separate nftables
+	// instances: install and verify both side by side.
+	errc := make(chan error, 1)
+	go func() {
+		sc, err := n.sandboxConn()
+		if err == nil {
+			err = firewall.ApplySandboxChanges(sc, prevInner, inner)
+		}
+		if err == nil {
+			n.cfg.at("sandbox-rules")
+			err = firewall.VerifySandbox(sc, inner)
+		}
+		errc <- err
+	}()
+	herr := n.applyHost(prevPart, part)
+	return errors.Join(<-errc, herr)
+}
+
+func (n *Net) applyHost(prev, part *firewall.HostPart) error {
+	hc, err := n.hostConn()
+	if err != nil {
+		return err
+	}
+	if err := firewall.EnsureHostBase(hc); err != nil {
+		return err
+	}
+	if err := firewall.ApplyHostChanges(hc, prev, part); err != nil {
+		return err
+	}
+	n.cfg.at("host-rules")
+	return firewall.VerifyHostPart(hc, part)
+}
+
+func (n *Net) sandboxConn() (*nftables.Conn, error) {
+	if n.sc == nil {
+		c, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting())
+		if err != nil {
+			return nil, fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
+		}
+		n.sc = c
+	}
+	return n.sc, nil
+}
+
+func (n *Net) hostConn() (*nftables.Conn, error) {
+	if n.hc == nil {
+		c, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, fmt.Errorf("nftables on the host: %w", err)
+		}
+		n.hc = c
+	}
+	return n.hc, nil
+}
+
+// conns returns the lasting nftables connections to the sandbox's
+// namespace and to the host, made on first use.
+func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
+	if sandboxConn, err = n.sandboxConn(); err != nil {
+		return nil, nil, err
+	}
+	if hostConn, err = n.hostConn(); err != nil {
+		return nil, nil, err
+	}
+	return sandboxConn, hostConn, nil
+}
+
+// closeConns closes the lasting connections. Closing a netlink socket
+// that lives in another namespace takes milliseconds (the netlink library
+// tears down the thread it made there), which would sit on every sandbox's
+// exit path; async does it in the background and logs a failure.
+func (n *Net) closeConns(async bool) error {
+	conns := []*nftables.Conn{n.sc, n.hc}
+	n.sc, n.hc = nil, nil
+	closeAll := func() error {
+		var errs []error
+		for _, c := range conns {
+			if c != nil {
+				errs = append(errs, c.CloseLasting())
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if !async {
+		return closeAll()
+	}
+	go func() {
+		if err := closeAll(); err != nil {
+			n.log.Warn("close nftables connections", "err", err)
+		}
+	}()
+	return nil
+}
+
+// denyList is the first deny tier: the host's own IPv4 addresses and the
+// sandbox pool.
+func denyList(host *netns.NS, pool netip.Prefix) ([]netip.Prefix, error) {
+	addrs, err := netns.Addrs(host)
+	if err != nil {
+		return nil, err
+	}
+	out := []netip.Prefix{pool}
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if pool.Contains(a) || seen[a] {
+			continue
+		}
+		seen[a] = true
+		out = append(out, netip.PrefixFrom(a, 32))
+	}
+	return out, nil
+}
+
+// DefaultResolver returns the first nameserver of the host's
+// /etc/resolv.conf as host:53.
+func DefaultResolver() (string, error) {
+	f, err := os.Open("/etc/resolv.conf")
+	if err != nil {
+		return "", fmt.Errorf("find the host's resolver: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && fs[0] == "nameserver" {
+			if a, err := netip.ParseAddr(fs[1]); err == nil {
+				return net.JoinHostPort(a.String(), "53"), nil
+			}
+		}
+	}
+	return "", errors.New("find the host's resolver: no nameserver in /etc/resolv.conf")
+}
+
+// Update replaces the sandbox's policy atomically (one transaction per
+// ruleset, verified), and cuts tracked connections the new policy no
+// longer allows, both in the sandbox's namespace and on the host. Updating
+// a sandbox created with a policy that allows nothing fails with
+// sandbox.ErrUnsupported: its namespace has no link.
+func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return errors.New("network update: closed")
+	}
+	if n.ns == nil {
+		return fmt.Errorf("network update: sandbox was started without network: %w", sandbox.ErrUnsupported)
+	}
+	t := *n.tgt
+	t.Policy = policy
+	t.Services = firewall.Services{}
+	if len(policy.Domains) > 0 {
+		if err := n.startEgress(ctx, &t); err != nil {
+			return fmt.Errorf("network update: %w", err)
+		}
+	} else if n.eg != nil {
+		n.eg.SetPolicy(policy)
+	}
+	if err := n.apply(&t); err != nil {
+		return fmt.Errorf("network update: %w", err)
+	}
+	n.tgt = &t
+	if err := cutFlows(n.ns, &t); err != nil {
+		return fmt.Errorf("network update: %w", err)
+	}
+	return nil
+}
+
+// Report is what Verify found.
+type Report struct {
+	// Sandbox and Host are the live chains as read from the kernel (the
+	// host's: its base chains and this sandbox's chains).
+	Sandbox []firewall.Chain
+	Host    []firewall.Chain
+	// Maps are the host verdict-map entries of this sandbox's link.
+	Maps map[string]string
+	// Err is nil when both rulesets match what was built.
+	Err error
+}
+
+// Verify reads both rulesets back and checks them against the policy. The
+// returned error is about reading; a mismatch is in Report.Err.
+func (n *Net) Verify(ctx context.Context) (Report, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ns == nil {
+		return Report{}, nil
+	}
+	sc, hc, err := n.conns()
+	if err != nil {
+		return Report{}, err
+	}
+	return verify(sc, hc, n.tgt)
+}
+
+// verify reads both rulesets of t back through sc (the sandbox's
+// namespace) and hc (the host) and compares them with what t builds.
+func verify(sc, hc *nftables.Conn, t *firewall.Target) (Report, error) {
+	var r Report
+	inner, err := firewall.BuildSandbox(t)
+	if err != nil {
+		return r, err
+	}
+	part, err := firewall.BuildHost(t)
+	if err != nil {
+		return r, err
+	}
+	if r.Sandbox, err = firewall.ReadTable(sc); err != nil {
+		return r, err
+	}
+	for _, c := range append(firewall.BuildHostBase(), part.Chains...) {
+		if live, err := firewall.ReadChain(hc, c.Name); err == nil {
+			r.Host = append(r.Host, *live)
+		}
+	}
+	r.Maps = map[string]string{}
+	for _, m := range firewall.HostMaps {
+		if entries, err := firewall.ReadMap(hc, m); err == nil {
+			if v, ok := entries[t.HostIf]; ok {
+				r.Maps[m] = v
+			}
+		}
+	}
+	r.Err = errors.Join(firewall.VerifySandbox(sc, inner), firewall.VerifyHost(hc, &part))
+	return r, nil
+}
+
+// Close stops egress and removes every object of the network, then the
+// record. It is idempotent.
+func (n *Net) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	if n.rec == nil {
+		return nil
+	}
+	return n.teardown()
+}
+
+// teardown removes what n.rec names (used by Close and by a failed Setup).
+func (n *Net) teardown() error {
+	errs := []error{n.closeConns(true)}
+	if n.eg != nil {
+		errs = append(errs, n.eg.Close())
+		n.eg = nil
+	}
+	if n.ns != nil {
+		errs = append(errs, n.ns.Close())
+		n.ns = nil
+	}
+	if n.slot != nil {
+		errs = append(errs, n.slot.release(n.dir))
+		return errors.Join(errs...)
+	}
+	if n.rec != nil {
+		errs = append(errs, removeObjects(n.rec), removeRecord(n.dir))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,177 @@
+package network
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/netns"
+)
+
+// serveEcho runs a line echo server at addr inside ns that keeps
+// connections open.
+func serveEcho(t *testing.T, ns *netns.NS, addr netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() { defer wg.Done(); io.Copy(c, c); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+func echo(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(700 * time.Millisecond))
+	if _, err := fmt.Fprintln(c, msg); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != msg {
+		return fmt.Errorf("echo: got %q", line)
+	}
+	return nil
+}
+
+// TestUpdateCutsConnections opens long-lived connections, narrows the
+// policy, and checks that the connection no longer allowed is cut while
+// the one still allowed carries on.
+func TestUpdateCutsConnections(t *testing.T) {
+	e := newEnv(t)
+	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerA, 7000))
+	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerB, 7000))
+	n := e.setup(t, "update", "203.0.113.0/24:7000/tcp")
+	ca, err := dialIn(n.ns, "tcp", netip.AddrPortFrom(peerA, 7000).String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	cb, err := dialIn(n.ns, "tcp", netip.AddrPortFrom(peerB, 7000).String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	for _, c := range []net.Conn{ca, cb} {
+		if err := echo(c, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, _ := firewall.ParsePolicy([]string{"203.0.113.20:7000/tcp"})
+	if err := n.Update(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(cb, "after"); err != nil {
+		t.Errorf("connection to %v, still allowed, was cut: %v", peerB, err)
+	}
+	if err := echo(ca, "after"); err == nil {
+		t.Errorf("connection to %v, no longer allowed, still works after the update", peerA)
+	}
+	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+		t.Fatalf("verify after update: %v %v", err, rep.Err)
+	}
+}
+
+// TestReconcileStates replays a table of desired policies in random order
+// on one live sandbox (and a neighbour that must stay untouched) and checks
+// after each step that the kernel holds exactly the ruleset built for it.
+func TestReconcileStates(t *testing.T) {
+	e := newEnv(t)
+	n := e.setup(t, "reconcile", "203.0.113.10")
+	other := e.setup(t, "neighbour", "203.0.113.20:9090/udp")
+	states := [][]string{
+		{"203.0.113.10"},
+		{"203.0.113.0/24:443/tcp", "203.0.113.7:1000-2000/udp"},
+		{"allowed.test"},
+		{"allowed.test:443", "*.wild.test", "10.1.0.0/16:80"},
+		{"0.0.0.0/0"},
+		{"169.254.169.254/32:80/tcp", "198.51.100.0/24"},
+		{"203.0.113.20:9090/udp"},
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 1))
+	order := append(r.Perm(len(states)), r.Perm(len(states))...)
+	hc, _ := nftables.New()
+	for step, i := range order {
+		p, err := firewall.ParsePolicy(states[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Update(t.Context(), p); err != nil {
+			t.Fatalf("step %d (state %d %v): %v", step, i, states[i], err)
+		}
+		rep, err := n.Verify(t.Context())
+		if err != nil || rep.Err != nil {
+			t.Fatalf("step %d (state %d %v): verify: %v %v", step, i, states[i], err, rep.Err)
+		}
+		want, _ := firewall.BuildSandbox(n.tgt)
+		if got := comments(rep.Sandbox, "output"); got != comments(want, "output") {
+			t.Fatalf("step %d: live output chain\n%s\nwant\n%s", step, got, comments(want, "output"))
+		}
+		if (len(p.Domains) > 0) != (n.tgt.Services.HTTPS != 0) {
+			t.Fatalf("step %d: egress services %+v for policy %v", step, n.tgt.Services, states[i])
+		}
+		if rep, err := other.Verify(t.Context()); err != nil || rep.Err != nil {
+			t.Fatalf("step %d: neighbour disturbed: %v %v", step, err, rep.Err)
+		}
+		// The host's base chains are never doubled.
+		chains, _ := firewall.ReadTable(hc)
+		for _, c := range chains {
+			if c.Base() && len(c.Rules) > 2 {
+				t.Fatalf("step %d: base chain %s has %d rules", step, c.Name, len(c.Rules))
+			}
+		}
+	}
+}
+
+func comments(cs []firewall.Chain, name string) string {
+	var b strings.Builder
+	for _, c := range cs {
+		if c.Name == name {
+			for _, r := range c.Rules {
+				b.WriteString(r.Comment + "\n")
+			}
+		}
+	}
+	return b.String()
+}
