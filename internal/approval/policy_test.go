@@ -122,17 +122,17 @@ func TestIgnoreAnnotations(t *testing.T) {
 
 func TestParsePolicyErrors(t *testing.T) {
 	for in, want := range map[string]string{
-		`{"rules":[{"tool":"x","class":"blue"}]}`:                       `class: "blue"`,
-		`{"rules":[{"class":"green"}]}`:                                  "tool: must be",
-		`{"rules":[{"tool":"x","class":"green","args":{"a":{}}}]}`:       "args.a: matcher tests nothing",
-		`{"rules":[{"tool":"x","class":"green","args":{"a":{"regex":"("}}}]}`: "args.a: regex",
-		`{"rules":[{"tool":"x","class":"green","args":{"a":{"under":"rel"}}}]}`: "not an absolute path",
+		`{"rules":[{"tool":"x","class":"blue"}]}`:                                          `class: "blue"`,
+		`{"rules":[{"class":"green"}]}`:                                                    "tool: must be",
+		`{"rules":[{"tool":"x","class":"green","args":{"a":{}}}]}`:                         "args.a: matcher tests nothing",
+		`{"rules":[{"tool":"x","class":"green","args":{"a":{"regex":"("}}}]}`:              "args.a: regex",
+		`{"rules":[{"tool":"x","class":"green","args":{"a":{"under":"rel"}}}]}`:            "not an absolute path",
 		`{"rules":[{"tool":"x","class":"green","args":{"a":{"any_word":["two words"]}}}]}`: "not a single word",
-		`{"rules":[{"tool":"x","class":"green","extra":1}]}`:             `unknown field "extra"`,
-		`{"timeout":"-1s"}`:                                              "must be positive",
-		`{"timeout":5}`:                                                  "duration",
-		`{"rules":[{"tool":"x\\","class":"green"}]}`:                     "dangling",
-		`{} {}`:                                                          "trailing",
+		`{"rules":[{"tool":"x","class":"green","extra":1}]}`:                               `unknown field "extra"`,
+		`{"timeout":"-1s"}`: "must be positive",
+		`{"timeout":5}`:     "duration",
+		`{"rules":[{"tool":"x\\","class":"green"}]}`: "dangling",
+		`{} {}`: "trailing",
 	} {
 		_, err := ParsePolicy([]byte(in))
 		if err == nil || !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), want) {
