@@ -154,7 +154,10 @@ func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callT
 	if err != nil {
 		return nil, err
 	}
-	params := &mcp.CallToolParams{Name: t.tool.Name}
+	// Multi round-trip requests (protocol 2026-07-28) pass straight through:
+	// the server's input requests go back to the client in the result, and
+	// the client's retry brings the responses and state back here.
+	params := &mcp.CallToolParams{Name: t.tool.Name, InputResponses: req.Params.InputResponses, RequestState: req.Params.RequestState}
 	if len(req.Params.Arguments) > 0 {
 		params.Arguments = req.Params.Arguments
 	}
@@ -171,7 +174,22 @@ func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callT
 		}()
 		params.SetProgressToken(gt)
 	}
-	done := t.u.trackCall(req.Session)
+	// Logging level (protocol 2026-07-28 carries it per request): pass the
+	// client's own; for older clients ask for everything, since their
+	// session filters by the level they set.
+	level := mcp.LoggingLevel("debug")
+	if m := req.Params.GetMeta(); m != nil {
+		if l, ok := m[mcp.MetaKeyLogLevel].(string); ok && l != "" {
+			level = mcp.LoggingLevel(l)
+		}
+	}
+	meta := params.GetMeta()
+	if meta == nil {
+		meta = map[string]any{}
+	}
+	meta[mcp.MetaKeyLogLevel] = level
+	params.SetMeta(meta)
+	done := t.u.trackCall(ctx, req.Session)
 	defer done()
 	if req.Session != nil {
 		ctx = context.WithValue(ctx, downstreamKey{}, req.Session)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -252,6 +253,8 @@ func safely(f func()) (err error) {
 }
 
 func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
+	u.syncMu.Lock()
+	defer u.syncMu.Unlock()
 	want := map[string]*mcp.Tool{}
 	for t, err := range cs.Tools(ctx, nil) {
 		if err != nil {
@@ -311,6 +314,8 @@ func checkInputSchema(s any) error {
 }
 
 func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error {
+	u.syncMu.Lock()
+	defer u.syncMu.Unlock()
 	want := map[string]*mcp.Prompt{}
 	for p, err := range cs.Prompts(ctx, nil) {
 		if err != nil {
@@ -359,6 +364,8 @@ func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error
 // Resources keep their URIs (tool results link to them); a URI another
 // server already registered stays with that server.
 func (u *upstream) syncResources(ctx context.Context, cs *mcp.ClientSession) error {
+	u.syncMu.Lock()
+	defer u.syncMu.Unlock()
 	wantR := map[string]*mcp.Resource{}
 	for r, err := range cs.Resources(ctx, nil) {
 		if err != nil {
@@ -559,6 +566,9 @@ func (g *Gateway) complete(ctx context.Context, req *mcp.CompleteRequest) (*mcp.
 func (u *upstream) clientOptions() *mcp.ClientOptions {
 	g := u.g
 	return &mcp.ClientOptions{
+		// Input requests go back to the client that made the call (see
+		// forward), not to handlers here.
+		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
 		ToolListChangedHandler: func(ctx context.Context, req *mcp.ToolListChangedRequest) {
 			go func() {
 				if err := u.syncTools(context.WithoutCancel(ctx), req.Session); err != nil {
@@ -592,7 +602,7 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 				p.Logger = u.cfg.Name
 			}
 			for ss := range g.server.Sessions() {
-				if err := ss.Log(ctx, &p); err != nil {
+				if err := ss.Log(u.logContext(ctx, ss), &p); err != nil {
 					u.log.Debug("forward log message", "err", err)
 				}
 			}
@@ -655,18 +665,38 @@ func (u *upstream) downstream(ctx context.Context) (*mcp.ServerSession, error) {
 	return found, nil
 }
 
-func (u *upstream) trackCall(ss *mcp.ServerSession) func() {
+// trackCall records a client call in flight to this server; its context
+// is used to deliver the server's log messages to that client (on protocol
+// 2026-07-28 a client's log level travels with its request).
+func (u *upstream) trackCall(ctx context.Context, ss *mcp.ServerSession) func() {
 	if ss == nil {
 		return func() {}
 	}
+	c := &inflightCall{ctx: ctx}
 	u.mu.Lock()
-	u.inflight[ss]++
+	u.inflight[ss] = append(u.inflight[ss], c)
 	u.mu.Unlock()
 	return func() {
 		u.mu.Lock()
-		if u.inflight[ss]--; u.inflight[ss] <= 0 {
+		l := slices.DeleteFunc(u.inflight[ss], func(x *inflightCall) bool { return x == c })
+		if len(l) == 0 {
 			delete(u.inflight, ss)
+		} else {
+			u.inflight[ss] = l
 		}
 		u.mu.Unlock()
 	}
+}
+
+type inflightCall struct{ ctx context.Context }
+
+// logContexts returns, for each client session, the context to log in: the
+// latest in-flight call's, or ctx.
+func (u *upstream) logContext(ctx context.Context, ss *mcp.ServerSession) context.Context {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if l := u.inflight[ss]; len(l) > 0 {
+		return l[len(l)-1].ctx
+	}
+	return ctx
 }

@@ -30,6 +30,9 @@ type upstream struct {
 	log    *slog.Logger
 	read   approval.ReadFunc
 
+	// syncMu serializes re-listing (list_changed notifications can
+	// arrive in bursts); mu guards the fields below.
+	syncMu    sync.Mutex
 	mu        sync.Mutex
 	cs        *mcp.ClientSession
 	up        chan struct{} // closed while cs != nil
@@ -39,7 +42,7 @@ type upstream struct {
 	prompts   map[string]string    // qualified name -> server's prompt name
 	resources map[string]bool      // URIs registered for this server
 	templates map[string]bool      // URI templates registered for this server
-	inflight  map[*mcp.ServerSession]int
+	inflight  map[*mcp.ServerSession][]*inflightCall
 }
 
 func newUpstream(g *Gateway, cfg *ServerConfig) *upstream {
@@ -57,7 +60,7 @@ func newUpstream(g *Gateway, cfg *ServerConfig) *upstream {
 		prompts:   map[string]string{},
 		resources: map[string]bool{},
 		templates: map[string]bool{},
-		inflight:  map[*mcp.ServerSession]int{},
+		inflight:  map[*mcp.ServerSession][]*inflightCall{},
 	}
 	u.read = hostReader(cfg)
 	return u
@@ -116,11 +119,11 @@ func (u *upstream) run(ctx context.Context, first chan<- error) {
 	for {
 		attemptCtx, cancelAttempt := context.WithCancel(ctx)
 		cs, err := u.connect(attemptCtx)
-		if first != nil {
-			first <- err
-			first = nil
-		}
 		if err != nil {
+			if first != nil {
+				first <- err
+				first = nil
+			}
 			cancelAttempt()
 			u.setSession(nil, err)
 			if ctx.Err() != nil {
@@ -132,6 +135,10 @@ func (u *upstream) run(ctx context.Context, first chan<- error) {
 			u.setSession(cs, nil)
 			if err := u.sync(ctx, cs); err != nil {
 				u.log.Warn("list the server's tools, prompts and resources", "err", err)
+			}
+			if first != nil {
+				first <- nil
+				first = nil
 			}
 			werr := cs.Wait()
 			cancelAttempt()
