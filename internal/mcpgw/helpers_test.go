@@ -268,3 +268,15 @@ func errString(err error) string {
 	}
 	return " " + err.Error()
 }
+
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func newQueue() *approval.Queue { return approval.NewQueue() }
