@@ -1,4 +1,4 @@
-package mcpgw
+package config
 
 import (
 	"bytes"
@@ -33,8 +33,8 @@ const fullConfig = `{
   "ironclaw": {"approval": {"rules": [{"server": "remote", "tool": "*", "class": "red"}]}}
 }`
 
-func TestParseConfigFull(t *testing.T) {
-	c, err := ParseConfig([]byte(fullConfig))
+func TestParseFull(t *testing.T) {
+	c, err := Parse([]byte(fullConfig))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestParseConfigFull(t *testing.T) {
 }
 
 func TestConfigSecretsNeverLogged(t *testing.T) {
-	c, err := ParseConfig([]byte(fullConfig))
+	c, err := Parse([]byte(fullConfig))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestConfigSecretsNeverLogged(t *testing.T) {
 	}
 }
 
-func TestParseConfigErrors(t *testing.T) {
+func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{`{"mcpServers":{"fs":{"command":"x","bogus":1}}}`, `server "fs": unknown key "bogus"`},
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"mount":[]}}}}`, `server "fs": ironclaw: unknown key "mount"`},
@@ -136,9 +136,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"mcpServers":{"":{"command":"x"}}}`, `empty server name`},
 		{`{"ironclaw":{"approval":{"rules":[{"tool":"x","class":"maybe"}]}},"mcpServers":{}}`, `ironclaw.approval`},
 	} {
-		_, err := ParseConfig([]byte(tc.in))
+		_, err := Parse([]byte(tc.in))
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("ParseConfig(%s)\n  = %v\n  want ErrConfig containing %q", tc.in, err, tc.want)
+			t.Errorf("Parse(%s)\n  = %v\n  want ErrConfig containing %q", tc.in, err, tc.want)
 		}
 	}
 }
@@ -146,7 +146,7 @@ func TestParseConfigErrors(t *testing.T) {
 // FuzzParseConfig: any input either parses into a config whose every
 // server passes the checks the launcher relies on, or fails with ErrConfig;
 // it never panics.
-func FuzzParseConfig(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	f.Add([]byte(fullConfig))
 	f.Add([]byte(`{"mcpServers":{}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","args":["-y"],"env":{"K":"V"}}}}`))
@@ -156,7 +156,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"approval":{"rules":[{"tool":"*","args":{"*":{"any_word":["rm"]}},"class":"red"}]}}}}}`))
 	f.Add([]byte(`[[[[[[[[[[`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseConfig(data)
+		c, err := Parse(data)
 		if err != nil {
 			if !errors.Is(err, ErrConfig) {
 				t.Fatalf("error without ErrConfig: %v", err)
@@ -164,7 +164,7 @@ func FuzzParseConfig(f *testing.F) {
 			return
 		}
 		for name, s := range c.Servers {
-			if validServerName(name) != nil || s.Name != name {
+			if ValidServerName(name) != nil || s.Name != name {
 				t.Fatalf("accepted bad server name %q", name)
 			}
 			switch s.Transport {

@@ -1,4 +1,11 @@
-package mcpgw
+// Package config parses an MCP gateway configuration: the mcpServers JSON
+// that Claude Desktop, Cursor and others use, plus IronClaw's keys, strictly
+// (an unknown or repeated key is an error naming the server and the key),
+// and builds the pure `ironclaw run` argv that sandboxes a stdio server.
+//
+// It is its own package, apart from the gateway, so that fuzzing it does
+// not drag the SQLite store into the coverage-instrumented binary.
+package config
 
 import (
 	"bytes"
@@ -129,9 +136,9 @@ func (s *ServerConfig) LogValue() slog.Value {
 	attrs := []slog.Attr{slog.String("name", s.Name), slog.String("transport", s.Transport)}
 	if s.Transport == TransportStdio {
 		attrs = append(attrs, slog.String("command", s.Command), slog.String("backend", s.Sandbox.Backend))
-		attrs = append(attrs, slog.Any("env", sortedKeys(s.Env)))
+		attrs = append(attrs, slog.Any("env", SortedKeys(s.Env)))
 	} else {
-		attrs = append(attrs, slog.String("url", redactURL(s.URL)), slog.Any("headers", sortedKeys(s.Headers)))
+		attrs = append(attrs, slog.String("url", redactURL(s.URL)), slog.Any("headers", SortedKeys(s.Headers)))
 	}
 	return slog.GroupValue(attrs...)
 }
@@ -160,7 +167,7 @@ func (s *ServerConfig) SecretValues() []string {
 	return out
 }
 
-func sortedKeys(m map[string]string) []string {
+func SortedKeys(m map[string]string) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
 		ks = append(ks, k)
@@ -183,11 +190,11 @@ func redactURL(s string) string {
 	return u.String()
 }
 
-// ParseConfig parses a gateway configuration: the mcpServers JSON that
+// Parse parses a gateway configuration: the mcpServers JSON that
 // Claude Desktop, Cursor and others use, with IronClaw's keys under
 // "ironclaw" per server and at the top level. Parsing is strict: an unknown
 // or duplicated key is an error naming the server and the key.
-func ParseConfig(data []byte) (*Config, error) {
+func Parse(data []byte) (*Config, error) {
 	if err := checkDuplicateKeys(data); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
@@ -227,9 +234,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// validServerName: letters, digits, '-' and '_' (no "__"), so that
+// ValidServerName checks a server name: letters, digits, '-' and '_' (no "__"), so that
 // "server__tool" is a valid MCP tool name and splits unambiguously.
-func validServerName(name string) error {
+func ValidServerName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("empty server name")
@@ -251,7 +258,7 @@ func validServerName(name string) error {
 }
 
 func parseServer(name string, raw json.RawMessage) (*ServerConfig, error) {
-	if err := validServerName(name); err != nil {
+	if err := ValidServerName(name); err != nil {
 		return nil, fmt.Errorf("%w: mcpServers: %v", ErrConfig, err)
 	}
 	where := fmt.Sprintf("server %q", name)
