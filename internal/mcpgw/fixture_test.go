@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 		runFixture()
 		return
 	}
+	if os.Getenv(confClientEnv) != "" {
+		os.Exit(runConformanceClient())
+	}
 	os.Exit(m.Run())
 }
 

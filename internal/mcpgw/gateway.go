@@ -78,6 +78,9 @@ type Gateway struct {
 type progressRoute struct {
 	ss    *mcp.ServerSession
 	token any
+	// ctx is the client's call: notifications sent in it travel on that
+	// request's stream (streamable HTTP).
+	ctx context.Context
 }
 
 type downstreamKey struct{}
@@ -620,7 +623,7 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 			}
 			p := *req.Params
 			p.ProgressToken = r.token
-			if err := r.ss.NotifyProgress(ctx, &p); err != nil {
+			if err := r.ss.NotifyProgress(r.ctx, &p); err != nil {
 				u.log.Debug("forward progress", "err", err)
 			}
 		},

@@ -49,7 +49,7 @@ func filesystemEntry(nm string) string {
 }
 
 // testLogger writes to the test log (visible with -v or on failure).
-func testLogger(t testing.TB) *slog.Logger {
+func testLogger(_ testing.TB) *slog.Logger {
 	if os.Getenv("IRONCLAW_TEST_LOG") == "" {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
