@@ -342,4 +342,3 @@ func conformanceScenario(scenario, serverURL string) error {
 		return call("test-tool", map[string]any{})
 	}
 }
-
