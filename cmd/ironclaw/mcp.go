@@ -72,6 +72,9 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			if name == "" {
 				name = fmt.Sprintf("gw-%d", os.Getpid())
 			}
+			if !validGatewayName(name) {
+				return fmt.Errorf("--name %q: use 1-64 letters, digits, '.', '-' or '_' (it names a socket file)", name)
+			}
 			if err := os.MkdirAll(g.root, 0o700); err != nil {
 				return fmt.Errorf("state directory: %w", err)
 			}
@@ -148,6 +151,18 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 	f.DurationVar(&approvalTimeout, "approval-timeout", approval.DefaultTimeout, "how long a held call waits before it is denied")
 	cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+func validGatewayName(s string) bool {
+	if s == "" || len(s) > 64 || s[0] == '.' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 var errNoGateways = errors.New("no MCP gateway is running (no approvals socket answers)")

@@ -133,6 +133,7 @@ func New(opts Options) (*Gateway, error) {
 			Resources: &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
 		},
 	})
+	g.server.AddReceivingMiddleware(g.auditUnknownTools)
 	for _, b := range opts.Builtins {
 		if err := g.addBuiltin(b); err != nil {
 			return nil, err
@@ -702,4 +703,46 @@ func (u *upstream) logContext(ctx context.Context, ss *mcp.ServerSession) contex
 		return l[len(l)-1].ctx
 	}
 	return ctx
+}
+
+// auditUnknownTools records calls the SDK rejects before any handler runs
+// (a tool hidden by the tools filter, or one that does not exist), so that
+// every tools/call is in the audit log.
+func (g *Gateway) auditUnknownTools(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		res, err := next(ctx, method, req)
+		if method != "tools/call" || err == nil {
+			return res, err
+		}
+		var jerr *jsonrpc.Error
+		ctr, ok := req.(*mcp.CallToolRequest)
+		if !ok || !errors.As(err, &jerr) || !strings.HasPrefix(jerr.Message, "unknown tool") {
+			return res, err
+		}
+		server, tool, found := strings.Cut(ctr.Params.Name, Separator)
+		if !found {
+			server, tool = "", ctr.Params.Name
+		}
+		rec := &store.AuditRecord{
+			Gateway: g.opts.Name, Server: orDash(server), Tool: orDash(tool),
+			Arguments: g.redact.JSON(ctr.Params.Arguments), Decision: store.DecisionBlocked,
+			Reason: "no such tool (unknown, or hidden by the tools filter)", Error: jerr.Message,
+		}
+		if ctr.Session != nil {
+			rec.Session = ctr.Session.ID()
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, aerr := g.opts.Store.AppendAudit(actx, rec); aerr != nil {
+			g.log.Error("write audit record", "tool", ctr.Params.Name, "err", aerr)
+		}
+		return res, err
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

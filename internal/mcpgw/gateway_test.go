@@ -42,11 +42,15 @@ func TestEverythingThroughGateway(t *testing.T) {
 	if err != nil || !strings.Contains(text(res), "42") {
 		t.Fatalf("get-sum: %v %q", err, text(res))
 	}
-	// A denied tool cannot be called by name either.
+	// A denied tool cannot be called by name either, and the attempt is audited.
 	if _, err := h.call(t, "ev__get-env", map[string]any{}); err == nil {
 		t.Error("denied tool was callable")
 	}
-	recs := h.audit(t, 2)
+	recs := h.audit(t, 3)
+	if b := recs[2]; b.Decision != store.DecisionBlocked || b.Server != "ev" || b.Tool != "get-env" {
+		t.Errorf("blocked record %+v", b)
+	}
+	recs = recs[:2]
 	for _, r := range recs {
 		if r.Server != "ev" || r.Decision != store.DecisionAllowed || r.Class != "green" || r.ResultBytes == 0 || r.Duration <= 0 || r.Gateway != "test" {
 			t.Errorf("audit record %+v", r)

@@ -159,9 +159,15 @@ func (s *ServerConfig) SecretValues() []string {
 			out = append(out, v)
 		}
 	}
-	if u, err := url.Parse(s.URL); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			out = append(out, p)
+	if u, err := url.Parse(s.URL); err == nil {
+		if u.User != nil {
+			if p, ok := u.User.Password(); ok {
+				out = append(out, p)
+			}
+		}
+		// Query values often carry API keys (?key=...).
+		for _, vs := range u.Query() {
+			out = append(out, vs...)
 		}
 	}
 	return out
