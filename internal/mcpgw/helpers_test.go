@@ -225,6 +225,11 @@ var buildOnce struct {
 func ironclawBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		// IRONCLAW_TEST_BINARY uses a prebuilt binary instead of building one.
+		if p := os.Getenv("IRONCLAW_TEST_BINARY"); p != "" {
+			buildOnce.path = p
+			return
+		}
 		dir, err := os.MkdirTemp("", "ironclaw-bin")
 		if err != nil {
 			buildOnce.err = err
