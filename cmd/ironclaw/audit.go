@@ -1,0 +1,106 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/store"
+	"github.com/spf13/cobra"
+)
+
+func newAuditCmd(g *globals) *cobra.Command {
+	var (
+		f         store.AuditFilter
+		since     string
+		storePath string
+		asJSON    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Show the MCP tool calls the gateways recorded",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if storePath == "" {
+				storePath = store.Path(g.root)
+			}
+			if _, err := os.Stat(storePath); err != nil {
+				return fmt.Errorf("no audit log: %w", err)
+			}
+			if since != "" {
+				t, err := parseSince(since)
+				if err != nil {
+					return err
+				}
+				f.Since = t
+			}
+			switch f.Decision {
+			case "", store.DecisionAllowed, store.DecisionApproved, store.DecisionDenied, store.DecisionTimeout, store.DecisionBlocked, store.DecisionCancelled:
+			default:
+				return fmt.Errorf("--decision %q: want allowed, approved, denied, timeout, blocked or cancelled", f.Decision)
+			}
+			st, err := store.Open(cmd.Context(), storePath)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			recs, err := st.Audit(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				for _, r := range recs {
+					if err := enc.Encode(r); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTIME\tSERVER\tTOOL\tDECISION\tBY\tDURATION\tBYTES\tERROR\tARGUMENTS")
+			for _, r := range recs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Time.Local().Format(time.DateTime),
+					clean(r.Server, 24), clean(r.Tool, 32), r.Decision, clean(r.Approver, 24), r.Duration.Round(time.Microsecond),
+					r.ResultBytes, clean(r.Error, 40), clean(string(r.Arguments), 60))
+			}
+			return tw.Flush()
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.Server, "server", "", "only this server")
+	fl.StringVar(&f.Tool, "tool", "", "only this tool (as the server names it)")
+	fl.StringVar(&f.Decision, "decision", "", "only this decision: allowed, approved, denied, timeout, blocked, cancelled")
+	fl.StringVar(&since, "since", "", "only records since a duration ago (1h) or a time (RFC 3339)")
+	fl.IntVar(&f.Limit, "limit", 0, "only the newest N records")
+	fl.BoolVar(&asJSON, "json", false, "print one JSON object per line")
+	fl.StringVar(&storePath, "store", "", "store file (default ROOT/"+store.FileName+")")
+	return cmd
+}
+
+func parseSince(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("--since %q: negative duration", s)
+		}
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q: want a duration (1h) or an RFC 3339 time", s)
+	}
+	return t, nil
+}
+
+// clean makes a value safe and short for one table cell.
+func clean(s string, max int) string {
+	s = strings.Join(strings.Fields(approval.SanitizeTerminal(s)), " ")
+	if len(s) > max {
+		s = s[:max-3] + "..."
+	}
+	return s
+}

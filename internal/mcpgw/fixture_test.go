@@ -1,0 +1,127 @@
+package mcpgw
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// fixtureEnv makes the test binary act as a small MCP server on stdio (a
+// real process the gateway launches), for behaviour the npm servers cannot
+// be driven into: dying mid-call, writing garbage, recording cancellation.
+const fixtureEnv = "IRONCLAW_MCPGW_FIXTURE"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fixtureEnv) != "" {
+		runFixture()
+		return
+	}
+	if os.Getenv(confClientEnv) != "" {
+		os.Exit(runConformanceClient())
+	}
+	os.Exit(m.Run())
+}
+
+type emptyIn struct{}
+
+type slowIn struct {
+	Seconds float64 `json:"seconds"`
+}
+
+type textOut struct {
+	Text string `json:"text"`
+}
+
+func fixtureText(s string) *mcp.CallToolResult {
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: s}}}
+}
+
+func runFixture() {
+	marker := os.Getenv("FIXTURE_MARKER") // a file the fixture appends events to
+	note := func(s string) {
+		if marker == "" {
+			return
+		}
+		f, err := os.OpenFile(marker, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err == nil {
+			fmt.Fprintln(f, s)
+			f.Close()
+		}
+	}
+	note("start " + strconv.Itoa(os.Getpid()))
+	s := mcp.NewServer(&mcp.Implementation{Name: "fixture", Version: "1"}, nil)
+	ro := &mcp.ToolAnnotations{ReadOnlyHint: true}
+	mcp.AddTool(s, &mcp.Tool{Name: "pid", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		return fixtureText(strconv.Itoa(os.Getpid())), nil, nil
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "slow", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, in slowIn) (*mcp.CallToolResult, any, error) {
+		tok := req.Params.GetProgressToken()
+		deadline := time.After(time.Duration(in.Seconds * float64(time.Second)))
+		for i := 0; ; i++ {
+			if tok != nil {
+				req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: float64(i), Total: 100, Message: "working"})
+			}
+			select {
+			case <-ctx.Done():
+				note("cancelled")
+				return nil, nil, ctx.Err()
+			case <-deadline:
+				return fixtureText("done"), nil, nil
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "log", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "warning", Logger: "fx", Data: "hello from the fixture"})
+		return fixtureText("logged"), nil, nil
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "crash", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		note("crash")
+		os.Exit(3)
+		return nil, nil, nil
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "garbage", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		note("garbage")
+		os.Stdout.Write([]byte("this is not JSON-RPC \x00\xff{{{\n"))
+		time.Sleep(time.Hour) // never answers: the garbage is all it says
+		return nil, nil, nil
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "add_tool", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		mcp.AddTool(s, &mcp.Tool{Name: "late_tool", Annotations: ro}, func(context.Context, *mcp.CallToolRequest, emptyIn) (*mcp.CallToolResult, any, error) {
+			return fixtureText("late"), nil, nil
+		})
+		return fixtureText("added"), nil, nil
+	})
+	// sample asks the client's model through the multi round-trip pattern
+	// of protocol 2026-07-28 (the SDK turns it into a sampling request for
+	// older clients).
+	mcp.AddTool(s, &mcp.Tool{Name: "sample", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		if len(req.Params.InputResponses) == 0 {
+			return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{"msg": &mcp.CreateMessageParams{MaxTokens: 10,
+				Messages: []*mcp.SamplingMessage{{Role: "user", Content: &mcp.TextContent{Text: "say hi"}}}}}}, nil, nil
+		}
+		msg, ok := req.Params.InputResponses["msg"].(*mcp.CreateMessageWithToolsResult)
+		if !ok || len(msg.Content) == 0 {
+			return nil, nil, fmt.Errorf("unexpected input response %T", req.Params.InputResponses["msg"])
+		}
+		return fixtureText("model said: " + msg.Content[0].(*mcp.TextContent).Text), nil, nil
+	})
+	if err := s.Run(context.Background(), &mcp.StdioTransport{}); err != nil {
+		note("exit " + err.Error())
+	}
+}
+
+// fixtureServer returns the mcpServers entry that runs this test binary
+// as a fixture server, unsandboxed (the jail tests cover sandboxing).
+func fixtureServer(t *testing.T, marker string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`{"command":%q,"env":{%q:"1","FIXTURE_MARKER":%q},"ironclaw":{"backend":"none"}}`, exe, fixtureEnv, marker)
+}
