@@ -52,7 +52,7 @@ func newRootCmd(g *globals) *cobra.Command {
 }
 
 // subcommands lists the constructors of every subcommand, one file each.
-var subcommands = []func(*globals) *cobra.Command{}
+var subcommands = []func(*globals) *cobra.Command{newImageCmd}
 
 const defaultRoot = "/run/ironclaw"
 
