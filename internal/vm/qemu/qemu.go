@@ -121,7 +121,7 @@ func Argv(cfg Config) ([]string, error) {
 	if mem < 64 || cpus < 1 || cpus > 64 {
 		return nil, fmt.Errorf("qemu config: memory %d MiB / %d cpus out of range", mem, cpus)
 	}
-	cmdline := []string{"console=ttyS0", "reboot=t", "panic=-1", "quiet", "loglevel=4",
+	cmdline := []string{"console=ttyS0", "reboot=t", "panic=-1", "loglevel=4",
 		guest.ParamRoot + "=/dev/vda",
 		guest.ParamChannel + "=" + guest.Channel{Kind: "virtio-serial", Name: agentPortName}.String(),
 		guest.ParamPowerOff + "=reboot",
