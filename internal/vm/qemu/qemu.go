@@ -121,7 +121,7 @@ func Argv(cfg Config) ([]string, error) {
 	if mem < 64 || cpus < 1 || cpus > 64 {
 		return nil, fmt.Errorf("qemu config: memory %d MiB / %d cpus out of range", mem, cpus)
 	}
-	cmdline := []string{"console=ttyS0", "reboot=t", "panic=-1", "quiet", "loglevel=4",
+	cmdline := []string{"console=ttyS0", "reboot=t", "panic=-1", "loglevel=4",
 		guest.ParamRoot + "=/dev/vda",
 		guest.ParamChannel + "=" + guest.Channel{Kind: "virtio-serial", Name: agentPortName}.String(),
 		guest.ParamPowerOff + "=reboot",
@@ -300,6 +300,12 @@ func dialRetry[T any](ctx context.Context, dial func(context.Context) (T, error)
 // bootErr explains a failed boot: an exited QEMU with its status and the
 // tail of its stderr and of the guest console.
 func (v *VM) bootErr(step string, err error) error {
+	// A request that failed because the VMM died races its exit status:
+	// give the exit a moment to be observed.
+	select {
+	case <-v.exited:
+	case <-time.After(time.Second):
+	}
 	select {
 	case <-v.exited:
 		return fmt.Errorf("qemu start: %s: QEMU exited early (%v): stderr: %s; console: %s", step, v.waitErr,

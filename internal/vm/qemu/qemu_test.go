@@ -19,7 +19,7 @@ func TestBootExecFiles(t *testing.T) {
 	img := vmtest.Image(t)
 	dir := t.TempDir()
 	ctx := context.Background()
-	v, err := Start(ctx, Config{Image: img, Dir: dir, Token: NewToken(), Hostname: "vmtest", BootTimeout: 40 * time.Second})
+	v, err := Start(ctx, Config{Image: img, Dir: dir, Token: NewToken(), Hostname: "vmtest", BootTimeout: 60 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
