@@ -91,9 +91,13 @@ func confinedLauncher(cfg *initConfig, ll *landlockRules) func(context.Context, 
 			runtime.LockOSThread() // never unlocked: the thread is confined
 			c := *cfg
 			c.User.UID, c.User.GID = u.Uid, u.Gid
-			if step, err := confineThread(&c, ll, placed); err != nil {
+			step, listener, err := confineThread(&c, ll, placed)
+			if err != nil {
 				errc <- fmt.Errorf("%s: %w", step, err)
 				return
+			}
+			if listener != nil {
+				listener.Close() // audit mode is refused for agents at Start
 			}
 			if err := verifySelf(); err != nil {
 				errc <- fmt.Errorf("verify confinement: %w", err)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 )
 
 // The host and the sandbox's init talk over a private Unix stream socket
@@ -48,6 +49,8 @@ type initConfig struct {
 	Loopback bool `json:"loopback"`
 	// Trace asks init to report how long each of its steps took.
 	Trace bool `json:"trace,omitempty"`
+	// Seccomp is the compiled filter installed on every launching thread.
+	Seccomp *seccomp.Program `json:"seccomp"`
 	// Agent, when set, makes init serve the agent protocol for a
 	// long-lived sandbox instead of running one command.
 	Agent *agentInit `json:"agent,omitempty"`

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 )
 
 // InitArg0 is the argv[0] the jail re-executes its binary with to run the
@@ -140,9 +142,14 @@ func initMain() int {
 	if !cfg.Trace {
 		steps = nil
 	}
-	if err := c.send(initMsg{Ready: &readyMsg{TID: tid, Steps: steps}}); err != nil {
+	var attach []*os.File
+	if l.listener != nil {
+		attach = append(attach, l.listener)
+	}
+	if err := c.send(initMsg{Ready: &readyMsg{TID: tid, Steps: steps}}, attach...); err != nil {
 		return 1
 	}
+	closeAll(attach) // the host's copy is what counts
 	var pid int
 	select {
 	case <-hostGone:
@@ -221,7 +228,8 @@ func reap(pid int) (exitStatus, bool) {
 // that state while init's other threads are unaffected. The thread is
 // never unlocked: the Go runtime destroys it when the goroutine ends.
 type launcher struct {
-	step   string
+	step     string
+	listener *os.File // seccomp audit listener, sent to the host
 	ready  chan int
 	failed chan error
 	placed chan struct{}
@@ -244,11 +252,13 @@ func startLauncher(cfg *initConfig, path string, ll *landlockRules) *launcher {
 	}
 	go func() {
 		runtime.LockOSThread() // never unlocked
-		if step, err := confineThread(cfg, ll, l.placed); err != nil {
+		step, listener, err := confineThread(cfg, ll, l.placed)
+		if err != nil {
 			l.step = step
 			l.failed <- err
 			return
 		}
+		l.listener = listener
 		l.ready <- unix.Gettid()
 		<-l.goCh
 		if cfg.Agent != nil {
@@ -296,31 +306,31 @@ func commandAttr(cfg *initConfig) *syscall.SysProcAttr {
 
 // confineThread applies, to the calling (locked) thread, everything the
 // command inherits. It returns the step that failed.
-func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (string, error) {
+func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (string, *os.File, error) {
 	last, err := lastCap()
 	if err != nil {
-		return "drop capabilities", err
+		return "drop capabilities", nil, err
 	}
 	for c := 0; c <= last; c++ {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
-			return "drop capabilities", fmt.Errorf("drop %d from the bounding set: %w", c, err)
+			return "drop capabilities", nil, fmt.Errorf("drop %d from the bounding set: %w", c, err)
 		}
 	}
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-		return "drop capabilities", fmt.Errorf("clear ambient set: %w", err)
+		return "drop capabilities", nil, fmt.Errorf("clear ambient set: %w", err)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return "no_new_privs", err
+		return "no_new_privs", nil, err
 	}
 	if err := ll.restrictThread(); err != nil {
-		return "landlock", err
+		return "landlock", nil, err
 	}
 	// A cgroup namespace rooted at the sandbox's cgroup. The host moves
 	// init there while init builds its root (on cgroup v1 a move waits for
 	// an RCU grace period, several milliseconds, so it runs in parallel).
 	<-placed
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return "cgroup namespace", err
+		return "cgroup namespace", nil, err
 	}
 	if cfg.User.UID == 0 && cfg.User.GID == 0 {
 		// Root inside keeps its uid, so clear its capabilities here: the
@@ -328,12 +338,17 @@ func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			return "drop capabilities", fmt.Errorf("capset: %w", err)
+			return "drop capabilities", nil, fmt.Errorf("capset: %w", err)
 		}
 	}
-	// The seccomp filter is installed here, last, on this thread: it is
-	// the final step before fork and execve.
-	return "", nil
+	// The seccomp filter is installed here, last, on this thread only: it
+	// is the final step before fork and execve, and everything this thread
+	// does until then is on the profile's launch path (see package seccomp).
+	listener, err := seccomp.InstallThread(cfg.Seccomp)
+	if err != nil {
+		return "seccomp", nil, err
+	}
+	return "", listener, nil
 }
 
 func lastCap() (int, error) {

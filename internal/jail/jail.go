@@ -38,7 +38,10 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
@@ -60,6 +63,9 @@ type Config struct {
 	// Exe is the binary re-executed as init (/proc/self/exe). It must
 	// call MaybeInit first thing.
 	Exe string
+	// Network configures networked sandboxes (--allow); its Root
+	// defaults to the state root.
+	Network network.Config
 }
 
 // Jail starts sandboxes. It is safe for concurrent use.
@@ -80,6 +86,12 @@ func New(cfg Config) (*Jail, error) {
 	}
 	if cfg.Exe == "" {
 		cfg.Exe = "/proc/self/exe"
+	}
+	if cfg.Network.Root == "" {
+		cfg.Network.Root = cfg.Root.Dir()
+	}
+	if cfg.Network.Logger == nil {
+		cfg.Network.Logger = cfg.Logger
 	}
 	if cfg.Cgroups == nil {
 		h, err := cgroup.Detect()
@@ -198,6 +210,50 @@ type Sandbox struct {
 
 	t0    time.Time
 	marks []mark // step timings, logged at debug level
+
+	net     *network.Net // nil: loopback only
+	seccomp *seccomp.Program
+	auditor *seccomp.Auditor // with --seccomp-mode audit
+	audited chan struct{}    // closed when the auditor has returned
+}
+
+// auditCapacity is the number of recent violations an audit keeps.
+const auditCapacity = 1024
+
+// compileSeccomp compiles the sandbox's filter for this machine.
+func compileSeccomp(sc sandbox.Seccomp, agent bool) (*seccomp.Program, error) {
+	profile := sc.Profile
+	if profile == "" {
+		profile = seccomp.ProfileDefault
+	}
+	mode := seccomp.Enforce
+	if sc.Audit {
+		if agent {
+			return nil, fmt.Errorf("%w: seccomp audit mode: available for ironclaw run, not for long-lived sandboxes", sandbox.ErrUnsupported)
+		}
+		mode = seccomp.Audit
+	}
+	arch, err := seccomp.NativeArch()
+	if err != nil {
+		return nil, err
+	}
+	return seccomp.Compile(profile, mode, arch)
+}
+
+// Seccomp returns the compiled filter every command of the sandbox carries.
+// Its Unconfined field says the user asked for no filtering by name.
+func (s *Sandbox) Seccomp() *seccomp.Program { return s.seccomp }
+
+// SeccompReport returns the audit of a sandbox in seccomp audit mode, once
+// the sandbox has ended (Wait or Close); nil otherwise.
+func (s *Sandbox) SeccompReport() *seccomp.Report {
+	if s.auditor == nil {
+		return nil
+	}
+	<-s.audited
+	r := s.auditor.Report()
+	r.Profile = s.seccomp.Profile
+	return &r
 }
 
 type mark struct {
@@ -229,6 +285,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	if opts.Agent != nil && len(opts.Agent.Token) < 16 {
 		return nil, &StartError{"validate", fmt.Errorf("%w: agent token: want at least 16 bytes", sandbox.ErrInvalid)}
+	}
+	prog, err := compileSeccomp(spec.Seccomp, opts.Agent != nil)
+	if err != nil {
+		return nil, &StartError{"seccomp", err}
+	}
+	policy, err := firewall.ParsePolicy(spec.Network.Allow)
+	if err != nil {
+		return nil, &StartError{"network policy", err}
 	}
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
 		return nil, &StartError{"cgroup", err}
@@ -268,6 +332,22 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
 	}
+	if policy.Networked() {
+		// The network's own record (net.json) is written before any of
+		// its objects exist; GC reclaims from it.
+		s.net, err = network.Acquire(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
+		if err != nil {
+			return nil, &StartError{"network", err}
+		}
+		undo = append(undo, func() {
+			if err := s.net.Close(); err != nil {
+				j.cfg.Logger.Warn("roll back network", "err", err)
+			}
+		})
+		opts.NetNS = s.net.File()
+		opts.ResolvConf = string(s.net.ResolvConf())
+		s.mark("network")
+	}
 	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
 	if err != nil {
 		return nil, &StartError{"cgroup", err}
@@ -284,6 +364,8 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err != nil {
 		return nil, err
 	}
+	icfg.Seccomp = prog
+	s.seccomp = prog
 	s.mark("prepare")
 
 	// The control socket: the host's end is close-on-exec, init's end
@@ -454,14 +536,19 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 func (s *Sandbox) handshake(ctx context.Context) error {
 	msgs := make(chan initMsg, 1)
 	errc := make(chan error, 1)
+	var attached []*os.File
 	next := func() {
 		go func() {
 			var m initMsg
 			files, err := s.ctl.recv(&m)
-			closeAll(files)
 			if err != nil {
 				errc <- err
 				return
+			}
+			if m.Ready != nil {
+				attached = files
+			} else {
+				closeAll(files)
 			}
 			msgs <- m
 		}()
@@ -487,6 +574,22 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	}
 	if m.Ready == nil {
 		return &StartError{"init", errors.New("protocol error: expected ready")}
+	}
+	if s.seccomp.Mode == seccomp.Audit {
+		if len(attached) != 1 {
+			closeAll(attached)
+			return &StartError{"seccomp", errors.New("init sent no audit listener")}
+		}
+		s.auditor = seccomp.NewAuditor(attached[0], auditCapacity, s.log)
+		s.audited = make(chan struct{})
+		go func() {
+			defer close(s.audited)
+			if err := s.auditor.Run(context.Background()); err != nil {
+				s.log.Warn("seccomp audit", "err", err)
+			}
+		}()
+	} else {
+		closeAll(attached)
 	}
 	s.mark("ready")
 	if len(m.Ready.Steps) > 0 {
@@ -549,6 +652,9 @@ func checkConfined(st map[string]string) error {
 	}
 	if st["CapBnd"] != "0000000000000000" {
 		return fmt.Errorf("launching thread has CapBnd %s, want none", st["CapBnd"])
+	}
+	if st["Seccomp"] != "2" {
+		return fmt.Errorf("launching thread has Seccomp %q, want 2 (filter)", st["Seccomp"])
 	}
 	return nil
 }
@@ -663,6 +769,12 @@ func (s *Sandbox) Close() error {
 			errs = append(errs, err)
 		}
 		s.mark("cgroup removed")
+		if s.net != nil {
+			if err := s.net.Close(); err != nil {
+				errs = append(errs, err)
+			}
+			s.mark("network removed")
+		}
 		claim := s.claim
 		if claim == nil {
 			// Attached: the lock went with init; take it to remove the dir.
@@ -788,16 +900,38 @@ func (s *Sandbox) collect() Result {
 func Reclaim(dir string) error {
 	var rec record
 	if err := state.ReadJSON(filepath.Join(dir, recordName), &rec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // died before making anything
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("read jail record: %w", err)
 		}
-		return fmt.Errorf("read jail record: %w", err)
+		// Died before making a cgroup; the network may still have a record.
 	}
 	if err := cgroup.Remove(rec.Cgroups); err != nil {
 		return fmt.Errorf("reclaim cgroups: %w", err)
 	}
+	// The network outlives no process: its namespace is a bind mount,
+	// its links and rules are named in net.json.
+	if err := network.Reclaim(dir); err != nil {
+		return fmt.Errorf("reclaim network: %w", err)
+	}
 	return nil
 }
+
+// UpdateNetwork replaces the egress policy of a running networked
+// sandbox atomically; connections the new policy does not allow are cut.
+// A sandbox started without network rules has no link to give rules to.
+func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
+	policy, err := firewall.ParsePolicy(allow)
+	if err != nil {
+		return err
+	}
+	if s.net == nil {
+		return fmt.Errorf("%w: update network of %q: it was started without --allow rules (loopback only); its network namespace has no link", sandbox.ErrUnsupported, s.ID)
+	}
+	return s.net.Update(ctx, policy)
+}
+
+// Network returns the sandbox's network, or nil for loopback only.
+func (s *Sandbox) Network() *network.Net { return s.net }
 
 // prepare builds init's config and clones every host path the sandbox
 // binds into a detached mount, passed to init from fd 4 on.
