@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +39,14 @@ type VMMConfig struct {
 	ExtraFiles []*os.File    // become fds 3, 4, ... of the VMM
 	Logger     *slog.Logger  // nil: discard
 	Timeout    time.Duration // for the launcher to reach execve; 0 means 10s
+	// SysProcAttr are the launcher's process attributes (a new process
+	// group, a parent-death signal, CgroupFD on cgroup v2), which the VMM
+	// keeps across execve; nil means none.
+	SysProcAttr *syscall.SysProcAttr
+	// Started, when set, is called with the launcher's PID as soon as it
+	// runs, before waiting for it to exec the VMM (e.g. to move it into a
+	// cgroup v1 group); an error kills it.
+	Started func(pid int) error
 }
 
 // LaunchVMM starts the VMM through the launcher, which installs the outer
@@ -84,6 +93,7 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 	cmd.Env, cmd.Dir = cfg.Env, cfg.Dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = cfg.Stdin, cfg.Stdout, cfg.Stderr
 	cmd.ExtraFiles = append(slices.Clone(cfg.ExtraFiles), syncW)
+	cmd.SysProcAttr = cfg.SysProcAttr
 	err = cmd.Start()
 	syncW.Close()
 	if err != nil {
@@ -93,6 +103,11 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
+	}
+	if cfg.Started != nil {
+		if err := cfg.Started(cmd.Process.Pid); err != nil {
+			return fail(err)
+		}
 	}
 	timeout := cfg.Timeout
 	if timeout == 0 {

@@ -33,19 +33,16 @@ func TestCrashMidBoot(t *testing.T) {
 	img := vmtest.Image(t)
 	dir := t.TempDir()
 	var pid int
-	launch := func(_ context.Context, argv []string) (*exec.Cmd, error) {
-		cmd := exec.Command(argv[0], argv[1:]...)
-		go func() {
-			for cmd.Process == nil {
-				time.Sleep(10 * time.Millisecond)
-			}
-			pid = cmd.Process.Pid
-			time.Sleep(400 * time.Millisecond)
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-		}()
+	killer := func(ctx context.Context, argv []string, stdout, stderr *os.File) (*exec.Cmd, error) {
+		cmd, err := SeccompStarter(Launch{})(ctx, argv, stdout, stderr)
+		if err != nil {
+			return nil, err
+		}
+		pid = cmd.Process.Pid
+		time.AfterFunc(400*time.Millisecond, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
 		return cmd, nil
 	}
-	_, err := Start(context.Background(), Config{Image: img, Dir: dir, Token: NewToken(), Launch: launch, BootTimeout: 60 * time.Second})
+	_, err := Start(context.Background(), Config{Image: img, Dir: dir, Token: NewToken(), Starter: killer, BootTimeout: 60 * time.Second})
 	if err == nil || !strings.Contains(err.Error(), "exited early") || !strings.Contains(err.Error(), "killed") {
 		t.Fatalf("err = %v, want an early-exit error", err)
 	}

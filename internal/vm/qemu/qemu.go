@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -67,10 +66,16 @@ type Config struct {
 	Token []byte
 	// BootTimeout bounds boot until the agent answers; 0 means 90 s.
 	BootTimeout time.Duration
-	// Launch builds the command that runs argv (the seam for the seccomp
-	// VMM launcher); nil means exec.Command(argv[0], argv[1:]...). The
-	// driver sets the returned command's stdio and starts it.
-	Launch func(ctx context.Context, argv []string) (*exec.Cmd, error)
+	// Starter starts the QEMU process; nil means SeccompStarter(Launch{}):
+	// through the ironclaw binary's VMM launcher, which installs the outer
+	// seccomp filter that LaunchVMM then verifies from /proc.
+	Starter Starter
+	// TSCkHz is handed to a TCG guest as tsc_early_khz (see HostTSCkHz);
+	// 0 measures it. Ignored under KVM.
+	TSCkHz uint64
+	// Incoming starts QEMU waiting for a migration stream (-incoming
+	// defer) instead of booting: see Restore.
+	Incoming bool
 	// Cmdline is appended to the kernel command line.
 	Cmdline []string
 	Logger  *slog.Logger
@@ -88,6 +93,7 @@ type VM struct {
 	QMP   *QMP
 	// BootTime is from process start to the agent's handshake reply.
 	BootTime time.Duration
+	started  time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -102,7 +108,17 @@ type Record struct {
 	Files     []string `json:"files"`
 }
 
+// TCGCacheMiB is the size of TCG's translated-code cache.
+const TCGCacheMiB = 64
+
+// Overhead is what a QEMU process needs beyond guest memory: the TCG
+// cache, QEMU's own heap, device buffers and libraries. A cgroup around
+// QEMU limits it to guest memory plus this.
+const Overhead = 256 << 20
+
 // Argv returns QEMU's command line for cfg (without starting anything).
+// It has no -sandbox option: the Starter adds QEMU's own seccomp filter
+// (seccomp.QEMUSandboxArgs).
 func Argv(cfg Config) ([]string, error) {
 	if cfg.Image == nil {
 		return nil, errors.New("qemu config: image: required")
@@ -141,9 +157,13 @@ func Argv(cfg Config) ([]string, error) {
 		}
 	}
 	cmdline = append(cmdline, cfg.Cmdline...)
-	accel, cpu := "tcg", "max"
+	// TCG's translation cache is bounded (QEMU 7.2 reserves 1 GiB by
+	// default), so that the cgroup limit above guest memory holds.
+	accel, cpu := "tcg,tb-size="+strconv.Itoa(TCGCacheMiB), "max"
 	if cfg.KVM {
 		accel, cpu = "kvm", "host"
+	} else if cfg.TSCkHz > 0 {
+		cmdline = append(cmdline, "tsc_early_khz="+strconv.FormatUint(cfg.TSCkHz, 10))
 	}
 	d := cfg.Dir
 	argv := []string{bin,
@@ -151,7 +171,6 @@ func Argv(cfg Config) ([]string, error) {
 		"-accel", accel, "-cpu", cpu,
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-chardev", "file,id=console,path=" + filepath.Join(d, ConsoleLog),
 		"-serial", "chardev:console",
 		"-kernel", cfg.Image.Kernel,
@@ -164,6 +183,9 @@ func Argv(cfg Config) ([]string, error) {
 		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
 		"-device", "virtio-rng-device",
 		"-qmp", "unix:" + filepath.Join(d, qmpSocket) + ",server=on,wait=off",
+	}
+	if cfg.Incoming {
+		argv = append(argv, "-incoming", "defer")
 	}
 	if cfg.Tap != "" {
 		mac := cfg.MAC
@@ -179,7 +201,27 @@ func Argv(cfg Config) ([]string, error) {
 // Start boots a VM and connects to its agent. On any failure everything it
 // made is removed and QEMU is killed; the error names the step and carries
 // the end of QEMU's stderr and the console.
-func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
+func Start(ctx context.Context, cfg Config) (*VM, error) {
+	if cfg.Incoming {
+		return nil, errors.New("qemu start: incoming: use Restore")
+	}
+	v, err := launch(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.connect(ctx, cfg.Token); err != nil {
+		v.teardown()
+		return nil, err
+	}
+	v.BootTime = time.Since(v.started)
+	v.log.Debug("agent ready", "boot", v.BootTime)
+	return v, nil
+}
+
+// launch checks cfg, writes the record and the per-sandbox initramfs and
+// starts QEMU in the sandbox's network namespace. On failure it removes
+// what it made.
+func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	if len(cfg.Token) == 0 {
 		return nil, errors.New("qemu start: token: required")
 	}
@@ -193,7 +235,10 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	argv, err := Argv(cfg)
+	if !cfg.KVM && cfg.TSCkHz == 0 {
+		cfg.TSCkHz = HostTSCkHz(20 * time.Millisecond)
+	}
+	argv, err := Argv(*cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +256,7 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if err := writeRecord(cfg.Dir, rec); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: log, exited: make(chan struct{})}
+	v := &VM{cfg: *cfg, log: log, exited: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			v.teardown()
@@ -220,29 +265,29 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if err := image.WriteSandboxInitramfs(filepath.Join(cfg.Dir, initrdFile), cfg.Image.Initramfs, cfg.Token); err != nil {
 		return nil, fmt.Errorf("qemu start: %w", err)
 	}
-	launch := cfg.Launch
-	if launch == nil {
-		launch = func(_ context.Context, a []string) (*exec.Cmd, error) { return exec.Command(a[0], a[1:]...), nil }
-	}
-	cmd, err := launch(ctx, argv)
-	if err != nil {
-		return nil, fmt.Errorf("qemu start: launcher: %w", err)
+	starter := cfg.Starter
+	if starter == nil {
+		starter = SeccompStarter(Launch{Logger: log})
 	}
 	stdout, err1 := os.OpenFile(filepath.Join(cfg.Dir, StdoutLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	stderr, err2 := os.OpenFile(filepath.Join(cfg.Dir, StderrLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	defer func() {
+		for _, f := range []*os.File{stdout, stderr} {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, fmt.Errorf("qemu start: log files: %w", err)
 	}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	cmd.SysProcAttr.Setpgid = true
-	start := time.Now()
-	err = startIn(cfg.NetNS, cmd)
-	stdout.Close()
-	stderr.Close()
+	v.started = time.Now()
+	var cmd *exec.Cmd
+	err = inNetNS(cfg.NetNS, func() error {
+		var err error
+		cmd, err = starter(ctx, argv, stdout, stderr)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("qemu start: %w", err)
 	}
@@ -256,9 +301,15 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 	if err := writeRecord(cfg.Dir, rec); err != nil {
 		return nil, err
 	}
-	log.Debug("qemu started", "pid", rec.PID, "kvm", cfg.KVM)
+	log.Debug("qemu started", "pid", rec.PID, "kvm", cfg.KVM, "tsc_khz", cfg.TSCkHz)
+	return v, nil
+}
 
-	bctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
+// connect waits for QMP and the agent channel, and authenticates to the
+// agent with token, all within the boot timeout; an exited QEMU ends the
+// wait at once.
+func (v *VM) connect(ctx context.Context, token []byte) (err error) {
+	bctx, cancel := context.WithTimeout(ctx, v.cfg.BootTimeout)
 	defer cancel()
 	go func() {
 		select {
@@ -267,21 +318,21 @@ func Start(ctx context.Context, cfg Config) (_ *VM, err error) {
 		case <-bctx.Done():
 		}
 	}()
-	if v.QMP, err = dialRetry(bctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(cfg.Dir, qmpSocket)) }); err != nil {
-		return nil, v.bootErr("connect QMP", err)
+	if v.QMP == nil {
+		if v.QMP, err = dialRetry(bctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(v.cfg.Dir, qmpSocket)) }); err != nil {
+			return v.bootErr("connect QMP", err)
+		}
 	}
 	conn, err := dialRetry(bctx, func(c context.Context) (net.Conn, error) {
-		return agentapi.DialUnix(c, filepath.Join(cfg.Dir, agentSocket))
+		return agentapi.DialUnix(c, filepath.Join(v.cfg.Dir, agentSocket))
 	})
 	if err != nil {
-		return nil, v.bootErr("connect agent channel", err)
+		return v.bootErr("connect agent channel", err)
 	}
-	if v.Agent, err = agentapi.Connect(bctx, conn, cfg.Token); err != nil {
-		return nil, v.bootErr("agent handshake", err)
+	if v.Agent, err = agentapi.Connect(bctx, conn, token); err != nil {
+		return v.bootErr("agent handshake", err)
 	}
-	v.BootTime = time.Since(start)
-	log.Debug("agent ready", "boot", v.BootTime)
-	return v, nil
+	return nil
 }
 
 func dialRetry[T any](ctx context.Context, dial func(context.Context) (T, error)) (T, error) {
@@ -463,11 +514,11 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// startIn starts cmd inside the network namespace at nsPath: the fork
-// happens on an OS thread that has joined it, so the child is born there.
-func startIn(nsPath string, cmd *exec.Cmd) error {
+// inNetNS runs fn on an OS thread that has joined the network namespace
+// at nsPath ("" runs it in place), so a process fn forks is born there.
+func inNetNS(nsPath string, fn func() error) error {
 	if nsPath == "" {
-		return cmd.Start()
+		return fn()
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -490,7 +541,7 @@ func startIn(nsPath string, cmd *exec.Cmd) error {
 			errc <- fmt.Errorf("enter netns %s: %w", nsPath, err)
 			return
 		}
-		err = cmd.Start()
+		err = fn()
 		if serr := unix.Setns(orig, unix.CLONE_NEWNET); serr == nil {
 			runtime.UnlockOSThread()
 		}

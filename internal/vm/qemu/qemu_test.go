@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/vm/vmtest"
 )
@@ -25,6 +26,16 @@ func TestBootExecFiles(t *testing.T) {
 	}
 	defer v.Close()
 	t.Logf("boot to agent ready: %s", v.BootTime)
+	// The running QEMU is filtered: the launcher's outer filter and
+	// QEMU's own -sandbox, with no_new_privs, as the kernel reports it.
+	sst, err := seccomp.ReadStatus(v.PID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sst.Seccomp != 2 || !sst.NoNewPrivs || sst.SeccompFilters < 2 {
+		t.Fatalf("QEMU pid %d: %+v, want Seccomp 2, NoNewPrivs, at least 2 filters (outer + -sandbox)", v.PID(), sst)
+	}
+	t.Logf("QEMU pid %d: Seccomp %d, %d filters, NoNewPrivs %t", v.PID(), sst.Seccomp, sst.SeccompFilters, sst.NoNewPrivs)
 	var out bytes.Buffer
 	st, err := v.Agent.Exec(ctx, agentapi.ExecSpec{Argv: []string{"uname", "-a"}}, agentapi.ExecIO{Stdout: &out})
 	if err != nil || st.Code != 0 {
