@@ -49,6 +49,20 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := VerifySandbox(c, chains); err != nil {
 		t.Fatal(err)
 	}
+	// A micro-VM's namespace: the forward chain and the masquerade too,
+	// replacing the table above in place.
+	gt := *tg
+	gt.Guest = &Guest{If: "tap0", Addr: netip.MustParseAddr("169.254.100.2"), Uplink: "eth0"}
+	gchains, err := BuildSandbox(&gt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySandboxChanges(c, chains, gchains); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifySandbox(c, gchains); err != nil {
+		t.Fatal(err)
+	}
 	part, err := BuildHost(tg)
 	if err != nil {
 		t.Fatal(err)

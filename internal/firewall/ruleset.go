@@ -73,6 +73,22 @@ type Target struct {
 	Deny []netip.Prefix
 	// Services are the listening ports of the DNS stub and proxy.
 	Services Services
+	// Guest, when set, is a micro-VM behind a tap inside the sandbox's
+	// namespace, whose traffic the namespace forwards (see BuildSandbox).
+	Guest *Guest
+}
+
+// Guest is a micro-VM's side of a sandbox namespace: its tap and address.
+// The namespace forwards the guest's traffic to the link to the host under
+// the same rules its own output gets, and masquerades it to SandboxAddr, so
+// the host part of the firewall sees exactly what a jail would send.
+type Guest struct {
+	// If is the tap device inside the namespace.
+	If string `json:"if"`
+	// Addr is the guest's address on it.
+	Addr netip.Addr `json:"addr"`
+	// Uplink is the namespace's side of the link to the host.
+	Uplink string `json:"uplink"`
 }
 
 // Validate checks t before anything is built from it.
@@ -84,6 +100,14 @@ func (t *Target) Validate() error {
 		return fmt.Errorf("firewall target %s: sandbox and host addresses must be IPv4, got %v and %v", t.Name, t.SandboxAddr, t.HostAddr)
 	case t.HostIf == "" || len(t.HostIf) > unix.IFNAMSIZ-1:
 		return fmt.Errorf("firewall target %s: host interface %q must be 1 to 15 bytes", t.Name, t.HostIf)
+	}
+	if g := t.Guest; g != nil {
+		switch {
+		case g.If == "" || len(g.If) > unix.IFNAMSIZ-1 || g.Uplink == "" || len(g.Uplink) > unix.IFNAMSIZ-1 || g.If == g.Uplink:
+			return fmt.Errorf("firewall target %s: guest interfaces %q and %q must be distinct and 1 to 15 bytes", t.Name, g.If, g.Uplink)
+		case !g.Addr.Is4() || g.Addr == t.SandboxAddr || g.Addr == t.HostAddr:
+			return fmt.Errorf("firewall target %s: guest address %v must be IPv4 and not the link's", t.Name, g.Addr)
+		}
 	}
 	return nil
 }
@@ -166,7 +190,25 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("replies", ctEstablished(), accept()),
 	)
 	fwd := Chain{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyDrop}
-	return []Chain{out, in, fwd}, nil
+	if t.Guest == nil {
+		return []Chain{out, in, fwd}, nil
+	}
+	// A guest's packets are forwarded, not sent: they get the output
+	// chain's policy here, then the masquerade to the sandbox address.
+	g := t.Guest
+	fwd.Rules = append(fwd.Rules,
+		rule("replies to the guest", ifname(expr.MetaKeyOIFNAME, g.If), ctEstablished(), accept()),
+		rule("from the guest only", ifnameNeq(expr.MetaKeyIIFNAME, g.If), drop()),
+		rule("to the host link only", ifnameNeq(expr.MetaKeyOIFNAME, g.Uplink), drop()),
+		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
+		rule("guest source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(g.Addr, 32)), drop()),
+	)
+	fwd.Rules = append(fwd.Rules, serviceRules(t, true)...)
+	fwd.Rules = append(fwd.Rules, policyRules(t)...)
+	nat := Chain{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept,
+		Rules: []Rule{rule("guest as the sandbox address", ifname(expr.MetaKeyOIFNAME, g.Uplink), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
+			addr(12, expr.CmpOpEq, netip.PrefixFrom(g.Addr, 32)), masquerade())}}
+	return []Chain{out, in, fwd, nat}, nil
 }
 
 // BuildEmptySandbox returns the sandbox table of a namespace that allows
@@ -360,6 +402,13 @@ func ifname(key expr.MetaKey, name string) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(name)},
+	}
+}
+
+func ifnameNeq(key expr.MetaKey, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifnameBytes(name)},
 	}
 }
 

@@ -201,3 +201,79 @@ func TestBuildRejectsBadTargets(t *testing.T) {
 		t.Errorf("empty sandbox ruleset: %+v", c)
 	}
 }
+
+// TestGuestForwardMatchesModel checks the forward chain a micro-VM guest's
+// packets cross in the sandbox namespace: for random policies it decides
+// as Target.Allows, and it drops spoofed guest sources, IPv6, packets from
+// anywhere but the tap or to anywhere but the host link, and lets replies
+// back to the guest.
+func TestGuestForwardMatchesModel(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 3))
+	dsts := []string{"203.0.113.10", "198.51.100.7", "10.1.2.3", "169.254.169.254", "192.168.1.1", "10.200.0.5", "10.200.0.1", "8.8.8.8", "224.0.0.1"}
+	for i := 0; i < 200; i++ {
+		rules := randomPolicy(r)
+		tg := testTarget(t, rules...)
+		tg.Guest = &Guest{If: "tap0", Addr: netip.MustParseAddr("169.254.100.2"), Uplink: "eth0"}
+		inner, err := BuildSandbox(tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(inner) != 4 || inner[2].Name != "forward" || inner[3].Type != nftables.ChainTypeNAT {
+			t.Fatalf("guest ruleset chains: %+v", inner)
+		}
+		fwd := inner[2].Rules
+		verdict := func(p packet) string {
+			if v := eval(t, fwd, p); v != "" {
+				return v
+			}
+			return "drop" // policy
+		}
+		for j := 0; j < 20; j++ {
+			dst := netip.MustParseAddr(dsts[r.IntN(len(dsts))])
+			proto := []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP}[r.IntN(2)]
+			port := uint16(1 + r.IntN(1200))
+			p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: tg.Guest.Addr, daddr: dst, dport: port, iif: "tap0", oif: "eth0"}
+			want := "drop"
+			if tg.Allows(dst, proto, port) {
+				want = "accept"
+			}
+			if dst == tg.HostAddr && (port == 53 || proto == unix.IPPROTO_TCP && (port == 80 || port == 443)) {
+				want = "accept" // the host's services
+			}
+			if got := verdict(p); got != want {
+				t.Fatalf("policy %v: guest forward says %s for %v %d:%d, want %s", rules, got, dst, proto, port, want)
+			}
+			for name, bad := range map[string]func(*packet){
+				"spoofed source": func(q *packet) { q.saddr = tg.SandboxAddr },
+				"IPv6":           func(q *packet) { q.nfproto = unix.NFPROTO_IPV6 },
+				"not from tap":   func(q *packet) { q.iif = "eth1" },
+				"not to uplink":  func(q *packet) { q.oif = "tap1" },
+			} {
+				q := p
+				bad(&q)
+				if got := verdict(q); got != "drop" {
+					t.Fatalf("%s: guest forward says %s", name, got)
+				}
+			}
+			reply := packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.Guest.Addr, iif: "eth0", oif: "tap0", established: true}
+			if got := verdict(reply); got != "accept" {
+				t.Fatalf("reply to the guest: %s", got)
+			}
+			reply.established = false
+			if got := verdict(reply); got != "drop" {
+				t.Fatalf("new flow to the guest: %s", got)
+			}
+		}
+	}
+	bad := testTarget(t)
+	bad.Guest = &Guest{If: "eth0", Addr: netip.MustParseAddr("169.254.100.2"), Uplink: "eth0"}
+	if _, err := BuildSandbox(bad); err == nil {
+		t.Error("BuildSandbox accepted a guest on the uplink itself")
+	}
+	bad.Guest = &Guest{If: "tap0", Addr: bad.SandboxAddr, Uplink: "eth0"}
+	if _, err := BuildSandbox(bad); err == nil {
+		t.Error("BuildSandbox accepted a guest with the sandbox's address")
+	}
+}
