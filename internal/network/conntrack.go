@@ -42,7 +42,9 @@ func cutFlowsIn(ns *netns.NS, t *firewall.Target) error {
 	var errs []error
 	for _, f := range flows {
 		o := f.TupleOrig
-		if o.IP.SourceAddress != t.SandboxAddr {
+		// A micro-VM guest's flows carry its own address in the
+		// namespace (they are masqueraded on the way out).
+		if o.IP.SourceAddress != t.SandboxAddr && (t.Guest == nil || o.IP.SourceAddress != t.Guest.Addr) {
 			continue
 		}
 		if flowAllowed(t, o.IP.DestinationAddress, o.Proto.Protocol, o.Proto.DestinationPort) {

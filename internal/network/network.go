@@ -39,7 +39,8 @@ type Config struct {
 	// names through; required for domain rules. DefaultResolver reads
 	// the host's /etc/resolv.conf.
 	Resolver string
-	// Link is the kind of link to the host; only LinkVeth exists now.
+	// Link is the kind of network: LinkVeth for a jail, LinkTap for a
+	// micro-VM (the veth plus a tap in the namespace, see tap.go).
 	Link LinkKind
 	// Logger; nil discards.
 	Logger *slog.Logger
@@ -58,10 +59,14 @@ func (c *Config) at(name string) {
 // LinkKind selects how a sandbox namespace is joined to the host.
 type LinkKind int
 
-// Link kinds. A micro-VM backend will add a tap device inside the sandbox
-// namespace, bridged or routed to the veth.
+// Link kinds.
 const (
+	// LinkVeth joins the namespace to the host with a veth pair; the
+	// workload runs in the namespace.
 	LinkVeth LinkKind = iota
+	// LinkTap adds a tap inside the namespace for a VMM running there;
+	// the namespace routes the guest to the veth (see tap.go).
+	LinkTap
 )
 
 // DefaultPool is the address pool used when Config.Pool is empty.
@@ -78,7 +83,7 @@ func (c *Config) withDefaults() (Config, error) {
 	if !out.Pool.IsValid() {
 		out.Pool = DefaultPool
 	}
-	if out.Link != LinkVeth {
+	if out.Link != LinkVeth && out.Link != LinkTap {
 		return out, fmt.Errorf("network config: link kind %d: %w", out.Link, sandbox.ErrUnsupported)
 	}
 	if out.Logger == nil {

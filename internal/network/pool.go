@@ -341,9 +341,10 @@ func destroySlot(sdir string) (bool, error) {
 
 // Acquire gives the sandbox its network the fastest way available: a
 // claimed pool slot, or Setup when the pool has none free (or the policy
-// allows nothing, which needs no slot).
+// allows nothing, which needs no slot, or the network is a micro-VM's:
+// pool slots have no tap).
 func Acquire(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
-	if policy.Networked() {
+	if policy.Networked() && cfg.Link == LinkVeth {
 		n, err := Claim(ctx, cfg, dir, key, policy)
 		if !errors.Is(err, ErrPoolEmpty) {
 			return n, err

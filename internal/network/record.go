@@ -37,6 +37,8 @@ type targetRecord struct {
 	Host     netip.Addr        `json:"host_addr"`
 	Deny     []netip.Prefix    `json:"deny"`
 	Services firewall.Services `json:"services"`
+	// Guest is set for a micro-VM's network (LinkTap).
+	Guest *firewall.Guest `json:"guest,omitempty"`
 }
 
 func (r *record) netnsPath() string { return filepath.Join(r.NetnsDir, r.Names.Netns) }
@@ -52,7 +54,7 @@ func (r *record) target() (*firewall.Target, error) {
 	return &firewall.Target{
 		Name: r.Names.Chains, Policy: p,
 		SandboxAddr: r.Target.Sandbox, HostAddr: r.Target.Host, HostIf: r.Names.HostIf,
-		Deny: r.Target.Deny, Services: r.Target.Services,
+		Deny: r.Target.Deny, Services: r.Target.Services, Guest: r.Target.Guest,
 	}, nil
 }
 

@@ -154,6 +154,12 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	if _, err := netns.EnableUplinkForwarding(host); err != nil {
 		return err
 	}
+	if n.cfg.Link == LinkTap {
+		if err := createTap(ns); err != nil {
+			return err
+		}
+		n.cfg.at("tap")
+	}
 	return n.install(ctx, host, lease, policy)
 }
 
@@ -168,6 +174,9 @@ func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, po
 		Name: n.rec.Names.Chains, Policy: policy,
 		SandboxAddr: lease.Sandbox.Addr(), HostAddr: lease.Host.Addr(), HostIf: n.rec.Names.HostIf,
 		Deny: deny,
+	}
+	if n.cfg.Link == LinkTap {
+		t.Guest = guestOf()
 	}
 	if len(policy.Domains) > 0 {
 		if err := n.startEgress(ctx, t); err != nil {
@@ -206,7 +215,7 @@ func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
 
 // apply records t, then applies and verifies the sandbox and host rulesets.
 func (n *Net) apply(t *firewall.Target) error {
-	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services}
+	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services, Guest: t.Guest}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
 	}
