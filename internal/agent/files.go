@@ -201,6 +201,22 @@ func fileInfo(name string, st *unix.Stat_t) agentapi.FileInfo {
 	return agentapi.FileInfo{Name: name, Size: st.Size, Mode: mode, ModTime: time.Unix(st.Mtim.Unix())}
 }
 
+// mkdirExact makes directory name in dfd with exactly mode: as for
+// uploads, the umask must not narrow it (a shared directory asks for
+// 01777). The new directory is opened without following a symlink swapped
+// in meanwhile.
+func mkdirExact(dfd int, name string, mode uint32) error {
+	if err := unix.Mkdirat(dfd, name, mode); err != nil {
+		return err
+	}
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fchmod(fd, mode)
+}
+
 func (s *Server) mkdir(rel string, mode uint32, parents bool) error {
 	if mode == 0 {
 		mode = 0o755
@@ -212,7 +228,7 @@ func (s *Server) mkdir(rel string, mode uint32, parents bool) error {
 			return err
 		}
 		defer unix.Close(dfd)
-		return unix.Mkdirat(dfd, name, mode)
+		return mkdirExact(dfd, name, mode)
 	}
 	comps := strings.Split(strings.Trim(rel, "/"), "/")
 	for i := range comps {
@@ -224,7 +240,7 @@ func (s *Server) mkdir(rel string, mode uint32, parents bool) error {
 		if err != nil {
 			return err
 		}
-		err = unix.Mkdirat(dfd, name, mode)
+		err = mkdirExact(dfd, name, mode)
 		unix.Close(dfd)
 		if err != nil && err != unix.EEXIST {
 			return fmt.Errorf("mkdir %s: %w", sub, err)

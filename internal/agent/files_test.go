@@ -171,3 +171,24 @@ func TestFileEscapes(t *testing.T) {
 		t.Fatalf("the outside file changed: %q, %v", b, err)
 	}
 }
+
+// TestMkdirExactMode: the agent's umask does not narrow a requested mode,
+// so a shared directory gets the sticky, world-writable 01777 it asks for.
+func TestMkdirExactMode(t *testing.T) {
+	f := start(t, nil)
+	ctx := t.Context()
+	if err := f.c.Mkdir(ctx, "/work/shared", 0o1777, true); err != nil {
+		t.Fatal(err)
+	}
+	info, err := f.c.Stat(ctx, "/work/shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode.Perm() != 0o777 || info.Mode&os.ModeSticky == 0 {
+		t.Fatalf("mode %v, want drwxrwxrwt", info.Mode)
+	}
+	fi, err := os.Stat(filepath.Join(f.root, "work/shared"))
+	if err != nil || fi.Mode().Perm() != 0o777 || fi.Mode()&os.ModeSticky == 0 {
+		t.Fatalf("on disk: %v, %v", fi, err)
+	}
+}

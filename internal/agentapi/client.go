@@ -111,6 +111,16 @@ func (c *Client) call(ctx context.Context, req Request) (*Response, error) {
 	stop := watchCtx(ctx, st)
 	defer stop()
 	if err := WriteJSON(st, FrameRequest, req); err != nil {
+		// yamux's Write can report ErrSessionShutdown for a frame that
+		// did go out: it waits for the send and for the session's end
+		// in one select, and a peer that answers and then closes the
+		// session (Shutdown) makes both ready at once. The answer, if
+		// the agent sent one, was buffered before the session ended.
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			if resp, rerr := readResponse(ctx, st, req.Op); rerr == nil {
+				return resp, nil
+			}
+		}
 		return nil, fmt.Errorf("agent %s: %w", req.Op, ctxErr(ctx, err))
 	}
 	return readResponse(ctx, st, req.Op)
