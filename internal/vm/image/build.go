@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -16,7 +17,7 @@ import (
 
 // builderVersion changes whenever the image layout changes, so old cache
 // entries are not reused.
-const builderVersion = "ironclaw-image-1"
+const builderVersion = "ironclaw-image-2"
 
 // DefaultCacheDir is where built images are cached unless $IRONCLAW_CACHE
 // or Spec.CacheDir says otherwise.
@@ -59,32 +60,12 @@ func Build(ctx context.Context, spec Spec, progress io.Writer) (*Image, bool, er
 	if progress == nil {
 		progress = io.Discard
 	}
-	if spec.Agent == "" || spec.Kernel.Vmlinuz == "" || spec.Rootfs == "" {
-		return nil, false, fmt.Errorf("build image: agent, kernel and rootfs are all required")
-	}
-	if spec.CacheDir == "" {
-		spec.CacheDir = DefaultCacheDir
-	}
-	mods := spec.Modules
-	if mods == nil {
-		mods = GuestModules
-	}
-	var order []string
-	if spec.Kernel.ModulesDir != "" {
-		idx, err := IndexModules(spec.Kernel.ModulesDir)
-		if err != nil {
-			return nil, false, fmt.Errorf("build image: %w", err)
-		}
-		if order, err = idx.Resolve(mods); err != nil {
-			return nil, false, fmt.Errorf("build image: %w", err)
-		}
-	}
 	fmt.Fprintf(progress, "hashing inputs\n")
-	sum, err := hashInputs(spec, order)
+	k, err := keyOf(&spec)
 	if err != nil {
 		return nil, false, fmt.Errorf("build image: %w", err)
 	}
-	dir := filepath.Join(spec.CacheDir, sum[:24])
+	sum, order, dir := k.sum, k.order, k.dir
 	if img, err := Load(dir); err == nil && img.Hash == sum {
 		fmt.Fprintf(progress, "image %s is up to date\n", sum[:12])
 		return img, false, nil
@@ -134,6 +115,59 @@ func Build(ctx context.Context, spec Spec, progress io.Writer) (*Image, bool, er
 	fmt.Fprintf(progress, "built image %s in %s\n", sum[:12], dir)
 	return img.abs(), true, nil
 }
+
+// key is where an image of a spec lives in the cache.
+type key struct {
+	sum   string   // content hash
+	order []string // module files in load order
+	dir   string   // cache entry
+}
+
+// keyOf fills spec's defaults, resolves its modules and hashes its inputs.
+func keyOf(spec *Spec) (key, error) {
+	if spec.Agent == "" || spec.Kernel.Vmlinuz == "" || spec.Rootfs == "" {
+		return key{}, fmt.Errorf("agent, kernel and rootfs are all required")
+	}
+	if spec.CacheDir == "" {
+		spec.CacheDir = DefaultCacheDir
+	}
+	mods := spec.Modules
+	if mods == nil {
+		mods = GuestModules
+	}
+	var order []string
+	if spec.Kernel.ModulesDir != "" {
+		idx, err := IndexModules(spec.Kernel.ModulesDir)
+		if err != nil {
+			return key{}, err
+		}
+		if order, err = idx.Resolve(mods); err != nil {
+			return key{}, err
+		}
+	}
+	sum, err := hashInputs(*spec, order)
+	if err != nil {
+		return key{}, err
+	}
+	return key{sum: sum, order: order, dir: filepath.Join(spec.CacheDir, sum[:24])}, nil
+}
+
+// Lookup returns the cached image of spec without building anything; it
+// fails with ErrNotBuilt when the cache has none.
+func Lookup(spec Spec) (*Image, error) {
+	k, err := keyOf(&spec)
+	if err != nil {
+		return nil, fmt.Errorf("look up image: %w", err)
+	}
+	img, err := Load(k.dir)
+	if err != nil || img.Hash != k.sum {
+		return nil, fmt.Errorf("look up image %s: %w", k.sum[:12], ErrNotBuilt)
+	}
+	return img, nil
+}
+
+// ErrNotBuilt says the cache holds no image for the inputs asked for.
+var ErrNotBuilt = errors.New("image not built")
 
 // Load reads a built image's manifest from dir.
 func Load(dir string) (*Image, error) {
@@ -204,8 +238,8 @@ func hashFile(h hash.Hash, p string) error {
 	return err
 }
 
-// hashTree hashes names, modes, owners, link targets and contents, in a
-// fixed order.
+// hashTree hashes names, modes, sizes, link targets and contents, in a
+// fixed order (directory sizes left out: they depend on the file system).
 func hashTree(h hash.Hash, dir string) error {
 	var paths []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -225,7 +259,11 @@ func hashTree(h hash.Hash, dir string) error {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
-		fmt.Fprintf(h, "%s\x00%o\x00%d\x00", rel, fi.Mode(), fi.Size())
+		size := fi.Size()
+		if fi.IsDir() {
+			size = 0 // a directory's size is the file system's business
+		}
+		fmt.Fprintf(h, "%s\x00%o\x00%d\x00", rel, fi.Mode(), size)
 		switch {
 		case fi.Mode()&os.ModeSymlink != 0:
 			t, err := os.Readlink(p)

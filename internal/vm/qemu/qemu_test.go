@@ -46,11 +46,11 @@ func TestBootExecFiles(t *testing.T) {
 		t.Fatalf("uname -a = %q: not the Debian cloud kernel / hostname", out.String())
 	}
 	data := bytes.Repeat([]byte("ironclaw"), 1<<16)
-	if _, err := v.Agent.WriteFile(ctx, "/work/f", bytes.NewReader(data), 0o600, 0); err != nil {
+	if _, err := v.Agent.WriteFile(ctx, "/workspace/f", bytes.NewReader(data), 0o600, 0); err != nil {
 		t.Fatal(err)
 	}
 	var back bytes.Buffer
-	if _, err := v.Agent.ReadFile(ctx, "/work/f", &back, 0); err != nil || !bytes.Equal(back.Bytes(), data) {
+	if _, err := v.Agent.ReadFile(ctx, "/workspace/f", &back, 0); err != nil || !bytes.Equal(back.Bytes(), data) {
 		t.Fatalf("file round trip: %v, %d bytes", err, back.Len())
 	}
 	pid := v.PID()

@@ -1,8 +1,9 @@
 // Package vmtest builds, for tests and benchmarks, a real micro-VM image:
-// the ironclaw-agent binary compiled from this tree, the Debian cloud
-// kernel fetched by scripts/fetch-guest-kernel.sh, and a minimal rootfs of
-// busybox-static (the apt package) with its applet links. Images are cached
-// by content hash in a directory shared across test runs.
+// the default image (image.Default) made of the ironclaw-agent binary
+// compiled from this tree, the Debian cloud kernel fetched by
+// scripts/fetch-guest-kernel.sh, and a rootfs of busybox-static (the apt
+// package) with its applet links. Images are cached by content hash in a
+// directory shared across test runs.
 package vmtest
 
 import (
@@ -21,10 +22,6 @@ import (
 
 // BusyboxEnv overrides the static busybox used for the test rootfs.
 const BusyboxEnv = "IRONCLAW_TEST_BUSYBOX"
-
-// Applets linked to busybox in the test rootfs.
-var Applets = []string{"sh", "uname", "cat", "echo", "ls", "sleep", "true", "false", "head", "dd", "sha256sum",
-	"nc", "wget", "ip", "mount", "ps", "stty", "tty", "id", "hostname", "mkdir", "rm", "sync", "env", "wc", "yes"}
 
 var (
 	mu    sync.Mutex
@@ -76,42 +73,22 @@ func Agent(t testing.TB) string {
 	return out
 }
 
-// Rootfs makes a busybox rootfs directory.
-func Rootfs(t testing.TB) string {
+// Busybox returns the static busybox for the test rootfs, gating the test
+// on it.
+func Busybox(t testing.TB) string {
 	t.Helper()
 	bb := os.Getenv(BusyboxEnv)
 	if bb == "" {
-		bb = "/bin/busybox"
+		bb = image.DefaultBusybox
 	}
-	out, err := exec.Command("file", "-L", bb).Output()
-	testutil.Require(t, err == nil && strings.Contains(string(out), "statically linked"),
+	out, err := exec.Command(bb, "--list").Output()
+	testutil.Require(t, err == nil && strings.Contains(string(out), "sha256sum"),
 		"needs a static busybox at "+bb+" (apt package busybox-static)")
-	dir := filepath.Join(CacheDir(), "rootfs")
-	_ = os.RemoveAll(dir)
-	for _, d := range []string{"bin", "etc", "dev", "proc", "sys", "tmp", "run", "root", "work"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := os.ReadFile(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range Applets {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return bb
 }
 
-// Image builds (or takes from the cache) the test image.
+// Image builds (or takes from the cache) the test image: the default image
+// (image.Default) made from this tree's agent.
 func Image(t testing.TB) *image.Image {
 	t.Helper()
 	testutil.RequireCommand(t, "mkfs.ext4")
@@ -121,9 +98,8 @@ func Image(t testing.TB) *image.Image {
 	if img, ok := built[k.Vmlinuz]; ok {
 		return img
 	}
-	img, _, err := image.Build(context.Background(), image.Spec{
-		Agent: Agent(t), Kernel: *k, Rootfs: Rootfs(t), CacheDir: CacheDir(),
-	}, nil)
+	d := image.Default{Agent: Agent(t), Busybox: Busybox(t), KernelDir: os.Getenv(image.KernelDirEnv), CacheDir: CacheDir()}
+	img, err := d.Resolve(context.Background(), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
