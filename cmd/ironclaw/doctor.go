@@ -9,8 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ironclaw/ironclaw/internal/doctor"
+	"github.com/ironclaw/ironclaw/internal/firewall"
 )
-
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	var asJSON bool
@@ -42,4 +42,4 @@ func newDoctorCmd(g *globals) *cobra.Command {
 }
 
 // probes are the doctor checks contributed by the backends and the firewall.
-func (g *globals) probes() []doctor.Probe { return nil }
+func (g *globals) probes() []doctor.Probe { return []doctor.Probe{firewall.Probe, g.vmProbe} }

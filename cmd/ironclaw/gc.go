@@ -8,10 +8,9 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
-	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/vm"
 )
-
 
 func newGCCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
@@ -39,8 +38,9 @@ start runs the same collection first.`,
 }
 
 // reclaim removes the kernel objects recorded in a dead sandbox's state
-// directory: a micro-VM's process first, then the jail's processes and
-// cgroups, then the network (jail.Reclaim does both).
+// directory: a micro-VM's VMM, cgroups and network (vm.Reclaim), then the
+// jail's processes, cgroups and network (jail.Reclaim). Each touches only
+// what its own records name.
 func (g *globals) reclaim(dir string) error {
-	return errors.Join(qemu.Reclaim(dir), jail.Reclaim(dir))
+	return errors.Join(vm.Reclaim(dir), jail.Reclaim(dir))
 }

@@ -41,8 +41,9 @@ type runFlags struct {
 	seccompReport string
 	allow         []string
 	net           string
-}
 
+	vm vmRunFlags // --backend and the micro-VM's flags (run_vm.go)
+}
 
 func newRunCmd(g *globals) *cobra.Command {
 	var f runFlags
@@ -64,6 +65,9 @@ could not be executed or found.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, err := f.spec(args)
 			if err != nil {
+				return err
+			}
+			if ran, err := f.vm.dispatch(g, spec); ran {
 				return err
 			}
 			return runSandbox(g, spec, f.seccompReport)
@@ -89,6 +93,7 @@ could not be executed or found.`,
 	fl.StringVar(&f.net, "net", "", "network: none (loopback only, the default without --allow)")
 	fl.StringVar(&f.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")
 	fl.StringVar(&f.seccompMode, "seccomp-mode", "enforce", "enforce, or audit: log what the profile would block instead of blocking it")
+	f.vm.register(fl)
 	fl.StringVar(&f.seccompReport, "seccomp-report", "", "with --seccomp-mode audit, write the audit report (JSON) to this file for `ironclaw seccomp suggest`")
 	return cmd
 }

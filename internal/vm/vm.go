@@ -1,20 +1,23 @@
-// Package vm is the micro-VM backend's entry point: Probe reports which
-// VMMs this host can use (for `ironclaw doctor` and --backend auto), and
-// Start boots a sandbox with the chosen driver (qemu/ or firecracker/) and
-// returns it with its connected agent client.
+// Package vm is the micro-VM backend: Backend boots one VM per sandbox
+// with the QEMU driver (qemu/; firecracker/ is the driver for KVM hosts),
+// inside the sandbox's network namespace, cgroup and state directory, runs
+// the sandbox's command through the guest agent and destroys everything
+// afterwards; Reclaim removes what a killed owner left. Probe reports which
+// VMMs this host can use and whether KVM really boots a guest (for
+// `ironclaw doctor` and --backend auto).
 package vm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
 	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 )
@@ -34,11 +37,14 @@ type ProbeResult struct {
 	// probe's timeout; /dev/kvm existing proves nothing.
 	KVM       bool   `json:"kvm"`
 	KVMDetail string `json:"kvm_detail"`
+	// KVMCached says the KVM verdict came from this boot's cache.
+	KVMCached bool   `json:"kvm_cached,omitempty"`
 	Image     string `json:"image,omitempty"`
 	ImageErr  string `json:"image_error,omitempty"`
 }
 
-// Usable reports whether some VMM can boot a sandbox here.
+// Usable reports whether some VMM can boot a sandbox here (QEMU may do so
+// under TCG, an emulator).
 func (p ProbeResult) Usable() bool {
 	if p.Image == "" {
 		return false
@@ -51,12 +57,29 @@ func (p ProbeResult) Usable() bool {
 	return false
 }
 
-// ProbeConfig says where to look.
+// Accelerated reports whether sandboxes here get hardware-accelerated VMs:
+// a usable VMM, an image, and a guest that booted under KVM. This is what
+// --backend auto asks: TCG works, but at seconds per boot an emulated VM is
+// no default.
+func (p ProbeResult) Accelerated() bool { return p.Usable() && p.KVM }
+
+// ProbeConfig says what to probe.
 type ProbeConfig struct {
 	QEMU, Firecracker string // binaries; "" means the default names on PATH
-	ImageDir          string // a built image directory; "" skips the KVM boot probe
-	KVMTimeout        time.Duration
-	Dir               string // scratch directory for the boot probe
+	// Image is the image the KVM boot probe boots; nil (with ImageErr
+	// saying why) skips the probe.
+	Image    *image.Image
+	ImageErr error
+	// KVMTimeout bounds the KVM boot probe; 0 means 10 s.
+	KVMTimeout time.Duration
+	// Dir is the scratch directory of the boot probe ("" the system's).
+	Dir string
+	// Cache, when set, is a file that keeps the KVM verdict for this
+	// host boot (keyed by boot id, QEMU and image): the boot probe
+	// costs up to KVMTimeout where KVM hangs.
+	Cache string
+	// Launcher runs the seccomp VMM launcher ("" this executable).
+	Launcher string
 }
 
 // Probe checks each VMM's binary and version, whether the image is ready,
@@ -66,46 +89,93 @@ func Probe(ctx context.Context, cfg ProbeConfig) ProbeResult {
 	var r ProbeResult
 	r.VMMs = append(r.VMMs, probeBinary(ctx, "qemu", orDefault(cfg.QEMU, "qemu-system-x86_64"), "--version"))
 	r.VMMs = append(r.VMMs, probeBinary(ctx, "firecracker", orDefault(cfg.Firecracker, "firecracker"), "--version"))
-	var img *image.Image
-	if cfg.ImageDir != "" {
-		var err error
-		if img, err = image.Load(cfg.ImageDir); err != nil {
-			r.ImageErr = err.Error()
-		} else {
-			r.Image = img.Dir
-		}
-	} else {
+	switch {
+	case cfg.Image != nil:
+		r.Image = cfg.Image.Dir
+	case cfg.ImageErr != nil:
+		r.ImageErr = cfg.ImageErr.Error()
+	default:
 		r.ImageErr = "no image built (run `ironclaw image build`)"
 	}
 	switch {
 	case fileMissing("/dev/kvm"):
 		r.KVMDetail = "/dev/kvm does not exist"
-	case img == nil:
+	case cfg.Image == nil:
 		r.KVMDetail = "/dev/kvm exists; boot probe skipped without an image"
 	case r.VMMs[0].Error != "":
 		r.KVMDetail = "/dev/kvm exists; boot probe needs QEMU"
 	default:
-		r.KVM, r.KVMDetail = kvmBootProbe(ctx, cfg, img)
+		key := cacheKey(r.VMMs[0], cfg.Image)
+		if c, ok := readCache(cfg.Cache, key); ok {
+			r.KVM, r.KVMDetail, r.KVMCached = c.KVM, c.Detail, true
+			break
+		}
+		r.KVM, r.KVMDetail = kvmBootProbe(ctx, cfg)
+		writeCache(cfg.Cache, probeCache{Key: key, KVM: r.KVM, Detail: r.KVMDetail, At: time.Now().UTC()})
 	}
 	return r
 }
 
-func kvmBootProbe(ctx context.Context, cfg ProbeConfig, img *image.Image) (bool, string) {
+type probeCache struct {
+	Key    string    `json:"key"`
+	KVM    bool      `json:"kvm"`
+	Detail string    `json:"detail"`
+	At     time.Time `json:"at"`
+}
+
+// cacheKey ties a KVM verdict to this host boot, this QEMU and this image.
+func cacheKey(q VMMProbe, img *image.Image) string {
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.Join([]string{strings.TrimSpace(string(boot)), q.Binary, q.Version, img.Hash}, "|")
+}
+
+func readCache(path, key string) (probeCache, bool) {
+	var c probeCache
+	if path == "" {
+		return c, false
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(b, &c) != nil || c.Key != key {
+		return c, false
+	}
+	return c, true
+}
+
+// writeCache keeps the verdict; a cache that cannot be written only costs
+// the next run another probe.
+func writeCache(path string, c probeCache) {
+	if path == "" {
+		return
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return
+	}
+	tmp := path + ".tmp"
+	if os.WriteFile(tmp, b, 0o600) == nil {
+		_ = os.Rename(tmp, path)
+	}
+}
+
+func kvmBootProbe(ctx context.Context, cfg ProbeConfig) (bool, string) {
 	timeout := cfg.KVMTimeout
 	if timeout == 0 {
-		timeout = 15 * time.Second
+		timeout = 10 * time.Second
 	}
 	dir, err := os.MkdirTemp(cfg.Dir, "kvm-probe-")
 	if err != nil {
 		return false, "boot probe: " + err.Error()
 	}
 	defer os.RemoveAll(dir)
-	v, err := qemu.Start(ctx, qemu.Config{Binary: cfg.QEMU, Image: img, Dir: dir, KVM: true, Token: qemu.NewToken(), BootTimeout: timeout})
+	v, err := qemu.Start(ctx, qemu.Config{Binary: cfg.QEMU, Image: cfg.Image, Dir: dir, KVM: true, Token: qemu.NewToken(), BootTimeout: timeout,
+		Starter: qemu.SeccompStarter(qemu.Launch{Launcher: cfg.Launcher})})
 	if err != nil {
 		return false, fmt.Sprintf("a guest did not boot under KVM within %s: %s", timeout, firstLine(err.Error()))
 	}
 	bt := v.BootTime
-	_ = v.Close()
+	if err := v.Close(); err != nil {
+		return false, "boot probe: " + err.Error()
+	}
 	return true, fmt.Sprintf("a guest booted under KVM in %s", bt.Round(time.Millisecond))
 }
 
@@ -145,21 +215,5 @@ func fileMissing(p string) bool {
 	return errors.Is(err, os.ErrNotExist)
 }
 
-// Sandbox is a running micro-VM sandbox.
-type Sandbox struct {
-	// Agent is the connected agent client.
-	Agent  *agentapi.Client
-	closer io.Closer
-}
-
-// Close destroys the VM and removes what its driver made.
-func (s *Sandbox) Close() error { return s.closer.Close() }
-
-// StartQEMU boots a sandbox with the QEMU driver.
-func StartQEMU(ctx context.Context, cfg qemu.Config) (*Sandbox, error) {
-	v, err := qemu.Start(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &Sandbox{Agent: v.Agent, closer: v}, nil
-}
+// ProbeCacheFile is where, under a state root, Probe keeps its KVM verdict.
+func ProbeCacheFile(root string) string { return filepath.Join(root, "vm-probe.json") }

@@ -5,6 +5,14 @@
 // InstanceStart), the agent reached over vsock through the host-initiated
 // "CONNECT <port>" handshake, jailer support, and snapshots for a warm pool.
 //
+// The driver writes firecracker.json into the sandbox directory before the
+// VMM starts and completes it with the VMM's PID and start time; Reclaim
+// kills that process and removes the sockets, drives and the jailer's
+// chroot from the record alone. With the jailer (--new-pid-ns) the jailer
+// exits once it has cloned Firecracker; the driver takes the PID from the
+// jailer's firecracker.pid and watches it through a pidfd, so Exited
+// reports a VMM that dies at any time, not only during the boot.
+//
 // Firecracker is never started with --no-seccomp: its own per-thread
 // filters stay on, and Config.Launch is the seam for the outer filter.
 // Firecracker cannot run on hosts without a usable KVM, so this package is

@@ -35,6 +35,10 @@ func TestStandinProcess(t *testing.T) {
 	}
 	args := flagArgs()
 	sock := args["--api-sock"]
+	root := os.Getenv(standinEnv + "_ROOT") // set when started by the jailer stand-in
+	if root != "" {
+		sock = filepath.Join(root, sock)
+	}
 	spec, err := standin.LoadSpec(specPath)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +51,7 @@ func TestStandinProcess(t *testing.T) {
 		mu sync.Mutex
 		a  *agent.Server
 	)
-	srv := &standin.Server{Spec: spec, CrashAt: os.Getenv(standinEnv + "_CRASH_AT"),
+	srv := &standin.Server{Spec: spec, CrashAt: os.Getenv(standinEnv + "_CRASH_AT"), Root: root,
 		Agent: func(ctx context.Context, token []byte, conn io.ReadWriteCloser) {
 			mu.Lock()
 			if a == nil {

@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/agent/guest"
 	"github.com/ironclaw/ironclaw/internal/agentapi"
@@ -73,6 +76,12 @@ type VM struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
+	// pid is Firecracker's process: the launched command, or with the
+	// jailer (--new-pid-ns) the child whose PID the jailer writes to
+	// firecracker.pid before it exits; pidfd names it without a PID race.
+	pid   int
+	pidfd int
+	rec   record
 	// API is the Firecracker API client.
 	API *Client
 	// Agent is the connected agent.
@@ -292,16 +301,107 @@ func (v *VM) launch(ctx context.Context, argv []string) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	v.pidfd = -1
+	v.rec = record{ID: v.cfg.ID, Dir: v.dir()}
+	if v.cfg.Jailer != nil {
+		v.rec.Chroot = filepath.Dir(v.dir())
+	}
+	if err := writeRecord(v.cfg.Dir, v.rec); err != nil {
+		return err
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("firecracker start: %w", err)
 	}
 	v.cmd = cmd
-	go func() {
-		v.waitErr = cmd.Wait()
-		close(v.exited)
-	}()
-	return nil
+	if v.cfg.Jailer == nil {
+		v.pid = cmd.Process.Pid
+		go func() {
+			v.waitErr = cmd.Wait()
+			close(v.exited)
+		}()
+		return v.recordPID()
+	}
+	// The jailer clones Firecracker into a new PID namespace, writes the
+	// child's PID to <chroot>/firecracker.pid and exits.
+	known := make(chan error, 1)
+	go v.followJailer(known)
+	select {
+	case err := <-known:
+		if err != nil {
+			return fmt.Errorf("firecracker start: jailer: %w", err)
+		}
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("firecracker start: jailer: %w", ctx.Err())
+	}
+	return v.recordPID()
 }
+
+// followJailer waits for the jailer to exit, takes Firecracker's PID from
+// its pid file, and then watches that process through a pidfd, closing
+// v.exited when it ends. It reports on known once the PID is known (or the
+// jailer failed).
+func (v *VM) followJailer(known chan<- error) {
+	fail := func(err error) {
+		v.waitErr = err
+		known <- err
+		close(v.exited)
+	}
+	if err := v.cmd.Wait(); err != nil {
+		fail(fmt.Errorf("jailer exited: %w", err))
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(v.dir(), "firecracker.pid"))
+	if err != nil {
+		fail(fmt.Errorf("read Firecracker's pid file: %w", err))
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		fail(fmt.Errorf("bad pid file %q", b))
+		return
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		fail(fmt.Errorf("pidfd of Firecracker pid %d: %w", pid, err))
+		return
+	}
+	v.pid, v.pidfd = pid, fd
+	known <- nil
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			v.waitErr = fmt.Errorf("watch Firecracker pid %d: %w", pid, err)
+			break
+		}
+		if fds[0].Revents != 0 {
+			v.waitErr = fmt.Errorf("Firecracker (pid %d) exited", pid)
+			break
+		}
+	}
+	close(v.exited)
+}
+
+// recordPID completes the record with the VMM's PID and start time.
+func (v *VM) recordPID() error {
+	v.rec.PID = v.pid
+	v.rec.StartTime, _ = procStartTime(v.pid)
+	return writeRecord(v.cfg.Dir, v.rec)
+}
+
+// kill sends SIGKILL to Firecracker.
+func (v *VM) kill() {
+	if v.pidfd >= 0 {
+		_ = unix.PidfdSendSignal(v.pidfd, unix.SIGKILL, nil, 0)
+		return
+	}
+	if v.cmd != nil && v.cmd.Process != nil {
+		_ = v.cmd.Process.Kill()
+	}
+}
+
+// PID is Firecracker's process id (0 before it started).
+func (v *VM) PID() int { return v.pid }
 
 func waitSocket(ctx context.Context, path string) error {
 	for {
@@ -374,9 +474,13 @@ func (v *VM) teardown() error {
 		select {
 		case <-v.exited:
 		default:
-			_ = v.cmd.Process.Kill()
+			v.kill()
 			<-v.exited
 		}
+	}
+	if v.pidfd >= 0 {
+		_ = unix.Close(v.pidfd)
+		v.pidfd = -1
 	}
 	var errs []error
 	for _, f := range []string{APISocket, VsockSocket, initrdFile, rwFile} {
@@ -386,6 +490,9 @@ func (v *VM) teardown() error {
 	}
 	if v.cfg.Jailer != nil {
 		errs = append(errs, v.cfg.Jailer.cleanup(v.cfg.ID, v.cfg.Dir))
+	}
+	if err := os.Remove(filepath.Join(v.cfg.Dir, RecordFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("firecracker cleanup: %w", err)

@@ -387,6 +387,13 @@ func (v *VM) Exited() <-chan struct{} { return v.exited }
 // PID is QEMU's process id.
 func (v *VM) PID() int { return v.cmd.Process.Pid }
 
+// ExitErr is how QEMU ended (nil for a clean exit); valid once Exited is
+// closed.
+func (v *VM) ExitErr() error {
+	<-v.exited
+	return v.waitErr
+}
+
 // Close shuts the VM down: a clean power-off through the agent, then QMP
 // quit, then SIGKILL, each bounded in time; then it removes the sockets,
 // the per-sandbox initramfs and the record. The logs stay for the caller.

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -142,6 +143,9 @@ type Server struct {
 	// Agent serves the guest side once the VM "runs"; it gets the token
 	// found in the initramfs and a connection from the vsock socket.
 	Agent func(ctx context.Context, token []byte, conn io.ReadWriteCloser)
+	// Root, when set, is the jailer's chroot: paths in requests are
+	// inside it, as they are for a jailed Firecracker.
+	Root string
 
 	mu       sync.Mutex
 	log      []Request
@@ -253,10 +257,10 @@ func (s *Server) apply(method, path string, body []byte) error {
 		}
 		_ = json.Unmarshal(body, &p)
 		state, _ := json.Marshal(map[string]any{"stand_in": true, "token": string(s.token)})
-		if err := os.WriteFile(p.SnapshotPath, state, 0o600); err != nil {
+		if err := os.WriteFile(s.path(p.SnapshotPath), state, 0o600); err != nil {
 			return err
 		}
-		return os.WriteFile(p.MemFilePath, []byte("stand-in memory"), 0o600)
+		return os.WriteFile(s.path(p.MemFilePath), []byte("stand-in memory"), 0o600)
 	case path == "/snapshot/load":
 		if s.running || len(s.cfg) > 0 {
 			return errors.New("snapshot load is only allowed on a fresh process")
@@ -269,7 +273,7 @@ func (s *Server) apply(method, path string, body []byte) error {
 			} `json:"vsock_override"`
 		}
 		_ = json.Unmarshal(body, &p)
-		b, err := os.ReadFile(p.SnapshotPath)
+		b, err := os.ReadFile(s.path(p.SnapshotPath))
 		if err != nil {
 			return fmt.Errorf("load snapshot: %w", err)
 		}
@@ -292,6 +296,14 @@ func (s *Server) apply(method, path string, body []byte) error {
 	return nil
 }
 
+// path maps a path from a request to the host (inside Root, if set).
+func (s *Server) path(p string) string {
+	if s.Root == "" {
+		return p
+	}
+	return filepath.Join(s.Root, filepath.Clean("/"+p))
+}
+
 // boot "starts the guest": it reads the agent token from the configured
 // initramfs and listens on the vsock socket.
 func (s *Server) boot() error {
@@ -299,7 +311,7 @@ func (s *Server) boot() error {
 		InitrdPath string `json:"initrd_path"`
 	}
 	_ = json.Unmarshal(s.cfg["/boot-source"], &bs)
-	tok, err := TokenFromInitramfs(bs.InitrdPath)
+	tok, err := TokenFromInitramfs(s.path(bs.InitrdPath))
 	if err != nil {
 		return fmt.Errorf("stand-in guest: %w", err)
 	}
@@ -314,7 +326,7 @@ func (s *Server) listenVsock() error {
 	if err := json.Unmarshal(s.cfg["/vsock"], &vs); err != nil || vs.UDSPath == "" {
 		return errors.New("stand-in guest: no vsock configured")
 	}
-	l, err := net.Listen("unix", vs.UDSPath)
+	l, err := net.Listen("unix", s.path(vs.UDSPath))
 	if err != nil {
 		return err
 	}
