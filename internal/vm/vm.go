@@ -169,8 +169,11 @@ func kvmBootProbe(ctx context.Context, cfg ProbeConfig) (bool, string) {
 	defer os.RemoveAll(dir)
 	v, err := qemu.Start(ctx, qemu.Config{Binary: cfg.QEMU, Image: cfg.Image, Dir: dir, KVM: true, Token: qemu.NewToken(), BootTimeout: timeout,
 		Starter: qemu.SeccompStarter(qemu.Launch{Launcher: cfg.Launcher})})
-	if err != nil {
+	if errors.Is(err, context.DeadlineExceeded) {
 		return false, fmt.Sprintf("a guest did not boot under KVM within %s: %s", timeout, firstLine(err.Error()))
+	}
+	if err != nil {
+		return false, "a guest failed to boot under KVM: " + firstLine(err.Error())
 	}
 	bt := v.BootTime
 	if err := v.Close(); err != nil {
