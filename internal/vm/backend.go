@@ -237,7 +237,7 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	if err != nil {
 		return nil, &StartError{"boot", err}
 	}
-	s.undo = append(s.undo, s.vm.Close)
+	s.undo = append(s.undo, s.vm.Destroy)
 	if err := s.prepareGuest(ctx, spec); err != nil {
 		return nil, &StartError{"prepare guest", err}
 	}
@@ -432,8 +432,8 @@ func (s *Sandbox) vmmExit() string {
 	}
 }
 
-// Close destroys the sandbox: the VM (agent power-off, then QMP quit, then
-// SIGKILL), its cgroup, its network, then the state directory. It is
+// Close destroys the sandbox: the VM (QMP quit, then SIGKILL: nothing in
+// it is kept), its cgroup, its network, then the state directory. It is
 // idempotent.
 func (s *Sandbox) Close() error {
 	s.closeOnce.Do(func() {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -334,7 +335,7 @@ func openSerialPort(ctx context.Context, name string) (io.ReadWriteCloser, error
 		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
 		_, perr := unix.Poll(fds, 200)
 		if perr == nil && fds[0].Revents&unix.POLLIN != 0 && fds[0].Revents&unix.POLLHUP == 0 {
-			return f, nil
+			return &serialConn{f: f}, nil
 		}
 		if ctx.Err() != nil {
 			f.Close()
@@ -345,6 +346,44 @@ func openSerialPort(ctx context.Context, name string) (io.ReadWriteCloser, error
 		}
 	}
 }
+
+// serialConn is one host session on a virtio-serial port. Once the host
+// has hung up it refuses writes: QEMU keeps what the guest writes while no
+// host is connected and hands it to the next host, where the end of an old
+// session (a multiplexer's closing frames) would garble the new one's
+// handshake, and a snapshot would carry it to every clone.
+type serialConn struct {
+	f    *os.File
+	hung atomic.Bool
+}
+
+func (c *serialConn) Read(p []byte) (int, error) {
+	n, err := c.f.Read(p)
+	if n == 0 && (err == nil || errors.Is(err, io.EOF)) {
+		c.hung.Store(true)
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+func (c *serialConn) Write(p []byte) (int, error) {
+	if c.hung.Load() || c.hostGone() {
+		c.hung.Store(true)
+		return 0, errHostGone
+	}
+	return c.f.Write(p)
+}
+
+// hostGone polls the port: POLLHUP means no host is connected.
+func (c *serialConn) hostGone() bool {
+	fds := []unix.PollFd{{Fd: int32(c.f.Fd()), Events: unix.POLLOUT}}
+	_, err := unix.Poll(fds, 0)
+	return err == nil && fds[0].Revents&unix.POLLHUP != 0
+}
+
+func (c *serialConn) Close() error { return c.f.Close() }
+
+var errHostGone = errors.New("virtio-serial: the host hung up")
 
 func findPort(name string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)

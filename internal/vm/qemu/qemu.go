@@ -415,6 +415,15 @@ func (v *VM) Close() error {
 	return v.closeErr
 }
 
+// Destroy ends the VM at once, without a guest power-off — a disposable
+// sandbox has nothing to save (its rootfs is read-only, its writable layer
+// in guest memory): QMP quit, then SIGKILL; then it removes the driver's
+// files like Close. Close and Destroy are each other's no-op afterwards.
+func (v *VM) Destroy() error {
+	v.closeOnce.Do(func() { v.closeErr = v.teardown() })
+	return v.closeErr
+}
+
 func (v *VM) teardown() error {
 	if v.Agent != nil {
 		_ = v.Agent.Close()
