@@ -17,11 +17,38 @@ func newImageCmd(g *globals) *cobra.Command {
 	var kernel, kernelDir, agent, rootfs, cache string
 	var size int64
 	build := &cobra.Command{
-		Use:   "build --rootfs DIR|TARBALL",
+		Use:   "build [--rootfs DIR|TARBALL]",
 		Short: "Build a micro-VM image (skipped when nothing changed)",
+		Long: `Build a micro-VM image: the guest kernel, an initramfs with ironclaw-agent,
+and an ext4 rootfs. Without --rootfs it builds the default image, the one
+` + "`ironclaw run --backend vm`" + ` boots unless given --image: a busybox-static
+rootfs with Debian's cloud kernel. With --rootfs it builds an image of that
+directory or tarball; pass its directory to run with --image.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
+			if rootfs == "" && kernel == "" {
+				if _, err := image.FindKernel(kernelDir); err != nil {
+					fmt.Fprintf(out, "no kernel in %s; fetching Debian's %s\n", kernelDir, image.DebianKernelPackage)
+					if _, err := image.FetchDebianKernel(ctx, kernelDir, out); err != nil {
+						return err
+					}
+				}
+				d, err := defaultImage()
+				if err != nil {
+					return err
+				}
+				if agent != "" {
+					d.Agent = agent
+				}
+				d.KernelDir, d.CacheDir = kernelDir, cache
+				res, err := d.Resolve(ctx, true, out)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "default image %s\n  kernel    %s\n  initramfs %s\n  rootfs    %s\n", res.Dir, res.Kernel, res.Initramfs, res.Rootfs)
+				return nil
+			}
 			var k *image.Kernel
 			var err error
 			switch {
@@ -46,7 +73,7 @@ func newImageCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("--agent: %w (build it with CGO_ENABLED=0 go build ./cmd/ironclaw-agent)", err)
 			}
 			if rootfs == "" {
-				return fmt.Errorf("--rootfs: required (a directory or a tarball)")
+				return fmt.Errorf("--rootfs: required with --kernel (a directory or a tarball)")
 			}
 			res, built, err := image.Build(ctx, image.Spec{Agent: agent, Kernel: *k, Rootfs: rootfs, RootfsSizeMiB: size, CacheDir: cache}, out)
 			if err != nil {
@@ -64,7 +91,7 @@ func newImageCmd(g *globals) *cobra.Command {
 	f.StringVar(&kernel, "kernel", "", "guest kernel (vmlinuz with the needed drivers built in); default: Debian's cloud kernel")
 	f.StringVar(&kernelDir, "kernel-dir", envOr(image.KernelDirEnv, image.DefaultKernelDir), "where Debian's kernel is (or gets) unpacked")
 	f.StringVar(&agent, "agent", "", "static ironclaw-agent binary (default: next to this binary)")
-	f.StringVar(&rootfs, "rootfs", "", "rootfs directory or tarball (e.g. an exported OCI image)")
+	f.StringVar(&rootfs, "rootfs", "", "rootfs directory or tarball (e.g. an exported OCI image); default: the default busybox image")
 	f.Int64Var(&size, "size-mib", 0, "rootfs size (default: from the content)")
 	f.StringVar(&cache, "cache", envOr("IRONCLAW_CACHE", image.DefaultCacheDir), "image cache directory (env IRONCLAW_CACHE)")
 	img.AddCommand(build)
