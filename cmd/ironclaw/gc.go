@@ -8,10 +8,9 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
-	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 )
-
 
 func newGCCmd(g *globals) *cobra.Command {
 	return &cobra.Command{

@@ -43,7 +43,6 @@ type runFlags struct {
 	net           string
 }
 
-
 func newRunCmd(g *globals) *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{

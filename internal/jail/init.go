@@ -230,11 +230,11 @@ func reap(pid int) (exitStatus, bool) {
 type launcher struct {
 	step     string
 	listener *os.File // seccomp audit listener, sent to the host
-	ready  chan int
-	failed chan error
-	placed chan struct{}
-	goCh   chan struct{}
-	result chan launchResult
+	ready    chan int
+	failed   chan error
+	placed   chan struct{}
+	goCh     chan struct{}
+	result   chan launchResult
 }
 
 type launchResult struct {
