@@ -39,6 +39,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/jail/initproc"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/seccomp"
@@ -60,8 +61,11 @@ type Config struct {
 	Logger *slog.Logger
 	// UIDBase is the first host uid of the mapped range (DefaultUIDBase).
 	UIDBase uint32
-	// Exe is the binary re-executed as init (/proc/self/exe). It must
-	// call MaybeInit first thing.
+	// Exe is the binary executed as the sandboxes' init. Empty means
+	// the ironclaw-agent binary next to this executable when there is
+	// one (a small static binary that starts in a third of the time),
+	// else this executable itself (/proc/self/exe). It must call
+	// MaybeInit first thing.
 	Exe string
 	// Network configures networked sandboxes (--allow); its Root
 	// defaults to the state root.
@@ -85,7 +89,7 @@ func New(cfg Config) (*Jail, error) {
 		cfg.UIDBase = DefaultUIDBase
 	}
 	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
+		cfg.Exe = defaultInitExe()
 	}
 	if cfg.Network.Root == "" {
 		cfg.Network.Root = cfg.Root.Dir()
@@ -193,13 +197,13 @@ type Sandbox struct {
 	pidfd   int          // with Attach: names init without a PID race
 	group   *cgroup.Group
 	initPID int
-	ctl     *ctl
+	ctl     *initproc.Conn
 	master  *os.File // pty master, with TTY
 
 	copies     sync.WaitGroup // output copies to finish before Wait returns
 	exited     chan struct{}  // init has exited
 	initErr    error          // from waiting for init
-	status     chan exitStatus
+	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
 	timedOut   chan struct{}
 	timer      *time.Timer
@@ -321,7 +325,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		pidfd:      -1,
 		root:       j.cfg.Root,
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -360,7 +364,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	})
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
-	defer closeAll(files)
+	defer func() { initproc.CloseAll(files) }() // files grows below
 	if err != nil {
 		return nil, err
 	}
@@ -376,14 +380,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	hostEnd, initEnd := os.NewFile(uintptr(pair[0]), "ctl"), os.NewFile(uintptr(pair[1]), "ctl-init")
 	defer initEnd.Close()
-	s.ctl, err = newCtl(hostEnd)
+	s.ctl, err = initproc.NewConn(hostEnd)
 	if err != nil {
 		return nil, &StartError{"control socket", err}
 	}
 	undo = append(undo, func() { s.ctl.Close() })
 
 	stdio, err := s.plumb(opts.IO, spec.TTY)
-	defer closeAll(stdio)
+	defer initproc.CloseAll(stdio)
 	if err != nil {
 		return nil, &StartError{"stdio", err}
 	}
@@ -401,13 +405,24 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		if err != nil {
 			return nil, &StartError{"agent socket", err}
 		}
-		icfg.Agent = &agentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
+		icfg.Agent = &initproc.AgentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
 		files = append(files, lf)
 	}
 	icfg.Persistent = opts.Persistent
 
+	// Init is executed through an O_PATH descriptor of its binary, so
+	// the binary's directory need not be searchable by the sandbox's
+	// unprivileged host uid.
+	exe, err := os.OpenFile(j.cfg.Exe, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &StartError{"start init", fmt.Errorf("open init binary: %w", err)}
+	}
+	icfg.Protocol = initproc.ProtocolVersion
+	icfg.ExeFD = 3 + len(files) + 1
+	files = append(files, exe)
+
 	cmd := &exec.Cmd{
-		Path:       j.cfg.Exe,
+		Path:       fmt.Sprintf("/proc/self/fd/%d", icfg.ExeFD),
 		Args:       []string{InitArg0, j.cfg.Root.Name()}, // the name makes leaks attributable
 		Env:        []string{},
 		Stdin:      stdio[0],
@@ -460,7 +475,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	})
 	// Init builds its root while the host moves it into the cgroup; on
 	// cgroup v2 it was cloned straight into it.
-	if err := s.ctl.send(hostMsg{Config: icfg}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
 		return nil, &StartError{"configure init", err}
 	}
 	if cgFD == nil {
@@ -469,7 +484,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 			return nil, &StartError{"cgroup", err}
 		}
 	}
-	if err := s.ctl.send(hostMsg{Placed: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil {
 		return nil, &StartError{"configure init", err}
 	}
 	s.mark("placed")
@@ -534,13 +549,13 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 // confined launching thread, verifies that thread from the kernel's side,
 // lets init start the command and waits for it to have started.
 func (s *Sandbox) handshake(ctx context.Context) error {
-	msgs := make(chan initMsg, 1)
+	msgs := make(chan initproc.InitMsg, 1)
 	errc := make(chan error, 1)
 	var attached []*os.File
 	next := func() {
 		go func() {
-			var m initMsg
-			files, err := s.ctl.recv(&m)
+			var m initproc.InitMsg
+			files, err := s.ctl.Recv(&m)
 			if err != nil {
 				errc <- err
 				return
@@ -548,12 +563,12 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			if m.Ready != nil {
 				attached = files
 			} else {
-				closeAll(files)
+				initproc.CloseAll(files)
 			}
 			msgs <- m
 		}()
 	}
-	wait := func() (initMsg, error) {
+	wait := func() (initproc.InitMsg, error) {
 		select {
 		case m := <-msgs:
 			if m.Error != nil {
@@ -562,9 +577,9 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			return m, nil
 		case err := <-errc:
 			<-s.exited
-			return initMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
+			return initproc.InitMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
 		case <-ctx.Done():
-			return initMsg{}, &StartError{"start", ctx.Err()}
+			return initproc.InitMsg{}, &StartError{"start", ctx.Err()}
 		}
 	}
 	next()
@@ -577,7 +592,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	}
 	if s.seccomp.Mode == seccomp.Audit {
 		if len(attached) != 1 {
-			closeAll(attached)
+			initproc.CloseAll(attached)
 			return &StartError{"seccomp", errors.New("init sent no audit listener")}
 		}
 		s.auditor = seccomp.NewAuditor(attached[0], auditCapacity, s.log)
@@ -589,7 +604,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			}
 		}()
 	} else {
-		closeAll(attached)
+		initproc.CloseAll(attached)
 	}
 	s.mark("ready")
 	if len(m.Ready.Steps) > 0 {
@@ -598,7 +613,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
 		return &StartError{"verify confinement", err}
 	}
-	if err := s.ctl.send(hostMsg{Go: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Go: true}); err != nil {
 		return &StartError{"start command", err}
 	}
 	next()
@@ -612,7 +627,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	return nil
 }
 
-func stepErr(e *stepError) error {
+func stepErr(e *initproc.StepError) error {
 	err := errors.New(e.Message)
 	switch {
 	case strings.Contains(e.Message, ErrCommandNotFound.Error()):
@@ -641,23 +656,9 @@ func verifyThread(initPID, nsTID int) error {
 	if err != nil {
 		return err
 	}
-	return checkConfined(st)
+	return initproc.CheckConfined(st)
 }
 
-// checkConfined checks a thread's /proc status for what every command of
-// a sandbox inherits.
-func checkConfined(st map[string]string) error {
-	if st["NoNewPrivs"] != "1" {
-		return fmt.Errorf("launching thread has NoNewPrivs %q, want 1", st["NoNewPrivs"])
-	}
-	if st["CapBnd"] != "0000000000000000" {
-		return fmt.Errorf("launching thread has CapBnd %s, want none", st["CapBnd"])
-	}
-	if st["Seccomp"] != "2" {
-		return fmt.Errorf("launching thread has Seccomp %q, want 2 (filter)", st["Seccomp"])
-	}
-	return nil
-}
 
 // findThread returns the /proc status fields of the thread of process pid
 // whose ID in the innermost PID namespace is nsTID.
@@ -669,7 +670,7 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	}
 	want := strconv.Itoa(nsTID)
 	for _, e := range ents {
-		st, err := readStatus(filepath.Join(dir, e.Name(), "status"))
+		st, err := initproc.ReadStatus(filepath.Join(dir, e.Name(), "status"))
 		if err != nil {
 			continue // thread exited
 		}
@@ -681,28 +682,15 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	return nil, fmt.Errorf("launching thread %d of init %d not found", nsTID, pid)
 }
 
-func readStatus(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m, nil
-}
 
 // readStatus collects the command's exit status from init, if init gets
 // to send one.
 func (s *Sandbox) readStatus() {
 	defer close(s.statusDone)
 	for {
-		var m initMsg
-		files, err := s.ctl.recv(&m)
-		closeAll(files)
+		var m initproc.InitMsg
+		files, err := s.ctl.Recv(&m)
+		initproc.CloseAll(files)
 		if err != nil {
 			return
 		}
@@ -842,7 +830,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		initPID:    rec.InitPID,
 		group:      j.cfg.Cgroups.Load(rec.CgroupRel, rec.Resources),
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -935,12 +923,12 @@ func (s *Sandbox) Network() *network.Net { return s.net }
 
 // prepare builds init's config and clones every host path the sandbox
 // binds into a detached mount, passed to init from fd 4 on.
-func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig, []*os.File, error) {
+func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initproc.Config, []*os.File, error) {
 	newRoot := filepath.Join(dir, "root")
 	if err := os.Mkdir(newRoot, 0o755); err != nil {
 		return nil, nil, &StartError{"create root", err}
 	}
-	cfg := &initConfig{
+	cfg := &initproc.Config{
 		Hostname: sandbox.Hostname(spec.ID),
 		NewRoot:  newRoot,
 		Symlinks: map[string]string{},
@@ -966,12 +954,12 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 			return err
 		}
 		files = append(files, f)
-		cfg.Sources = append(cfg.Sources, bindSource{
+		cfg.Sources = append(cfg.Sources, initproc.BindSource{
 			FD: 3 + len(files), Target: target, Writable: writable, Dir: st.IsDir(), System: system,
 		})
 		return nil
 	}
-	fail := func(step string, err error) (*initConfig, []*os.File, error) {
+	fail := func(step string, err error) (*initproc.Config, []*os.File, error) {
 		return nil, files, &StartError{step, err}
 	}
 
@@ -1046,6 +1034,18 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 		}
 	}
 	return cfg, files, nil
+}
+
+// defaultInitExe picks the init binary: ironclaw-agent next to this
+// executable if it is there, else this executable.
+func defaultInitExe() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "ironclaw-agent")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return "/proc/self/exe"
 }
 
 // AgentSocket returns the path of the Unix socket a long-lived sandbox's
@@ -1243,13 +1243,13 @@ func etcFiles(u sandbox.User, hostname, resolv string) map[string]string {
 	}
 }
 
-func rlimits(r sandbox.Resources) []rlimit {
-	out := []rlimit{{Resource: unix.RLIMIT_CORE}}
+func rlimits(r sandbox.Resources) []initproc.Rlimit {
+	out := []initproc.Rlimit{{Resource: unix.RLIMIT_CORE}}
 	if r.NoFile > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
 	}
 	if r.FileSize > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
 	}
 	return out
 }
