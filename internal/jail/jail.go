@@ -659,7 +659,6 @@ func verifyThread(initPID, nsTID int) error {
 	return initproc.CheckConfined(st)
 }
 
-
 // findThread returns the /proc status fields of the thread of process pid
 // whose ID in the innermost PID namespace is nsTID.
 func findThread(pid, nsTID int) (map[string]string, error) {
@@ -681,7 +680,6 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	}
 	return nil, fmt.Errorf("launching thread %d of init %d not found", nsTID, pid)
 }
-
 
 // readStatus collects the command's exit status from init, if init gets
 // to send one.
