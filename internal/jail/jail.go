@@ -476,22 +476,22 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"start init", err}
 	}
 	s.mark("spawn")
+	undo = append(undo, func() error {
+		_ = s.kill(syscall.SIGKILL)
+		<-s.exited
+		return nil
+	})
+	// Init builds its root while the host records it and moves it into
+	// the cgroup; on cgroup v2 it was cloned straight into it.
+	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
+		return nil, &StartError{"configure init", err}
+	}
 	rec.InitPID = s.initPID
 	if rec.InitStart, err = procStart(s.initPID); err != nil {
 		return nil, &StartError{"record", err}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
-	}
-	undo = append(undo, func() error {
-		_ = s.kill(syscall.SIGKILL)
-		<-s.exited
-		return nil
-	})
-	// Init builds its root while the host moves it into the cgroup; on
-	// cgroup v2 it was cloned straight into it.
-	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
-		return nil, &StartError{"configure init", err}
 	}
 	if cgFD == nil {
 		// ESRCH: init already died, and the handshake reports why.
