@@ -3,7 +3,8 @@
 // README and docs comes from a run of this command.
 //
 //	ironclaw-bench jail [-runs N] [-json]    ironclaw run vs bwrap vs plain exec
-//	ironclaw-bench vm [-runs N] [-json]      micro-VM boot, run and snapshot restore vs the jail
+//	ironclaw-bench net  [-runs N] [-json]    ironclaw run --allow (pool slot) vs bwrap
+//	ironclaw-bench vm   [-runs N] [-json]    micro-VM boot, run and snapshot restore vs the jail
 package main
 
 import (
@@ -19,13 +20,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|vm [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|net|vm [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "jail":
 		err = jail(os.Args[2:])
+	case "net":
+		err = netBench(os.Args[2:])
 	case "vm":
 		err = vmBench(os.Args[2:])
 	default:

@@ -39,6 +39,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/jail/initproc"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/seccomp"
@@ -60,8 +61,11 @@ type Config struct {
 	Logger *slog.Logger
 	// UIDBase is the first host uid of the mapped range (DefaultUIDBase).
 	UIDBase uint32
-	// Exe is the binary re-executed as init (/proc/self/exe). It must
-	// call MaybeInit first thing.
+	// Exe is the binary executed as the sandboxes' init. Empty means
+	// the ironclaw-agent binary next to this executable when there is
+	// one (a small static binary that starts in a third of the time),
+	// else this executable itself (/proc/self/exe). It must call
+	// MaybeInit first thing.
 	Exe string
 	// Network configures networked sandboxes (--allow); its Root
 	// defaults to the state root.
@@ -85,7 +89,7 @@ func New(cfg Config) (*Jail, error) {
 		cfg.UIDBase = DefaultUIDBase
 	}
 	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
+		cfg.Exe = defaultInitExe()
 	}
 	if cfg.Network.Root == "" {
 		cfg.Network.Root = cfg.Root.Dir()
@@ -190,16 +194,17 @@ type Sandbox struct {
 	log     *slog.Logger
 	root    *state.Root
 	claim   *state.Claim // nil when attached: init holds the lock
-	pidfd   int          // with Attach: names init without a PID race
+	pidMu   sync.Mutex
+	pidfd   int // names init without a PID race; -1 before start and after Close
 	group   *cgroup.Group
 	initPID int
-	ctl     *ctl
+	ctl     *initproc.Conn
 	master  *os.File // pty master, with TTY
 
 	copies     sync.WaitGroup // output copies to finish before Wait returns
 	exited     chan struct{}  // init has exited
 	initErr    error          // from waiting for init
-	status     chan exitStatus
+	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
 	timedOut   chan struct{}
 	timer      *time.Timer
@@ -297,23 +302,44 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
 		return nil, &StartError{"cgroup", err}
 	}
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
+	if opts.Persistent && policy.Networked() {
+		// The egress proxy, DNS stub and pool slot lock of a sandbox
+		// network live in the process that made it; a persistent
+		// sandbox outlives that process.
+		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent sandbox cannot have --allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+	}
+	// undo holds the rollback of every step done so far. If any rollback
+	// step fails, the state directory and its records are kept (unlocked)
+	// so that the next start or `ironclaw gc` can reclaim what is left.
+	var undo []func() error
 	claim, err := j.claim(spec.ID)
 	if err != nil {
 		return nil, &StartError{"claim state", err}
 	}
-	undo = append(undo, func() {
-		if err := claim.Release(); err != nil {
-			j.cfg.Logger.Warn("roll back state dir", "err", err)
+	defer func() {
+		if err == nil {
+			return
 		}
-	})
+		var failed []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				failed = append(failed, uerr)
+			}
+		}
+		if len(failed) == 0 {
+			if rerr := claim.Release(); rerr == nil {
+				return
+			} else {
+				failed = append(failed, rerr)
+			}
+		}
+		claim.Abandon()
+		j.cfg.Logger.Warn("rollback incomplete: kept the state directory for gc", "sandbox", spec.ID, "err", errors.Join(failed...))
+		var se *StartError
+		if errors.As(err, &se) {
+			se.Err = fmt.Errorf("%w (rollback incomplete, run `ironclaw gc`: %v)", se.Err, errors.Join(failed...))
+		}
+	}()
 	s := &Sandbox{
 		ID: spec.ID, Key: claim.Key, Dir: claim.Dir,
 		log:        j.cfg.Logger.With("sandbox", spec.ID),
@@ -321,7 +347,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		pidfd:      -1,
 		root:       j.cfg.Root,
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -339,11 +365,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		if err != nil {
 			return nil, &StartError{"network", err}
 		}
-		undo = append(undo, func() {
-			if err := s.net.Close(); err != nil {
-				j.cfg.Logger.Warn("roll back network", "err", err)
-			}
-		})
+		undo = append(undo, func() error { return s.net.Close() })
 		opts.NetNS = s.net.File()
 		opts.ResolvConf = string(s.net.ResolvConf())
 		s.mark("network")
@@ -353,14 +375,10 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"cgroup", err}
 	}
 	s.mark("cgroup")
-	undo = append(undo, func() {
-		if err := s.group.Destroy(); err != nil {
-			j.cfg.Logger.Warn("roll back cgroup", "err", err)
-		}
-	})
+	undo = append(undo, s.group.Destroy)
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
-	defer closeAll(files)
+	defer func() { initproc.CloseAll(files) }() // files grows below
 	if err != nil {
 		return nil, err
 	}
@@ -376,18 +394,18 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	hostEnd, initEnd := os.NewFile(uintptr(pair[0]), "ctl"), os.NewFile(uintptr(pair[1]), "ctl-init")
 	defer initEnd.Close()
-	s.ctl, err = newCtl(hostEnd)
+	s.ctl, err = initproc.NewConn(hostEnd)
 	if err != nil {
 		return nil, &StartError{"control socket", err}
 	}
-	undo = append(undo, func() { s.ctl.Close() })
+	undo = append(undo, func() error { s.ctl.Close(); return nil })
 
 	stdio, err := s.plumb(opts.IO, spec.TTY)
-	defer closeAll(stdio)
+	defer initproc.CloseAll(stdio)
 	if err != nil {
 		return nil, &StartError{"stdio", err}
 	}
-	undo = append(undo, s.closeIO)
+	undo = append(undo, func() error { s.closeIO(); return nil })
 
 	// Init keeps the state directory's lock for the sandbox's life.
 	lockDup, err := dupFile(claim.LockFile())
@@ -401,13 +419,24 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		if err != nil {
 			return nil, &StartError{"agent socket", err}
 		}
-		icfg.Agent = &agentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
+		icfg.Agent = &initproc.AgentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
 		files = append(files, lf)
 	}
 	icfg.Persistent = opts.Persistent
 
+	// Init is executed through an O_PATH descriptor of its binary, so
+	// the binary's directory need not be searchable by the sandbox's
+	// unprivileged host uid.
+	exe, err := os.OpenFile(j.cfg.Exe, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &StartError{"start init", fmt.Errorf("open init binary: %w", err)}
+	}
+	icfg.Protocol = initproc.ProtocolVersion
+	icfg.ExeFD = 3 + len(files) + 1
+	files = append(files, exe)
+
 	cmd := &exec.Cmd{
-		Path:       j.cfg.Exe,
+		Path:       fmt.Sprintf("/proc/self/fd/%d", icfg.ExeFD),
 		Args:       []string{InitArg0, j.cfg.Root.Name()}, // the name makes leaks attributable
 		Env:        []string{},
 		Stdin:      stdio[0],
@@ -447,6 +476,16 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"start init", err}
 	}
 	s.mark("spawn")
+	undo = append(undo, func() error {
+		_ = s.kill(syscall.SIGKILL)
+		<-s.exited
+		return nil
+	})
+	// Init builds its root while the host records it and moves it into
+	// the cgroup; on cgroup v2 it was cloned straight into it.
+	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
+		return nil, &StartError{"configure init", err}
+	}
 	rec.InitPID = s.initPID
 	if rec.InitStart, err = procStart(s.initPID); err != nil {
 		return nil, &StartError{"record", err}
@@ -454,22 +493,13 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
 	}
-	undo = append(undo, func() {
-		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
-		<-s.exited
-	})
-	// Init builds its root while the host moves it into the cgroup; on
-	// cgroup v2 it was cloned straight into it.
-	if err := s.ctl.send(hostMsg{Config: icfg}); err != nil {
-		return nil, &StartError{"configure init", err}
-	}
 	if cgFD == nil {
 		// ESRCH: init already died, and the handshake reports why.
 		if err := s.group.AddProc(s.initPID); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return nil, &StartError{"cgroup", err}
 		}
 	}
-	if err := s.ctl.send(hostMsg{Placed: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil {
 		return nil, &StartError{"configure init", err}
 	}
 	s.mark("placed")
@@ -480,7 +510,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if spec.Timeout > 0 {
 		s.timer = time.AfterFunc(spec.Timeout, func() {
 			close(s.timedOut)
-			_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+			_ = s.kill(syscall.SIGKILL)
 		})
 	}
 	go s.readStatus()
@@ -494,7 +524,7 @@ func (j *Jail) claim(id string) (*state.Claim, error) {
 	c, leftover, err := j.cfg.Root.Claim(id)
 	if leftover != nil {
 		if err := Reclaim(leftover.Dir); err != nil {
-			leftover.Release()
+			leftover.Abandon() // keep its records for the next attempt
 			return nil, fmt.Errorf("reclaim leftover of %q: %w", id, err)
 		}
 		if err := leftover.Release(); err != nil {
@@ -518,11 +548,16 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 				return
 			}
 		}
+		// A pidfd names init for every later signal: its PID may be
+		// reused once init is reaped, the pidfd cannot be.
+		pidfd := -1
+		cmd.SysProcAttr.PidFD = &pidfd
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
 		}
 		s.initPID = cmd.Process.Pid
+		s.pidfd = pidfd
 		started <- nil
 		s.initErr = cmd.Wait()
 		close(s.exited)
@@ -534,13 +569,13 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 // confined launching thread, verifies that thread from the kernel's side,
 // lets init start the command and waits for it to have started.
 func (s *Sandbox) handshake(ctx context.Context) error {
-	msgs := make(chan initMsg, 1)
+	msgs := make(chan initproc.InitMsg, 1)
 	errc := make(chan error, 1)
 	var attached []*os.File
 	next := func() {
 		go func() {
-			var m initMsg
-			files, err := s.ctl.recv(&m)
+			var m initproc.InitMsg
+			files, err := s.ctl.Recv(&m)
 			if err != nil {
 				errc <- err
 				return
@@ -548,12 +583,12 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			if m.Ready != nil {
 				attached = files
 			} else {
-				closeAll(files)
+				initproc.CloseAll(files)
 			}
 			msgs <- m
 		}()
 	}
-	wait := func() (initMsg, error) {
+	wait := func() (initproc.InitMsg, error) {
 		select {
 		case m := <-msgs:
 			if m.Error != nil {
@@ -562,9 +597,9 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			return m, nil
 		case err := <-errc:
 			<-s.exited
-			return initMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
+			return initproc.InitMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
 		case <-ctx.Done():
-			return initMsg{}, &StartError{"start", ctx.Err()}
+			return initproc.InitMsg{}, &StartError{"start", ctx.Err()}
 		}
 	}
 	next()
@@ -577,7 +612,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	}
 	if s.seccomp.Mode == seccomp.Audit {
 		if len(attached) != 1 {
-			closeAll(attached)
+			initproc.CloseAll(attached)
 			return &StartError{"seccomp", errors.New("init sent no audit listener")}
 		}
 		s.auditor = seccomp.NewAuditor(attached[0], auditCapacity, s.log)
@@ -589,7 +624,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			}
 		}()
 	} else {
-		closeAll(attached)
+		initproc.CloseAll(attached)
 	}
 	s.mark("ready")
 	if len(m.Ready.Steps) > 0 {
@@ -598,7 +633,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
 		return &StartError{"verify confinement", err}
 	}
-	if err := s.ctl.send(hostMsg{Go: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Go: true}); err != nil {
 		return &StartError{"start command", err}
 	}
 	next()
@@ -612,7 +647,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	return nil
 }
 
-func stepErr(e *stepError) error {
+func stepErr(e *initproc.StepError) error {
 	err := errors.New(e.Message)
 	switch {
 	case strings.Contains(e.Message, ErrCommandNotFound.Error()):
@@ -641,22 +676,7 @@ func verifyThread(initPID, nsTID int) error {
 	if err != nil {
 		return err
 	}
-	return checkConfined(st)
-}
-
-// checkConfined checks a thread's /proc status for what every command of
-// a sandbox inherits.
-func checkConfined(st map[string]string) error {
-	if st["NoNewPrivs"] != "1" {
-		return fmt.Errorf("launching thread has NoNewPrivs %q, want 1", st["NoNewPrivs"])
-	}
-	if st["CapBnd"] != "0000000000000000" {
-		return fmt.Errorf("launching thread has CapBnd %s, want none", st["CapBnd"])
-	}
-	if st["Seccomp"] != "2" {
-		return fmt.Errorf("launching thread has Seccomp %q, want 2 (filter)", st["Seccomp"])
-	}
-	return nil
+	return initproc.CheckConfined(st)
 }
 
 // findThread returns the /proc status fields of the thread of process pid
@@ -669,7 +689,7 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	}
 	want := strconv.Itoa(nsTID)
 	for _, e := range ents {
-		st, err := readStatus(filepath.Join(dir, e.Name(), "status"))
+		st, err := initproc.ReadStatus(filepath.Join(dir, e.Name(), "status"))
 		if err != nil {
 			continue // thread exited
 		}
@@ -681,28 +701,14 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	return nil, fmt.Errorf("launching thread %d of init %d not found", nsTID, pid)
 }
 
-func readStatus(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m, nil
-}
-
 // readStatus collects the command's exit status from init, if init gets
 // to send one.
 func (s *Sandbox) readStatus() {
 	defer close(s.statusDone)
 	for {
-		var m initMsg
-		files, err := s.ctl.recv(&m)
-		closeAll(files)
+		var m initproc.InitMsg
+		files, err := s.ctl.Recv(&m)
+		initproc.CloseAll(files)
 		if err != nil {
 			return
 		}
@@ -776,7 +782,14 @@ func (s *Sandbox) Close() error {
 			s.mark("network removed")
 		}
 		claim := s.claim
-		if claim == nil {
+		if len(errs) > 0 {
+			// Something the records name is still there: keep them for
+			// gc rather than forget it.
+			if claim != nil {
+				claim.Abandon()
+			}
+			claim = nil
+		} else if claim == nil {
 			// Attached: the lock went with init; take it to remove the dir.
 			var err error
 			if claim, err = s.root.TakeOver(s.Key, 10*time.Second); err != nil {
@@ -788,9 +801,12 @@ func (s *Sandbox) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		s.pidMu.Lock()
 		if s.pidfd >= 0 {
 			unix.Close(s.pidfd)
+			s.pidfd = -1
 		}
+		s.pidMu.Unlock()
 		s.mark("released")
 		s.logTimeline()
 		s.closeErr = errors.Join(errs...)
@@ -798,12 +814,15 @@ func (s *Sandbox) Close() error {
 	return s.closeErr
 }
 
-// kill signals init, through its pidfd when attached.
+// kill signals init through its pidfd. After Close there is no init to
+// signal.
 func (s *Sandbox) kill(sig syscall.Signal) error {
-	if s.pidfd >= 0 {
-		return unix.PidfdSendSignal(s.pidfd, sig, nil, 0)
+	s.pidMu.Lock()
+	defer s.pidMu.Unlock()
+	if s.pidfd < 0 {
+		return syscall.ESRCH
 	}
-	return syscall.Kill(s.initPID, sig)
+	return unix.PidfdSendSignal(s.pidfd, sig, nil, 0)
 }
 
 // Done is closed when the sandbox's init has exited.
@@ -842,7 +861,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		initPID:    rec.InitPID,
 		group:      j.cfg.Cgroups.Load(rec.CgroupRel, rec.Resources),
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -935,12 +954,12 @@ func (s *Sandbox) Network() *network.Net { return s.net }
 
 // prepare builds init's config and clones every host path the sandbox
 // binds into a detached mount, passed to init from fd 4 on.
-func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig, []*os.File, error) {
+func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initproc.Config, []*os.File, error) {
 	newRoot := filepath.Join(dir, "root")
 	if err := os.Mkdir(newRoot, 0o755); err != nil {
 		return nil, nil, &StartError{"create root", err}
 	}
-	cfg := &initConfig{
+	cfg := &initproc.Config{
 		Hostname: sandbox.Hostname(spec.ID),
 		NewRoot:  newRoot,
 		Symlinks: map[string]string{},
@@ -966,12 +985,12 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 			return err
 		}
 		files = append(files, f)
-		cfg.Sources = append(cfg.Sources, bindSource{
+		cfg.Sources = append(cfg.Sources, initproc.BindSource{
 			FD: 3 + len(files), Target: target, Writable: writable, Dir: st.IsDir(), System: system,
 		})
 		return nil
 	}
-	fail := func(step string, err error) (*initConfig, []*os.File, error) {
+	fail := func(step string, err error) (*initproc.Config, []*os.File, error) {
 		return nil, files, &StartError{step, err}
 	}
 
@@ -1046,6 +1065,18 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 		}
 	}
 	return cfg, files, nil
+}
+
+// defaultInitExe picks the init binary: ironclaw-agent next to this
+// executable if it is there, else this executable.
+func defaultInitExe() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "ironclaw-agent")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return "/proc/self/exe"
 }
 
 // AgentSocket returns the path of the Unix socket a long-lived sandbox's
@@ -1243,13 +1274,13 @@ func etcFiles(u sandbox.User, hostname, resolv string) map[string]string {
 	}
 }
 
-func rlimits(r sandbox.Resources) []rlimit {
-	out := []rlimit{{Resource: unix.RLIMIT_CORE}}
+func rlimits(r sandbox.Resources) []initproc.Rlimit {
+	out := []initproc.Rlimit{{Resource: unix.RLIMIT_CORE}}
 	if r.NoFile > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
 	}
 	if r.FileSize > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
 	}
 	return out
 }
@@ -1279,11 +1310,18 @@ func (s *Sandbox) plumb(io IO, tty bool) ([]*os.File, error) {
 			}()
 		}
 		// Three descriptors for one terminal: the caller closes each.
-		dup := func() *os.File {
-			fd, _ := unix.FcntlInt(slave.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-			return os.NewFile(uintptr(fd), slave.Name())
+		out, err := dupFile(slave)
+		if err != nil {
+			slave.Close()
+			return nil, err
 		}
-		return []*os.File{slave, dup(), dup()}, nil
+		errf, err := dupFile(slave)
+		if err != nil {
+			slave.Close()
+			out.Close()
+			return nil, err
+		}
+		return []*os.File{slave, out, errf}, nil
 	}
 	files := make([]*os.File, 3)
 	var err error

@@ -291,7 +291,7 @@ func (b *Backend) claim(id string) (*state.Claim, error) {
 	c, leftover, err := b.cfg.Root.Claim(id)
 	if leftover != nil {
 		if err := Reclaim(leftover.Dir); err != nil {
-			_ = leftover.Release()
+			leftover.Abandon() // keep its records for the next attempt
 			return nil, fmt.Errorf("reclaim leftover of %q: %w", id, err)
 		}
 		if err := leftover.Release(); err != nil {
@@ -457,7 +457,7 @@ func (s *Sandbox) teardown() error {
 	}
 	s.undo = nil
 	if len(errs) > 0 {
-		_ = s.claim.LockFile().Close()
+		s.claim.Abandon() // keep the records: GC retries from them
 		return fmt.Errorf("destroy sandbox %q: %w", s.ID, errors.Join(errs...))
 	}
 	return s.claim.Release()
