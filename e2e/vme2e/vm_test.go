@@ -575,3 +575,27 @@ func TestAutoAndDoctor(t *testing.T) {
 		t.Errorf("doctor kvm = %q, disagrees with the probe (kvm=%v)", seen["kvm"], probe.KVM)
 	}
 }
+
+// TestTimeoutAndMissingCommand: --timeout destroys the VM and exits 124,
+// a command the guest does not have exits 127, like the jail; neither
+// leaves anything.
+func TestTimeoutAndMissingCommand(t *testing.T) {
+	setup(t)
+	start := time.Now()
+	r := run(t, nil, "run", "--backend", "vm", "--name", "vm-timeout", "--timeout", "2s", "--", "sleep", "60")
+	if r.code != 124 || !strings.Contains(r.stderr, "timed out") {
+		t.Errorf("--timeout: exit %d, stderr %q; want 124", r.code, r.stderr)
+	}
+	if d := time.Since(start); d > 45*time.Second {
+		t.Errorf("--timeout 2s took %s", d)
+	}
+	r = run(t, nil, "run", "--backend", "vm", "--name", "vm-nocmd", "--", "no-such-command")
+	if r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
+		t.Errorf("missing command: exit %d, stderr %q; want 127 naming it", r.code, r.stderr)
+	}
+	for _, name := range []string{"vm-timeout", "vm-nocmd"} {
+		if _, err := os.Stat(filepath.Join(root, "sandboxes", string(sandbox.KeyOf(name)))); !os.IsNotExist(err) {
+			t.Errorf("%s: state dir left: %v", name, err)
+		}
+	}
+}
