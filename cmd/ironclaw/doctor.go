@@ -11,7 +11,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/doctor"
 )
 
-
 func newDoctorCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{

@@ -9,7 +9,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
-
 func newGCCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",

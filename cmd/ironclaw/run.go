@@ -32,8 +32,8 @@ type runFlags struct {
 	fsize    string
 	timeout  time.Duration
 	tty      bool
+	noDaemon bool
 }
-
 
 func newRunCmd(g *globals) *cobra.Command {
 	var f runFlags
@@ -57,6 +57,11 @@ could not be executed or found.`,
 			if err != nil {
 				return err
 			}
+			if !f.noDaemon {
+				if c := daemonClient(g); c != nil {
+					return runViaDaemon(g, c, spec, f.name != "")
+				}
+			}
 			return runSandbox(g, spec)
 		},
 	}
@@ -76,6 +81,7 @@ could not be executed or found.`,
 	fl.StringVar(&f.fsize, "fsize", sandbox.FormatSize(sandbox.DefaultResources.FileSize), "largest file a process may write (RLIMIT_FSIZE); 0 for none")
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the sandbox after this long, e.g. 30s; 0 for none")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "give the command a pseudo-terminal")
+	fl.BoolVar(&f.noDaemon, "no-daemon", false, "run embedded even when a daemon (ironclaw serve) is running")
 	return cmd
 }
 

@@ -313,3 +313,13 @@ func (s *Store) TrimEvents(ctx context.Context, keep int) (int64, error) {
 	}
 	return n, nil
 }
+
+// SetSandboxSpec replaces the recorded spec of id (after a network policy
+// update, say).
+func (s *Store) SetSandboxSpec(ctx context.Context, id string, spec json.RawMessage) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE sandboxes SET spec = ? WHERE id = ?`, specText(spec), id)
+	if err != nil {
+		return fmt.Errorf("set spec of sandbox record %q: %w", id, err)
+	}
+	return oneRow(res, "set spec of sandbox record "+id)
+}
