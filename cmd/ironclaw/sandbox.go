@@ -372,8 +372,14 @@ With --json the input is read to its end first and the result (exit status,
 output capped at 1 MiB per stream) is printed as JSON.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id := args[0]
-			req := api.ExecRequest{Argv: args[1:], Env: env, User: user, Dir: dir, TTY: tty}
+			id, argv := args[0], args[1:]
+			if argv[0] == "--" {
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return fmt.Errorf("exec: no command after --")
+			}
+			req := api.ExecRequest{Argv: argv, Env: env, User: user, Dir: dir, TTY: tty}
 			if timeout > 0 {
 				req.Timeout = timeout.String()
 			}
