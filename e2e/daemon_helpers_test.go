@@ -197,6 +197,7 @@ func validateRoundTrip(t *testing.T, router routers.Router, next http.RoundTripp
 		req.Body = io.NopCloser(bytes.NewReader(b))
 	}
 	vreq := req.Clone(req.Context())
+	vreq.Body = http.NoBody
 	if body != nil {
 		vreq.Body = io.NopCloser(bytes.NewReader(body))
 	}

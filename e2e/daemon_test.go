@@ -181,7 +181,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	// Files.
 	data := make([]byte, 3<<20)
 	rand.Read(data)
-	if n, err := c.Upload(ctx, "life", "/workspace/data.bin", bytes.NewReader(data), 0o600); err != nil || n != int64(len(data)) {
+	if n, err := c.Upload(ctx, "life", "/workspace/data.bin", bytes.NewReader(data), 0o604); err != nil || n != int64(len(data)) {
 		t.Fatalf("upload: %d %v", n, err)
 	}
 	var got bytes.Buffer
@@ -189,9 +189,10 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Fatalf("download: %d %v equal=%v", n, err, bytes.Equal(got.Bytes(), data))
 	}
 	fi, err := c.Stat(ctx, "life", "/workspace/data.bin")
-	if err != nil || fi.Type != "file" || fi.Size != int64(len(data)) || fi.Mode != 0o600 {
+	if err != nil || fi.Type != "file" || fi.Size != int64(len(data)) || fi.Mode != 0o604 {
 		t.Errorf("stat: %+v %v", fi, err)
 	}
+	// Uploads are owned by the sandbox's root (the agent's uid).
 	if out, _, _ := run(t, c, "life", nil, "sha256sum", "/workspace/data.bin"); !strings.HasPrefix(out, hexSum(data)) {
 		t.Errorf("the sandbox sees other bytes: %s", out)
 	}
@@ -561,16 +562,32 @@ func TestDaemonKilledMidCreateRecovers(t *testing.T) {
 	r, _ := state.Open(root)
 	c := d.c
 	var wg sync.WaitGroup
-	for i := 0; i < 12; i++ {
+	var done sync.Map
+	for i := 0; i < 40; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.Create(ctx, api.CreateRequest{ID: fmt.Sprintf("m%02d", i)}) // fails when the daemon dies
+			id := fmt.Sprintf("m%02d", i)
+			if _, err := c.Create(ctx, api.CreateRequest{ID: id}); err == nil { // fails when the daemon dies
+				done.Store(id, true)
+			}
 		}()
 	}
-	time.Sleep(60 * time.Millisecond)
+	// Kill it while creates are running: once a dozen state directories
+	// exist (some creates answered, some half-way).
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if ents, _ := os.ReadDir(filepath.Join(root, "sandboxes")); len(ents) > 14 {
+			break
+		}
+	}
 	d.kill()
 	wg.Wait()
+	completed := 0
+	done.Range(func(_, _ any) bool { completed++; return true })
+	t.Logf("killed the daemon with %d of 40 creates answered", completed)
+	if completed == 40 {
+		t.Error("every create finished before the kill: nothing was in flight")
+	}
 	// The sandboxes live on without their daemon.
 	if n := initProcesses(r.Name()); n < 3 {
 		t.Fatalf("%d init processes after the daemon died, want the 3 survivors at least", n)
@@ -587,6 +604,12 @@ func TestDaemonKilledMidCreateRecovers(t *testing.T) {
 			t.Errorf("%s is %s after the restart", s.ID, s.State)
 		}
 	}
+	done.Range(func(id, _ any) bool {
+		if !ids[id.(string)] {
+			t.Errorf("%s was created before the kill but is not re-attached", id)
+		}
+		return true
+	})
 	for _, id := range []string{"s1", "s2", "s3"} {
 		if !ids[id] {
 			t.Errorf("survivor %s not re-attached; have %v", id, ids)
@@ -816,7 +839,7 @@ func TestDaemonWarmPool(t *testing.T) {
 		}
 		seen[sb.BackendID] = true
 		// The sandbox is fresh: nothing of an earlier user.
-		if out, _, _ := run(t, d.c, sb.ID, nil, "sh", "-c", "ls /workspace /tmp; echo $HOSTNAME"); strings.TrimSpace(out) != sb.Hostname {
+		if out, _, _ := run(t, d.c, sb.ID, nil, "sh", "-c", "ls -A /workspace /tmp | grep -v :; echo $HOSTNAME"); strings.TrimSpace(out) != sb.Hostname {
 			t.Errorf("round %d: a used sandbox? %q", round, out)
 		}
 		run(t, d.c, sb.ID, nil, "sh", "-c", "echo used > /workspace/trace; echo used > /tmp/trace")

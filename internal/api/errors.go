@@ -33,6 +33,8 @@ func errorFor(err error, pathField string) *Error {
 		return &Error{Status: http.StatusConflict, Code: CodeAlreadyExists, Field: "id", Message: msg}
 	case errors.Is(err, sandbox.ErrUnsupported):
 		return &Error{Status: http.StatusNotImplemented, Code: CodeUnsupported, Message: msg}
+	case errors.As(err, &se):
+		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeStartFailed, Step: se.Step, Message: msg}
 	case errors.Is(err, daemon.ErrLimit):
 		return &Error{Status: http.StatusTooManyRequests, Code: CodeLimitReached, Message: msg}
 	case errors.Is(err, daemon.ErrNotRunning):
@@ -53,8 +55,6 @@ func errorFor(err error, pathField string) *Error {
 		return &Error{Status: http.StatusConflict, Code: CodeFileExists, Field: pathField, Message: msg}
 	case errors.As(err, &re) && re.Code == agentapi.CodeInvalid:
 		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: pathField, Message: msg}
-	case errors.As(err, &se):
-		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeStartFailed, Step: se.Step, Message: msg}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: msg}
 	}
