@@ -443,3 +443,64 @@ func testRequireRoot(t *testing.T) {
 	// ironclaw() gates itself; tests that start the binary by hand do it here.
 	ironclawGate(t)
 }
+
+// TestSIGKILLDuringSetupLeavesNothingAfterGC kills ironclaw at spread-out
+// moments of its start (state claimed, cgroup made, init spawned, mounts
+// half done...) and checks that gc leaves nothing each time.
+func TestSIGKILLDuringSetupLeavesNothingAfterGC(t *testing.T) {
+	testRequireRoot(t)
+	for i := 0; i < 24; i++ {
+		delay := time.Duration(i) * 700 * time.Microsecond
+		cmd := exec.Command(bin, "--root", root, "run", "--name", "setup-kill", "--memory", "64m", "--", "true")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(delay)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if g := ironclaw(t, nil, "gc"); g.code != 0 {
+			t.Fatalf("gc after a kill at %s: %s", delay, g.stderr)
+		}
+		r, err := state.Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			// A killed owner's init may take a moment to die; gc again.
+			err := leaksNow(r)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("kill at %s: %v", delay, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			ironclaw(t, nil, "gc")
+		}
+	}
+}
+
+// leaksNow reports sandbox directories, cgroups and init processes of the
+// suite's root that exist right now.
+func leaksNow(r *state.Root) error {
+	ents, _ := os.ReadDir(filepath.Join(root, "sandboxes"))
+	if len(ents) > 0 {
+		return fmt.Errorf("%d sandbox dir(s) left", len(ents))
+	}
+	for _, c := range []string{"memory", "pids", "cpu", "unified", ""} {
+		if sub, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", c, r.Name())); len(sub) > 0 {
+			for _, s := range sub {
+				if s.IsDir() {
+					return fmt.Errorf("cgroup %s/%s left", c, s.Name())
+				}
+			}
+		}
+	}
+	for _, p := range processes() {
+		if strings.HasPrefix(p, "ironclaw-init "+r.Name()) {
+			return fmt.Errorf("init process left: %s", p)
+		}
+	}
+	return nil
+}

@@ -42,11 +42,14 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	bin = filepath.Join(tmp, "ironclaw")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/ironclaw")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build ironclaw: %v\n%s", err, out)
-		return 1
+	// ironclaw-agent next to ironclaw is the sandboxes' init, as installed.
+	for out, pkg := range map[string]string{bin: "../cmd/ironclaw", filepath.Join(tmp, "ironclaw-agent"): "../cmd/ironclaw-agent"} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
+			return 1
+		}
 	}
 	root = filepath.Join(tmp, "state")
 	code := m.Run()

@@ -26,12 +26,16 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/agent"
 	"github.com/ironclaw/ironclaw/internal/agent/guest"
+	"github.com/ironclaw/ironclaw/internal/jail/initproc"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	// The jail executes this small binary as a sandbox's init
+	// (argv[0] "ironclaw-init"): it never returns from there.
+	initproc.MaybeMain()
 	if os.Getpid() == 1 && len(os.Args) == 1 {
 		vmInit()
 		return

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 )
 
 func newGCCmd(g *globals) *cobra.Command {
@@ -25,13 +28,18 @@ start runs the same collection first.`,
 			}
 			n, err := root.Collect(g.reclaim)
 			fmt.Printf("reclaimed %d sandbox(es)\n", n)
-			return err
+			slots, serr := network.Maintain(cmd.Context(), netConfig(g))
+			if slots > 0 {
+				fmt.Printf("destroyed %d used network pool slot(s)\n", slots)
+			}
+			return errors.Join(err, serr)
 		},
 	}
 }
 
 // reclaim removes the kernel objects recorded in a dead sandbox's state
-// directory, backend first (its processes hold the rest), then network.
+// directory: a micro-VM's process first, then the jail's processes and
+// cgroups, then the network (jail.Reclaim does both).
 func (g *globals) reclaim(dir string) error {
-	return jail.Reclaim(dir)
+	return errors.Join(qemu.Reclaim(dir), jail.Reclaim(dir))
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
@@ -33,6 +36,12 @@ type runFlags struct {
 	timeout  time.Duration
 	tty      bool
 	noDaemon bool
+
+	seccomp       string
+	seccompMode   string
+	seccompReport string
+	allow         []string
+	net           string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -57,12 +66,14 @@ could not be executed or found.`,
 			if err != nil {
 				return err
 			}
-			if !f.noDaemon {
+			// The seccomp audit report is written by the process that
+			// owns the sandbox: with --seccomp-report, run embedded.
+			if !f.noDaemon && f.seccompReport == "" {
 				if c := daemonClient(g); c != nil {
 					return runViaDaemon(g, c, spec, f.name != "")
 				}
 			}
-			return runSandbox(g, spec)
+			return runSandbox(g, spec, f.seccompReport)
 		},
 	}
 	fl := cmd.Flags()
@@ -82,6 +93,11 @@ could not be executed or found.`,
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the sandbox after this long, e.g. 30s; 0 for none")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "give the command a pseudo-terminal")
 	fl.BoolVar(&f.noDaemon, "no-daemon", false, "run embedded even when a daemon (ironclaw serve) is running")
+	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress: CIDR[:PORT[-PORT]][/tcp|/udp], DOMAIN[:PORT] or '*.example.com' (repeatable; everything else is dropped)")
+	fl.StringVar(&f.net, "net", "", "network: none (loopback only, the default without --allow)")
+	fl.StringVar(&f.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")
+	fl.StringVar(&f.seccompMode, "seccomp-mode", "enforce", "enforce, or audit: log what the profile would block instead of blocking it")
+	fl.StringVar(&f.seccompReport, "seccomp-report", "", "with --seccomp-mode audit, write the audit report (JSON) to this file for `ironclaw seccomp suggest`")
 	return cmd
 }
 
@@ -129,12 +145,31 @@ func (f *runFlags) spec(args []string) (sandbox.Spec, error) {
 		return s, fmt.Errorf("--fsize: %w", err)
 	}
 	s.Resources.Pids, s.Resources.CPUs, s.Resources.NoFile = f.pids, f.cpus, f.nofile
+	s.Seccomp.Profile = f.seccomp
+	switch f.seccompMode {
+	case "enforce":
+	case "audit":
+		s.Seccomp.Audit = true
+	default:
+		return s, fmt.Errorf("--seccomp-mode: %q is not enforce or audit", f.seccompMode)
+	}
+	if f.seccompReport != "" && !s.Seccomp.Audit {
+		return s, fmt.Errorf("--seccomp-report: needs --seccomp-mode audit")
+	}
+	switch {
+	case f.net == "" || f.net == "none" && len(f.allow) == 0:
+	case f.net == "none":
+		return s, fmt.Errorf("--net none: conflicts with --allow (allow rules give the sandbox a link)")
+	default:
+		return s, fmt.Errorf("--net: %q is not none (give --allow rules for egress)", f.net)
+	}
+	s.Network.Allow = f.allow
 	return s, s.Validate()
 }
 
 // runSandbox runs spec in a jail with the caller's terminal and signals
 // wired through, and exits with the command's status.
-func runSandbox(g *globals, spec sandbox.Spec) error {
+func runSandbox(g *globals, spec sandbox.Spec, reportFile string) error {
 	root, err := state.Open(g.root)
 	if err != nil {
 		return err
@@ -167,6 +202,9 @@ func runSandbox(g *globals, spec sandbox.Spec) error {
 	if err != nil {
 		return startFailure(spec.ID, err)
 	}
+	if sb.Seccomp().Unconfined {
+		fmt.Fprintf(os.Stderr, "ironclaw: WARNING: sandbox %q runs with --seccomp unconfined: no syscall is filtered\n", spec.ID)
+	}
 	done := make(chan struct{})
 	go func() {
 		for {
@@ -189,6 +227,11 @@ func runSandbox(g *globals, spec sandbox.Spec) error {
 	if err != nil {
 		g.logger.Warn("tear down sandbox", "sandbox", spec.ID, "err", err)
 	}
+	if rep := sb.SeccompReport(); rep != nil {
+		if err := printAudit(os.Stderr, spec.ID, rep, reportFile); err != nil {
+			return err
+		}
+	}
 	switch {
 	case res.TimedOut:
 		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q timed out after %s: killed it and every process in it\n", spec.ID, spec.Timeout)
@@ -200,6 +243,31 @@ func runSandbox(g *globals, spec sandbox.Spec) error {
 	if res.ExitCode != 0 {
 		return exitError{res.ExitCode}
 	}
+	return nil
+}
+
+// printAudit summarises a seccomp audit on w and writes the full report
+// to file when one was asked for.
+func printAudit(w io.Writer, id string, rep *seccomp.Report, file string) error {
+	fmt.Fprintf(w, "ironclaw: seccomp audit of sandbox %q (profile %s): %d call(s) the profile would have blocked", id, rep.Profile, rep.Total)
+	if rep.Dropped > 0 {
+		fmt.Fprintf(w, ", %d event(s) beyond the ring of %d dropped", rep.Dropped, rep.Capacity)
+	}
+	fmt.Fprintln(w)
+	for _, c := range rep.Syscalls {
+		fmt.Fprintf(w, "  %-24s %d\n", c.Name, c.Count)
+	}
+	if file == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode seccomp report: %w", err)
+	}
+	if err := os.WriteFile(file, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--seccomp-report: %w", err)
+	}
+	fmt.Fprintf(w, "ironclaw: audit report written to %s; `ironclaw seccomp suggest %s` turns it into a profile\n", file, file)
 	return nil
 }
 

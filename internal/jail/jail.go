@@ -38,7 +38,11 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/jail/initproc"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
@@ -57,9 +61,15 @@ type Config struct {
 	Logger *slog.Logger
 	// UIDBase is the first host uid of the mapped range (DefaultUIDBase).
 	UIDBase uint32
-	// Exe is the binary re-executed as init (/proc/self/exe). It must
-	// call MaybeInit first thing.
+	// Exe is the binary executed as the sandboxes' init. Empty means
+	// the ironclaw-agent binary next to this executable when there is
+	// one (a small static binary that starts in a third of the time),
+	// else this executable itself (/proc/self/exe). It must call
+	// MaybeInit first thing.
 	Exe string
+	// Network configures networked sandboxes (--allow); its Root
+	// defaults to the state root.
+	Network network.Config
 }
 
 // Jail starts sandboxes. It is safe for concurrent use.
@@ -79,7 +89,13 @@ func New(cfg Config) (*Jail, error) {
 		cfg.UIDBase = DefaultUIDBase
 	}
 	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
+		cfg.Exe = defaultInitExe()
+	}
+	if cfg.Network.Root == "" {
+		cfg.Network.Root = cfg.Root.Dir()
+	}
+	if cfg.Network.Logger == nil {
+		cfg.Network.Logger = cfg.Logger
 	}
 	if cfg.Cgroups == nil {
 		h, err := cgroup.Detect()
@@ -181,13 +197,13 @@ type Sandbox struct {
 	pidfd   int          // with Attach: names init without a PID race
 	group   *cgroup.Group
 	initPID int
-	ctl     *ctl
+	ctl     *initproc.Conn
 	master  *os.File // pty master, with TTY
 
 	copies     sync.WaitGroup // output copies to finish before Wait returns
 	exited     chan struct{}  // init has exited
 	initErr    error          // from waiting for init
-	status     chan exitStatus
+	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
 	timedOut   chan struct{}
 	timer      *time.Timer
@@ -198,6 +214,50 @@ type Sandbox struct {
 
 	t0    time.Time
 	marks []mark // step timings, logged at debug level
+
+	net     *network.Net // nil: loopback only
+	seccomp *seccomp.Program
+	auditor *seccomp.Auditor // with --seccomp-mode audit
+	audited chan struct{}    // closed when the auditor has returned
+}
+
+// auditCapacity is the number of recent violations an audit keeps.
+const auditCapacity = 1024
+
+// compileSeccomp compiles the sandbox's filter for this machine.
+func compileSeccomp(sc sandbox.Seccomp, agent bool) (*seccomp.Program, error) {
+	profile := sc.Profile
+	if profile == "" {
+		profile = seccomp.ProfileDefault
+	}
+	mode := seccomp.Enforce
+	if sc.Audit {
+		if agent {
+			return nil, fmt.Errorf("%w: seccomp audit mode: available for ironclaw run, not for long-lived sandboxes", sandbox.ErrUnsupported)
+		}
+		mode = seccomp.Audit
+	}
+	arch, err := seccomp.NativeArch()
+	if err != nil {
+		return nil, err
+	}
+	return seccomp.Compile(profile, mode, arch)
+}
+
+// Seccomp returns the compiled filter every command of the sandbox carries.
+// Its Unconfined field says the user asked for no filtering by name.
+func (s *Sandbox) Seccomp() *seccomp.Program { return s.seccomp }
+
+// SeccompReport returns the audit of a sandbox in seccomp audit mode, once
+// the sandbox has ended (Wait or Close); nil otherwise.
+func (s *Sandbox) SeccompReport() *seccomp.Report {
+	if s.auditor == nil {
+		return nil
+	}
+	<-s.audited
+	r := s.auditor.Report()
+	r.Profile = s.seccomp.Profile
+	return &r
 }
 
 type mark struct {
@@ -230,6 +290,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if opts.Agent != nil && len(opts.Agent.Token) < 16 {
 		return nil, &StartError{"validate", fmt.Errorf("%w: agent token: want at least 16 bytes", sandbox.ErrInvalid)}
 	}
+	prog, err := compileSeccomp(spec.Seccomp, opts.Agent != nil)
+	if err != nil {
+		return nil, &StartError{"seccomp", err}
+	}
+	policy, err := firewall.ParsePolicy(spec.Network.Allow)
+	if err != nil {
+		return nil, &StartError{"network policy", err}
+	}
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
 		return nil, &StartError{"cgroup", err}
 	}
@@ -257,7 +325,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		pidfd:      -1,
 		root:       j.cfg.Root,
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -267,6 +335,22 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		Agent: opts.Agent != nil, Persistent: opts.Persistent}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
+	}
+	if policy.Networked() {
+		// The network's own record (net.json) is written before any of
+		// its objects exist; GC reclaims from it.
+		s.net, err = network.Acquire(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
+		if err != nil {
+			return nil, &StartError{"network", err}
+		}
+		undo = append(undo, func() {
+			if err := s.net.Close(); err != nil {
+				j.cfg.Logger.Warn("roll back network", "err", err)
+			}
+		})
+		opts.NetNS = s.net.File()
+		opts.ResolvConf = string(s.net.ResolvConf())
+		s.mark("network")
 	}
 	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
 	if err != nil {
@@ -280,10 +364,12 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	})
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
-	defer closeAll(files)
+	defer func() { initproc.CloseAll(files) }() // files grows below
 	if err != nil {
 		return nil, err
 	}
+	icfg.Seccomp = prog
+	s.seccomp = prog
 	s.mark("prepare")
 
 	// The control socket: the host's end is close-on-exec, init's end
@@ -294,14 +380,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	hostEnd, initEnd := os.NewFile(uintptr(pair[0]), "ctl"), os.NewFile(uintptr(pair[1]), "ctl-init")
 	defer initEnd.Close()
-	s.ctl, err = newCtl(hostEnd)
+	s.ctl, err = initproc.NewConn(hostEnd)
 	if err != nil {
 		return nil, &StartError{"control socket", err}
 	}
 	undo = append(undo, func() { s.ctl.Close() })
 
 	stdio, err := s.plumb(opts.IO, spec.TTY)
-	defer closeAll(stdio)
+	defer initproc.CloseAll(stdio)
 	if err != nil {
 		return nil, &StartError{"stdio", err}
 	}
@@ -319,13 +405,24 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		if err != nil {
 			return nil, &StartError{"agent socket", err}
 		}
-		icfg.Agent = &agentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
+		icfg.Agent = &initproc.AgentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
 		files = append(files, lf)
 	}
 	icfg.Persistent = opts.Persistent
 
+	// Init is executed through an O_PATH descriptor of its binary, so
+	// the binary's directory need not be searchable by the sandbox's
+	// unprivileged host uid.
+	exe, err := os.OpenFile(j.cfg.Exe, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &StartError{"start init", fmt.Errorf("open init binary: %w", err)}
+	}
+	icfg.Protocol = initproc.ProtocolVersion
+	icfg.ExeFD = 3 + len(files) + 1
+	files = append(files, exe)
+
 	cmd := &exec.Cmd{
-		Path:       j.cfg.Exe,
+		Path:       fmt.Sprintf("/proc/self/fd/%d", icfg.ExeFD),
 		Args:       []string{InitArg0, j.cfg.Root.Name()}, // the name makes leaks attributable
 		Env:        []string{},
 		Stdin:      stdio[0],
@@ -378,7 +475,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	})
 	// Init builds its root while the host moves it into the cgroup; on
 	// cgroup v2 it was cloned straight into it.
-	if err := s.ctl.send(hostMsg{Config: icfg}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
 		return nil, &StartError{"configure init", err}
 	}
 	if cgFD == nil {
@@ -387,7 +484,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 			return nil, &StartError{"cgroup", err}
 		}
 	}
-	if err := s.ctl.send(hostMsg{Placed: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil {
 		return nil, &StartError{"configure init", err}
 	}
 	s.mark("placed")
@@ -452,21 +549,26 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 // confined launching thread, verifies that thread from the kernel's side,
 // lets init start the command and waits for it to have started.
 func (s *Sandbox) handshake(ctx context.Context) error {
-	msgs := make(chan initMsg, 1)
+	msgs := make(chan initproc.InitMsg, 1)
 	errc := make(chan error, 1)
+	var attached []*os.File
 	next := func() {
 		go func() {
-			var m initMsg
-			files, err := s.ctl.recv(&m)
-			closeAll(files)
+			var m initproc.InitMsg
+			files, err := s.ctl.Recv(&m)
 			if err != nil {
 				errc <- err
 				return
 			}
+			if m.Ready != nil {
+				attached = files
+			} else {
+				initproc.CloseAll(files)
+			}
 			msgs <- m
 		}()
 	}
-	wait := func() (initMsg, error) {
+	wait := func() (initproc.InitMsg, error) {
 		select {
 		case m := <-msgs:
 			if m.Error != nil {
@@ -475,9 +577,9 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			return m, nil
 		case err := <-errc:
 			<-s.exited
-			return initMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
+			return initproc.InitMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
 		case <-ctx.Done():
-			return initMsg{}, &StartError{"start", ctx.Err()}
+			return initproc.InitMsg{}, &StartError{"start", ctx.Err()}
 		}
 	}
 	next()
@@ -488,6 +590,22 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	if m.Ready == nil {
 		return &StartError{"init", errors.New("protocol error: expected ready")}
 	}
+	if s.seccomp.Mode == seccomp.Audit {
+		if len(attached) != 1 {
+			initproc.CloseAll(attached)
+			return &StartError{"seccomp", errors.New("init sent no audit listener")}
+		}
+		s.auditor = seccomp.NewAuditor(attached[0], auditCapacity, s.log)
+		s.audited = make(chan struct{})
+		go func() {
+			defer close(s.audited)
+			if err := s.auditor.Run(context.Background()); err != nil {
+				s.log.Warn("seccomp audit", "err", err)
+			}
+		}()
+	} else {
+		initproc.CloseAll(attached)
+	}
 	s.mark("ready")
 	if len(m.Ready.Steps) > 0 {
 		s.log.Debug("init timeline", "steps", strings.Join(m.Ready.Steps, " "))
@@ -495,7 +613,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
 		return &StartError{"verify confinement", err}
 	}
-	if err := s.ctl.send(hostMsg{Go: true}); err != nil {
+	if err := s.ctl.Send(initproc.HostMsg{Go: true}); err != nil {
 		return &StartError{"start command", err}
 	}
 	next()
@@ -509,7 +627,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	return nil
 }
 
-func stepErr(e *stepError) error {
+func stepErr(e *initproc.StepError) error {
 	err := errors.New(e.Message)
 	switch {
 	case strings.Contains(e.Message, ErrCommandNotFound.Error()):
@@ -538,19 +656,7 @@ func verifyThread(initPID, nsTID int) error {
 	if err != nil {
 		return err
 	}
-	return checkConfined(st)
-}
-
-// checkConfined checks a thread's /proc status for what every command of
-// a sandbox inherits.
-func checkConfined(st map[string]string) error {
-	if st["NoNewPrivs"] != "1" {
-		return fmt.Errorf("launching thread has NoNewPrivs %q, want 1", st["NoNewPrivs"])
-	}
-	if st["CapBnd"] != "0000000000000000" {
-		return fmt.Errorf("launching thread has CapBnd %s, want none", st["CapBnd"])
-	}
-	return nil
+	return initproc.CheckConfined(st)
 }
 
 // findThread returns the /proc status fields of the thread of process pid
@@ -563,7 +669,7 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	}
 	want := strconv.Itoa(nsTID)
 	for _, e := range ents {
-		st, err := readStatus(filepath.Join(dir, e.Name(), "status"))
+		st, err := initproc.ReadStatus(filepath.Join(dir, e.Name(), "status"))
 		if err != nil {
 			continue // thread exited
 		}
@@ -575,28 +681,14 @@ func findThread(pid, nsTID int) (map[string]string, error) {
 	return nil, fmt.Errorf("launching thread %d of init %d not found", nsTID, pid)
 }
 
-func readStatus(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	m := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m, nil
-}
-
 // readStatus collects the command's exit status from init, if init gets
 // to send one.
 func (s *Sandbox) readStatus() {
 	defer close(s.statusDone)
 	for {
-		var m initMsg
-		files, err := s.ctl.recv(&m)
-		closeAll(files)
+		var m initproc.InitMsg
+		files, err := s.ctl.Recv(&m)
+		initproc.CloseAll(files)
 		if err != nil {
 			return
 		}
@@ -663,6 +755,12 @@ func (s *Sandbox) Close() error {
 			errs = append(errs, err)
 		}
 		s.mark("cgroup removed")
+		if s.net != nil {
+			if err := s.net.Close(); err != nil {
+				errs = append(errs, err)
+			}
+			s.mark("network removed")
+		}
 		claim := s.claim
 		if claim == nil {
 			// Attached: the lock went with init; take it to remove the dir.
@@ -730,7 +828,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		initPID:    rec.InitPID,
 		group:      j.cfg.Cgroups.Load(rec.CgroupRel, rec.Resources),
 		exited:     make(chan struct{}),
-		status:     make(chan exitStatus, 1),
+		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
@@ -788,25 +886,47 @@ func (s *Sandbox) collect() Result {
 func Reclaim(dir string) error {
 	var rec record
 	if err := state.ReadJSON(filepath.Join(dir, recordName), &rec); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // died before making anything
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("read jail record: %w", err)
 		}
-		return fmt.Errorf("read jail record: %w", err)
+		// Died before making a cgroup; the network may still have a record.
 	}
 	if err := cgroup.Remove(rec.Cgroups); err != nil {
 		return fmt.Errorf("reclaim cgroups: %w", err)
 	}
+	// The network outlives no process: its namespace is a bind mount,
+	// its links and rules are named in net.json.
+	if err := network.Reclaim(dir); err != nil {
+		return fmt.Errorf("reclaim network: %w", err)
+	}
 	return nil
 }
 
+// UpdateNetwork replaces the egress policy of a running networked
+// sandbox atomically; connections the new policy does not allow are cut.
+// A sandbox started without network rules has no link to give rules to.
+func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
+	policy, err := firewall.ParsePolicy(allow)
+	if err != nil {
+		return err
+	}
+	if s.net == nil {
+		return fmt.Errorf("%w: update network of %q: it was started without --allow rules (loopback only); its network namespace has no link", sandbox.ErrUnsupported, s.ID)
+	}
+	return s.net.Update(ctx, policy)
+}
+
+// Network returns the sandbox's network, or nil for loopback only.
+func (s *Sandbox) Network() *network.Net { return s.net }
+
 // prepare builds init's config and clones every host path the sandbox
 // binds into a detached mount, passed to init from fd 4 on.
-func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig, []*os.File, error) {
+func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initproc.Config, []*os.File, error) {
 	newRoot := filepath.Join(dir, "root")
 	if err := os.Mkdir(newRoot, 0o755); err != nil {
 		return nil, nil, &StartError{"create root", err}
 	}
-	cfg := &initConfig{
+	cfg := &initproc.Config{
 		Hostname: sandbox.Hostname(spec.ID),
 		NewRoot:  newRoot,
 		Symlinks: map[string]string{},
@@ -832,12 +952,12 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 			return err
 		}
 		files = append(files, f)
-		cfg.Sources = append(cfg.Sources, bindSource{
+		cfg.Sources = append(cfg.Sources, initproc.BindSource{
 			FD: 3 + len(files), Target: target, Writable: writable, Dir: st.IsDir(), System: system,
 		})
 		return nil
 	}
-	fail := func(step string, err error) (*initConfig, []*os.File, error) {
+	fail := func(step string, err error) (*initproc.Config, []*os.File, error) {
 		return nil, files, &StartError{step, err}
 	}
 
@@ -912,6 +1032,18 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initConfig
 		}
 	}
 	return cfg, files, nil
+}
+
+// defaultInitExe picks the init binary: ironclaw-agent next to this
+// executable if it is there, else this executable.
+func defaultInitExe() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "ironclaw-agent")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return "/proc/self/exe"
 }
 
 // AgentSocket returns the path of the Unix socket a long-lived sandbox's
@@ -1109,13 +1241,13 @@ func etcFiles(u sandbox.User, hostname, resolv string) map[string]string {
 	}
 }
 
-func rlimits(r sandbox.Resources) []rlimit {
-	out := []rlimit{{Resource: unix.RLIMIT_CORE}}
+func rlimits(r sandbox.Resources) []initproc.Rlimit {
+	out := []initproc.Rlimit{{Resource: unix.RLIMIT_CORE}}
 	if r.NoFile > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_NOFILE, Cur: r.NoFile, Max: r.NoFile})
 	}
 	if r.FileSize > 0 {
-		out = append(out, rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
+		out = append(out, initproc.Rlimit{Resource: unix.RLIMIT_FSIZE, Cur: uint64(r.FileSize), Max: uint64(r.FileSize)})
 	}
 	return out
 }

@@ -252,7 +252,7 @@ func ironclawBinary(t testing.TB) string {
 func requireJail(t testing.TB) string {
 	t.Helper()
 	bin := ironclawBinary(t)
-	root := t.TempDir()
+	root := testutil.SearchableTempDir(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--root", root, "run", "--", "/bin/true").CombinedOutput()

@@ -15,6 +15,8 @@ import (
 	"github.com/ironclaw/ironclaw/internal/approval"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 // These tests run the servers inside the real `ironclaw run` jail, built
@@ -31,14 +33,8 @@ func withJail(bin, root string) harnessOpt {
 	}
 }
 
-func shortRoot(t *testing.T) string {
-	root, err := os.MkdirTemp("", "icj")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	return root
-}
+// shortRoot is a state root the sandboxes' unprivileged uids can search.
+func shortRoot(t *testing.T) string { return testutil.SearchableTempDir(t) }
 
 func TestSandboxedEverything(t *testing.T) {
 	nm := nodeModules(t)

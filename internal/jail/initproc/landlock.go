@@ -1,4 +1,4 @@
-package jail
+package initproc
 
 import (
 	"fmt"
@@ -18,7 +18,7 @@ type landlockRules struct {
 	flags uint32
 }
 
-func newLandlock(cfg *initConfig) (*landlockRules, error) {
+func newLandlock(cfg *Config) (*landlockRules, error) {
 	c := landlock.V7.BestEffort()
 	c.HandledAccessNet = 0
 	rules := []landlock.Rule{

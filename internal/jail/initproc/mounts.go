@@ -1,4 +1,4 @@
-package jail
+package initproc
 
 import (
 	"errors"
@@ -29,7 +29,7 @@ var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
 // buildRoot makes the sandbox's root file system in init's private mount
 // namespace and pivots into it. It returns the failing step on error.
 // Nothing here is visible on the host: the mounts die with the namespace.
-func buildRoot(cfg *initConfig) (string, error) {
+func buildRoot(cfg *Config) (string, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return "make mounts private", err
 	}
@@ -95,7 +95,7 @@ func buildRoot(cfg *initConfig) (string, error) {
 }
 
 // bindSourceMount attaches the detached mount s.FD at s.Target under nr.
-func bindSourceMount(nr string, s bindSource) error {
+func bindSourceMount(nr string, s BindSource) error {
 	if err := mkdirParents(nr, s.Target); err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package jail
+package initproc
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 // state directory. Every exec is confined exactly like the command of
 // `ironclaw run` (see confineThread), on a fresh locked thread, and that
 // thread's status is read back from the kernel before the fork.
-func agentMain(cfg *initConfig, ll *landlockRules, c *ctl, hostGone <-chan struct{}) int {
+func agentMain(cfg *Config, ll *landlockRules, c *Conn, hostGone <-chan struct{}) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if !cfg.Persistent {
@@ -65,7 +65,7 @@ func agentMain(cfg *initConfig, ll *landlockRules, c *ctl, hostGone <-chan struc
 // confinedLauncher returns the agent's Launch: it starts cmd from a fresh
 // locked thread that carries the sandbox's confinement, as the sandbox's
 // user unless the exec asked for another, in a new session.
-func confinedLauncher(cfg *initConfig, ll *landlockRules) func(context.Context, *exec.Cmd) error {
+func confinedLauncher(cfg *Config, ll *landlockRules) func(context.Context, *exec.Cmd) error {
 	placed := make(chan struct{})
 	close(placed) // the sandbox is in its cgroup for good
 	return func(ctx context.Context, cmd *exec.Cmd) error {
@@ -91,9 +91,13 @@ func confinedLauncher(cfg *initConfig, ll *landlockRules) func(context.Context, 
 			runtime.LockOSThread() // never unlocked: the thread is confined
 			c := *cfg
 			c.User.UID, c.User.GID = u.Uid, u.Gid
-			if step, err := confineThread(&c, ll, placed); err != nil {
+			step, listener, err := confineThread(&c, ll, placed)
+			if err != nil {
 				errc <- fmt.Errorf("%s: %w", step, err)
 				return
+			}
+			if listener != nil {
+				listener.Close() // audit mode is refused for agents at Start
 			}
 			if err := verifySelf(); err != nil {
 				errc <- fmt.Errorf("verify confinement: %w", err)
@@ -108,9 +112,9 @@ func confinedLauncher(cfg *initConfig, ll *landlockRules) func(context.Context, 
 // verifySelf reads the calling thread's status back from the kernel and
 // requires what every command must inherit.
 func verifySelf() error {
-	st, err := readStatus(fmt.Sprintf("/proc/self/task/%d/status", unix.Gettid()))
+	st, err := ReadStatus(fmt.Sprintf("/proc/self/task/%d/status", unix.Gettid()))
 	if err != nil {
 		return err
 	}
-	return checkConfined(st)
+	return CheckConfined(st)
 }

@@ -1,4 +1,4 @@
-package jail
+package initproc
 
 import (
 	"errors"
@@ -12,21 +12,23 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 )
 
-// InitArg0 is the argv[0] the jail re-executes its binary with to run the
+// Arg0 is the argv[0] the jail re-executes its binary with to run the
 // sandbox's init. Every binary that starts jails (ironclaw, and the test
-// binaries of packages that start jails) calls MaybeInit first thing in
+// binaries of packages that start jails) calls MaybeMain first thing in
 // main or TestMain.
-const InitArg0 = "ironclaw-init"
+const Arg0 = "ironclaw-init"
 
 // ctlFD is the control socket's descriptor number in init.
 const ctlFD = 3
 
-// MaybeInit runs the sandbox init and never returns when this process was
-// started as one (argv[0] == InitArg0); otherwise it returns at once.
-func MaybeInit() {
-	if len(os.Args) == 0 || os.Args[0] != InitArg0 {
+// MaybeMain runs the sandbox init and never returns when this process was
+// started as one (argv[0] == Arg0); otherwise it returns at once.
+func MaybeMain() {
+	if len(os.Args) == 0 || os.Args[0] != Arg0 {
 		return
 	}
 	os.Exit(initMain())
@@ -46,27 +48,33 @@ func initMain() int {
 		steps = append(steps, step+"="+time.Since(t0).Round(time.Microsecond).String())
 	}
 	syscall.CloseOnExec(ctlFD)
-	c, err := newCtl(os.NewFile(ctlFD, "ctl"))
+	c, err := NewConn(os.NewFile(ctlFD, "ctl"))
 	if err != nil {
 		return 1
 	}
-	var msg hostMsg
-	files, err := c.recv(&msg)
+	var msg HostMsg
+	files, err := c.Recv(&msg)
 	if err != nil || msg.Config == nil {
 		return 1
 	}
-	closeAll(files)
+	CloseAll(files)
 	cfg := msg.Config
 	if cfg.Epoch != 0 {
 		steps = append(steps, "main="+t0.Sub(time.Unix(0, cfg.Epoch)).Round(time.Microsecond).String()+"-after-spawn")
 	}
 	mark("config")
+	if cfg.ExeFD > 0 {
+		unix.Close(cfg.ExeFD)
+	}
 	// The state directory's lock stays open in init (close-on-exec, so no
 	// command inherits it) for as long as the sandbox lives.
 	syscall.CloseOnExec(cfg.LockFD)
 	fail := func(step string, err error) int {
-		_ = c.send(initMsg{Error: &stepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
+		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
 		return 1
+	}
+	if cfg.Protocol != ProtocolVersion {
+		return fail("init", fmt.Errorf("the init binary speaks protocol %d, the host %d: rebuild ironclaw and ironclaw-agent from the same source", ProtocolVersion, cfg.Protocol))
 	}
 
 	// Signals are caught before anything can send one, and forwarded to
@@ -97,7 +105,7 @@ func initMain() int {
 	}
 	for _, r := range cfg.Rlimits {
 		if err := syscall.Setrlimit(r.Resource, &syscall.Rlimit{Cur: r.Cur, Max: r.Max}); err != nil {
-			return fail("set rlimit", fmt.Errorf("resource %d: %w", r.Resource, err))
+			return fail("set Rlimit", fmt.Errorf("resource %d: %w", r.Resource, err))
 		}
 	}
 	ll, err := newLandlock(cfg)
@@ -113,9 +121,9 @@ func initMain() int {
 	hostGone := make(chan struct{})
 	go func() {
 		for {
-			var m hostMsg
-			files, err := c.recv(&m)
-			closeAll(files)
+			var m HostMsg
+			files, err := c.Recv(&m)
+			CloseAll(files)
 			if err != nil {
 				close(hostGone)
 				return
@@ -140,9 +148,14 @@ func initMain() int {
 	if !cfg.Trace {
 		steps = nil
 	}
-	if err := c.send(initMsg{Ready: &readyMsg{TID: tid, Steps: steps}}); err != nil {
+	var attach []*os.File
+	if l.listener != nil {
+		attach = append(attach, l.listener)
+	}
+	if err := c.Send(InitMsg{Ready: &ReadyMsg{TID: tid, Steps: steps}}, attach...); err != nil {
 		return 1
 	}
+	CloseAll(attach) // the host's copy is what counts
 	var pid int
 	select {
 	case <-hostGone:
@@ -153,7 +166,7 @@ func initMain() int {
 		}
 		pid = r.pid
 	}
-	if err := c.send(initMsg{Started: &struct {
+	if err := c.Send(InitMsg{Started: &struct {
 		PID int `json:"pid"`
 	}{pid}}); err != nil {
 		return 1
@@ -174,7 +187,7 @@ func initMain() int {
 			if st, done := reap(pid); done {
 				// The command is gone: init exits, and the kernel
 				// kills everything left in the PID namespace.
-				_ = c.send(initMsg{Exited: &st})
+				_ = c.Send(InitMsg{Exited: &st})
 				return 0
 			}
 		}
@@ -197,20 +210,20 @@ func forward(pid int, s syscall.Signal) {
 
 // reap collects every exited child. It reports the command's status once
 // the command itself has been reaped.
-func reap(pid int) (exitStatus, bool) {
+func reap(pid int) (ExitStatus, bool) {
 	for {
 		var ws syscall.WaitStatus
 		got, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
 		if err != nil || got <= 0 {
-			return exitStatus{}, false
+			return ExitStatus{}, false
 		}
 		if got != pid {
 			continue
 		}
 		if ws.Signaled() {
-			return exitStatus{Code: 128 + int(ws.Signal()), Signal: int(ws.Signal())}, true
+			return ExitStatus{Code: 128 + int(ws.Signal()), Signal: int(ws.Signal())}, true
 		}
-		return exitStatus{Code: ws.ExitStatus()}, true
+		return ExitStatus{Code: ws.ExitStatus()}, true
 	}
 }
 
@@ -221,12 +234,13 @@ func reap(pid int) (exitStatus, bool) {
 // that state while init's other threads are unaffected. The thread is
 // never unlocked: the Go runtime destroys it when the goroutine ends.
 type launcher struct {
-	step   string
-	ready  chan int
-	failed chan error
-	placed chan struct{}
-	goCh   chan struct{}
-	result chan launchResult
+	step     string
+	listener *os.File // seccomp audit listener, sent to the host
+	ready    chan int
+	failed   chan error
+	placed   chan struct{}
+	goCh     chan struct{}
+	result   chan launchResult
 }
 
 type launchResult struct {
@@ -234,7 +248,7 @@ type launchResult struct {
 	err error
 }
 
-func startLauncher(cfg *initConfig, path string, ll *landlockRules) *launcher {
+func startLauncher(cfg *Config, path string, ll *landlockRules) *launcher {
 	l := &launcher{
 		ready:  make(chan int, 1),
 		failed: make(chan error, 1),
@@ -244,11 +258,13 @@ func startLauncher(cfg *initConfig, path string, ll *landlockRules) *launcher {
 	}
 	go func() {
 		runtime.LockOSThread() // never unlocked
-		if step, err := confineThread(cfg, ll, l.placed); err != nil {
+		step, listener, err := confineThread(cfg, ll, l.placed)
+		if err != nil {
 			l.step = step
 			l.failed <- err
 			return
 		}
+		l.listener = listener
 		l.ready <- unix.Gettid()
 		<-l.goCh
 		if cfg.Agent != nil {
@@ -281,7 +297,7 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-func commandAttr(cfg *initConfig) *syscall.SysProcAttr {
+func commandAttr(cfg *Config) *syscall.SysProcAttr {
 	attr := &syscall.SysProcAttr{Setsid: true}
 	if cfg.TTY {
 		attr.Setctty = true
@@ -296,31 +312,31 @@ func commandAttr(cfg *initConfig) *syscall.SysProcAttr {
 
 // confineThread applies, to the calling (locked) thread, everything the
 // command inherits. It returns the step that failed.
-func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (string, error) {
+func confineThread(cfg *Config, ll *landlockRules, placed <-chan struct{}) (string, *os.File, error) {
 	last, err := lastCap()
 	if err != nil {
-		return "drop capabilities", err
+		return "drop capabilities", nil, err
 	}
 	for c := 0; c <= last; c++ {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
-			return "drop capabilities", fmt.Errorf("drop %d from the bounding set: %w", c, err)
+			return "drop capabilities", nil, fmt.Errorf("drop %d from the bounding set: %w", c, err)
 		}
 	}
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
-		return "drop capabilities", fmt.Errorf("clear ambient set: %w", err)
+		return "drop capabilities", nil, fmt.Errorf("clear ambient set: %w", err)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return "no_new_privs", err
+		return "no_new_privs", nil, err
 	}
 	if err := ll.restrictThread(); err != nil {
-		return "landlock", err
+		return "landlock", nil, err
 	}
 	// A cgroup namespace rooted at the sandbox's cgroup. The host moves
 	// init there while init builds its root (on cgroup v1 a move waits for
 	// an RCU grace period, several milliseconds, so it runs in parallel).
 	<-placed
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return "cgroup namespace", err
+		return "cgroup namespace", nil, err
 	}
 	if cfg.User.UID == 0 && cfg.User.GID == 0 {
 		// Root inside keeps its uid, so clear its capabilities here: the
@@ -328,12 +344,17 @@ func confineThread(cfg *initConfig, ll *landlockRules, placed <-chan struct{}) (
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			return "drop capabilities", fmt.Errorf("capset: %w", err)
+			return "drop capabilities", nil, fmt.Errorf("capset: %w", err)
 		}
 	}
-	// The seccomp filter is installed here, last, on this thread: it is
-	// the final step before fork and execve.
-	return "", nil
+	// The seccomp filter is installed here, last, on this thread only: it
+	// is the final step before fork and execve, and everything this thread
+	// does until then is on the profile's launch path (see package seccomp).
+	listener, err := seccomp.InstallThread(cfg.Seccomp)
+	if err != nil {
+		return "seccomp", nil, err
+	}
+	return "", listener, nil
 }
 
 func lastCap() (int, error) {

@@ -1,4 +1,4 @@
-package jail
+package initproc
 
 import (
 	"encoding/binary"
@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 )
 
 // The host and the sandbox's init talk over a private Unix stream socket
@@ -19,19 +20,29 @@ import (
 // The socket also ties the two lives together: when the host dies, init
 // reads EOF and takes the sandbox down with it.
 
+// ProtocolVersion is the version of the host↔init protocol. The host and
+// the init binary (the same ironclaw binary, or an ironclaw-agent built
+// from the same source) must agree; init refuses any other.
+const ProtocolVersion = 1
+
 // maxFrame bounds a control message. The largest is the init config, whose
 // size is dominated by the environment and the argument list.
 const maxFrame = 16 << 20
 
-// initConfig is everything init needs to build the sandbox, sent once.
-type initConfig struct {
+// Config is everything init needs to build the sandbox, sent once.
+type Config struct {
+	// Protocol is the host's ProtocolVersion.
+	Protocol int `json:"protocol"`
+	// ExeFD is the descriptor init was executed from (the host passes
+	// the init binary as an O_PATH descriptor); init closes it.
+	ExeFD    int    `json:"exe_fd,omitempty"`
 	Hostname string `json:"hostname"`
 	// NewRoot is the (empty) directory the sandbox root is built on.
 	NewRoot string `json:"new_root"`
 	// Sources are the bind mounts to make, in order. Host-side paths are
 	// passed as O_PATH descriptors: init runs as an unprivileged host uid
 	// and could not walk to them (the host opens them as real root).
-	Sources []bindSource `json:"sources"`
+	Sources []BindSource `json:"sources"`
 	// Etc holds the generated files of /etc, by name.
 	Etc map[string]string `json:"etc"`
 	// Symlinks are symlinks of the source root (/bin -> usr/bin on a
@@ -43,14 +54,16 @@ type initConfig struct {
 	User    sandbox.User `json:"user"`
 	Cwd     string       `json:"cwd"`
 	TTY     bool         `json:"tty"`
-	Rlimits []rlimit     `json:"rlimits"`
+	Rlimits []Rlimit     `json:"rlimits"`
 	// Loopback brings up lo in a sandbox-owned network namespace.
 	Loopback bool `json:"loopback"`
 	// Trace asks init to report how long each of its steps took.
 	Trace bool `json:"trace,omitempty"`
+	// Seccomp is the compiled filter installed on every launching thread.
+	Seccomp *seccomp.Program `json:"seccomp"`
 	// Agent, when set, makes init serve the agent protocol for a
 	// long-lived sandbox instead of running one command.
-	Agent *agentInit `json:"agent,omitempty"`
+	Agent *AgentInit `json:"agent,omitempty"`
 	// Persistent keeps the sandbox alive when the host process that made
 	// it exits; a daemon re-attaches to it through the agent socket.
 	Persistent bool `json:"persistent,omitempty"`
@@ -63,9 +76,9 @@ type initConfig struct {
 	Epoch int64 `json:"epoch,omitempty"`
 }
 
-// bindSource is one bind mount: from the descriptor FD (in init) to Target
+// BindSource is one bind mount: from the descriptor FD (in init) to Target
 // inside the sandbox.
-type bindSource struct {
+type BindSource struct {
 	FD       int    `json:"fd"`
 	Target   string `json:"target"`
 	Writable bool   `json:"writable"`
@@ -75,8 +88,8 @@ type bindSource struct {
 	System bool `json:"system"`
 }
 
-// agentInit configures the agent a long-lived sandbox's init serves.
-type agentInit struct {
+// AgentInit configures the agent a long-lived sandbox's init serves.
+type AgentInit struct {
 	// ListenFD is a listening Unix socket the host created in the
 	// sandbox's state directory (outside the sandbox's view).
 	ListenFD    int    `json:"listen_fd"`
@@ -84,15 +97,15 @@ type agentInit struct {
 	MaxFileSize int64  `json:"max_file_size,omitempty"`
 }
 
-type rlimit struct {
+type Rlimit struct {
 	Resource int    `json:"resource"`
 	Cur      uint64 `json:"cur"`
 	Max      uint64 `json:"max"`
 }
 
-// hostMsg is sent by the host to init.
-type hostMsg struct {
-	Config *initConfig `json:"config,omitempty"`
+// HostMsg is sent by the host to init.
+type HostMsg struct {
+	Config *Config `json:"config,omitempty"`
 	// Placed says init is in the sandbox's cgroup: it may now create its
 	// cgroup namespace, rooted there.
 	Placed bool `json:"placed,omitempty"`
@@ -101,33 +114,33 @@ type hostMsg struct {
 	Go bool `json:"go,omitempty"`
 }
 
-// initMsg is sent by init to the host.
-type initMsg struct {
+// InitMsg is sent by init to the host.
+type InitMsg struct {
 	// Ready says the launching thread is confined and waits for Go. TID
 	// is its thread ID inside the sandbox's PID namespace.
-	Ready *readyMsg `json:"ready,omitempty"`
+	Ready *ReadyMsg `json:"ready,omitempty"`
 	// Started carries the command's PID inside the sandbox.
 	Started *struct {
 		PID int `json:"pid"`
 	} `json:"started,omitempty"`
 	// Exited carries how the command ended.
-	Exited *exitStatus `json:"exited,omitempty"`
+	Exited *ExitStatus `json:"exited,omitempty"`
 	// Error is a start failure: the step and the cause.
-	Error *stepError `json:"error,omitempty"`
+	Error *StepError `json:"error,omitempty"`
 }
 
-type readyMsg struct {
+type ReadyMsg struct {
 	TID int `json:"tid"`
 	// Steps are init's step timings, with Trace.
 	Steps []string `json:"steps,omitempty"`
 }
 
-type exitStatus struct {
+type ExitStatus struct {
 	Code   int `json:"code"`
 	Signal int `json:"signal,omitempty"`
 }
 
-type stepError struct {
+type StepError struct {
 	Step    string `json:"step"`
 	Message string `json:"message"`
 	// Errno is the errno of the cause, when there is one, so that the host
@@ -136,11 +149,11 @@ type stepError struct {
 }
 
 // ctl is one end of the control socket.
-type ctl struct {
+type Conn struct {
 	c *net.UnixConn
 }
 
-func newCtl(f *os.File) (*ctl, error) {
+func NewConn(f *os.File) (*Conn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
@@ -151,11 +164,11 @@ func newCtl(f *os.File) (*ctl, error) {
 		c.Close()
 		return nil, fmt.Errorf("control socket: %T is not a Unix socket", c)
 	}
-	return &ctl{c: uc}, nil
+	return &Conn{c: uc}, nil
 }
 
 // send writes v as one frame, with files attached.
-func (c *ctl) send(v any, files ...*os.File) error {
+func (c *Conn) Send(v any, files ...*os.File) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode control message: %w", err)
@@ -180,7 +193,7 @@ func (c *ctl) send(v any, files ...*os.File) error {
 }
 
 // recv reads one frame into v and returns the files attached to it.
-func (c *ctl) recv(v any) ([]*os.File, error) {
+func (c *Conn) Recv(v any) ([]*os.File, error) {
 	var hdr [4]byte
 	oob := make([]byte, syscall.CmsgSpace(16*4))
 	n, oobn, _, _, err := c.c.ReadMsgUnix(hdr[:], oob)
@@ -196,28 +209,28 @@ func (c *ctl) recv(v any) ([]*os.File, error) {
 	}
 	if n < len(hdr) {
 		if _, err := io.ReadFull(c.c, hdr[n:]); err != nil {
-			closeAll(files)
+			CloseAll(files)
 			return nil, fmt.Errorf("read control frame: %w", err)
 		}
 	}
 	size := binary.BigEndian.Uint32(hdr[:])
 	if size > maxFrame {
-		closeAll(files)
+		CloseAll(files)
 		return nil, fmt.Errorf("read control frame: %d bytes exceeds the %d limit", size, maxFrame)
 	}
 	body := make([]byte, size)
 	if _, err := io.ReadFull(c.c, body); err != nil {
-		closeAll(files)
+		CloseAll(files)
 		return nil, fmt.Errorf("read control frame: %w", err)
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		closeAll(files)
+		CloseAll(files)
 		return nil, fmt.Errorf("decode control frame: %w", err)
 	}
 	return files, nil
 }
 
-func (c *ctl) Close() error { return c.c.Close() }
+func (c *Conn) Close() error { return c.c.Close() }
 
 func parseRights(oob []byte) ([]*os.File, error) {
 	if len(oob) == 0 {
@@ -231,7 +244,7 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	for _, m := range msgs {
 		fds, err := syscall.ParseUnixRights(&m)
 		if err != nil {
-			closeAll(files)
+			CloseAll(files)
 			return nil, fmt.Errorf("parse control message rights: %w", err)
 		}
 		for _, fd := range fds {
@@ -242,7 +255,7 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	return files, nil
 }
 
-func closeAll(fs []*os.File) {
+func CloseAll(fs []*os.File) {
 	for _, f := range fs {
 		f.Close()
 	}
