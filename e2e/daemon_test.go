@@ -908,9 +908,10 @@ func TestDaemonSandboxExitIsReported(t *testing.T) {
 	}
 }
 
-// TestDaemonNetworkUpdate exercises the policy update of a running
-// sandbox: a bad rule names the field; a good one is in force (or, while
-// the jail backend lacks live updates, a clear 501).
+// TestDaemonNetworkUpdate checks the errors of a policy update (the
+// update itself is proven with traffic in e2e/daemonnet): a missing
+// sandbox, a bad rule naming the field, and a loopback-only sandbox, which
+// has no link to give rules to.
 func TestDaemonNetworkUpdate(t *testing.T) {
 	root := newRoot(t)
 	d := startDaemon(t, root)
@@ -918,16 +919,17 @@ func TestDaemonNetworkUpdate(t *testing.T) {
 	if _, err := d.c.Create(ctx, api.CreateRequest{ID: "net"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.c.UpdateNetwork(ctx, "nope", []string{"tcp://127.0.0.1:1"}); !client.IsCode(err, api.CodeNotFound) {
+	if _, err := d.c.UpdateNetwork(ctx, "nope", []string{"203.0.113.1/32:80"}); !client.IsCode(err, api.CodeNotFound) {
 		t.Errorf("update of a missing sandbox: %v", err)
 	}
-	sb, err := d.c.UpdateNetwork(ctx, "net", nil)
-	switch {
-	case client.IsCode(err, api.CodeUnsupported):
-		t.Logf("live policy update not available in the jail backend yet: %v", err)
-	case err != nil:
-		t.Fatal(err)
-	case len(sb.Network.Allow) != 0:
-		t.Errorf("loopback-only update: %+v", sb.Network)
+	var ae *api.Error
+	if _, err := d.c.UpdateNetwork(ctx, "net", []string{"no such rule"}); !errors.As(err, &ae) || ae.Code != api.CodeInvalidField || ae.Field != "allow" {
+		t.Errorf("bad rule: %v", err)
+	}
+	if _, err := d.c.UpdateNetwork(ctx, "net", []string{"203.0.113.1/32:80"}); !client.IsCode(err, api.CodeUnsupported) {
+		t.Errorf("update of a loopback-only sandbox: %v, want unsupported", err)
+	}
+	if _, err := d.c.Create(ctx, api.CreateRequest{Network: &api.Network{Allow: []string{"nonsense rule"}}}); !errors.As(err, &ae) || ae.Field != "network.allow" {
+		t.Errorf("create with a bad rule: %v", err)
 	}
 }

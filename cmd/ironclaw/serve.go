@@ -24,6 +24,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
@@ -189,7 +190,7 @@ func serve(g *globals, f *serveFlags) error {
 		return err
 	}
 	defer st.Close()
-	j, err := jail.New(jail.Config{Root: root, Logger: log})
+	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: network.Config{Root: root.Dir(), Logger: log}})
 	if err != nil {
 		return err
 	}

@@ -131,6 +131,7 @@ func TestDecodeCreateErrors(t *testing.T) {
 		{`{"idle_timeout": "-5s"}`, CodeInvalidField, "idle_timeout"},
 		{`{"labels": {"": "x"}}`, CodeInvalidField, "labels"},
 		{`{"network": {"allow": [""]}}`, CodeInvalidField, "network.allow[0]"},
+		{`{"network": {"allow": ["not a rule"]}}`, CodeInvalidField, "network.allow"},
 	}
 	for _, c := range cases {
 		_, e := decodeCreate([]byte(c.body))

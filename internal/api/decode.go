@@ -14,6 +14,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/daemon"
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
 
@@ -163,6 +164,9 @@ func createOptions(req *CreateRequest) (daemon.CreateOptions, *Error) {
 			if a == "" || strings.IndexByte(a, 0) >= 0 || len(a) > 1024 {
 				return o, fieldErr(fmt.Sprintf("network.allow[%d]", i), "empty, too long, or contains NUL")
 			}
+		}
+		if _, err := firewall.ParsePolicy(req.Network.Allow); err != nil {
+			return o, &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "network.allow", Message: err.Error()}
 		}
 	}
 	if req.Seccomp != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/daemon"
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
@@ -27,6 +28,8 @@ func errorFor(err error, pathField string) *Error {
 		return e
 	case errors.Is(err, sandbox.ErrInvalid):
 		return invalid(err)
+	case errors.Is(err, firewall.ErrInvalidRule):
+		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "allow", Message: msg}
 	case errors.Is(err, sandbox.ErrNotFound):
 		return &Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: msg}
 	case errors.Is(err, sandbox.ErrExists):

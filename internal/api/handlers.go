@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ironclaw/ironclaw/internal/firewall"
 )
 
 // OpenAPI is the API's OpenAPI 3 document.
@@ -99,6 +101,10 @@ func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request) {
 			writeError(w, fieldErr(fmt.Sprintf("allow[%d]", i), "empty, too long, or contains NUL"))
 			return
 		}
+	}
+	if _, err := firewall.ParsePolicy(req.Allow); err != nil {
+		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "allow", Message: err.Error()})
+		return
 	}
 	info, err := s.m.UpdateNetwork(r.Context(), r.PathValue("id"), req.Allow)
 	if err != nil {

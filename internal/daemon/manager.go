@@ -112,7 +112,10 @@ type box struct {
 	lastActive time.Time
 	execs      int // running execs
 	busy       int // running execs and file transfers
-	expiring   bool
+	// attached marks a sandbox re-attached after a daemon restart: the
+	// jail handle then has no network handle (see destroy).
+	attached bool
+	expiring bool
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -626,7 +629,10 @@ func (m *Manager) info(b *box, full bool) *Info {
 		if u, err := sb.Group().Usage(); err == nil {
 			i.Usage = &u
 		}
-		if full {
+		if n := sb.Network(); n != nil {
+			i.Addresses = append(i.Addresses, n.Addr().String(), n.Gateway().String())
+		} else if full {
+			// Re-attached: the record has the addresses.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if st, err := network.Inspect(ctx, sb.Dir); err == nil && st.Networked {
 				i.Addresses = append(i.Addresses, st.SandboxAddr.String(), st.HostAddr.String())
@@ -694,11 +700,19 @@ func (m *Manager) destroy(b *box, reason string) error {
 	b.destroyOnce.Do(func() {
 		t0 := time.Now()
 		b.mu.Lock()
-		id, sb, c := b.id, b.sb, b.client
+		id, sb, c, attached := b.id, b.sb, b.client, b.attached
 		b.state, b.client = StateDestroying, nil
 		b.mu.Unlock()
 		if c != nil {
 			c.Close()
+		}
+		if sb != nil && attached && sb.Network() == nil {
+			// A re-attached jail handle knows nothing of the network;
+			// remove it from its record before Close removes the record.
+			if err := network.Reclaim(sb.Dir); err != nil {
+				b.destroyErr = fmt.Errorf("destroy %q: %w", id, err)
+				m.log.Error("remove network of re-attached sandbox", "sandbox", id, "err", err)
+			}
 		}
 		if sb != nil {
 			if err := sb.Close(); err != nil {
@@ -727,8 +741,7 @@ func (m *Manager) destroy(b *box, reason string) error {
 	return b.destroyErr
 }
 
-// networkUpdater is the jail sandbox's network policy update, once the
-// jail backend has it (the seam for the network integration).
+// networkUpdater is a sandbox whose egress policy can change while it runs.
 type networkUpdater interface {
 	UpdateNetwork(ctx context.Context, allow []string) error
 }
@@ -739,10 +752,15 @@ func (m *Manager) UpdateNetwork(ctx context.Context, id string, allow []string) 
 	if err != nil {
 		return nil, err
 	}
-	u, ok := any(sb).(networkUpdater)
-	if !ok {
-		return nil, fmt.Errorf("update network: the jail backend cannot change a running sandbox's policy yet: %w", sandbox.ErrUnsupported)
+	b.mu.Lock()
+	attached := b.attached
+	b.mu.Unlock()
+	if attached && sb.Network() == nil {
+		if st, err := network.Inspect(ctx, sb.Dir); err == nil && st.Networked {
+			return nil, fmt.Errorf("update network of %q: the sandbox was re-attached after a daemon restart and the jail backend cannot take over its network yet: %w", id, sandbox.ErrUnsupported)
+		}
 	}
+	var u networkUpdater = sb
 	if err := u.UpdateNetwork(ctx, allow); err != nil {
 		return nil, fmt.Errorf("update network of %q: %w", id, err)
 	}

@@ -99,7 +99,7 @@ func (m *Manager) reattach(ctx context.Context, r store.SandboxRow, o CreateOpti
 	now := time.Now().UTC()
 	b := &box{backendID: r.BackendID, token: r.Token, class: r.PoolClass, gone: make(chan struct{}),
 		id: r.ID, opts: o, fromPool: !r.Claimed.IsZero(), created: r.Created, started: r.Started,
-		sb: sb, client: c, lastActive: now}
+		sb: sb, client: c, lastActive: now, attached: true}
 	if !r.Claimed.IsZero() {
 		b.created = r.Claimed
 	}
