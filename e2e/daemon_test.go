@@ -933,3 +933,50 @@ func TestDaemonNetworkUpdate(t *testing.T) {
 		t.Errorf("create with a bad rule: %v", err)
 	}
 }
+
+// TestDaemonLimits: the sandbox limit answers 429 with a code, and the
+// daemon keeps serving.
+func TestDaemonLimits(t *testing.T) {
+	root := newRoot(t)
+	d := startDaemon(t, root, "--max-sandboxes", "2", "--max-creates", "1")
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = d.c.Create(ctx, api.CreateRequest{ID: fmt.Sprintf("lim%d", i)})
+		}()
+	}
+	wg.Wait()
+	ok, limited := 0, 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case client.IsCode(err, api.CodeLimitReached):
+			var ae *api.Error
+			errors.As(err, &ae)
+			if ae.Status != http.StatusTooManyRequests {
+				t.Errorf("limit answered %d", ae.Status)
+			}
+			limited++
+		default:
+			t.Errorf("create: %v", err)
+		}
+	}
+	if ok != 2 || limited != 1 {
+		t.Errorf("%d created, %d refused by the limit; want 2 and 1", ok, limited)
+	}
+	if err := d.c.Destroy(ctx, "lim0"); err != nil && !client.IsCode(err, api.CodeNotFound) {
+		t.Fatal(err)
+	}
+	l, _ := d.c.List(ctx, nil)
+	if len(l) >= 2 {
+		d.c.Destroy(ctx, l[0].ID)
+	}
+	if _, err := d.c.Create(ctx, api.CreateRequest{ID: "after-limit"}); err != nil {
+		t.Errorf("create below the limit again: %v", err)
+	}
+}
