@@ -252,6 +252,17 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("logs: %+v", logs)
 	}
 	// CLI with --json.
+	if r := d.cli(nil, "sandbox", "create", "--name", "cli-made", "--memory", "300m", "--label", "via=cli", "--ttl", "1h",
+		"--seccomp", "strict", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"id": "cli-made"`) || !strings.Contains(r.stdout, `"memory_bytes": 314572800`) ||
+		!strings.Contains(r.stdout, `"profile": "strict"`) {
+		t.Errorf("sandbox create --json: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := d.cli(nil, "sandbox", "rm", "cli-made"); r.code != 0 || r.stdout != "cli-made\n" {
+		t.Errorf("sandbox rm: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if r := d.cli(nil, "sandbox", "create", "--memory", "1"); r.code != 125 || !strings.Contains(r.stderr, "memory") {
+		t.Errorf("sandbox create with a bad limit: %d %s", r.code, r.stderr)
+	}
 	if r := d.cli(nil, "sandbox", "ls", "--json"); r.code != 0 || !strings.Contains(r.stdout, `"id": "life"`) {
 		t.Errorf("sandbox ls --json: %d %s %s", r.code, r.stdout, r.stderr)
 	}
@@ -289,8 +300,8 @@ func TestDaemonLifecycle(t *testing.T) {
 	if v := metric(t, d.socket, `ironclaw_sandboxes{state="running"}`); v != "1" {
 		t.Errorf("running sandboxes metric %q, want 1", v)
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`); v != "2" {
-		t.Errorf("cold creates metric %q, want 2", v)
+	if v := metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`); v != "3" {
+		t.Errorf("cold creates metric %q, want 3", v)
 	}
 	if v, _ := strconv.Atoi(metric(t, d.socket, "ironclaw_exec_start_seconds_count")); v < 10 {
 		t.Errorf("exec start count %d", v)

@@ -122,8 +122,6 @@ func newSandboxCreateCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 				return err
 			}
 			spec.Command = nil
-			spec.Network.Allow = f.allow
-			spec.Seccomp = sandbox.Seccomp{Profile: f.seccomp, Audit: f.seccompAudit}
 			req := createRequest(spec)
 			req.ID, req.Backend = f.run.name, f.backend
 			if f.ttl > 0 {
@@ -176,9 +174,9 @@ func newSandboxCreateCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	fl.Float64Var(&f.run.cpus, "cpus", 0, "CPU limit in CPUs; 0 for none")
 	fl.Uint64Var(&f.run.nofile, "nofile", sandbox.DefaultResources.NoFile, "limit on open files per process")
 	fl.StringVar(&f.run.fsize, "fsize", sandbox.FormatSize(sandbox.DefaultResources.FileSize), "largest file a process may write; 0 for none")
-	fl.StringArrayVar(&f.allow, "allow", nil, "egress allow rule (repeatable); none means loopback only")
-	fl.StringVar(&f.seccomp, "seccomp", "", "seccomp profile: default, strict, unconfined or a JSON profile path")
-	fl.BoolVar(&f.seccompAudit, "seccomp-audit", false, "log seccomp violations instead of blocking them")
+	fl.StringArrayVar(&f.run.allow, "allow", nil, "allow egress: CIDR[:PORT[-PORT]][/tcp|/udp], DOMAIN[:PORT] or '*.example.com' (repeatable; none: loopback only)")
+	fl.StringVar(&f.run.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")
+	fl.StringVar(&f.run.seccompMode, "seccomp-mode", "enforce", "enforce, or audit: log what the profile would block instead of blocking it")
 	fl.DurationVar(&f.ttl, "ttl", 0, "destroy the sandbox this long after creation; 0 for never")
 	fl.DurationVar(&f.idle, "idle-timeout", 0, "destroy the sandbox after this long without activity; 0 for never")
 	fl.StringArrayVar(&f.labels, "label", nil, "KEY=VALUE label (repeatable)")
