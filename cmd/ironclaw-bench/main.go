@@ -3,6 +3,7 @@
 // README and docs comes from a run of this command.
 //
 //	ironclaw-bench jail [-runs N] [-json]    ironclaw run vs bwrap vs plain exec
+//	ironclaw-bench net  [-runs N] [-json]    ironclaw run --allow (pool slot) vs bwrap
 //	ironclaw-bench daemon [-only PARTS]      the daemon: create/exec latency, create rate, memory, 1000 sandboxes
 package main
 
@@ -19,13 +20,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|daemon [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|net|daemon [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "jail":
 		err = jail(os.Args[2:])
+	case "net":
+		err = netBench(os.Args[2:])
 	case "daemon":
 		err = daemonBench(os.Args[2:])
 	default:

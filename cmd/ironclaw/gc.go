@@ -28,7 +28,11 @@ start runs the same collection first.`,
 			}
 			n, err := root.Collect(g.reclaim)
 			fmt.Printf("reclaimed %d sandbox(es)\n", n)
-			slots, serr := network.Maintain(cmd.Context(), netConfig(g))
+			cfg, cerr := netConfig(g)
+			if cerr != nil {
+				return errors.Join(err, cerr)
+			}
+			slots, serr := network.Maintain(cmd.Context(), cfg)
 			if slots > 0 {
 				fmt.Printf("destroyed %d used network pool slot(s)\n", slots)
 			}

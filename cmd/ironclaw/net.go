@@ -9,12 +9,18 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/spf13/cobra"
 )
 
-// netConfig is the sandbox-network configuration of this host.
-func netConfig(g *globals) network.Config {
-	return network.Config{Root: g.root, Logger: g.logger}
+// netConfig is the sandbox-network configuration of this host. It opens
+// (and if needed creates) the state root first, with the permissions
+// sandboxes need.
+func netConfig(g *globals) (network.Config, error) {
+	if _, err := state.Open(g.root); err != nil {
+		return network.Config{}, err
+	}
+	return network.Config{Root: g.root, Logger: g.logger}, nil
 }
 
 func newNetCmd(g *globals) *cobra.Command {
@@ -108,7 +114,10 @@ func newNetPoolCmd(g *globals) *cobra.Command {
 			if err != nil || n < 0 || n > 1024 {
 				return fmt.Errorf("%w: pool size %q: want a number from 0 to 1024", sandbox.ErrInvalid, args[0])
 			}
-			cfg := netConfig(g)
+			cfg, err := netConfig(g)
+			if err != nil {
+				return err
+			}
 			destroyed, err := network.Maintain(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -122,7 +131,11 @@ func newNetPoolCmd(g *globals) *cobra.Command {
 		Short: "Destroy every slot not in use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return network.Drain(cmd.Context(), netConfig(g))
+			cfg, err := netConfig(g)
+			if err != nil {
+				return err
+			}
+			return network.Drain(cmd.Context(), cfg)
 		},
 	})
 	return cmd

@@ -68,10 +68,11 @@ func Run(ctx context.Context, title, peer string, runs, warmup int, cs []Contest
 		}
 		rep.Results = append(rep.Results, r)
 	}
-	if peerMedian > 0 {
-		for i := range rep.Results {
-			rep.Results[i].Ratio = float64(rep.Results[i].Median) / float64(peerMedian)
-		}
+	if peerMedian == 0 {
+		return nil, fmt.Errorf("peer %q is not one of the contestants", peer)
+	}
+	for i := range rep.Results {
+		rep.Results[i].Ratio = float64(rep.Results[i].Median) / float64(peerMedian)
 	}
 	return rep, nil
 }

@@ -40,3 +40,10 @@ func TestRunRatiosAndErrors(t *testing.T) {
 		t.Error("a failing contestant did not fail the run")
 	}
 }
+
+func TestRunRejectsUnknownPeer(t *testing.T) {
+	c := Contestant{Name: "a", Run: func(context.Context) error { return nil }}
+	if _, err := Run(context.Background(), "t", "nobody", 1, 0, []Contestant{c}); err == nil {
+		t.Fatal("an unknown peer gave a report (with 0x ratios)")
+	}
+}

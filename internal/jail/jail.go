@@ -194,7 +194,8 @@ type Sandbox struct {
 	log     *slog.Logger
 	root    *state.Root
 	claim   *state.Claim // nil when attached: init holds the lock
-	pidfd   int          // with Attach: names init without a PID race
+	pidMu   sync.Mutex
+	pidfd   int // names init without a PID race; -1 before start and after Close
 	group   *cgroup.Group
 	initPID int
 	ctl     *initproc.Conn
@@ -301,23 +302,44 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
 		return nil, &StartError{"cgroup", err}
 	}
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-		}
-	}()
+	if opts.Persistent && policy.Networked() {
+		// The egress proxy, DNS stub and pool slot lock of a sandbox
+		// network live in the process that made it; a persistent
+		// sandbox outlives that process.
+		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent sandbox cannot have --allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+	}
+	// undo holds the rollback of every step done so far. If any rollback
+	// step fails, the state directory and its records are kept (unlocked)
+	// so that the next start or `ironclaw gc` can reclaim what is left.
+	var undo []func() error
 	claim, err := j.claim(spec.ID)
 	if err != nil {
 		return nil, &StartError{"claim state", err}
 	}
-	undo = append(undo, func() {
-		if err := claim.Release(); err != nil {
-			j.cfg.Logger.Warn("roll back state dir", "err", err)
+	defer func() {
+		if err == nil {
+			return
 		}
-	})
+		var failed []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				failed = append(failed, uerr)
+			}
+		}
+		if len(failed) == 0 {
+			if rerr := claim.Release(); rerr == nil {
+				return
+			} else {
+				failed = append(failed, rerr)
+			}
+		}
+		claim.Abandon()
+		j.cfg.Logger.Warn("rollback incomplete: kept the state directory for gc", "sandbox", spec.ID, "err", errors.Join(failed...))
+		var se *StartError
+		if errors.As(err, &se) {
+			se.Err = fmt.Errorf("%w (rollback incomplete, run `ironclaw gc`: %v)", se.Err, errors.Join(failed...))
+		}
+	}()
 	s := &Sandbox{
 		ID: spec.ID, Key: claim.Key, Dir: claim.Dir,
 		log:        j.cfg.Logger.With("sandbox", spec.ID),
@@ -343,11 +365,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		if err != nil {
 			return nil, &StartError{"network", err}
 		}
-		undo = append(undo, func() {
-			if err := s.net.Close(); err != nil {
-				j.cfg.Logger.Warn("roll back network", "err", err)
-			}
-		})
+		undo = append(undo, func() error { return s.net.Close() })
 		opts.NetNS = s.net.File()
 		opts.ResolvConf = string(s.net.ResolvConf())
 		s.mark("network")
@@ -357,11 +375,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"cgroup", err}
 	}
 	s.mark("cgroup")
-	undo = append(undo, func() {
-		if err := s.group.Destroy(); err != nil {
-			j.cfg.Logger.Warn("roll back cgroup", "err", err)
-		}
-	})
+	undo = append(undo, s.group.Destroy)
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
 	defer func() { initproc.CloseAll(files) }() // files grows below
@@ -384,14 +398,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err != nil {
 		return nil, &StartError{"control socket", err}
 	}
-	undo = append(undo, func() { s.ctl.Close() })
+	undo = append(undo, func() error { s.ctl.Close(); return nil })
 
 	stdio, err := s.plumb(opts.IO, spec.TTY)
 	defer initproc.CloseAll(stdio)
 	if err != nil {
 		return nil, &StartError{"stdio", err}
 	}
-	undo = append(undo, s.closeIO)
+	undo = append(undo, func() error { s.closeIO(); return nil })
 
 	// Init keeps the state directory's lock for the sandbox's life.
 	lockDup, err := dupFile(claim.LockFile())
@@ -462,21 +476,22 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"start init", err}
 	}
 	s.mark("spawn")
+	undo = append(undo, func() error {
+		_ = s.kill(syscall.SIGKILL)
+		<-s.exited
+		return nil
+	})
+	// Init builds its root while the host records it and moves it into
+	// the cgroup; on cgroup v2 it was cloned straight into it.
+	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
+		return nil, &StartError{"configure init", err}
+	}
 	rec.InitPID = s.initPID
 	if rec.InitStart, err = procStart(s.initPID); err != nil {
 		return nil, &StartError{"record", err}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
-	}
-	undo = append(undo, func() {
-		_ = syscall.Kill(s.initPID, syscall.SIGKILL)
-		<-s.exited
-	})
-	// Init builds its root while the host moves it into the cgroup; on
-	// cgroup v2 it was cloned straight into it.
-	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
-		return nil, &StartError{"configure init", err}
 	}
 	if cgFD == nil {
 		// ESRCH: init already died, and the handshake reports why.
@@ -495,7 +510,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if spec.Timeout > 0 {
 		s.timer = time.AfterFunc(spec.Timeout, func() {
 			close(s.timedOut)
-			_ = syscall.Kill(s.initPID, syscall.SIGKILL)
+			_ = s.kill(syscall.SIGKILL)
 		})
 	}
 	go s.readStatus()
@@ -509,7 +524,7 @@ func (j *Jail) claim(id string) (*state.Claim, error) {
 	c, leftover, err := j.cfg.Root.Claim(id)
 	if leftover != nil {
 		if err := Reclaim(leftover.Dir); err != nil {
-			leftover.Release()
+			leftover.Abandon() // keep its records for the next attempt
 			return nil, fmt.Errorf("reclaim leftover of %q: %w", id, err)
 		}
 		if err := leftover.Release(); err != nil {
@@ -533,11 +548,16 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 				return
 			}
 		}
+		// A pidfd names init for every later signal: its PID may be
+		// reused once init is reaped, the pidfd cannot be.
+		pidfd := -1
+		cmd.SysProcAttr.PidFD = &pidfd
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
 		}
 		s.initPID = cmd.Process.Pid
+		s.pidfd = pidfd
 		started <- nil
 		s.initErr = cmd.Wait()
 		close(s.exited)
@@ -762,7 +782,14 @@ func (s *Sandbox) Close() error {
 			s.mark("network removed")
 		}
 		claim := s.claim
-		if claim == nil {
+		if len(errs) > 0 {
+			// Something the records name is still there: keep them for
+			// gc rather than forget it.
+			if claim != nil {
+				claim.Abandon()
+			}
+			claim = nil
+		} else if claim == nil {
 			// Attached: the lock went with init; take it to remove the dir.
 			var err error
 			if claim, err = s.root.TakeOver(s.Key, 10*time.Second); err != nil {
@@ -774,9 +801,12 @@ func (s *Sandbox) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		s.pidMu.Lock()
 		if s.pidfd >= 0 {
 			unix.Close(s.pidfd)
+			s.pidfd = -1
 		}
+		s.pidMu.Unlock()
 		s.mark("released")
 		s.logTimeline()
 		s.closeErr = errors.Join(errs...)
@@ -784,12 +814,15 @@ func (s *Sandbox) Close() error {
 	return s.closeErr
 }
 
-// kill signals init, through its pidfd when attached.
+// kill signals init through its pidfd. After Close there is no init to
+// signal.
 func (s *Sandbox) kill(sig syscall.Signal) error {
-	if s.pidfd >= 0 {
-		return unix.PidfdSendSignal(s.pidfd, sig, nil, 0)
+	s.pidMu.Lock()
+	defer s.pidMu.Unlock()
+	if s.pidfd < 0 {
+		return syscall.ESRCH
 	}
-	return syscall.Kill(s.initPID, sig)
+	return unix.PidfdSendSignal(s.pidfd, sig, nil, 0)
 }
 
 // Done is closed when the sandbox's init has exited.
@@ -1277,11 +1310,18 @@ func (s *Sandbox) plumb(io IO, tty bool) ([]*os.File, error) {
 			}()
 		}
 		// Three descriptors for one terminal: the caller closes each.
-		dup := func() *os.File {
-			fd, _ := unix.FcntlInt(slave.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-			return os.NewFile(uintptr(fd), slave.Name())
+		out, err := dupFile(slave)
+		if err != nil {
+			slave.Close()
+			return nil, err
 		}
-		return []*os.File{slave, dup(), dup()}, nil
+		errf, err := dupFile(slave)
+		if err != nil {
+			slave.Close()
+			out.Close()
+			return nil, err
+		}
+		return []*os.File{slave, out, errf}, nil
 	}
 	files := make([]*os.File, 3)
 	var err error

@@ -190,6 +190,16 @@ func (r *Root) TakeOver(k sandbox.Key, timeout time.Duration) (*Claim, error) {
 	}
 }
 
+// Abandon drops the lock but keeps the directory and its records: a
+// cleanup failed and something the records name may remain, so GC must
+// find it. It is idempotent.
+func (c *Claim) Abandon() {
+	if c.lock != nil {
+		c.lock.Close()
+		c.lock = nil
+	}
+}
+
 // Release removes the sandbox directory and drops the lock. Callers must
 // have removed every kernel object first.
 func (c *Claim) Release() error {
@@ -361,7 +371,7 @@ func (r *Root) Collect(reclaim func(dir string) error) (int, error) {
 	for _, c := range leaked {
 		if err := reclaim(c.Dir); err != nil {
 			errs = append(errs, fmt.Errorf("reclaim %s (%q): %w", c.Key, c.Record.ID, err))
-			c.lock.Close()
+			c.Abandon()
 			continue
 		}
 		if err := c.Release(); err != nil {

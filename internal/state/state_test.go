@@ -172,3 +172,21 @@ func TestRootName(t *testing.T) {
 		t.Errorf("root names %q, %q", a, b)
 	}
 }
+
+func TestAbandonKeepsRecordsForGC(t *testing.T) {
+	r := tempRoot(t)
+	c, _, err := r.Claim("abandoned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Abandon()
+	c.Abandon() // idempotent
+	if _, err := os.Stat(filepath.Join(c.Dir, recordFile)); err != nil {
+		t.Fatalf("Abandon removed the record: %v", err)
+	}
+	leaked, err := r.Leaked()
+	if err != nil || len(leaked) != 1 || leaked[0].Record.ID != "abandoned" {
+		t.Fatalf("Leaked = %v, %v; want the abandoned sandbox", leaked, err)
+	}
+	leaked[0].Release()
+}

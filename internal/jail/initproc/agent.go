@@ -86,33 +86,81 @@ func confinedLauncher(cfg *Config, ll *landlockRules) func(context.Context, *exe
 			// capabilities, after which setgroups would fail.
 			cmd.SysProcAttr.Credential = nil
 		}
-		errc := make(chan error, 1)
+		fds, err := stdioFDs(cmd)
+		if err != nil {
+			return err
+		}
+		attr := &syscall.ProcAttr{Dir: cmd.Dir, Env: cmd.Env, Files: fds, Sys: cmd.SysProcAttr}
+		// The confined thread does only what the seccomp launch path
+		// allows (channel waits, then fork and exec); this goroutine,
+		// on an unconfined thread, reads its status back from the kernel
+		// before letting it fork, as the host does for ironclaw run.
+		ready := make(chan int, 1)
+		proceed := make(chan bool, 1)
+		res := make(chan launchResult, 1)
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread is confined
 			c := *cfg
 			c.User.UID, c.User.GID = u.Uid, u.Gid
 			step, listener, err := confineThread(&c, ll, placed)
 			if err != nil {
-				errc <- fmt.Errorf("%s: %w", step, err)
+				res <- launchResult{err: fmt.Errorf("%s: %w", step, err)}
 				return
 			}
 			if listener != nil {
 				listener.Close() // audit mode is refused for agents at Start
 			}
-			if err := verifySelf(); err != nil {
-				errc <- fmt.Errorf("verify confinement: %w", err)
+			ready <- unix.Gettid()
+			if !<-proceed {
 				return
 			}
-			errc <- cmd.Start()
+			pid, err := syscall.ForkExec(cmd.Path, cmd.Args, attr)
+			res <- launchResult{pid: pid, err: err}
 		}()
-		return <-errc
+		select {
+		case r := <-res:
+			return r.err
+		case tid := <-ready:
+			if err := verifyThread(tid); err != nil {
+				proceed <- false
+				return fmt.Errorf("verify confinement: %w", err)
+			}
+			proceed <- true
+		}
+		r := <-res
+		if r.err != nil {
+			return r.err
+		}
+		p, err := os.FindProcess(r.pid)
+		if err != nil {
+			return fmt.Errorf("exec %s: %w", cmd.Path, err)
+		}
+		cmd.Process = p
+		return nil
 	}
 }
 
-// verifySelf reads the calling thread's status back from the kernel and
-// requires what every command must inherit.
-func verifySelf() error {
-	st, err := ReadStatus(fmt.Sprintf("/proc/self/task/%d/status", unix.Gettid()))
+// stdioFDs returns cmd's standard streams as descriptors; the agent wires
+// them as files.
+func stdioFDs(cmd *exec.Cmd) ([]uintptr, error) {
+	fds := make([]uintptr, 0, 3+len(cmd.ExtraFiles))
+	for i, v := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
+		f, ok := v.(*os.File)
+		if !ok || f == nil {
+			return nil, fmt.Errorf("exec %s: stdio %d is %T, want *os.File", cmd.Path, i, v)
+		}
+		fds = append(fds, f.Fd())
+	}
+	for _, f := range cmd.ExtraFiles {
+		fds = append(fds, f.Fd())
+	}
+	return fds, nil
+}
+
+// verifyThread reads the status of thread tid of this process back from
+// the kernel and requires what every command must inherit.
+func verifyThread(tid int) error {
+	st, err := ReadStatus(fmt.Sprintf("/proc/self/task/%d/status", tid))
 	if err != nil {
 		return err
 	}

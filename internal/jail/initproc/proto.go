@@ -97,6 +97,7 @@ type AgentInit struct {
 	MaxFileSize int64  `json:"max_file_size,omitempty"`
 }
 
+// Rlimit is one resource limit init sets before starting commands.
 type Rlimit struct {
 	Resource int    `json:"resource"`
 	Cur      uint64 `json:"cur"`
@@ -129,17 +130,20 @@ type InitMsg struct {
 	Error *StepError `json:"error,omitempty"`
 }
 
+// ReadyMsg says init has confined its launching thread.
 type ReadyMsg struct {
 	TID int `json:"tid"`
 	// Steps are init's step timings, with Trace.
 	Steps []string `json:"steps,omitempty"`
 }
 
+// ExitStatus is how the command of `ironclaw run` ended.
 type ExitStatus struct {
 	Code   int `json:"code"`
 	Signal int `json:"signal,omitempty"`
 }
 
+// StepError is a failed start: the step, the cause and its errno.
 type StepError struct {
 	Step    string `json:"step"`
 	Message string `json:"message"`
@@ -148,11 +152,12 @@ type StepError struct {
 	Errno int `json:"errno,omitempty"`
 }
 
-// ctl is one end of the control socket.
+// Conn is one end of the control socket.
 type Conn struct {
 	c *net.UnixConn
 }
 
+// NewConn wraps f, a Unix stream socket, as a Conn; it takes f over.
 func NewConn(f *os.File) (*Conn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
@@ -167,7 +172,7 @@ func NewConn(f *os.File) (*Conn, error) {
 	return &Conn{c: uc}, nil
 }
 
-// send writes v as one frame, with files attached.
+// Send writes v as one frame, with files attached.
 func (c *Conn) Send(v any, files ...*os.File) error {
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -192,7 +197,7 @@ func (c *Conn) Send(v any, files ...*os.File) error {
 	return nil
 }
 
-// recv reads one frame into v and returns the files attached to it.
+// Recv reads one frame into v and returns the files attached to it.
 func (c *Conn) Recv(v any) ([]*os.File, error) {
 	var hdr [4]byte
 	oob := make([]byte, syscall.CmsgSpace(16*4))
@@ -230,6 +235,7 @@ func (c *Conn) Recv(v any) ([]*os.File, error) {
 	return files, nil
 }
 
+// Close closes the socket.
 func (c *Conn) Close() error { return c.c.Close() }
 
 func parseRights(oob []byte) ([]*os.File, error) {
@@ -255,6 +261,7 @@ func parseRights(oob []byte) ([]*os.File, error) {
 	return files, nil
 }
 
+// CloseAll closes every file in fs.
 func CloseAll(fs []*os.File) {
 	for _, f := range fs {
 		f.Close()

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+
+	"github.com/ironclaw/ironclaw/internal/bench"
+)
+
+// netBench measures a networked `ironclaw run --allow ... -- /bin/true`
+// against the same run without network and against bwrap --unshare-all.
+// Network namespaces come from the pool (prepared before the timed runs,
+// as `ironclaw net pool fill` does); used slots are destroyed afterwards,
+// off the measured path. No packet is sent: the allowed address is a
+// documentation address and /bin/true opens no socket.
+func netBench(args []string) error {
+	fs := flag.NewFlagSet("net", flag.ExitOnError)
+	var c common
+	c.register(fs)
+	fs.Parse(args)
+	cleanup, err := c.setup()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	bwrap, err := exec.LookPath("bwrap")
+	if err != nil {
+		return fmt.Errorf("bwrap not found: apt-get install bubblewrap")
+	}
+	ic := []string{c.ironclaw, "--root", c.root}
+	n := c.runs + c.warmup + 2
+	if out, err := exec.Command(ic[0], append(ic[1:], "net", "pool", "fill", strconv.Itoa(n))...).CombinedOutput(); err != nil {
+		return fmt.Errorf("fill the network pool: %v: %s", err, out)
+	}
+	defer func() {
+		exec.Command(ic[0], append(ic[1:], "gc")...).Run()
+		exec.Command(ic[0], append(ic[1:], "net", "pool", "drain")...).Run()
+	}()
+	run := append(append([]string{}, ic...), "run")
+	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, []bench.Contestant{
+		command("ironclaw --allow 203.0.113.10/32:443 (pool slot)", append(run, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
+		command("ironclaw (loopback only)", append(run, "--", "/bin/true")...),
+		command("bwrap", bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+			"--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+			"--proc", "/proc", "--dev", "/dev", "/bin/true"),
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "pool slots prepared before the timed runs:", n)
+	return c.print(rep)
+}
