@@ -269,10 +269,13 @@ func newSandboxInspectCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 
 // execExitCode maps an exec's end to the shell-style status `ironclaw run`
 // uses, printing what the status alone does not say.
-func execExitCode(id string, st api.ExitStatus, timeout time.Duration, memory int64) int {
+func execExitCode(id string, st api.ExitStatus, timeout time.Duration, memory int64, wholeSandbox bool) int {
 	switch {
-	case st.TimedOut:
+	case st.TimedOut && wholeSandbox:
 		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q timed out after %s: killed it and every process in it\n", id, timeout)
+		return 124
+	case st.TimedOut:
+		fmt.Fprintf(os.Stderr, "ironclaw: exec in sandbox %q timed out after %s: killed it and its session\n", id, timeout)
 		return 124
 	case st.OOMKilled:
 		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q ran out of memory: the kernel OOM killer ended it at the %s limit (--memory)\n",
@@ -412,7 +415,7 @@ output capped at 1 MiB per stream) is printed as JSON.`,
 				}
 				return apiFailure("exec in sandbox "+id, err)
 			}
-			if code := execExitCode(id, st, timeout, 0); code != 0 {
+			if code := execExitCode(id, st, timeout, 0, false); code != 0 {
 				return exitError{code}
 			}
 			return nil
@@ -770,7 +773,7 @@ func runViaDaemon(g *globals, c *client.Client, spec sandbox.Spec, named bool) e
 		}
 		return apiFailure("run in sandbox "+sb.ID, err)
 	}
-	if code := execExitCode(sb.ID, st, spec.Timeout, spec.Resources.MemoryBytes); code != 0 {
+	if code := execExitCode(sb.ID, st, spec.Timeout, spec.Resources.MemoryBytes, true); code != 0 {
 		return exitError{code}
 	}
 	return nil

@@ -106,6 +106,12 @@ func (e *Exec) wait(id string) {
 		s = ExitStatus{ExitCode: 128 + int(syscall.SIGKILL), Signal: int(syscall.SIGKILL), TimedOut: true}
 	case err != nil:
 		s = ExitStatus{ExitCode: -1, Error: err.Error()}
+		// A stream that broke because the sandbox's init died says so.
+		select {
+		case <-e.sb.Done():
+			s.Error = "the sandbox's init exited during the exec (" + err.Error() + ")"
+		case <-time.After(200 * time.Millisecond):
+		}
 	case st.Signal != 0:
 		s = ExitStatus{ExitCode: 128 + st.Signal, Signal: st.Signal}
 	default:
