@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
@@ -51,6 +52,7 @@ type Server struct {
 	mux     *http.ServeMux
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	prom    http.Handler
 }
 
 // timeout classes of routes.
@@ -121,6 +123,7 @@ func New(cfg Config) (*Server, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}, []string{"route"}),
 	}
+	s.prom = promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
 	for _, c := range []prometheus.Collector{s.reqs, s.latency} {
 		if err := cfg.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
