@@ -97,7 +97,11 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 		t.Fatal(err)
 	}
 	defer host.Close()
-	if ok, _ := netns.LinkExists(host, names.HostIf); ok {
+	ok, err := netns.LinkExists(host, names.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok {
 		out = append(out, "link "+names.HostIf)
 	}
 	if netns.Mounted(filepath.Join(e.cfg.NetnsDir, names.Netns)) {
@@ -106,7 +110,10 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 	if _, err := os.Stat(filepath.Join(e.cfg.NetnsDir, names.Netns)); err == nil {
 		out = append(out, "netns file")
 	}
-	c, _ := nftables.New()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	chains, err := firewall.ReadTable(c)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +123,10 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 			out = append(out, "chain "+ch.Name)
 		}
 	}
-	leases, _ := os.ReadDir(filepath.Join(e.cfg.Root, "net", "leases"))
+	leases, err := os.ReadDir(filepath.Join(e.cfg.Root, "net", "leases"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	for _, l := range leases {
 		out = append(out, "lease "+l.Name())
 	}
