@@ -44,9 +44,12 @@ type Net struct {
 }
 
 // File returns the sandbox's network namespace, for setns(2) by the jail
-// before it starts the sandbox's init. Nil for a policy that allows
-// nothing: the jail then makes a private namespace (CLONE_NEWNET).
+// before it starts the sandbox's init; it stays open until Close. Nil for
+// a policy that allows nothing (the jail then makes a private namespace,
+// CLONE_NEWNET) and after Close.
 func (n *Net) File() *os.File {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.ns == nil {
 		return nil
 	}
@@ -55,6 +58,8 @@ func (n *Net) File() *os.File {
 
 // Path returns the namespace's bind-mount path ("" when File is nil).
 func (n *Net) Path() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.ns == nil {
 		return ""
 	}
@@ -78,7 +83,9 @@ func resolvConf(t *firewall.Target) []byte {
 
 // Addr returns the sandbox's address (invalid when File is nil).
 func (n *Net) Addr() netip.Addr {
-	if n.tgt == nil {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tgt == nil || n.ns == nil {
 		return netip.Addr{}
 	}
 	return n.tgt.SandboxAddr
@@ -86,7 +93,9 @@ func (n *Net) Addr() netip.Addr {
 
 // Gateway returns the host side of the link (invalid when File is nil).
 func (n *Net) Gateway() netip.Addr {
-	if n.tgt == nil {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tgt == nil || n.ns == nil {
 		return netip.Addr{}
 	}
 	return n.tgt.HostAddr
