@@ -47,12 +47,24 @@ type Config struct {
 	// step, when set (by tests), is called at each step of setup, so a
 	// test can kill the process there.
 	step func(name string)
+	// fail, when set (by tests), is asked at a few named points whether
+	// to fail there, so a test can inject a failure the kernel would not
+	// produce on demand.
+	fail func(name string) error
 }
 
 func (c *Config) at(name string) {
 	if c.step != nil {
 		c.step(name)
 	}
+}
+
+// injected returns the failure a test injects at the point called name.
+func (c *Config) injected(name string) error {
+	if c.fail != nil {
+		return c.fail(name)
+	}
+	return nil
 }
 
 // LinkKind selects how a sandbox namespace is joined to the host.

@@ -51,11 +51,15 @@ type slot struct {
 }
 
 // release marks the slot used (never reused), drops the flock and removes
-// the sandbox's record that points at it.
+// the sandbox's record that points at it. If the slot could not be marked,
+// the record stays, so that Reclaim destroys the slot.
 func (s *slot) release(sandboxDir string) error {
 	err := writeState(filepath.Join(s.dir, slotState), stateUsed)
-	err = errors.Join(err, s.lock.Close(), removeRecord(sandboxDir))
-	return err
+	err = errors.Join(err, s.lock.Close())
+	if err != nil {
+		return err
+	}
+	return removeRecord(sandboxDir)
 }
 
 func lockFile(path string, block bool) (*os.File, error) {
@@ -144,13 +148,21 @@ func prepareSlot(ctx context.Context, c Config) error {
 	defer lock.Close()
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger}
 	if err := n.setup(ctx, firewall.Policy{}); err != nil {
+		// teardown removes the record only once the objects are gone;
+		// a slot directory that still has one is left (not "free") for
+		// Maintain to destroy.
 		rerr := n.teardown()
-		os.RemoveAll(dir)
+		if rerr == nil {
+			rerr = removeSlotDir(dir)
+		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
 	// A slot lets nothing out: replace the empty-policy sandbox table
 	// with one that allows loopback only.
 	sc, err := n.sandboxConn()
+	if err == nil {
+		err = c.injected("slot-rules")
+	}
 	if err == nil {
 		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
 	}
@@ -158,10 +170,20 @@ func prepareSlot(ctx context.Context, c Config) error {
 	n.ns.Close()
 	if err != nil {
 		rerr := removeObjects(n.rec)
-		os.RemoveAll(dir)
+		if rerr == nil {
+			rerr = removeSlotDir(dir)
+		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
 	return writeState(filepath.Join(dir, slotState), stateFree)
+}
+
+// removeSlotDir removes a slot directory whose objects are all gone.
+func removeSlotDir(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove slot directory: %w", err)
+	}
+	return nil
 }
 
 // Claim is Setup from a prepared slot of the pool: it takes a free slot and
@@ -268,7 +290,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 			continue
 		}
 		destroyed, err := destroySlot(sdir)
-		if err != nil {
+		if err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 		if destroyed {
@@ -289,9 +311,12 @@ func Drain(ctx context.Context, cfg Config) error {
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("drain pool: %w", err)
+	}
 	var errs []error
 	for _, e := range ents {
-		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name())); err != nil {
+		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name())); err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 	}
@@ -299,13 +324,19 @@ func Drain(ctx context.Context, cfg Config) error {
 }
 
 // destroySlotDir destroys the slot at sdir for Reclaim of a dead sandbox.
+// A slot that is already gone is not an error; one whose flock is held is.
 func destroySlotDir(sdir string) error {
 	_, err := destroySlot(sdir)
 	return err
 }
 
-// destroySlot removes a slot's objects and directory if its flock is free.
-// sdir must be Root/net/slots/<valid key>.
+// errSlotBusy is destroySlot's answer for a slot whose flock is held.
+var errSlotBusy = errors.New("slot in use")
+
+// destroySlot removes a slot's objects and directory if its flock is free
+// (errSlotBusy if not). It reports whether it destroyed the slot: false
+// and no error when the slot no longer exists. sdir must be
+// Root/net/slots/<valid key>.
 func destroySlot(sdir string) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
@@ -316,7 +347,7 @@ func destroySlot(sdir string) (bool, error) {
 	}
 	if err != nil {
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return false, nil // in use
+			return false, fmt.Errorf("destroy slot %s: %w", sdir, errSlotBusy)
 		}
 		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
 	}

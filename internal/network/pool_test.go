@@ -107,6 +107,14 @@ func TestPool(t *testing.T) {
 	if _, ok := slotStates(t, e.cfg)[used]; ok {
 		t.Fatal("used slot still exists after Maintain")
 	}
+	// While the slot's flock is held, Reclaim cannot destroy it, so it
+	// must keep the sandbox's record (and say so).
+	if err := Reclaim(dir2); !errors.Is(err, errSlotBusy) {
+		t.Fatalf("Reclaim of a sandbox whose slot is held: %v, want errSlotBusy", err)
+	}
+	if rec, err := readRecord(dir2, RecordFile); err != nil || rec == nil {
+		t.Fatalf("Reclaim dropped the record of a slot it could not destroy: %v %v", rec, err)
+	}
 	// n2's owner "dies": its flock goes, and GC reclaims the sandbox dir.
 	slotDir := n2.slot.dir
 	n2.slot.lock.Close()

@@ -26,7 +26,7 @@ func Reclaim(dir string) error {
 	}
 	if rec.Slot != "" {
 		// The network came from the pool: the slot is destroyed, never
-		// reused.
+		// reused. The record goes only once the slot is gone.
 		if err := destroySlotDir(rec.Slot); err != nil {
 			return err
 		}

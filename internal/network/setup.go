@@ -236,6 +236,9 @@ func (n *Net) apply(t *firewall.Target) error {
 		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
 		err = n.applyRules(inner, &part, nil, nil)
 	}
+	if err == nil {
+		err = n.cfg.injected("applied")
+	}
 	if err != nil {
 		return err
 	}
@@ -503,7 +506,13 @@ func (n *Net) teardown() error {
 		return errors.Join(errs...)
 	}
 	if n.rec != nil {
-		errs = append(errs, removeObjects(n.rec), removeRecord(n.dir))
+		// The record goes only once everything it names is gone;
+		// otherwise it stays for Reclaim to retry.
+		err := removeObjects(n.rec)
+		if err == nil {
+			err = removeRecord(n.dir)
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
