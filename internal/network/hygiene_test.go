@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,5 +122,74 @@ func TestFailedSlotPrepareKeepsSlot(t *testing.T) {
 				t.Fatalf("leases left: %v %v", leases, err)
 			}
 		})
+	}
+}
+
+// TestReclaimRefusesForeignSlot: a sandbox record whose slot field was
+// tampered with cannot make Reclaim destroy a directory that is not a
+// slot of this root claimed by this sandbox; the record stays.
+func TestReclaimRefusesForeignSlot(t *testing.T) {
+	e := newEnv(t)
+	dir, key := e.sandboxDir(t, "tampered")
+	other := sandbox.KeyOf("other")
+	// decoy makes a directory that looks like a free-to-lock slot whose
+	// state says claimed by claimer.
+	decoy := func(slotsDir string, claimer sandbox.Key) string {
+		skey := sandbox.KeyOf("decoy:" + slotsDir + string(claimer))
+		sdir := filepath.Join(slotsDir, string(skey))
+		if err := os.MkdirAll(sdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeRecord(sdir, RecordFile, &record{Version: 1, Key: string(skey), Names: NamesOf(skey), NetnsDir: e.cfg.NetnsDir}); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(claimer)); err != nil {
+			t.Fatal(err)
+		}
+		return sdir
+	}
+	for _, c := range []struct {
+		name string
+		slot string
+	}{
+		{"another root's slots", decoy(filepath.Join(t.TempDir(), "net", "slots"), key)},
+		{"anywhere named slots", decoy(filepath.Join(t.TempDir(), "slots"), key)},
+		{"a slot of this root claimed by another sandbox", decoy(e.cfg.slotsDir(), other)},
+		{"not a slot key", func() string {
+			p := filepath.Join(e.cfg.slotsDir(), "not-a-key")
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}()},
+		{"relative path", filepath.Join("..", "..", "net", "slots", string(other))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rec := &record{Version: 1, Key: string(key), Names: NamesOf(key), NetnsDir: e.cfg.NetnsDir, Slot: c.slot}
+			if err := writeRecord(dir, RecordFile, rec); err != nil {
+				t.Fatal(err)
+			}
+			if err := Reclaim(dir); err == nil {
+				t.Error("Reclaim accepted a record naming a foreign slot")
+			}
+			if !filepath.IsAbs(c.slot) {
+				return
+			}
+			if _, err := os.Stat(c.slot); err != nil {
+				t.Errorf("Reclaim destroyed %s: %v", c.slot, err)
+			}
+			if got, err := readRecord(dir, RecordFile); err != nil || got == nil {
+				t.Errorf("record gone after a refused Reclaim: %v %v", got, err)
+			}
+		})
+	}
+	if err := removeRecord(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(e.cfg.slotsDir(), "not-a-key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Drain(t.Context(), e.cfg); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -289,7 +289,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 		if string(b) == stateFree {
 			continue
 		}
-		destroyed, err := destroySlot(sdir)
+		destroyed, err := destroySlot(sdir, "")
 		if err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
@@ -316,17 +316,30 @@ func Drain(ctx context.Context, cfg Config) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name())); err != nil && !errors.Is(err, errSlotBusy) {
+		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), ""); err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// destroySlotDir destroys the slot at sdir for Reclaim of a dead sandbox.
-// A slot that is already gone is not an error; one whose flock is held is.
-func destroySlotDir(sdir string) error {
-	_, err := destroySlot(sdir)
+// reclaimSlot destroys the pool slot that rec (the record in the sandbox
+// state directory dir, Root/sandboxes/<key>) says the dead sandbox
+// claimed. The slot must be a slot of the same Root (Root/net/slots/<valid
+// key>) that was claimed by this sandbox or is used, so a damaged or forged
+// record cannot aim it at any other directory. A slot that is already gone
+// is not an error; one whose flock is held is (errSlotBusy).
+func reclaimSlot(dir string, rec *record) error {
+	dir = filepath.Clean(dir)
+	sdir := filepath.Clean(rec.Slot)
+	if !sandbox.Key(rec.Key).Valid() || filepath.Base(filepath.Dir(dir)) != "sandboxes" || filepath.Base(dir) != rec.Key {
+		return fmt.Errorf("reclaim slot %q: sandbox directory %s is not <root>/sandboxes/%s, so the pool's root is unknown", rec.Slot, dir, rec.Key)
+	}
+	root := filepath.Dir(filepath.Dir(dir))
+	if sdir != filepath.Join(root, "net", "slots", filepath.Base(sdir)) {
+		return fmt.Errorf("reclaim slot %q: not a slot directory of the pool under %s", rec.Slot, root)
+	}
+	_, err := destroySlot(sdir, sandbox.Key(rec.Key))
 	return err
 }
 
@@ -336,8 +349,9 @@ var errSlotBusy = errors.New("slot in use")
 // destroySlot removes a slot's objects and directory if its flock is free
 // (errSlotBusy if not). It reports whether it destroyed the slot: false
 // and no error when the slot no longer exists. sdir must be
-// Root/net/slots/<valid key>.
-func destroySlot(sdir string) (bool, error) {
+// Root/net/slots/<valid key>. A non-empty owner restricts it to a slot
+// claimed by owner, or used.
+func destroySlot(sdir string, owner sandbox.Key) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
 	}
@@ -352,6 +366,15 @@ func destroySlot(sdir string) (bool, error) {
 		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
 	}
 	defer lock.Close()
+	if owner != "" {
+		b, err := os.ReadFile(filepath.Join(sdir, slotState))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
+		}
+		if st := string(b); st != "claimed "+string(owner) && st != stateUsed {
+			return false, fmt.Errorf("destroy slot %s: it is %q, not claimed by %s", sdir, st, owner)
+		}
+	}
 	rec, err := readRecord(sdir, RecordFile)
 	if err != nil {
 		return false, fmt.Errorf("destroy slot: %w", err)
