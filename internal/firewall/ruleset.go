@@ -537,6 +537,21 @@ func HostPartNames(name, hostIf string) HostPart {
 	return p
 }
 
+// BuildHostClosed returns the host part named name for interface hostIf
+// that lets nothing through at all, replies to earlier connections
+// included, and neither redirects nor NATs anything: for the link of a
+// pool slot whose sandbox has ended, which stays until it is destroyed.
+func BuildHostClosed(name, hostIf string) HostPart {
+	p := HostPartNames(name, hostIf)
+	for i := range p.Chains {
+		switch p.Chains[i].Name {
+		case name + "-fwd-in", name + "-fwd-out", name + "-local-in":
+			p.Chains[i].Rules = []Rule{rule("closed: the sandbox has ended", drop())}
+		}
+	}
+	return p
+}
+
 // IfnameMatchForBench returns the expressions of `iifname NAME counter`-like
 // rule that matches nothing real: benchmarks use it to build a linear chain
 // for comparison with the map dispatch.

@@ -50,16 +50,44 @@ type slot struct {
 	lock *os.File
 }
 
-// release marks the slot used (never reused), drops the flock and removes
-// the sandbox's record that points at it. If the slot could not be marked,
-// the record stays, so that Reclaim destroys the slot.
-func (s *slot) release(sandboxDir string) error {
+// release ends a sandbox's use of its slot: the slot is marked used (never
+// reused) and its flock dropped. shut says whether the host side of the
+// slot's link was closed (see shutSlot); a slot that could not be shut is
+// destroyed at once rather than left open until Maintain. The sandbox's
+// record that points at the slot goes last, only if all of that worked;
+// otherwise it stays, so that Reclaim destroys the slot.
+func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 	err := writeState(filepath.Join(s.dir, slotState), stateUsed)
 	err = errors.Join(err, s.lock.Close())
+	if err == nil && !shut {
+		_, err = destroySlot(s.dir, key)
+	}
 	if err != nil {
 		return err
 	}
 	return removeRecord(sandboxDir)
+}
+
+// shutSlot closes the host side of a claimed slot's link as its sandbox
+// ends (BuildHostClosed): the slot, namespace and link stay until Maintain
+// destroys them, and until then nothing may pass, not even replies on
+// connections a process left behind in the namespace still holds. It is
+// one verified rule install, so it stays off the slow path that destroying
+// the slot would be.
+func (n *Net) shutSlot() error {
+	hc, err := n.hostConn()
+	if err != nil {
+		return err
+	}
+	part := firewall.BuildHostClosed(n.rec.Names.Chains, n.rec.Names.HostIf)
+	if err := firewall.ApplyHostChanges(hc, n.prevPart, &part); err != nil {
+		return fmt.Errorf("shut slot: %w", err)
+	}
+	n.prevInner, n.prevPart = nil, nil
+	if err := firewall.VerifyHostPart(hc, &part); err != nil {
+		return fmt.Errorf("shut slot: %w", err)
+	}
+	return nil
 }
 
 func lockFile(path string, block bool) (*os.File, error) {
@@ -240,7 +268,8 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 		ns, err = netns.Open(srec.netnsPath())
 	}
 	if err != nil {
-		return nil, errors.Join(err, s.release(dir))
+		// Nothing was installed: the slot still lets nothing out.
+		return nil, errors.Join(err, s.release(dir, key, true))
 	}
 	rec := *srec
 	rec.Key, rec.Slot = string(key), sdir

@@ -492,7 +492,11 @@ func (n *Net) Close() error {
 
 // teardown removes what n.rec names (used by Close and by a failed Setup).
 func (n *Net) teardown() error {
-	errs := []error{n.closeConns(true)}
+	var shutErr error
+	if n.slot != nil {
+		shutErr = n.shutSlot()
+	}
+	errs := []error{shutErr, n.closeConns(true)}
 	if n.eg != nil {
 		errs = append(errs, n.eg.Close())
 		n.eg = nil
@@ -502,7 +506,7 @@ func (n *Net) teardown() error {
 		n.ns = nil
 	}
 	if n.slot != nil {
-		errs = append(errs, n.slot.release(n.dir))
+		errs = append(errs, n.slot.release(n.dir, n.key, shutErr == nil))
 		return errors.Join(errs...)
 	}
 	if n.rec != nil {
