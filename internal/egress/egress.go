@@ -2,7 +2,9 @@
 // stub that answers allowlisted names only, and an HTTP/HTTPS proxy that
 // reads the name a client asks for (the Host header on port 80, the TLS SNI
 // on 443), checks it against the policy, resolves it itself through a
-// configured resolver and dials the address it resolved.
+// configured resolver and dials the address it resolved. Plain HTTP is
+// proxied one request per connection (Connection: close both ways), so the
+// Host of every request is checked; TLS is spliced after the SNI check.
 //
 // The stub answers every allowlisted name with the proxy's own address and
 // never forwards a query, so DNS cannot carry data out of the sandbox, and
