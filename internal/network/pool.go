@@ -250,9 +250,6 @@ func Claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	return nil, ErrPoolEmpty
 }
 
-// ErrPoolEmpty is returned by Claim when no prepared slot is free.
-var ErrPoolEmpty = errors.New("no free network slot in the pool")
-
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {

@@ -191,9 +191,11 @@ func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, po
 	return nil
 }
 
+// startEgress starts the DNS stub and proxy for t's policy if they are
+// not running, and sets t's services to theirs. A running server keeps
+// its policy: the caller switches it once the rules are in place.
 func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
 	if n.eg != nil {
-		n.eg.SetPolicy(t.Policy)
 		t.Services = n.eg.Services()
 		return nil
 	}
@@ -382,11 +384,22 @@ func DefaultResolver() (string, error) {
 	return "", errors.New("find the host's resolver: no nameserver in /etc/resolv.conf")
 }
 
-// Update replaces the sandbox's policy atomically (one transaction per
-// ruleset, verified), and cuts tracked connections the new policy no
+// Update replaces the sandbox's policy: it applies and verifies both
+// rulesets (one transaction each), then switches the egress proxy and DNS
+// stub to the new policy, then cuts tracked connections the new policy no
 // longer allows, both in the sandbox's namespace and on the host. Updating
 // a sandbox created with a policy that allows nothing fails with
 // sandbox.ErrUnsupported: its namespace has no link.
+//
+// The outcome of an error is one of two:
+//   - An error wrapping ErrFlowsNotCut: the new policy is in force (rules
+//     applied and verified, proxy and stub switched, record updated), but
+//     connections it no longer allows may still be open. Calling Update
+//     again with the same policy tries to cut them again.
+//   - Any other error: the old policy is still in force everywhere. The
+//     proxy and stub were never switched, and the old rulesets and record
+//     were put back (if putting them back failed too, the error says so,
+//     and Verify reports what the kernel holds).
 func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -396,22 +409,38 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 	if n.ns == nil {
 		return fmt.Errorf("network update: sandbox was started without network: %w", sandbox.ErrUnsupported)
 	}
-	t := *n.tgt
+	old := n.tgt
+	t := *old
 	t.Policy = policy
 	t.Services = firewall.Services{}
+	started := false
 	if len(policy.Domains) > 0 {
+		started = n.eg == nil
 		if err := n.startEgress(ctx, &t); err != nil {
 			return fmt.Errorf("network update: %w", err)
 		}
-	} else if n.eg != nil {
-		n.eg.SetPolicy(policy)
 	}
 	if err := n.apply(&t); err != nil {
-		return fmt.Errorf("network update: %w", err)
+		errs := []error{fmt.Errorf("network update: %w", err)}
+		if rerr := n.apply(old); rerr != nil {
+			errs = append(errs, fmt.Errorf("network update: put the previous policy back: %w", rerr))
+		}
+		if started {
+			errs = append(errs, n.eg.Close())
+			n.eg = nil
+		}
+		return errors.Join(errs...)
+	}
+	if n.eg != nil {
+		n.eg.SetPolicy(policy)
 	}
 	n.tgt = &t
-	if err := cutFlows(n.ns, &t); err != nil {
-		return fmt.Errorf("network update: %w", err)
+	err := n.cfg.injected("cut-flows")
+	if err == nil {
+		err = cutFlows(n.ns, &t)
+	}
+	if err != nil {
+		return fmt.Errorf("network update: %w: %w", ErrFlowsNotCut, err)
 	}
 	return nil
 }
