@@ -11,6 +11,11 @@
 // and listed in a record file (net.json) in the sandbox's state directory,
 // written before the object is made, so Reclaim can remove whatever a
 // killed process left and never touches anything it did not make.
+//
+// Replies reach a sandbox through the host's uplink, which needs IPv4
+// forwarding on for it; IronClaw turns it on only while it has sandbox
+// networks, and guards it so that the host forwards nothing else arriving
+// there (see forwarding.go).
 package network
 
 import (

@@ -291,7 +291,8 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 
 // Maintain destroys used slots and claimed slots whose owner is gone, and
 // returns how many it destroyed. It never touches a slot whose flock is
-// held.
+// held. Then, if the root has no sandbox network left, it puts back the
+// uplink forwarding IronClaw turned on (see restoreForwarding).
 func Maintain(ctx context.Context, cfg Config) (int, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -299,7 +300,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 	}
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, restoreForwarding(c.Root)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("pool maintenance: %w", err)
@@ -323,6 +324,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 			n++
 		}
 	}
+	errs = append(errs, restoreForwarding(c.Root))
 	return n, errors.Join(errs...)
 }
 
@@ -335,7 +337,7 @@ func Drain(ctx context.Context, cfg Config) error {
 	}
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return restoreForwarding(c.Root)
 	}
 	if err != nil {
 		return fmt.Errorf("drain pool: %w", err)
@@ -346,6 +348,7 @@ func Drain(ctx context.Context, cfg Config) error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, restoreForwarding(c.Root))
 	return errors.Join(errs...)
 }
 
@@ -356,12 +359,10 @@ func Drain(ctx context.Context, cfg Config) error {
 // record cannot aim it at any other directory. A slot that is already gone
 // is not an error; one whose flock is held is (errSlotBusy).
 func reclaimSlot(dir string, rec *record) error {
-	dir = filepath.Clean(dir)
-	sdir := filepath.Clean(rec.Slot)
-	if !sandbox.Key(rec.Key).Valid() || filepath.Base(filepath.Dir(dir)) != "sandboxes" || filepath.Base(dir) != rec.Key {
+	root, sdir := rootOf(dir), filepath.Clean(rec.Slot)
+	if !sandbox.Key(rec.Key).Valid() || root == "" || filepath.Base(dir) != rec.Key {
 		return fmt.Errorf("reclaim slot %q: sandbox directory %s is not <root>/sandboxes/%s, so the pool's root is unknown", rec.Slot, dir, rec.Key)
 	}
-	root := filepath.Dir(filepath.Dir(dir))
 	if sdir != filepath.Join(root, "net", "slots", filepath.Base(sdir)) {
 		return fmt.Errorf("reclaim slot %q: not a slot directory of the pool under %s", rec.Slot, root)
 	}

@@ -33,12 +33,24 @@ func Reclaim(dir string) error {
 		if err := reclaimSlot(dir, rec); err != nil {
 			return err
 		}
-		return removeRecord(dir)
+		return errors.Join(removeRecord(dir), restoreRootForwarding(dir))
 	}
 	if err := removeObjects(rec); err != nil {
 		return err
 	}
-	return removeRecord(dir)
+	return errors.Join(removeRecord(dir), restoreRootForwarding(dir))
+}
+
+// restoreRootForwarding restores the uplink forwarding of the root dir
+// lives in, if it was the root's last sandbox network (see
+// restoreForwarding). A dir outside the state layout has no known root:
+// Maintain, which `ironclaw gc` runs, does it then.
+func restoreRootForwarding(dir string) error {
+	root := rootOf(dir)
+	if root == "" {
+		return nil
+	}
+	return restoreForwarding(root)
 }
 
 func checkRecord(rec *record) error {

@@ -160,7 +160,7 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 		return err
 	}
 	n.cfg.at("veth")
-	if _, err := netns.EnableUplinkForwarding(host); err != nil {
+	if err := n.enableForwarding(host); err != nil {
 		return err
 	}
 	return n.install(ctx, host, lease, policy)
@@ -543,7 +543,7 @@ func (n *Net) teardown() error {
 		// otherwise it stays for Reclaim to retry.
 		err := removeObjects(n.rec)
 		if err == nil {
-			err = removeRecord(n.dir)
+			err = errors.Join(removeRecord(n.dir), restoreForwarding(n.cfg.Root))
 		}
 		errs = append(errs, err)
 	}
