@@ -4,6 +4,7 @@
 //
 //	ironclaw-bench jail [-runs N] [-json]    ironclaw run vs bwrap vs plain exec
 //	ironclaw-bench net  [-runs N] [-json]    ironclaw run --allow (pool slot) vs bwrap
+//	ironclaw-bench daemon [-only PARTS]      the daemon: create/exec latency, create rate, memory, 1000 sandboxes
 //	ironclaw-bench vm   [-runs N] [-json]    micro-VM boot, run and snapshot restore vs the jail
 package main
 
@@ -20,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|net|vm [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ironclaw-bench jail|net|daemon|vm [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -29,6 +30,8 @@ func main() {
 		err = jail(os.Args[2:])
 	case "net":
 		err = netBench(os.Args[2:])
+	case "daemon":
+		err = daemonBench(os.Args[2:])
 	case "vm":
 		err = vmBench(os.Args[2:])
 	default:

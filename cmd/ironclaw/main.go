@@ -55,6 +55,7 @@ func newRootCmd(g *globals) *cobra.Command {
 // subcommands lists the constructors of every subcommand, one file each.
 var subcommands = []func(*globals) *cobra.Command{
 	newRunCmd, newGCCmd, newDoctorCmd, newSeccompCmd, newNetCmd, newMCPCmd, newApprovalsCmd, newAuditCmd, newImageCmd,
+	newServeCmd, newSandboxCmd,
 }
 
 const defaultRoot = state.DefaultRoot

@@ -35,6 +35,7 @@ type runFlags struct {
 	fsize    string
 	timeout  time.Duration
 	tty      bool
+	noDaemon bool
 
 	seccomp       string
 	seccompMode   string
@@ -67,8 +68,17 @@ could not be executed or found.`,
 			if err != nil {
 				return err
 			}
+			// A micro-VM (--backend vm, or auto on a KVM host) runs
+			// embedded: the daemon serves jails.
 			if ran, err := f.vm.dispatch(g, spec); ran {
 				return err
+			}
+			// The seccomp audit report is written by the process that
+			// owns the sandbox: with --seccomp-report, run embedded.
+			if !f.noDaemon && f.seccompReport == "" {
+				if c := daemonClient(g); c != nil {
+					return runViaDaemon(g, c, spec, f.name != "")
+				}
 			}
 			return runSandbox(g, spec, f.seccompReport)
 		},
@@ -89,6 +99,7 @@ could not be executed or found.`,
 	fl.StringVar(&f.fsize, "fsize", sandbox.FormatSize(sandbox.DefaultResources.FileSize), "largest file a process may write (RLIMIT_FSIZE); 0 for none")
 	fl.DurationVar(&f.timeout, "timeout", 0, "kill the sandbox after this long, e.g. 30s; 0 for none")
 	fl.BoolVarP(&f.tty, "tty", "t", false, "give the command a pseudo-terminal")
+	fl.BoolVar(&f.noDaemon, "no-daemon", false, "run embedded even when a daemon (ironclaw serve) is running")
 	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress: CIDR[:PORT[-PORT]][/tcp|/udp], DOMAIN[:PORT] or '*.example.com' (repeatable; everything else is dropped)")
 	fl.StringVar(&f.net, "net", "", "network: none (loopback only, the default without --allow)")
 	fl.StringVar(&f.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")

@@ -2,7 +2,9 @@
 // stub that answers allowlisted names only, and an HTTP/HTTPS proxy that
 // reads the name a client asks for (the Host header on port 80, the TLS SNI
 // on 443), checks it against the policy, resolves it itself through a
-// configured resolver and dials the address it resolved.
+// configured resolver and dials the address it resolved. Plain HTTP is
+// proxied one request per connection (Connection: close both ways), so the
+// Host of every request is checked; TLS is spliced after the SNI check.
 //
 // The stub answers every allowlisted name with the proxy's own address and
 // never forwards a query, so DNS cannot carry data out of the sandbox, and
@@ -24,6 +26,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
@@ -101,18 +104,11 @@ func Start(ctx context.Context, cfg Config, p firewall.Policy) (*Server, error) 
 		s.Close()
 		return nil, fmt.Errorf("egress: listen on %s: %w", host, err)
 	}
-	udp, err := lc.ListenPacket(ctx, "udp4", net.JoinHostPort(host, "0"))
+	udp, tcpDNS, port, err := listenDNS(ctx, &lc, host)
 	if err != nil {
 		return fail(err)
 	}
-	s.closers = append(s.closers, udp.Close)
-	port := uint16(udp.LocalAddr().(*net.UDPAddr).Port)
-	// The TCP side of the stub takes the same port number.
-	tcpDNS, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(host, fmt.Sprint(port)))
-	if err != nil {
-		return fail(err)
-	}
-	s.closers = append(s.closers, tcpDNS.Close)
+	s.closers = append(s.closers, udp.Close, tcpDNS.Close)
 	s.svc.DNS = port
 	httpLn, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -136,6 +132,30 @@ func Start(ctx context.Context, cfg Config, p firewall.Policy) (*Server, error) 
 	s.serve(httpLn, s.handleHTTP)
 	s.serve(httpsLn, s.handleTLS)
 	return s, nil
+}
+
+// dnsListenAttempts bounds how often listenDNS tries a new port.
+const dnsListenAttempts = 32
+
+// listenDNS opens the stub's UDP socket on a port the kernel picks and its
+// TCP listener on the same port number. That TCP port may be taken (a
+// listener on the wildcard address, say); then it tries another.
+func listenDNS(ctx context.Context, lc *net.ListenConfig, host string) (net.PacketConn, net.Listener, uint16, error) {
+	for attempt := 1; ; attempt++ {
+		udp, err := lc.ListenPacket(ctx, "udp4", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		port := uint16(udp.LocalAddr().(*net.UDPAddr).Port)
+		tcp, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(host, fmt.Sprint(port)))
+		if err == nil {
+			return udp, tcp, port, nil
+		}
+		udp.Close()
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == dnsListenAttempts {
+			return nil, nil, 0, err
+		}
+	}
 }
 
 // Services returns the ports the stub and proxy listen on.

@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/miekg/dns"
 )
 
@@ -111,6 +113,45 @@ func TestStartValidates(t *testing.T) {
 		if s, err := Start(t.Context(), cfg, firewall.Policy{}); err == nil {
 			s.Close()
 			t.Errorf("Start accepted %+v", cfg)
+		}
+	}
+}
+
+// TestStartAvoidsTakenDNSPort: the stub's TCP port is the number the
+// kernel picked for its UDP port, which another TCP listener may hold.
+// In a namespace whose ephemeral range is four ports, the first of them
+// held by a TCP listener, Start must still succeed every time.
+func TestStartAvoidsTakenDNSPort(t *testing.T) {
+	ns := testutil.NewNetNS(t)
+	if err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40003"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var held net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		held, err = net.Listen("tcp4", "0.0.0.0:40000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for i := range 20 {
+		var s *Server
+		err := ns.Do(func() error {
+			var err error
+			s, err = Start(t.Context(), Config{Listen: netip.MustParseAddr("127.0.0.1"), Resolver: "127.0.0.1:53"}, firewall.Policy{})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		if s.Services().DNS == 40000 {
+			t.Fatalf("start %d: stub on the held port", i)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,22 +44,22 @@ func (c *proxyConn) close() {
 // host its Host header names; a CONNECT (the sandbox using the proxy
 // explicitly) is tunnelled to its target after the same checks, and to port
 // 443 only if the TLS SNI that follows names the same host.
+//
+// Plain HTTP carries one request per connection (see forwardHTTP): every
+// request's Host is checked, because a later request on a kept-alive
+// connection could name another host served at the same address.
 func (s *Server) handleHTTP(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(headTimeout))
 	br := bufio.NewReaderSize(c, 4096)
-	head, err := readHead(br)
+	req, rd, err := readRequest(br)
 	if err != nil {
-		s.log.Info("proxy: bad request head", "err", err)
-		return
-	}
-	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-	if err != nil {
+		s.log.Info("proxy: bad request", "err", err)
 		writeStatus(c, http.StatusBadRequest, "bad request")
 		return
 	}
 	if req.Method == http.MethodConnect {
-		s.handleConnect(c, br, req)
+		s.handleConnect(c, rd, req)
 		return
 	}
 	host, port, err := splitHost(req.Host, 80)
@@ -67,7 +68,7 @@ func (s *Server) handleHTTP(c net.Conn) {
 		s.log.Info("proxy refused", "host", req.Host, "reason", "bad Host")
 		return
 	}
-	s.forward(c, br, host, 80, head)
+	s.forwardHTTP(c, req, host)
 }
 
 func (s *Server) handleConnect(c net.Conn, br *bufio.Reader, req *http.Request) {
@@ -84,31 +85,26 @@ func (s *Server) handleConnect(c net.Conn, br *bufio.Reader, req *http.Request) 
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	var first []byte
-	if port == 443 {
-		raw, sni, err := readClientHello(br)
-		if err != nil || sni != host {
-			s.log.Info("proxy refused", "host", host, "sni", sni, "reason", "CONNECT and SNI differ", "err", err)
-			return
-		}
-		first = raw
-	} else {
-		head, err := readHead(br)
+	if port == 80 {
+		r, _, err := readRequest(br)
 		if err != nil {
+			writeStatus(c, http.StatusBadRequest, "bad request")
 			return
 		}
-		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
-		if err != nil {
-			return
-		}
-		if h, _, err := splitHost(r.Host, 80); err != nil || h != host {
+		if h, p, err := splitHost(r.Host, 80); err != nil || h != host || p != 80 {
 			s.log.Info("proxy refused", "host", host, "inner", r.Host, "reason", "CONNECT and Host differ")
 			writeStatus(c, http.StatusForbidden, "ironclaw egress: Host differs from CONNECT")
 			return
 		}
-		first = head
+		s.forwardHTTP(c, r, host)
+		return
 	}
-	s.forward(c, br, host, port, first)
+	raw, sni, err := readClientHello(br)
+	if err != nil || sni != host {
+		s.log.Info("proxy refused", "host", host, "sni", sni, "reason", "CONNECT and SNI differ", "err", err)
+		return
+	}
+	s.forward(c, br, host, port, raw)
 }
 
 // handleTLS serves the proxy's port 443: the ClientHello's SNI decides.
@@ -124,16 +120,18 @@ func (s *Server) handleTLS(c net.Conn) {
 	s.forward(c, br, sni, 443, raw)
 }
 
-// forward checks host:port against the policy, resolves host, dials the
-// resolved address, replays first and splices the two connections.
-func (s *Server) forward(c net.Conn, br *bufio.Reader, host string, port uint16, first []byte) {
+// dial checks host:port against the policy, resolves host and dials the
+// resolved address. It answers a refusal itself (with a status on port
+// 80) and then returns nil. Otherwise the connection is tracked, so a
+// policy update can cut it, until done is called.
+func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done func()) {
 	p := s.currentPolicy()
 	if !p.AllowsDomain(host, port) {
 		s.log.Info("proxy refused", "host", host, "port", port, "reason", "not allowed")
 		if port == 80 {
 			writeStatus(c, http.StatusForbidden, "ironclaw egress: "+host+" is not allowed")
 		}
-		return
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
@@ -143,7 +141,7 @@ func (s *Server) forward(c net.Conn, br *bufio.Reader, host string, port uint16,
 		if port == 80 {
 			writeStatus(c, http.StatusForbidden, "ironclaw egress: "+err.Error())
 		}
-		return
+		return nil, nil
 	}
 	up, err := s.dialer(ctx, "tcp4", net.JoinHostPort(ip.String(), strconv.Itoa(int(port))))
 	if err != nil {
@@ -151,38 +149,136 @@ func (s *Server) forward(c net.Conn, br *bufio.Reader, host string, port uint16,
 		if port == 80 {
 			writeStatus(c, http.StatusBadGateway, "ironclaw egress: cannot reach "+host)
 		}
-		return
+		return nil, nil
 	}
-	pc := &proxyConn{host: host, port: port, a: c, b: up}
+	pc = &proxyConn{host: host, port: port, a: c, b: up}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		up.Close()
-		return
+		return nil, nil
 	}
 	s.conns[pc] = struct{}{}
 	s.mu.Unlock()
-	defer func() {
+	return pc, func() {
 		s.mu.Lock()
 		delete(s.conns, pc)
 		s.mu.Unlock()
 		pc.close()
-	}()
+	}
+}
+
+// forward dials host:port (see dial), replays first and splices the two
+// connections: for TLS, whose SNI was checked and whose content the proxy
+// cannot read.
+func (s *Server) forward(c net.Conn, br *bufio.Reader, host string, port uint16, first []byte) {
+	pc, done := s.dial(c, host, port)
+	if pc == nil {
+		return
+	}
+	defer done()
+	up := pc.b
 	c.SetReadDeadline(time.Time{})
 	if _, err := up.Write(first); err != nil {
 		return
 	}
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, br); closeWrite(up); done <- struct{}{} }()
-	go func() { io.Copy(c, up); closeWrite(c); done <- struct{}{} }()
-	<-done
-	<-done
+	ch := make(chan struct{}, 2)
+	go func() { io.Copy(up, br); closeWrite(up); ch <- struct{}{} }()
+	go func() { io.Copy(c, up); closeWrite(c); ch <- struct{}{} }()
+	<-ch
+	<-ch
+}
+
+// hopHeaders are the hop-by-hop headers (RFC 9110, section 7.6.1) the
+// proxy drops in both directions; it sets Connection itself.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func dropHopHeaders(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+// forwardHTTP sends req, whose Host (host) was checked, to host on port 80
+// and relays the response, then closes the connection: one request per
+// connection, both ways (Connection: close upstream and to the client).
+// Anything the client sent after req's body (a pipelined or kept-alive
+// request, which could name another host) is never forwarded. Upgrades
+// (WebSocket over plain HTTP) are not supported: Upgrade is hop-by-hop and
+// dropped.
+func (s *Server) forwardHTTP(c net.Conn, req *http.Request, host string) {
+	pc, done := s.dial(c, host, 80)
+	if pc == nil {
+		return
+	}
+	defer done()
+	up := pc.b
+	c.SetReadDeadline(time.Time{})
+	dropHopHeaders(req.Header)
+	req.Close = true
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// The proxy answers for the upstream, which sees no Expect, so
+		// the client sends the body now.
+		req.Header.Del("Expect")
+		if _, err := io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return
+		}
+	}
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", "") // Write adds Go's own otherwise
+	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- req.Write(up) }()
+	defer func() {
+		pc.close()
+		<-wrote
+	}()
+	ur := bufio.NewReader(up)
+	for {
+		resp, err := http.ReadResponse(ur, req)
+		if err != nil {
+			s.log.Info("proxy: bad response", "host", host, "err", err)
+			writeStatus(c, http.StatusBadGateway, "ironclaw egress: bad response from "+host)
+			return
+		}
+		informational := resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols
+		dropHopHeaders(resp.Header)
+		resp.Close = !informational
+		err = resp.Write(c)
+		resp.Body.Close()
+		if err != nil || !informational {
+			return
+		}
+	}
 }
 
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
+}
+
+// readRequest reads one request head from br (at most maxHead bytes) and
+// parses it. The request's body, and anything after it, is read through
+// the returned reader, which is the one to use from then on.
+func readRequest(br *bufio.Reader) (*http.Request, *bufio.Reader, error) {
+	head, err := readHead(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	rd := bufio.NewReader(io.MultiReader(bytes.NewReader(head), br))
+	req, err := http.ReadRequest(rd)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse request: %w", err)
+	}
+	return req, rd, nil
 }
 
 // readHead reads an HTTP request head (through the blank line).

@@ -69,8 +69,12 @@ func hostMap(t *nftables.Table, name string) *nftables.Set {
 	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
 }
 
-// EnsureHostBase makes sure the shared host table exists with its maps and
-// its base chains, which dispatch to the sandboxes' chains. It reads the
+func uplinkSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: SetUplinks, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+}
+
+// EnsureHostBase makes sure the shared host table exists with its maps, the
+// uplink set and its base chains, which dispatch to the sandboxes' chains. It reads the
 // base chains first and writes (one transaction: chains flushed and
 // refilled, so rules are never doubled) only if they differ, then reads
 // them back. Concurrent callers are safe: each transaction is atomic and
@@ -86,6 +90,9 @@ func EnsureHostBase(c *nftables.Conn) error {
 		if err := c.AddSet(hostMap(t, m), nil); err != nil {
 			return fmt.Errorf("apply host base: map %s: %w", m, err)
 		}
+	}
+	if err := c.AddSet(uplinkSet(t), nil); err != nil {
+		return fmt.Errorf("apply host base: set %s: %w", SetUplinks, err)
 	}
 	for i := range base {
 		nc := addChain(c, t, &base[i])
@@ -226,6 +233,68 @@ func RemoveHost(c *nftables.Conn, part *HostPart) error {
 		return fmt.Errorf("remove host ruleset: %w", err)
 	}
 	return nil
+}
+
+// GuardUplink adds the interface name to the host table's set of guarded
+// uplinks (SetUplinks), whose forwarded packets go to sandbox links only,
+// and reads the set back to check. EnsureHostBase must have run.
+func GuardUplink(c *nftables.Conn, name string) error {
+	if err := c.SetAddElements(uplinkSet(table()), []nftables.SetElement{{Key: ifnameBytes(name)}}); err != nil {
+		return fmt.Errorf("guard uplink %s: %w", name, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("guard uplink %s: %w", name, err)
+	}
+	got, err := ReadUplinks(c)
+	if err != nil {
+		return fmt.Errorf("%w: guard uplink %s: %v", ErrVerify, name, err)
+	}
+	if !slices.Contains(got, name) {
+		return fmt.Errorf("%w: uplink %s is not in set %s after adding it", ErrVerify, name, SetUplinks)
+	}
+	return nil
+}
+
+// UnguardUplink removes the interface name from the set of guarded uplinks.
+// It is idempotent (the element is added and deleted in one transaction,
+// so a missing one is no error); without the table it does nothing.
+func UnguardUplink(c *nftables.Conn, name string) error {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("unguard uplink %s: list tables: %w", name, err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil
+	}
+	s := uplinkSet(table())
+	el := []nftables.SetElement{{Key: ifnameBytes(name)}}
+	if err := c.AddSet(s, nil); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.SetAddElements(s, el); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.SetDeleteElements(s, el); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadUplinks returns the guarded uplinks (SetUplinks), sorted.
+func ReadUplinks(c *nftables.Conn) ([]string, error) {
+	els, err := c.GetSetElements(uplinkSet(table()))
+	if err != nil {
+		return nil, fmt.Errorf("read set %s: %w", SetUplinks, err)
+	}
+	var out []string
+	for _, el := range els {
+		out = append(out, strings.TrimRight(string(el.Key), "\x00"))
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // RemoveSandbox deletes the sandbox table in the namespace c talks to, if

@@ -164,3 +164,40 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 		t.Fatalf("RemoveHost created %v", ch)
 	}
 }
+
+// TestUplinkGuardKernel: the guarded-uplink set is filled, read back and
+// emptied idempotently, and the forward base chain consults it.
+func TestUplinkGuardKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	if err := UnguardUplink(c, "eth9"); err != nil {
+		t.Fatalf("unguard without a table: %v", err)
+	}
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"eth9", "wlan0", "eth9"} {
+		if err := GuardUplink(c, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := ReadUplinks(c); err != nil || strings.Join(got, ",") != "eth9,wlan0" {
+		t.Fatalf("guarded uplinks %v %v", got, err)
+	}
+	fwd, err := ReadChain(c, "forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := fwd.Rules[len(fwd.Rules)-1].String(); last != `iifname @uplinks drop comment "from guarded uplinks, not to a sandbox"` {
+		t.Fatalf("last forward rule: %s", last)
+	}
+	for _, name := range []string{"eth9", "eth9", "wlan0"} {
+		if err := UnguardUplink(c, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := ReadUplinks(c); err != nil || len(got) != 0 {
+		t.Fatalf("guarded uplinks after unguard %v %v", got, err)
+	}
+}

@@ -27,7 +27,11 @@ func (r Rule) String() string {
 					continue
 				}
 				if l, ok := ex[i+1].(*expr.Lookup); ok {
-					parts = append(parts, fmt.Sprintf("%s vmap @%s", metaName(e.Key), l.SetName))
+					if l.IsDestRegSet {
+						parts = append(parts, fmt.Sprintf("%s vmap @%s", metaName(e.Key), l.SetName))
+					} else {
+						parts = append(parts, fmt.Sprintf("%s @%s", metaName(e.Key), l.SetName))
+					}
 					i++
 					continue
 				}

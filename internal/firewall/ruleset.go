@@ -25,6 +25,11 @@ const (
 	MapNATPost    = "nat_post" // postrouting masquerade, from the sandbox
 )
 
+// SetUplinks is the host table's set of guarded uplinks: interfaces on
+// which IPv4 forwarding is on only because sandboxes need it (see
+// BuildHostBase). Packets forwarded from them go to sandbox links only.
+const SetUplinks = "uplinks"
+
 // InternalRanges are the IPv4 networks a sandbox can never reach unless a
 // CIDR rule names them explicitly: "this network", RFC 1918, shared address
 // space (100.64/10), loopback, link-local (169.254.169.254, the cloud
@@ -224,13 +229,19 @@ func BuildEmptySandbox() []Chain {
 
 // BuildHostBase returns the base chains of the shared host table. Their
 // policy is accept, so traffic that is no sandbox's is left to the host's
-// other rules; each rule only dispatches a sandbox's traffic to its chains.
+// other rules; the map rules only dispatch a sandbox's traffic to its
+// chains, each of which ends in a verdict. One rule is not a sandbox's:
+// IPv4 forwarding is decided by the input interface, so turning it on for
+// an uplink (for replies to sandboxes) would make the host route anything
+// arriving there to any interface. A packet from an uplink in SetUplinks
+// that was not dispatched to a sandbox's chain is dropped.
 func BuildHostBase() []Chain {
 	return []Chain{
 		{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyAccept,
 			Rules: []Rule{
 				rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapForwardIn)),
 				rule("to sandboxes", vmap(expr.MetaKeyOIFNAME, MapForwardOut)),
+				rule("from guarded uplinks, not to a sandbox", lookup(expr.MetaKeyIIFNAME, SetUplinks), drop()),
 			}},
 		{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyAccept,
 			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapLocalIn))}},
@@ -483,6 +494,14 @@ func vmap(key expr.MetaKey, set string) []expr.Any {
 	}
 }
 
+// lookup matches when the interface name key is in set.
+func lookup(key expr.MetaKey, set string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: set},
+	}
+}
+
 func redirect(port uint16) []expr.Any {
 	return []expr.Any{
 		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
@@ -582,6 +601,21 @@ func HostPartNames(name, hostIf string) HostPart {
 	}
 	for i, m := range []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost} {
 		p.Elements = append(p.Elements, MapElement{Map: m, Iface: hostIf, Chain: p.Chains[i].Name})
+	}
+	return p
+}
+
+// BuildHostClosed returns the host part named name for interface hostIf
+// that lets nothing through at all, replies to earlier connections
+// included, and neither redirects nor NATs anything: for the link of a
+// pool slot whose sandbox has ended, which stays until it is destroyed.
+func BuildHostClosed(name, hostIf string) HostPart {
+	p := HostPartNames(name, hostIf)
+	for i := range p.Chains {
+		switch p.Chains[i].Name {
+		case name + "-fwd-in", name + "-fwd-out", name + "-local-in":
+			p.Chains[i].Rules = []Rule{rule("closed: the sandbox has ended", drop())}
+		}
 	}
 	return p
 }

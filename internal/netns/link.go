@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -226,11 +228,9 @@ func Addrs(n *NS) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// EnableUplinkForwarding turns on IPv4 forwarding for every interface that
-// carries an IPv4 default route in n, so that replies to sandboxes (which
-// arrive on the uplink) are forwarded. It does not touch other interfaces
-// or the global switch, and returns the interfaces it set.
-func EnableUplinkForwarding(n *NS) ([]string, error) {
+// Uplinks returns the interfaces that carry an IPv4 default route in n,
+// each once.
+func Uplinks(n *NS) ([]string, error) {
 	h, err := n.Handle()
 	if err != nil {
 		return nil, err
@@ -253,17 +253,54 @@ func EnableUplinkForwarding(n *NS) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("find uplink %d: %w", idx, err)
 		}
-		names = append(names, l.Attrs().Name)
-	}
-	err = n.Do(func() error {
-		for _, name := range names {
-			if err := writeSysctl("net/ipv4/conf/"+name+"/forwarding", "1"); err != nil {
-				return err
-			}
+		if !slices.Contains(names, l.Attrs().Name) {
+			names = append(names, l.Attrs().Name)
 		}
+	}
+	return names, nil
+}
+
+// forwardingKey is the sysctl of interface name's IPv4 forwarding switch.
+// The kernel decides whether to forward an IPv4 packet by the switch of
+// the interface it arrived on.
+func forwardingKey(name string) (string, error) {
+	if name == "" || len(name) > MaxIfName || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return "", fmt.Errorf("ipv4 forwarding: bad interface name %q", name)
+	}
+	return "net/ipv4/conf/" + name + "/forwarding", nil
+}
+
+// Forwarding returns the IPv4 forwarding switch ("0" or "1") of interface
+// name in n. For a missing interface the error wraps os.ErrNotExist.
+func Forwarding(n *NS, name string) (string, error) {
+	key, err := forwardingKey(name)
+	if err != nil {
+		return "", err
+	}
+	var v string
+	err = n.Do(func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", key))
+		if err != nil {
+			return fmt.Errorf("sysctl %s: %w", key, err)
+		}
+		v = strings.TrimSpace(string(b))
 		return nil
 	})
-	return names, err
+	return v, err
+}
+
+// SetForwarding sets the IPv4 forwarding switch of interface name in n to
+// value ("0" or "1"). For a missing interface the error wraps
+// os.ErrNotExist.
+func SetForwarding(n *NS, name, value string) error {
+	key, err := forwardingKey(name)
+	if err != nil {
+		return err
+	}
+	if value != "0" && value != "1" {
+		return fmt.Errorf("ipv4 forwarding of %s: bad value %q", name, value)
+	}
+	return n.Do(func() error { return writeSysctl(key, value) })
 }
 
 func maskLen(n *net.IPNet) int { l, _ := n.Mask.Size(); return l }

@@ -2,6 +2,8 @@ package netns
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -14,10 +16,17 @@ import (
 // AddrPool hands out /30 subnets of Prefix, one per networked sandbox, with
 // the leases kept as files in Dir so that separate ironclaw processes never
 // hand out the same subnet. A lease file is named after the subnet's index
-// and holds its owner's name; only that owner releases it.
+// and holds its owner's name; only that owner releases it. A lease file
+// never exists without its owner's name: the name is written to a
+// temporary file first, which is then hard-linked into place (link(2)
+// fails if the lease exists, so exactly one taker wins).
 type AddrPool struct {
 	Prefix netip.Prefix
 	Dir    string
+
+	// step, when set (by tests), is called between the steps of making a
+	// lease file, so a test can kill the process there.
+	step func(name string)
 }
 
 // Lease is one /30: the host side is .1, the sandbox .2 (relative to the
@@ -90,27 +99,70 @@ func (p AddrPool) Take(owner string, record func(Lease) error) (Lease, error) {
 		if err := record(l); err != nil {
 			return Lease{}, err
 		}
-		f, err := os.OpenFile(l.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		err := p.create(l.Path, owner)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
 		if err != nil {
-			return Lease{}, fmt.Errorf("lease %s: %w", l.Path, err)
-		}
-		_, werr := f.WriteString(owner)
-		cerr := f.Close()
-		if werr != nil || cerr != nil {
-			os.Remove(l.Path)
-			return Lease{}, fmt.Errorf("lease %s: %w", l.Path, errors.Join(werr, cerr))
+			return Lease{}, err
 		}
 		return l, nil
 	}
 	return Lease{}, fmt.Errorf("%w: all %d subnets of %v are leased", ErrPoolFull, n, p.Prefix)
 }
 
-// Release removes the lease file at path if owner holds it. A missing file
-// or another owner's lease is left alone without error.
+func (p AddrPool) at(name string) {
+	if p.step != nil {
+		p.step(name)
+	}
+}
+
+// create makes the lease file at path holding owner, atomically: owner is
+// written to tmpPath(path, owner) and linked into place. It fails with an
+// error wrapping os.ErrExist if the lease is taken. A crash at any point
+// leaves at most the lease and the temporary file, both named after path
+// and owner, which Release removes.
+func (p AddrPool) create(path, owner string) error {
+	tmp := tmpPath(path, owner)
+	if err := os.WriteFile(tmp, []byte(owner), 0o600); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("lease %s: %w", path, err)
+	}
+	p.at("written")
+	lerr := os.Link(tmp, path)
+	p.at("linked")
+	if err := os.Remove(tmp); err != nil && lerr == nil {
+		lerr = err
+		os.Remove(path)
+	}
+	if lerr != nil {
+		return fmt.Errorf("lease %s: %w", path, lerr)
+	}
+	return nil
+}
+
+// tmpPath is the temporary file owner writes before linking it to the
+// lease at path: in the same directory (link(2) needs that), named after
+// the lease and a hash of the owner, so it is never taken for a lease.
+func tmpPath(path, owner string) string {
+	h := sha256.Sum256([]byte(owner))
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+"."+hex.EncodeToString(h[:12])+".tmp")
+}
+
+// IsLeaseName reports whether name (an entry of a pool's Dir) is a lease
+// file rather than a temporary one.
+func IsLeaseName(name string) bool {
+	_, err := strconv.Atoi(name)
+	return err == nil
+}
+
+// Release removes the lease file at path if owner holds it, and owner's
+// temporary file for it, if a crash left one. A missing file or another
+// owner's lease is left alone without error.
 func Release(path, owner string) error {
+	if err := os.Remove(tmpPath(path, owner)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("release lease %s: %w", path, err)
+	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -3,7 +3,9 @@ package network
 import (
 	"bufio"
 	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +56,34 @@ func TestDomainRules(t *testing.T) {
 			code, body, err := httpGet(ctx, n.ns, gw+":80", host)
 			if err != nil || code != 403 {
 				t.Errorf("%s: want 403, got %d %q %v", host, code, body, err)
+			}
+		}
+	})
+
+	t.Run("http keep-alive", func(t *testing.T) {
+		// A second request on the same connection naming a host the
+		// policy does not allow (served by the same peer) goes nowhere.
+		c, err := dialIn(n.ns, "tcp", gw+":80", 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\nGET / HTTP/1.1\r\nHost: denied.test\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		for i, want := range []string{"web 203.0.113.10 host=allowed.test", ""} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				if want != "" {
+					t.Fatalf("response %d: %v", i, err)
+				}
+				break
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if want == "" && resp.StatusCode == 200 || want != "" && string(b) != want {
+				t.Errorf("response %d: %d %q, want %q", i, resp.StatusCode, b, want)
 			}
 		}
 	})

@@ -55,6 +55,15 @@ func leakCheck() error {
 			problems = append(problems, fmt.Sprintf("map %s entries %v", m, entries))
 		}
 	}
+	if len(chains) > 0 {
+		guarded, err := firewall.ReadUplinks(c)
+		if err != nil {
+			return err
+		}
+		if len(guarded) > 0 {
+			problems = append(problems, fmt.Sprintf("guarded uplinks %v", guarded))
+		}
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("left behind: %s", strings.Join(problems, "; "))
 	}

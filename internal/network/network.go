@@ -11,6 +11,11 @@
 // and listed in a record file (net.json) in the sandbox's state directory,
 // written before the object is made, so Reclaim can remove whatever a
 // killed process left and never touches anything it did not make.
+//
+// Replies reach a sandbox through the host's uplink, which needs IPv4
+// forwarding on for it; IronClaw turns it on only while it has sandbox
+// networks, and guards it so that the host forwards nothing else arriving
+// there (see forwarding.go).
 package network
 
 import (
@@ -48,12 +53,24 @@ type Config struct {
 	// step, when set (by tests), is called at each step of setup, so a
 	// test can kill the process there.
 	step func(name string)
+	// fail, when set (by tests), is asked at a few named points whether
+	// to fail there, so a test can inject a failure the kernel would not
+	// produce on demand.
+	fail func(name string) error
 }
 
 func (c *Config) at(name string) {
 	if c.step != nil {
 		c.step(name)
 	}
+}
+
+// injected returns the failure a test injects at the point called name.
+func (c *Config) injected(name string) error {
+	if c.fail != nil {
+		return c.fail(name)
+	}
+	return nil
 }
 
 // LinkKind selects how a sandbox namespace is joined to the host.

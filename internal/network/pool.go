@@ -50,12 +50,44 @@ type slot struct {
 	lock *os.File
 }
 
-// release marks the slot used (never reused), drops the flock and removes
-// the sandbox's record that points at it.
-func (s *slot) release(sandboxDir string) error {
+// release ends a sandbox's use of its slot: the slot is marked used (never
+// reused) and its flock dropped. shut says whether the host side of the
+// slot's link was closed (see shutSlot); a slot that could not be shut is
+// destroyed at once rather than left open until Maintain. The sandbox's
+// record that points at the slot goes last, only if all of that worked;
+// otherwise it stays, so that Reclaim destroys the slot.
+func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 	err := writeState(filepath.Join(s.dir, slotState), stateUsed)
-	err = errors.Join(err, s.lock.Close(), removeRecord(sandboxDir))
-	return err
+	err = errors.Join(err, s.lock.Close())
+	if err == nil && !shut {
+		_, err = destroySlot(s.dir, key)
+	}
+	if err != nil {
+		return err
+	}
+	return removeRecord(sandboxDir)
+}
+
+// shutSlot closes the host side of a claimed slot's link as its sandbox
+// ends (BuildHostClosed): the slot, namespace and link stay until Maintain
+// destroys them, and until then nothing may pass, not even replies on
+// connections a process left behind in the namespace still holds. It is
+// one verified rule install, so it stays off the slow path that destroying
+// the slot would be.
+func (n *Net) shutSlot() error {
+	hc, err := n.hostConn()
+	if err != nil {
+		return err
+	}
+	part := firewall.BuildHostClosed(n.rec.Names.Chains, n.rec.Names.HostIf)
+	if err := firewall.ApplyHostChanges(hc, n.prevPart, &part); err != nil {
+		return fmt.Errorf("shut slot: %w", err)
+	}
+	n.prevInner, n.prevPart = nil, nil
+	if err := firewall.VerifyHostPart(hc, &part); err != nil {
+		return fmt.Errorf("shut slot: %w", err)
+	}
+	return nil
 }
 
 func lockFile(path string, block bool) (*os.File, error) {
@@ -144,13 +176,21 @@ func prepareSlot(ctx context.Context, c Config) error {
 	defer lock.Close()
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger}
 	if err := n.setup(ctx, firewall.Policy{}); err != nil {
+		// teardown removes the record only once the objects are gone;
+		// a slot directory that still has one is left (not "free") for
+		// Maintain to destroy.
 		rerr := n.teardown()
-		os.RemoveAll(dir)
+		if rerr == nil {
+			rerr = removeSlotDir(dir)
+		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
 	// A slot lets nothing out: replace the empty-policy sandbox table
 	// with one that allows loopback only.
 	sc, err := n.sandboxConn()
+	if err == nil {
+		err = c.injected("slot-rules")
+	}
 	if err == nil {
 		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
 	}
@@ -158,10 +198,20 @@ func prepareSlot(ctx context.Context, c Config) error {
 	n.ns.Close()
 	if err != nil {
 		rerr := removeObjects(n.rec)
-		os.RemoveAll(dir)
+		if rerr == nil {
+			rerr = removeSlotDir(dir)
+		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
 	return writeState(filepath.Join(dir, slotState), stateFree)
+}
+
+// removeSlotDir removes a slot directory whose objects are all gone.
+func removeSlotDir(dir string) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove slot directory: %w", err)
+	}
+	return nil
 }
 
 // Claim is Setup from a prepared slot of the pool: it takes a free slot and
@@ -200,9 +250,6 @@ func Claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	return nil, ErrPoolEmpty
 }
 
-// ErrPoolEmpty is returned by Claim when no prepared slot is free.
-var ErrPoolEmpty = errors.New("no free network slot in the pool")
-
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
@@ -218,7 +265,8 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 		ns, err = netns.Open(srec.netnsPath())
 	}
 	if err != nil {
-		return nil, errors.Join(err, s.release(dir))
+		// Nothing was installed: the slot still lets nothing out.
+		return nil, errors.Join(err, s.release(dir, key, true))
 	}
 	rec := *srec
 	rec.Key, rec.Slot = string(key), sdir
@@ -243,7 +291,8 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 
 // Maintain destroys used slots and claimed slots whose owner is gone, and
 // returns how many it destroyed. It never touches a slot whose flock is
-// held.
+// held. Then, if the root has no sandbox network left, it puts back the
+// uplink forwarding IronClaw turned on (see restoreForwarding).
 func Maintain(ctx context.Context, cfg Config) (int, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -251,7 +300,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 	}
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, restoreForwarding(c.Root)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("pool maintenance: %w", err)
@@ -267,14 +316,15 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 		if string(b) == stateFree {
 			continue
 		}
-		destroyed, err := destroySlot(sdir)
-		if err != nil {
+		destroyed, err := destroySlot(sdir, "")
+		if err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 		if destroyed {
 			n++
 		}
 	}
+	errs = append(errs, restoreForwarding(c.Root))
 	return n, errors.Join(errs...)
 }
 
@@ -287,26 +337,48 @@ func Drain(ctx context.Context, cfg Config) error {
 	}
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return restoreForwarding(c.Root)
+	}
+	if err != nil {
+		return fmt.Errorf("drain pool: %w", err)
 	}
 	var errs []error
 	for _, e := range ents {
-		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name())); err != nil {
+		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), ""); err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, restoreForwarding(c.Root))
 	return errors.Join(errs...)
 }
 
-// destroySlotDir destroys the slot at sdir for Reclaim of a dead sandbox.
-func destroySlotDir(sdir string) error {
-	_, err := destroySlot(sdir)
+// reclaimSlot destroys the pool slot that rec (the record in the sandbox
+// state directory dir, Root/sandboxes/<key>) says the dead sandbox
+// claimed. The slot must be a slot of the same Root (Root/net/slots/<valid
+// key>) that was claimed by this sandbox or is used, so a damaged or forged
+// record cannot aim it at any other directory. A slot that is already gone
+// is not an error; one whose flock is held is (errSlotBusy).
+func reclaimSlot(dir string, rec *record) error {
+	root, sdir := rootOf(dir), filepath.Clean(rec.Slot)
+	if !sandbox.Key(rec.Key).Valid() || root == "" || filepath.Base(dir) != rec.Key {
+		return fmt.Errorf("reclaim slot %q: sandbox directory %s is not <root>/sandboxes/%s, so the pool's root is unknown", rec.Slot, dir, rec.Key)
+	}
+	if sdir != filepath.Join(root, "net", "slots", filepath.Base(sdir)) {
+		return fmt.Errorf("reclaim slot %q: not a slot directory of the pool under %s", rec.Slot, root)
+	}
+	_, err := destroySlot(sdir, sandbox.Key(rec.Key))
 	return err
 }
 
-// destroySlot removes a slot's objects and directory if its flock is free.
-// sdir must be Root/net/slots/<valid key>.
-func destroySlot(sdir string) (bool, error) {
+// errSlotBusy is destroySlot's answer for a slot whose flock is held.
+var errSlotBusy = errors.New("slot in use")
+
+// destroySlot removes a slot's objects and directory if its flock is free
+// (errSlotBusy if not). It reports whether it destroyed the slot: false
+// and no error when the slot no longer exists. sdir must be
+// Root/net/slots/<valid key>. A non-empty owner restricts it to a slot
+// claimed by owner, or used.
+func destroySlot(sdir string, owner sandbox.Key) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
 	}
@@ -316,11 +388,20 @@ func destroySlot(sdir string) (bool, error) {
 	}
 	if err != nil {
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return false, nil // in use
+			return false, fmt.Errorf("destroy slot %s: %w", sdir, errSlotBusy)
 		}
 		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
 	}
 	defer lock.Close()
+	if owner != "" {
+		b, err := os.ReadFile(filepath.Join(sdir, slotState))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
+		}
+		if st := string(b); st != "claimed "+string(owner) && st != stateUsed {
+			return false, fmt.Errorf("destroy slot %s: it is %q, not claimed by %s", sdir, st, owner)
+		}
+	}
 	rec, err := readRecord(sdir, RecordFile)
 	if err != nil {
 		return false, fmt.Errorf("destroy slot: %w", err)

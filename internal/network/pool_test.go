@@ -2,10 +2,13 @@ package network
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -107,6 +110,14 @@ func TestPool(t *testing.T) {
 	if _, ok := slotStates(t, e.cfg)[used]; ok {
 		t.Fatal("used slot still exists after Maintain")
 	}
+	// While the slot's flock is held, Reclaim cannot destroy it, so it
+	// must keep the sandbox's record (and say so).
+	if err := Reclaim(dir2); !errors.Is(err, errSlotBusy) {
+		t.Fatalf("Reclaim of a sandbox whose slot is held: %v, want errSlotBusy", err)
+	}
+	if rec, err := readRecord(dir2, RecordFile); err != nil || rec == nil {
+		t.Fatalf("Reclaim dropped the record of a slot it could not destroy: %v %v", rec, err)
+	}
 	// n2's owner "dies": its flock goes, and GC reclaims the sandbox dir.
 	slotDir := n2.slot.dir
 	n2.slot.lock.Close()
@@ -148,5 +159,60 @@ func TestLoopbackOnly(t *testing.T) {
 	}
 	if _, err := Setup(t.Context(), e.cfg, dir, "not-a-key", firewall.Policy{}); err == nil {
 		t.Fatal("Setup accepted an invalid key")
+	}
+}
+
+// TestUsedSlotIsShut: once its sandbox ends, a used slot (which lives on
+// until Maintain destroys it) lets nothing through: neither new
+// connections from its namespace nor one a process left open.
+func TestUsedSlotIsShut(t *testing.T) {
+	e := newEnv(t)
+	t.Cleanup(func() {
+		if err := Drain(t.Context(), e.cfg); err != nil {
+			t.Error(err)
+		}
+	})
+	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerA, 7000))
+	if made, err := Fill(t.Context(), e.cfg, 1); err != nil || made != 1 {
+		t.Fatalf("fill: %d %v", made, err)
+	}
+	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp", "203.0.113.10:7000/tcp"})
+	dir, key := e.sandboxDir(t, "shut")
+	n, err := Claim(t.Context(), e.cfg, dir, key, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srec, err := readRecord(n.slot.dir, RecordFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.Open(srec.netnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	left, err := dialIn(ns, "tcp", netip.AddrPortFrom(peerA, 7000).String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer left.Close()
+	if err := echo(left, "before"); err != nil {
+		t.Fatal(err)
+	}
+	runProbes(t, "claimed", &testutil.Probe{NS: ns}, []probe{tcp("allowed", peerA, 8080, true)})
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runProbes(t, "used", &testutil.Probe{NS: ns}, []probe{tcp("allowed while claimed", peerA, 8080, false)})
+	if err := echo(left, "after"); err == nil {
+		t.Error("a connection left open in a used slot still works")
+	}
+	hc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := firewall.BuildHostClosed(srec.Names.Chains, srec.Names.HostIf)
+	if err := firewall.VerifyHostPart(hc, &closed); err != nil {
+		t.Errorf("used slot's host chains: %v", err)
 	}
 }

@@ -17,8 +17,11 @@ import (
 // directory whose owner is gone) names and still exists: host chains and
 // map entries, the veth pair, the namespace, the address lease; then the
 // record. Objects are only touched if the record's names are exactly the
-// ones its key derives, so a damaged or forged record cannot aim Reclaim
-// at anything else. It is idempotent and a missing record is not an error.
+// ones its key derives, and a pool slot only if it is a slot of the root
+// dir lives in (dir is <root>/sandboxes/<key>) claimed by this sandbox, so
+// a damaged or forged record cannot aim Reclaim at anything else. It is
+// idempotent and a missing record is not an error; the record is removed
+// only once everything it names is gone.
 func Reclaim(dir string) error {
 	rec, err := readRecord(dir, RecordFile)
 	if err != nil || rec == nil {
@@ -26,16 +29,28 @@ func Reclaim(dir string) error {
 	}
 	if rec.Slot != "" {
 		// The network came from the pool: the slot is destroyed, never
-		// reused.
-		if err := destroySlotDir(rec.Slot); err != nil {
+		// reused. The record goes only once the slot is gone.
+		if err := reclaimSlot(dir, rec); err != nil {
 			return err
 		}
-		return removeRecord(dir)
+		return errors.Join(removeRecord(dir), restoreRootForwarding(dir))
 	}
 	if err := removeObjects(rec); err != nil {
 		return err
 	}
-	return removeRecord(dir)
+	return errors.Join(removeRecord(dir), restoreRootForwarding(dir))
+}
+
+// restoreRootForwarding restores the uplink forwarding of the root dir
+// lives in, if it was the root's last sandbox network (see
+// restoreForwarding). A dir outside the state layout has no known root:
+// Maintain, which `ironclaw gc` runs, does it then.
+func restoreRootForwarding(dir string) error {
+	root := rootOf(dir)
+	if root == "" {
+		return nil
+	}
+	return restoreForwarding(root)
 }
 
 func checkRecord(rec *record) error {

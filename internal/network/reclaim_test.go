@@ -14,6 +14,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 const helperEnv = "IRONCLAW_TEST_NET_HELPER"
@@ -55,7 +56,7 @@ func TestNetHelperProcess(t *testing.T) {
 // step, and checks that Reclaim then leaves nothing behind.
 func TestKillDuringSetup(t *testing.T) {
 	e := newEnv(t)
-	for _, step := range []string{"record", "lease", "netns", "veth", "egress", "sandbox-rules", "host-rules", "done"} {
+	for _, step := range []string{"record", "lease", "netns", "veth", "uplink-recorded", "uplink-guarded", "egress", "sandbox-rules", "host-rules", "done"} {
 		t.Run(step, func(t *testing.T) {
 			dir, key := e.sandboxDir(t, "killed-at-"+step)
 			spec, _ := json.Marshal(helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
@@ -97,7 +98,11 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 		t.Fatal(err)
 	}
 	defer host.Close()
-	if ok, _ := netns.LinkExists(host, names.HostIf); ok {
+	ok, err := netns.LinkExists(host, names.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok {
 		out = append(out, "link "+names.HostIf)
 	}
 	if netns.Mounted(filepath.Join(e.cfg.NetnsDir, names.Netns)) {
@@ -106,7 +111,10 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 	if _, err := os.Stat(filepath.Join(e.cfg.NetnsDir, names.Netns)); err == nil {
 		out = append(out, "netns file")
 	}
-	c, _ := nftables.New()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	chains, err := firewall.ReadTable(c)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +124,28 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 			out = append(out, "chain "+ch.Name)
 		}
 	}
-	leases, _ := os.ReadDir(filepath.Join(e.cfg.Root, "net", "leases"))
+	if len(chains) > 0 {
+		guarded, err := firewall.ReadUplinks(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range guarded {
+			out = append(out, "guarded uplink "+g)
+		}
+	}
+	// The test host's uplink had forwarding off before any sandbox.
+	if v, err := netns.Forwarding(host, testutil.UplinkName); err != nil {
+		t.Fatal(err)
+	} else if v != "0" {
+		out = append(out, "forwarding on "+testutil.UplinkName)
+	}
+	if _, err := os.Stat(filepath.Join(e.cfg.Root, "net", fwdRecordFile)); err == nil {
+		out = append(out, "forwarding record")
+	}
+	leases, err := os.ReadDir(filepath.Join(e.cfg.Root, "net", "leases"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	for _, l := range leases {
 		out = append(out, "lease "+l.Name())
 	}

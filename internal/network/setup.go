@@ -44,9 +44,12 @@ type Net struct {
 }
 
 // File returns the sandbox's network namespace, for setns(2) by the jail
-// before it starts the sandbox's init. Nil for a policy that allows
-// nothing: the jail then makes a private namespace (CLONE_NEWNET).
+// before it starts the sandbox's init; it stays open until Close. Nil for
+// a policy that allows nothing (the jail then makes a private namespace,
+// CLONE_NEWNET) and after Close.
 func (n *Net) File() *os.File {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.ns == nil {
 		return nil
 	}
@@ -55,6 +58,8 @@ func (n *Net) File() *os.File {
 
 // Path returns the namespace's bind-mount path ("" when File is nil).
 func (n *Net) Path() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.ns == nil {
 		return ""
 	}
@@ -78,7 +83,9 @@ func resolvConf(t *firewall.Target) []byte {
 
 // Addr returns the sandbox's address (invalid when File is nil).
 func (n *Net) Addr() netip.Addr {
-	if n.tgt == nil {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tgt == nil || n.ns == nil {
 		return netip.Addr{}
 	}
 	return n.tgt.SandboxAddr
@@ -86,7 +93,9 @@ func (n *Net) Addr() netip.Addr {
 
 // Gateway returns the host side of the link (invalid when File is nil).
 func (n *Net) Gateway() netip.Addr {
-	if n.tgt == nil {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tgt == nil || n.ns == nil {
 		return netip.Addr{}
 	}
 	return n.tgt.HostAddr
@@ -151,7 +160,7 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 		return err
 	}
 	n.cfg.at("veth")
-	if _, err := netns.EnableUplinkForwarding(host); err != nil {
+	if err := n.enableForwarding(host); err != nil {
 		return err
 	}
 	if n.cfg.Link == LinkTap {
@@ -191,9 +200,11 @@ func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, po
 	return nil
 }
 
+// startEgress starts the DNS stub and proxy for t's policy if they are
+// not running, and sets t's services to theirs. A running server keeps
+// its policy: the caller switches it once the rules are in place.
 func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
 	if n.eg != nil {
-		n.eg.SetPolicy(t.Policy)
 		t.Services = n.eg.Services()
 		return nil
 	}
@@ -235,6 +246,9 @@ func (n *Net) apply(t *firewall.Target) error {
 		// it): apply everything.
 		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
 		err = n.applyRules(inner, &part, nil, nil)
+	}
+	if err == nil {
+		err = n.cfg.injected("applied")
 	}
 	if err != nil {
 		return err
@@ -379,11 +393,22 @@ func DefaultResolver() (string, error) {
 	return "", errors.New("find the host's resolver: no nameserver in /etc/resolv.conf")
 }
 
-// Update replaces the sandbox's policy atomically (one transaction per
-// ruleset, verified), and cuts tracked connections the new policy no
+// Update replaces the sandbox's policy: it applies and verifies both
+// rulesets (one transaction each), then switches the egress proxy and DNS
+// stub to the new policy, then cuts tracked connections the new policy no
 // longer allows, both in the sandbox's namespace and on the host. Updating
 // a sandbox created with a policy that allows nothing fails with
 // sandbox.ErrUnsupported: its namespace has no link.
+//
+// The outcome of an error is one of two:
+//   - An error wrapping ErrFlowsNotCut: the new policy is in force (rules
+//     applied and verified, proxy and stub switched, record updated), but
+//     connections it no longer allows may still be open. Calling Update
+//     again with the same policy tries to cut them again.
+//   - Any other error: the old policy is still in force everywhere. The
+//     proxy and stub were never switched, and the old rulesets and record
+//     were put back (if putting them back failed too, the error says so,
+//     and Verify reports what the kernel holds).
 func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -393,22 +418,38 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 	if n.ns == nil {
 		return fmt.Errorf("network update: sandbox was started without network: %w", sandbox.ErrUnsupported)
 	}
-	t := *n.tgt
+	old := n.tgt
+	t := *old
 	t.Policy = policy
 	t.Services = firewall.Services{}
+	started := false
 	if len(policy.Domains) > 0 {
+		started = n.eg == nil
 		if err := n.startEgress(ctx, &t); err != nil {
 			return fmt.Errorf("network update: %w", err)
 		}
-	} else if n.eg != nil {
-		n.eg.SetPolicy(policy)
 	}
 	if err := n.apply(&t); err != nil {
-		return fmt.Errorf("network update: %w", err)
+		errs := []error{fmt.Errorf("network update: %w", err)}
+		if rerr := n.apply(old); rerr != nil {
+			errs = append(errs, fmt.Errorf("network update: put the previous policy back: %w", rerr))
+		}
+		if started {
+			errs = append(errs, n.eg.Close())
+			n.eg = nil
+		}
+		return errors.Join(errs...)
+	}
+	if n.eg != nil {
+		n.eg.SetPolicy(policy)
 	}
 	n.tgt = &t
-	if err := cutFlows(n.ns, &t); err != nil {
-		return fmt.Errorf("network update: %w", err)
+	err := n.cfg.injected("cut-flows")
+	if err == nil {
+		err = cutFlows(n.ns, &t)
+	}
+	if err != nil {
+		return fmt.Errorf("network update: %w: %w", ErrFlowsNotCut, err)
 	}
 	return nil
 }
@@ -489,7 +530,11 @@ func (n *Net) Close() error {
 
 // teardown removes what n.rec names (used by Close and by a failed Setup).
 func (n *Net) teardown() error {
-	errs := []error{n.closeConns(true)}
+	var shutErr error
+	if n.slot != nil {
+		shutErr = n.shutSlot()
+	}
+	errs := []error{shutErr, n.closeConns(true)}
 	if n.eg != nil {
 		errs = append(errs, n.eg.Close())
 		n.eg = nil
@@ -499,11 +544,17 @@ func (n *Net) teardown() error {
 		n.ns = nil
 	}
 	if n.slot != nil {
-		errs = append(errs, n.slot.release(n.dir))
+		errs = append(errs, n.slot.release(n.dir, n.key, shutErr == nil))
 		return errors.Join(errs...)
 	}
 	if n.rec != nil {
-		errs = append(errs, removeObjects(n.rec), removeRecord(n.dir))
+		// The record goes only once everything it names is gone;
+		// otherwise it stays for Reclaim to retry.
+		err := removeObjects(n.rec)
+		if err == nil {
+			err = errors.Join(removeRecord(n.dir), restoreForwarding(n.cfg.Root))
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -183,6 +183,11 @@ func TestIsolation(t *testing.T) {
 		if err := firewall.RemoveHost(hc, &part); err != nil {
 			t.Fatal(err)
 		}
+		// And the uplink guard, which drops replies bound for a link
+		// no sandbox chain claims.
+		if err := firewall.UnguardUplink(hc, testutil.UplinkName); err != nil {
+			t.Fatal(err)
+		}
 		// Without the NAT the peers need a route back to the pool.
 		addRoute(t, e.inet.NS, netip.MustParsePrefix("10.200.0.0/16"), e.inet.HostAddr)
 		addRouteDev(t, host, netip.MustParsePrefix("10.200.255.254/32"), a.tgt.HostIf)

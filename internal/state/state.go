@@ -114,7 +114,9 @@ func (r *Root) Claim(id string) (c *Claim, leftover *Claim, err error) {
 	}
 	k := sandbox.KeyOf(id)
 	dir := r.SandboxDir(k)
-	for attempt := 0; attempt < 10; attempt++ {
+	madeIt := false // this call created the directory at some attempt
+	gcWait := time.Now().Add(5 * time.Second)
+	for attempt, races := 0, 0; races < 10; attempt++ {
 		fresh := true
 		if err := os.Mkdir(dir, 0o711); err != nil {
 			if !errors.Is(err, os.ErrExist) {
@@ -122,11 +124,20 @@ func (r *Root) Claim(id string) (c *Claim, leftover *Claim, err error) {
 			}
 			fresh = false
 		}
+		madeIt = madeIt || fresh
 		lock, err := lockDir(dir)
+		if errors.Is(err, errLocked) && madeIt && time.Now().Before(gcWait) {
+			// We made the directory, so no owner holds it: a concurrent
+			// GC (Leaked) locked it before we could, and removes it as
+			// a leftover. Wait for that and try again.
+			time.Sleep(time.Duration(min(attempt+1, 10)) * time.Millisecond)
+			continue
+		}
 		if errors.Is(err, errLocked) {
 			return nil, nil, fmt.Errorf("%w: %q (held by a running ironclaw)", sandbox.ErrExists, id)
 		}
 		if errors.Is(err, errStale) || errors.Is(err, os.ErrNotExist) {
+			races++
 			continue // removed under us by a concurrent Release; retry
 		}
 		if err != nil {

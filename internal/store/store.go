@@ -57,6 +57,34 @@ var migrations = []migration{
 		`CREATE INDEX audit_time ON audit(time_ns)`,
 		`CREATE INDEX audit_server_tool ON audit(server, tool)`,
 	}},
+	{2, "daemon sandboxes and events", []string{
+		// id is the user-visible ID; backend_id names the kernel objects
+		// (sandbox.KeyOf(backend_id)). They differ for a sandbox taken
+		// from the warm pool, which was made under its pool ID.
+		`CREATE TABLE sandboxes (
+			id          TEXT PRIMARY KEY,
+			backend_id  TEXT NOT NULL UNIQUE,
+			backend     TEXT NOT NULL,
+			state       TEXT NOT NULL,
+			spec        TEXT NOT NULL DEFAULT '{}',
+			labels      TEXT NOT NULL DEFAULT '{}',
+			token       BLOB NOT NULL,
+			pool_class  TEXT NOT NULL DEFAULT '',
+			ttl_ns      INTEGER NOT NULL DEFAULT 0,
+			idle_ns     INTEGER NOT NULL DEFAULT 0,
+			created_ns  INTEGER NOT NULL,
+			started_ns  INTEGER NOT NULL DEFAULT 0,
+			claimed_ns  INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE TABLE sandbox_events (
+			seq      INTEGER PRIMARY KEY,
+			time_ns  INTEGER NOT NULL,
+			sandbox  TEXT NOT NULL,
+			type     TEXT NOT NULL,
+			data     TEXT NOT NULL DEFAULT '{}'
+		)`,
+		`CREATE INDEX sandbox_events_sandbox ON sandbox_events(sandbox, seq)`,
+	}},
 }
 
 // SchemaVersion is the schema version this binary writes.

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/daemon"
+	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/network"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/store"
+)
+
+// socketName is the daemon's socket in the state root.
+const socketName = "ironclaw.sock"
+
+// daemonSocket is where the CLI looks for the daemon.
+func daemonSocket(g *globals) string {
+	if s := os.Getenv("IRONCLAW_SOCKET"); s != "" {
+		return s
+	}
+	return filepath.Join(g.root, socketName)
+}
+
+type serveFlags struct {
+	socket         string
+	group          string
+	listen         string
+	tokenFile      string
+	maxSandboxes   int
+	maxCreates     int
+	maxFileSize    string
+	requestTimeout time.Duration
+	pool           int
+	poolConfig     string
+	sweep          time.Duration
+}
+
+func newServeCmd(g *globals) *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon: long-lived sandboxes behind an HTTP/JSON API",
+		Long: `Run the IronClaw daemon. It serves the HTTP/JSON API (see /v1/openapi.yaml)
+on a Unix socket, <root>/ironclaw.sock by default, mode 0600 (0660 with
+--group), and logs each request with the peer's credentials as JSON on
+stderr. With --listen it also serves TCP, but only with a bearer token
+(--token-file or IRONCLAW_TOKEN, at least 16 bytes); it refuses to start
+otherwise.
+
+Sandboxes outlive the daemon: a restarted daemon re-attaches every sandbox
+that still runs and reclaims every other one. With --pool N it keeps N
+prepared sandboxes of the default shape ready, so that a matching create
+takes one instead of starting cold.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return serve(g, &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.socket, "socket", "", "Unix socket path (default <root>/ironclaw.sock, env IRONCLAW_SOCKET)")
+	fl.StringVar(&f.group, "group", "", "group allowed to use the socket (mode 0660 instead of 0600)")
+	fl.StringVar(&f.listen, "listen", "", "also listen on this TCP address, e.g. 127.0.0.1:7878 (needs a token)")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token for --listen (or env IRONCLAW_TOKEN)")
+	fl.IntVar(&f.maxSandboxes, "max-sandboxes", daemon.DefaultMaxSandboxes, "most sandboxes at once (pool members not counted)")
+	fl.IntVar(&f.maxCreates, "max-creates", daemon.DefaultMaxConcurrentCreates, "most sandbox starts at once; more creates wait")
+	fl.StringVar(&f.maxFileSize, "max-file-size", sandbox.FormatSize(daemon.DefaultMaxFileSize), "largest upload or download")
+	fl.DurationVar(&f.requestTimeout, "request-timeout", api.DefaultRequestTimeout, "timeout of each API request (not exec or event streams)")
+	fl.IntVar(&f.pool, "pool", 0, "warm pool size for sandboxes of the default shape")
+	fl.StringVar(&f.poolConfig, "pool-config", "", `JSON file of warm pools: [{"name": N, "size": N, "template": <create request>}]`)
+	fl.DurationVar(&f.sweep, "sweep-interval", daemon.DefaultSweepInterval, "how often time-to-live and idle timeouts are checked")
+	return cmd
+}
+
+// poolEntry is one warm pool in --pool-config.
+type poolEntry struct {
+	Name     string            `json:"name"`
+	Size     int               `json:"size"`
+	Template api.CreateRequest `json:"template"`
+}
+
+func (f *serveFlags) pools() ([]daemon.PoolClass, error) {
+	var out []daemon.PoolClass
+	if f.pool > 0 {
+		o, err := api.CreateOptions(&api.CreateRequest{})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, daemon.PoolClass{Name: "default", Template: o, Size: f.pool})
+	}
+	if f.poolConfig == "" {
+		return out, nil
+	}
+	b, err := os.ReadFile(f.poolConfig)
+	if err != nil {
+		return nil, fmt.Errorf("--pool-config: %w", err)
+	}
+	var entries []poolEntry
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&entries); err != nil {
+		return nil, fmt.Errorf("--pool-config %s: %w", f.poolConfig, err)
+	}
+	for i, e := range entries {
+		if e.Name == "" || e.Size < 0 {
+			return nil, fmt.Errorf("--pool-config %s: pool %d: want a name and a size >= 0", f.poolConfig, i)
+		}
+		o, err := api.CreateOptions(&e.Template)
+		if err != nil {
+			return nil, fmt.Errorf("--pool-config %s: pool %q: %w", f.poolConfig, e.Name, err)
+		}
+		out = append(out, daemon.PoolClass{Name: e.Name, Template: o, Size: e.Size})
+	}
+	return out, nil
+}
+
+func readToken(file string) ([]byte, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		return []byte(strings.TrimSpace(string(b))), nil
+	}
+	return []byte(os.Getenv("IRONCLAW_TOKEN")), nil
+}
+
+func serve(g *globals, f *serveFlags) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(g)}))
+	// Refuse a TCP listener without a token before anything starts.
+	var token []byte
+	if f.listen != "" {
+		var err error
+		if token, err = readToken(f.tokenFile); err != nil {
+			return err
+		}
+		if len(token) < api.MinTokenLen {
+			return fmt.Errorf("--listen %s: refusing to serve TCP without a bearer token of at least %d bytes (--token-file or IRONCLAW_TOKEN)", f.listen, api.MinTokenLen)
+		}
+	}
+	maxFile, err := sandbox.ParseSize(f.maxFileSize)
+	if err != nil || maxFile <= 0 {
+		return fmt.Errorf("--max-file-size: want a positive size, got %q", f.maxFileSize)
+	}
+	pools, err := f.pools()
+	if err != nil {
+		return err
+	}
+	gid, perm := -1, os.FileMode(0o600)
+	if f.group != "" {
+		grp, err := user.LookupGroup(f.group)
+		if err != nil {
+			return fmt.Errorf("--group: %w", err)
+		}
+		if gid, err = strconv.Atoi(grp.Gid); err != nil {
+			return fmt.Errorf("--group %s: gid %q: %w", f.group, grp.Gid, err)
+		}
+		perm = 0o660
+	}
+	socket := f.socket
+	if socket == "" {
+		socket = daemonSocket(g)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	root, err := state.Open(g.root)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, store.Path(root.Dir()))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: network.Config{Root: root.Dir(), Logger: log}})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := daemon.New(ctx, daemon.Config{
+		Root: root, Jail: j, Store: st, Reclaim: g.reclaim, Logger: log, Registry: reg,
+		MaxSandboxes: f.maxSandboxes, MaxConcurrentCreates: f.maxCreates, MaxFileSize: maxFile,
+		Pools: pools, SweepInterval: f.sweep,
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	srv, err := api.New(api.Config{Manager: m, Logger: log, Registry: reg, Gatherer: reg, RequestTimeout: f.requestTimeout})
+	if err != nil {
+		return err
+	}
+	ul, err := api.ListenUnix(socket, perm, gid)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(socket)
+	servers := []*http.Server{api.HTTPServer(srv.Handler(), log)}
+	listeners := []net.Listener{ul}
+	if f.listen != "" {
+		h, err := srv.TokenHandler(token)
+		if err != nil {
+			return err
+		}
+		tl, err := net.Listen("tcp", f.listen)
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		servers = append(servers, api.HTTPServer(h, log))
+		listeners = append(listeners, tl)
+	}
+	errc := make(chan error, len(servers))
+	for i, s := range servers {
+		go func() { errc <- s.Serve(listeners[i]) }()
+	}
+	addrs := []string{socket}
+	if f.listen != "" {
+		addrs = append(addrs, listeners[1].Addr().String())
+	}
+	log.Info("serving", "listen", addrs, "root", root.Dir(), "pools", len(pools))
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func logLevel(g *globals) slog.Level {
+	if g.debug {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,199 @@
+package daemonnet
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/network"
+	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+var bin, root string
+
+func TestMain(m *testing.M) {
+	testutil.HostNetNSMain(m, func() error {
+		if root == "" {
+			return nil
+		}
+		r, err := state.Open(root)
+		if err != nil {
+			return err
+		}
+		if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
+			return fmt.Errorf("leaked links %v (%v)", links, err)
+		}
+		return testutil.Leaks(root, r.Name())
+	})
+}
+
+func build(t *testing.T) {
+	t.Helper()
+	testutil.RequireHostNetNS(t)
+	if bin != "" {
+		return
+	}
+	keep, err := os.MkdirTemp("", "ironclaw-daemonnet-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(keep, 0o711)
+	for out, pkg := range map[string]string{"ironclaw": "../../cmd/ironclaw", "ironclaw-agent": "../../cmd/ironclaw-agent"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(keep, out), pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	bin, root = filepath.Join(keep, "ironclaw"), filepath.Join(keep, "state")
+}
+
+type daemon struct {
+	cmd  *exec.Cmd
+	c    *client.Client
+	done chan struct{}
+}
+
+func startDaemon(t *testing.T) *daemon {
+	t.Helper()
+	d := &daemon{cmd: exec.Command(bin, "--root", root, "serve"), done: make(chan struct{})}
+	d.cmd.Stderr = os.Stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	sock := filepath.Join(root, "ironclaw.sock")
+	for deadline := time.Now().Add(30 * time.Second); !client.Reachable(context.Background(), sock, time.Second); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not answer")
+		}
+	}
+	var err error
+	if d.c, err = client.New(client.Config{Socket: sock}); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (d *daemon) stop(sig syscall.Signal) {
+	d.c.Close()
+	d.cmd.Process.Signal(sig)
+	<-d.done
+}
+
+// probe connects from inside the sandbox to each target and reports what
+// it got, one line per target.
+func probe(t *testing.T, c *client.Client, id string, targets ...string) map[string]bool {
+	t.Helper()
+	script := `
+import socket, sys
+for t in sys.argv[1:]:
+    host, port = t.split(":")
+    try:
+        s = socket.create_connection((host, int(port)), timeout=1.5)
+        print(t, "OK", s.recv(64).decode().strip())
+    except Exception as e:
+        print(t, "BLOCKED", type(e).__name__)
+`
+	res, err := c.ExecBuffered(context.Background(), id, api.ExecRequest{Argv: append([]string{"python3", "-c", script}, targets...)})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("probe: %+v %v", res, err)
+	}
+	out := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(res.Stdout)), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 {
+			out[f[0]] = f[1] == "OK"
+		}
+	}
+	return out
+}
+
+// TestDaemonNetworkPolicy creates a networked sandbox through the daemon,
+// proves its allow rules with real traffic to a peer namespace, replaces
+// them while it runs, re-attaches it after the daemon is SIGKILLed, and
+// destroys it without leaving a link, rule or namespace. While the jail
+// refuses networked persistent sandboxes, it checks that refusal instead.
+func TestDaemonNetworkPolicy(t *testing.T) {
+	build(t)
+	peer := netip.MustParseAddr("203.0.113.10")
+	inet := testutil.NewInternet(t, peer)
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:9090"))
+	d := startDaemon(t)
+	ctx := context.Background()
+	sb, err := d.c.Create(ctx, api.CreateRequest{ID: "netbox", Network: &api.Network{Allow: []string{"203.0.113.10/32:8080/tcp"}}})
+	if client.IsCode(err, api.CodeUnsupported) {
+		// The jail refuses persistent sandboxes with a network for now
+		// (their egress servers live in the starting process). The
+		// refusal must be clean: a 501 that says why, and nothing left.
+		if !strings.Contains(err.Error(), "persistent") {
+			t.Errorf("refusal does not say why: %v", err)
+		}
+		if l, _ := d.c.List(ctx, nil); len(l) != 0 {
+			t.Errorf("a refused create left sandboxes: %+v", l)
+		}
+		if links, _ := testutil.LeakedLinks("ic"); len(links) > 0 {
+			t.Errorf("a refused create left links: %v", links)
+		}
+		d.stop(syscall.SIGTERM)
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sb.Addresses) != 2 || sb.Network.Allow[0] != "203.0.113.10/32:8080/tcp" {
+		t.Errorf("created: addresses %v, network %+v", sb.Addresses, sb.Network)
+	}
+	got := probe(t, d.c, "netbox", "203.0.113.10:8080", "203.0.113.10:9090")
+	if !got["203.0.113.10:8080"] || got["203.0.113.10:9090"] {
+		t.Fatalf("initial policy: %v, want 8080 open and 9090 blocked", got)
+	}
+	sb, err = d.c.UpdateNetwork(ctx, "netbox", []string{"203.0.113.10/32:9090/tcp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sb.Network.Allow) != 1 || sb.Network.Allow[0] != "203.0.113.10/32:9090/tcp" {
+		t.Errorf("after update: %+v", sb.Network)
+	}
+	got = probe(t, d.c, "netbox", "203.0.113.10:8080", "203.0.113.10:9090")
+	if got["203.0.113.10:8080"] || !got["203.0.113.10:9090"] {
+		t.Fatalf("updated policy: %v, want 8080 blocked and 9090 open", got)
+	}
+	// The kernel holds the new rules and they verify.
+	st, err := network.Inspect(ctx, filepath.Join(root, "sandboxes", sb.Key))
+	if err != nil || st.Report.Err != nil || len(st.Allow) != 1 {
+		t.Errorf("inspect: %+v %v", st, err)
+	}
+	if _, err := d.c.UpdateNetwork(ctx, "netbox", []string{"not a rule"}); !client.IsCode(err, api.CodeInvalidField) {
+		t.Errorf("bad rule: %v", err)
+	}
+
+	// The sandbox and its network survive a SIGKILLed daemon.
+	d.stop(syscall.SIGKILL)
+	d = startDaemon(t)
+	defer d.stop(syscall.SIGTERM)
+	got = probe(t, d.c, "netbox", "203.0.113.10:8080", "203.0.113.10:9090")
+	if got["203.0.113.10:8080"] || !got["203.0.113.10:9090"] {
+		t.Fatalf("after the restart: %v, want the updated policy still in force", got)
+	}
+	if sb, err := d.c.Get(ctx, "netbox"); err != nil || len(sb.Addresses) != 2 {
+		t.Errorf("inspect after restart: %+v %v", sb, err)
+	}
+	if err := d.c.Destroy(ctx, "netbox"); err != nil {
+		t.Fatal(err)
+	}
+	if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
+		t.Errorf("links left after destroying a re-attached networked sandbox: %v %v", links, err)
+	}
+}

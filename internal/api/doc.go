@@ -1,0 +1,30 @@
+// Package api is the daemon's HTTP/JSON API: the wire types shared with
+// the typed client (internal/client), the server that maps requests onto
+// the sandbox manager (internal/daemon), and the OpenAPI 3 document that
+// describes both (openapi.yaml, served at /v1/openapi.yaml; a test keeps
+// the router and the document in step).
+//
+// The daemon listens on a Unix socket (mode 0600, or 0660 for a group) and
+// logs each request with its peer's credentials (SO_PEERCRED); it may also
+// listen on TCP, but only with a bearer token. Bodies are JSON with
+// unknown fields refused; every error is {"error": {"code", "message",
+// "field"}} with a 4xx or 5xx status.
+//
+// # Exec streams
+//
+// POST /v1/sandboxes/{id}/exec with "Connection: Upgrade" and
+// "Upgrade: ironclaw-exec.v1" starts the process and answers
+// "101 Switching Protocols"; the connection then carries frames in the
+// agent protocol's framing (agentapi.Frame: a type byte, a 4-byte
+// big-endian length, the payload), both ways, so no byte is lost and
+// back-pressure reaches the process through the agent's bounded windows:
+//
+//	daemon → client: response {exec_id, pid} first, then stdout and stderr
+//	                 data frames, then exit (ExitStatus JSON), last
+//	client → daemon: stdin data frames, stdin-eof, and request frames
+//	                 carrying ExecControl JSON (a signal or a resize)
+//
+// A connection that drops before the exit frame kills the process. Without
+// the Upgrade header the same request is a buffered exec: stdin from the
+// body, output (capped) in the JSON answer.
+package api

@@ -1,0 +1,153 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/store"
+)
+
+func TestCreateOptionsValidate(t *testing.T) {
+	good := CreateOptions{ID: "x", Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}, TTL: time.Minute,
+		Labels: map[string]string{"a": "b"}}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]func(*CreateOptions){
+		"name":         func(o *CreateOptions) { o.ID = "a\nb" },
+		"backend":      func(o *CreateOptions) { o.Backend = "docker" },
+		"command":      func(o *CreateOptions) { o.Spec.Command = []string{"sh"} },
+		"timeout":      func(o *CreateOptions) { o.Spec.Timeout = time.Second },
+		"ttl":          func(o *CreateOptions) { o.TTL = -1 },
+		"idle_timeout": func(o *CreateOptions) { o.IdleTimeout = -1 },
+		"labels":       func(o *CreateOptions) { o.Labels = map[string]string{"a=b": "c"} },
+		"memory":       func(o *CreateOptions) { o.Spec.Resources.MemoryBytes = 1 },
+		"mount":        func(o *CreateOptions) { o.Spec.Mounts = []sandbox.Mount{{Source: "/a", Target: "/proc"}} },
+	}
+	for field, mut := range bad {
+		o := good
+		o.Labels = map[string]string{}
+		mut(&o)
+		err := o.Validate()
+		if !errors.Is(err, sandbox.ErrInvalid) || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: %v, want ErrInvalid naming it", field, err)
+		}
+	}
+}
+
+func TestPoolClassKey(t *testing.T) {
+	base := CreateOptions{Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}}
+	same := base
+	same.ID, same.Labels, same.TTL, same.Spec.Env = "other", map[string]string{"k": "v"}, time.Hour, []string{"A=1"}
+	same.Backend, same.Spec.Seccomp.Profile, same.Spec.Network.Allow, same.Spec.Mounts = BackendJail, "default", []string{}, []sandbox.Mount{}
+	if base.classKey() != same.classKey() {
+		t.Error("ID, labels, TTL, env or spelled-out defaults change the pool class")
+	}
+	for name, mut := range map[string]func(*CreateOptions){
+		"memory":  func(o *CreateOptions) { o.Spec.Resources.MemoryBytes = 1 << 30 },
+		"user":    func(o *CreateOptions) { o.Spec.User = sandbox.User{} },
+		"allow":   func(o *CreateOptions) { o.Spec.Network.Allow = []string{"1.2.3.4/32:80"} },
+		"seccomp": func(o *CreateOptions) { o.Spec.Seccomp.Profile = "strict" },
+		"mounts":  func(o *CreateOptions) { o.Spec.Mounts = []sandbox.Mount{{Source: "/a", Target: "/b"}} },
+		"workdir": func(o *CreateOptions) { o.Spec.Workdir = "/w" },
+	} {
+		o := base
+		mut(&o)
+		if o.classKey() == base.classKey() {
+			t.Errorf("%s does not change the pool class", name)
+		}
+	}
+}
+
+func TestValidatePath(t *testing.T) {
+	for _, p := range []string{"/", "/a", "/a b/c"} {
+		if err := ValidatePath(p); err != nil {
+			t.Errorf("%q: %v", p, err)
+		}
+	}
+	for _, p := range []string{"", "a", "/a/..", "/../a", "/a/./b", "//a", "/a/", "/a\x00"} {
+		if ValidatePath(p) == nil {
+			t.Errorf("%q accepted", p)
+		}
+	}
+}
+
+func TestExecEnvAndUser(t *testing.T) {
+	spec := sandbox.Spec{User: sandbox.SandboxUser, Env: []string{"A=spec", "B=spec"}}
+	env := strings.Join(execEnv(spec, "host", ExecOptions{Env: []string{"B=exec"}, TTY: true}), " ")
+	for _, want := range []string{"HOME=/workspace", "USER=sandbox", "HOSTNAME=host", "A=spec", "B=exec", "TERM="} {
+		if !strings.Contains(env, want) {
+			t.Errorf("env %q lacks %s", env, want)
+		}
+	}
+	if strings.Contains(env, "B=spec") {
+		t.Errorf("exec env does not override the spec's: %s", env)
+	}
+	if env := strings.Join(execEnv(spec, "h", ExecOptions{User: "root"}), " "); !strings.Contains(env, "USER=root") {
+		t.Errorf("root exec: %s", env)
+	}
+	if err := (&ExecOptions{Argv: []string{"x"}, User: "alice"}).Validate(); !errors.Is(err, sandbox.ErrInvalid) {
+		t.Errorf("bad user: %v", err)
+	}
+}
+
+func TestEventBus(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b, err := newBus(ctx, st, slog.New(slog.DiscardHandler), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, one := b.subscribe(""), b.subscribe("a")
+	slow := b.subscribe("")
+	for i := 0; i < subBuffer+10; i++ {
+		sb := "a"
+		if i%2 == 1 {
+			sb = "b"
+		}
+		b.emit(sb, EventExecStarted, Detail{Argv: []string{strings.Repeat("x", 1000)}})
+		if i < 5 {
+			if ev := <-all.C; ev.Seq != int64(i+1) {
+				t.Fatalf("event %d has seq %d", i, ev.Seq)
+			}
+		}
+		if i%2 == 0 && i < 10 {
+			if ev := <-one.C; ev.Sandbox != "a" {
+				t.Fatalf("filtered subscription got %+v", ev)
+			}
+		}
+	}
+	// The subscriber that never read was cut off, not waited for.
+	n := 0
+	for range slow.C {
+		n++
+	}
+	if n != subBuffer || !slow.Overflowed() {
+		t.Errorf("slow subscriber got %d events, overflowed %v", n, slow.Overflowed())
+	}
+	hist, err := b.history(ctx, "a", 0, 3)
+	if err != nil || len(hist) != 3 || hist[2].Sandbox != "a" || len(hist[2].Argv[0]) > maxEventArgLen+4 {
+		t.Fatalf("history: %+v %v", hist, err)
+	}
+	// The log is trimmed to about keep events.
+	if all, err := st.Events(ctx, "", 0, 0); err != nil || len(all) > 50 {
+		t.Errorf("stored %d events, keep is 50 (%v)", len(all), err)
+	}
+	// A new bus continues the sequence.
+	b2, _ := newBus(ctx, st, slog.New(slog.DiscardHandler), 50)
+	if ev := b2.emit("a", EventCreated, Detail{}); ev.Seq != int64(subBuffer+11) {
+		t.Errorf("sequence after reopen: %d", ev.Seq)
+	}
+	all.Close()
+	one.Close()
+}
