@@ -213,8 +213,7 @@ func runVM(g *globals, root *state.Root, spec sandbox.Spec, cfg vm.Config) error
 // status: 127 for a command the guest does not have, 125 otherwise.
 func vmStartFailure(id string, err error) error {
 	fmt.Fprintf(os.Stderr, "ironclaw: start sandbox %q: %s\n", id, oneLine(err.Error()))
-	var se *vm.StartError
-	if errors.As(err, &se) && se.Step == "start command" && errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, vm.ErrCommandNotFound) {
 		return exitError{127}
 	}
 	return exitError{125}

@@ -88,11 +88,7 @@ func (fw *frameWriter) frame(t agentapi.FrameType, p []byte) error {
 func (s *Server) handleExec(ctx context.Context, st *yamux.Stream, spec agentapi.ExecSpec) {
 	cmd, err := s.buildCmd(spec)
 	if err != nil {
-		code := agentapi.CodeInvalid
-		if errors.Is(err, errCommandNotFound) {
-			code = agentapi.CodeNotFound // the host reports 127, like a shell
-		}
-		s.reply(st, errResponse(code, err))
+		s.reply(st, errResponse(agentapi.CodeInvalid, err))
 		return
 	}
 	s.mu.Lock()
@@ -410,11 +406,8 @@ func lookPath(name, pathEnv string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%w: %q in PATH %s", errCommandNotFound, name, pathEnv)
+	return "", fmt.Errorf("%q not found in PATH %s", name, pathEnv)
 }
-
-// errCommandNotFound marks a command the PATH lookup did not find.
-var errCommandNotFound = errors.New("command not found")
 
 // resolveUser parses "uid[:gid]" or looks a name up in /etc/passwd.
 func resolveUser(u string) (*syscall.Credential, error) {

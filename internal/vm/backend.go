@@ -253,7 +253,7 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	// The command lives as long as the sandbox, not as long as ctx.
 	s.proc, err = s.vm.Agent.Start(context.WithoutCancel(ctx), exec, agentapi.ExecIO{Stdin: stdio.Stdin, Stdout: stdio.Stdout, Stderr: stdio.Stderr})
 	if err != nil {
-		return nil, &StartError{"start command", err}
+		return nil, &StartError{"start command", classifyExecErr(err)}
 	}
 	if spec.Timeout > 0 {
 		s.timer = time.AfterFunc(spec.Timeout, func() {
@@ -264,6 +264,20 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	}
 	s.log.Debug("sandbox started", "boot", s.vm.BootTime, "pid", s.vm.PID())
 	return s, nil
+}
+
+// ErrCommandNotFound marks a command the guest's PATH does not have
+// (`ironclaw run` exits 127, as with the jail).
+var ErrCommandNotFound = errors.New("command not found in the guest")
+
+// classifyExecErr recognises the agent's refusal of a program it did not
+// find (it answers CodeInvalid with the lookup's message).
+func classifyExecErr(err error) error {
+	var re *agentapi.RemoteError
+	if errors.As(err, &re) && re.Code == agentapi.CodeInvalid && strings.Contains(re.Msg, "not found in PATH") {
+		return fmt.Errorf("%w: %w", ErrCommandNotFound, err)
+	}
+	return err
 }
 
 // checkSpec rejects what a VM cannot honour: host paths (a guest has no

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -403,10 +404,16 @@ func (v *VM) kill() {
 // PID is Firecracker's process id (0 before it started).
 func (v *VM) PID() int { return v.pid }
 
+// waitSocket waits until the API socket accepts connections: the file
+// appears at bind(2), before listen(2), and a request in between is
+// refused.
 func waitSocket(ctx context.Context, path string) error {
+	var d net.Dialer
 	for {
 		if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			return nil
+			if c, err := d.DialContext(ctx, "unix", path); err == nil {
+				return c.Close()
+			}
 		}
 		select {
 		case <-ctx.Done():
