@@ -25,16 +25,24 @@ type callTarget struct {
 	u           *upstream // nil for builtins
 	builtin     func(ctx context.Context, args json.RawMessage) (*mcp.CallToolResult, error)
 	unsandboxed bool
+	// args is what the tool's input schema declares; parseArgs checks
+	// every call's arguments against it before classifying.
+	args argSpec
 }
 
-func (g *Gateway) toolHandler(u *upstream, t *mcp.Tool) mcp.ToolHandler {
+func (g *Gateway) toolHandler(u *upstream, t *mcp.Tool) (mcp.ToolHandler, error) {
+	spec, err := newArgSpec(t.InputSchema, false)
+	if err != nil {
+		return nil, err
+	}
 	target := callTarget{
 		server: u.cfg.Name, tool: t, policy: &u.policy, read: u.read, u: u,
 		unsandboxed: u.cfg.Transport == TransportStdio && u.cfg.Sandbox.Backend == BackendNone,
+		args:        spec,
 	}
 	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return g.call(ctx, req, target)
-	}
+	}, nil
 }
 
 func (g *Gateway) addBuiltin(b Builtin) error {
@@ -51,7 +59,13 @@ func (g *Gateway) addBuiltin(b Builtin) error {
 	if pol.Timeout == 0 {
 		pol.Timeout = g.cfg.Approval.Timeout
 	}
-	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler}
+	// The gateway's own handlers decode with encoding/json, which matches
+	// keys case-insensitively: only the exact declared names are accepted.
+	spec, err := newArgSpec(b.Tool.InputSchema, true)
+	if err != nil {
+		return fmt.Errorf("builtin tool %s: %w", b.Tool.Name, err)
+	}
+	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler, args: spec}
 	exposed := *b.Tool
 	exposed.Name = Qualify(BuiltinServer, b.Tool.Name)
 	return safely(func() {
@@ -67,12 +81,6 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 	start := time.Now()
 	qualified := Qualify(t.server, t.tool.Name)
 	raw := req.Params.Arguments
-	var args map[string]any
-	if len(raw) > 0 && string(raw) != "null" {
-		if err := json.Unmarshal(raw, &args); err != nil {
-			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("%s: arguments must be a JSON object", qualified)}
-		}
-	}
 	rec := &store.AuditRecord{
 		Gateway: g.opts.Name, Server: t.server, Tool: t.tool.Name,
 		Arguments: g.redact.JSON(raw),
@@ -89,6 +97,13 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		}
 	}()
 
+	// Decode once: the classifier, the card and a builtin all see args
+	// (a builtin receives canon, its exact encoding).
+	args, canon, err := parseArgs(raw, t.args)
+	if err != nil {
+		rec.Decision, rec.Reason, rec.Error = store.DecisionBlocked, "arguments refused before classification", err.Error()
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("%s: %v", qualified, err)}
+	}
 	c := approval.Call{Server: t.server, Tool: t.tool.Name, Arguments: args, Annotations: t.tool.Annotations}
 	v := t.policy.Classify(c)
 	rec.Class, rec.Reason = string(v.Class), v.Reason
@@ -125,7 +140,7 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Decision = store.DecisionAllowed
 	}
 
-	res, err := g.forward(ctx, req, t)
+	res, err := g.forward(ctx, req, t, canon)
 	if err != nil {
 		rec.Error = g.redact.String(err.Error())
 		var jerr *jsonrpc.Error
@@ -146,9 +161,12 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 	return res, nil
 }
 
-func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callTarget) (*mcp.CallToolResult, error) {
+// forward runs an approved call. A builtin gets canon, the arguments as
+// classified; a server gets the client's bytes, which parseArgs has checked
+// decode to the same object (no repeated or case-variant keys).
+func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callTarget, canon json.RawMessage) (*mcp.CallToolResult, error) {
 	if t.builtin != nil {
-		return t.builtin(ctx, req.Params.Arguments)
+		return t.builtin(ctx, canon)
 	}
 	cs, err := t.u.session(ctx, g.opts.UnavailableWait)
 	if err != nil {

@@ -289,7 +289,12 @@ func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 		}
 		exposed := *t
 		exposed.Name = q
-		if err := safely(func() { u.g.server.AddTool(&exposed, u.g.toolHandler(u, t)) }); err != nil {
+		h, err := u.g.toolHandler(u, t)
+		if err != nil {
+			u.log.Warn("tool skipped: bad input schema", "tool", t.Name, "err", err)
+			continue
+		}
+		if err := safely(func() { u.g.server.AddTool(&exposed, h) }); err != nil {
 			u.log.Warn("tool skipped", "tool", t.Name, "err", err)
 			continue
 		}
