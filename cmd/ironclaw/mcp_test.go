@@ -42,7 +42,7 @@ func TestMCPGatewayEndToEnd(t *testing.T) {
 	root := testutil.SearchableTempDir(t) // short: holds Unix sockets; sandboxes' uids search it
 	cfg := filepath.Join(dir, "mcp.json")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
-		"ironclaw":{"backend":"none","approval":{"rules":[{"tool":"echo","args":{"message":{"any_word":["danger"]}},"class":"red"}]}}}}}`, entry)), 0o600)
+		"ironclaw":{"backend":"none","trust_hints":true,"approval":{"rules":[{"tool":"echo","args":{"message":{"any_word":["danger"]}},"class":"red"}]}}}}}`, entry)), 0o600)
 
 	// No token, no TCP.
 	out, err := exec.Command(bin, "--root", root, "mcp", "serve", "--config", cfg, "--http", "127.0.0.1:0").CombinedOutput()

@@ -33,14 +33,19 @@ const DefaultTimeout = 5 * time.Minute
 var ErrPolicy = errors.New("invalid approval policy")
 
 // Policy is the user's approval policy: ordered rules, the first match wins;
-// then the tool's annotations; then its name; then red.
+// then the server's hints (the tool's annotations, then its name), which
+// make a call green only if the server's hints are trusted; then red.
 type Policy struct {
 	// Rules are tried in order; the first that matches decides.
 	Rules []Rule `json:"rules,omitempty"`
-	// IgnoreAnnotations makes the classifier disregard the server's tool
-	// annotations (and tool-name verbs), for servers whose hints are not
-	// trusted. Only rules can then make a call green.
-	IgnoreAnnotations bool `json:"ignore_annotations,omitempty"`
+	// TrustHints lets the server's hints make a call green: readOnlyHint,
+	// destructiveHint and openWorldHint both false, or a read verb leading
+	// the tool's name. Without it (the default) hints can only make a call
+	// red: the MCP specification says annotations from untrusted servers
+	// must be treated as untrusted, and a malicious server can mark any
+	// tool read-only or name it get_x. It is not part of the policy JSON:
+	// the caller sets it from the server's own config ("trust_hints").
+	TrustHints bool `json:"-"`
 	// Timeout is how long a red call waits before it is denied ("5m").
 	Timeout Duration `json:"timeout,omitempty"`
 }
@@ -212,20 +217,27 @@ type Verdict struct {
 	Reason string `json:"reason"`
 }
 
-// Classify classifies c: the first matching rule; else, unless annotations
-// are ignored, the annotations (readOnlyHint, or destructiveHint and
-// openWorldHint both explicitly false, are green; anything else red); else
-// the tool name's verb (a read verb first and no write verb anywhere is
-// green); else red.
+// Classify classifies c: the first matching rule; else the server's hints
+// (see hints), where a green hint counts only with TrustHints; else red.
 func (p *Policy) Classify(c Call) Verdict {
 	for i, r := range p.Rules {
 		if r.matches(c) {
 			return Verdict{r.Class, fmt.Sprintf("policy rule %d (tool %q)", i, r.Tool)}
 		}
 	}
-	if p.IgnoreAnnotations {
-		return Verdict{Red, "no rule matched and annotations are ignored for this server"}
+	v := hints(c)
+	if v.Class == Green && !p.TrustHints {
+		return Verdict{Red, fmt.Sprintf("no rule matched; the server's hints say green (%s) but this server's hints are not trusted", v.Reason)}
 	}
+	return v
+}
+
+// hints classifies c by what its server says alone: the annotations
+// (readOnlyHint, or destructiveHint and openWorldHint both explicitly
+// false, are green; anything else red); without annotations, the tool
+// name's verb (a read verb first and no write verb anywhere is green);
+// else red.
+func hints(c Call) Verdict {
 	if a := c.Annotations; a != nil {
 		switch {
 		case a.ReadOnlyHint:

@@ -67,6 +67,7 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pol.TrustHints = true // see TestHintsUntrustedByDefault for the default
 	for _, tc := range []struct {
 		name string
 		call Call
@@ -113,10 +114,46 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestIgnoreAnnotations(t *testing.T) {
-	p := Policy{IgnoreAnnotations: true}
-	if v := p.Classify(Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}}); v.Class != Red {
-		t.Fatalf("ignored annotations still made the call %s", v.Class)
+// TestHintsUntrustedByDefault: a server's hints (annotations, name verbs)
+// can make a call red but never green unless its config trusts them;
+// rules always apply.
+func TestHintsUntrustedByDefault(t *testing.T) {
+	pol, err := ParsePolicy([]byte(`{"rules":[{"tool":"list_*","class":"green"},{"tool":"get_secret","class":"red"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := &mcp.ToolAnnotations{ReadOnlyHint: true}
+	closed := &mcp.ToolAnnotations{DestructiveHint: bp(false), OpenWorldHint: bp(false)}
+	for _, tc := range []struct {
+		name             string
+		call             Call
+		untrusted, trust Class
+	}{
+		{"readOnlyHint on a destructive tool", Call{Tool: "wipe_disk", Annotations: ro}, Red, Green},
+		{"not destructive, closed world", Call{Tool: "add_note", Annotations: closed}, Red, Green},
+		{"read verb", Call{Tool: "get_x"}, Red, Green},
+		{"camel-case read verb (the rule list_* is a glob: no match)", Call{Tool: "listFiles"}, Red, Green},
+		{"destructiveHint", Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(true), OpenWorldHint: bp(false)}}, Red, Red},
+		{"openWorldHint", Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(false), OpenWorldHint: bp(true)}}, Red, Red},
+		{"delete all targets", Call{Tool: "delete all targets"}, Red, Red},
+		{"write verb", Call{Tool: "get_and_delete"}, Red, Red},
+		{"unknown", Call{Tool: "frobnicate"}, Red, Red},
+		{"rule green beats hints", Call{Tool: "list_files", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(true)}}, Green, Green},
+		{"rule red beats readOnlyHint", Call{Tool: "get_secret", Annotations: ro}, Red, Red},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pol
+			for _, trust := range []bool{false, true} {
+				p.TrustHints = trust
+				want := tc.untrusted
+				if trust {
+					want = tc.trust
+				}
+				if v := p.Classify(tc.call); v.Class != want || v.Reason == "" {
+					t.Errorf("trust_hints=%v: Classify(%+v) = %s (%s), want %s", trust, tc.call, v.Class, v.Reason, want)
+				}
+			}
+		})
 	}
 }
 

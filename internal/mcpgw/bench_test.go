@@ -35,7 +35,7 @@ func BenchmarkMCPGateway(b *testing.B) {
 		direct := connectCmd(b, exec.Command("node", entry))
 		root := benchRoot(b)
 		cfg := filepath.Join(root, "mcp.json")
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none"}}}}`, entry)), 0o600)
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none","trust_hints":true}}}}`, entry)), 0o600)
 		gw := connectCmd(b, exec.Command(bin, "--root", root, "mcp", "serve", "--config", cfg, "--name", "bench"))
 
 		const warm, n = 200, 2000

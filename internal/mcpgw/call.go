@@ -59,6 +59,9 @@ func (g *Gateway) addBuiltin(b Builtin) error {
 	if pol.Timeout == 0 {
 		pol.Timeout = g.cfg.Approval.Timeout
 	}
+	// The gateway's own tools are not an untrusted server: their
+	// annotations are IronClaw's and may count.
+	pol.TrustHints = true
 	// The gateway's own handlers decode with encoding/json, which matches
 	// keys case-insensitively: only the exact declared names are accepted.
 	spec, err := newArgSpec(b.Tool.InputSchema, true)

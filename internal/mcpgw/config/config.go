@@ -89,6 +89,10 @@ type ServerConfig struct {
 	Sandbox  SandboxConfig
 	Tools    ToolFilter
 	Approval approval.Policy
+	// TrustHints ("trust_hints") lets this server's tool annotations and
+	// tool names make calls green; by default they can only make calls
+	// red (see approval.Policy.TrustHints).
+	TrustHints bool
 }
 
 // SandboxConfig is how a stdio server is sandboxed (its "ironclaw" keys).
@@ -355,7 +359,7 @@ func parseServer(name string, raw json.RawMessage) (*ServerConfig, error) {
 }
 
 func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
-	m, err := object(raw, where, "backend", "mounts", "workdir", "allow", "seccomp", "user", "rootfs", "resources", "tools", "approval")
+	m, err := object(raw, where, "backend", "mounts", "workdir", "allow", "seccomp", "user", "rootfs", "resources", "tools", "approval", "trust_hints")
 	if err != nil {
 		return err
 	}
@@ -366,7 +370,7 @@ func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
 		dst any
 	}{
 		{"backend", &sb.Backend}, {"mounts", &mounts}, {"workdir", &sb.Workdir}, {"allow", &sb.Allow},
-		{"seccomp", &sb.Seccomp}, {"user", &sb.User}, {"rootfs", &sb.Rootfs},
+		{"seccomp", &sb.Seccomp}, {"user", &sb.User}, {"rootfs", &sb.Rootfs}, {"trust_hints", &s.TrustHints},
 	} {
 		if err := field(m, f.key, f.dst, where); err != nil {
 			return err

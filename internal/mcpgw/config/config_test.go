@@ -27,7 +27,7 @@ const fullConfig = `{
         "approval": {"timeout": "30s", "rules": [{"tool": "write_file", "args": {"path": {"under": "/data/tmp"}}, "class": "green"}]}
       }
     },
-    "remote": {"url": "https://mcp.example.invalid/mcp", "headers": {"Authorization": "Bearer abcdefgh12345"}},
+    "remote": {"url": "https://mcp.example.invalid/mcp", "headers": {"Authorization": "Bearer abcdefgh12345"}, "ironclaw": {"trust_hints": true}},
     "legacy": {"type": "sse", "url": "http://127.0.0.1:1/sse", "disabled": true}
   },
   "ironclaw": {"approval": {"rules": [{"server": "remote", "tool": "*", "class": "red"}]}}
@@ -53,8 +53,11 @@ func TestParseFull(t *testing.T) {
 	if fs.Approval.TimeoutOr(0).Seconds() != 30 || len(fs.Approval.Rules) != 1 {
 		t.Errorf("approval %+v", fs.Approval)
 	}
+	if fs.TrustHints {
+		t.Error("fs trusts its hints without trust_hints")
+	}
 	r := c.Servers["remote"]
-	if r.Transport != TransportStreamable || !r.AutoFallback || r.Sandbox.Backend != BackendJail {
+	if r.Transport != TransportStreamable || !r.AutoFallback || r.Sandbox.Backend != BackendJail || !r.TrustHints {
 		t.Errorf("remote %+v", r)
 	}
 	if l := c.Servers["legacy"]; l.Transport != TransportSSE || l.AutoFallback || !l.Disabled {
@@ -97,6 +100,9 @@ func TestParseErrors(t *testing.T) {
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"resources":{"mem":"1g"}}}}}`, `ironclaw.resources: unknown key "mem"`},
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"tools":{"allow":["a"],"block":[]}}}}}`, `ironclaw.tools: unknown key "block"`},
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"approval":{"rule":[]}}}}}`, `unknown field "rule"`},
+		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"trust_hints":"yes"}}}}`, `ironclaw.trust_hints: got a JSON string, want true or false`},
+		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"approval":{"trust_hints":true}}}}}`, `unknown field "trust_hints"`},
+		{`{"mcpServers":{},"ironclaw":{"approval":{"trust_hints":true}}}`, `unknown field "trust_hints"`},
 		{`{"mcpServers":{},"extra":1}`, `config: unknown key "extra"`},
 		{`{}`, `missing "mcpServers"`},
 		{`[]`, `want a JSON object`},
