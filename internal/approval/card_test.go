@@ -18,7 +18,7 @@ import (
 // context and deleted line, so a wrong hunk fails the test.
 func applyUnified(t *testing.T, old, diff string) string {
 	t.Helper()
-	a := splitLines(old)
+	a := lineSlice(old)
 	lines := strings.SplitAfter(diff, "\n")
 	var out []string
 	pos := 0
