@@ -161,8 +161,11 @@ func TestMCPGatewayEndToEnd(t *testing.T) {
 		}
 		recs = append(recs, r)
 	}
-	if len(recs) != 2 || recs[0].Decision != "allowed" || recs[1].Decision != "approved" ||
-		!strings.HasPrefix(recs[1].Approver, fmt.Sprintf("uid %d", os.Getuid())) || recs[1].Gateway != "e2e" {
+	// Each call that ran: a started record before it ran, then its outcome.
+	if len(recs) != 4 || recs[0].Decision != "started" || recs[1].Decision != "allowed" ||
+		recs[2].Decision != "started" || recs[3].Decision != "approved" ||
+		!strings.HasPrefix(recs[3].Approver, fmt.Sprintf("uid %d", os.Getuid())) || recs[3].Approver != recs[2].Approver ||
+		recs[3].Gateway != "e2e" {
 		t.Fatalf("audit records: %s", out)
 	}
 	out, err = exec.Command(bin, "--root", root, "audit", "--decision", "approved").CombinedOutput()

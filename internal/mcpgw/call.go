@@ -16,6 +16,17 @@ import (
 // cardReadTimeout bounds reading a file's current content for a card.
 const cardReadTimeout = 10 * time.Second
 
+// auditWriteTimeout bounds one audit record write.
+const auditWriteTimeout = 5 * time.Second
+
+// DecisionStarted marks the audit record written just before a call is
+// forwarded (after it was classified green or approved); the call's
+// outcome follows in a second record with the decision allowed or
+// approved. A call whose started record cannot be written is refused, so
+// no call runs unrecorded; a started record without an outcome is a call
+// the gateway did not see finish (it died or the store failed).
+const DecisionStarted = "started"
+
 // callTarget is where an approved call goes: a server's tool or a builtin.
 type callTarget struct {
 	server      string
@@ -92,11 +103,11 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Session = req.Session.ID()
 	}
 	defer func() {
+		// The outcome. A call that did not run needs no started record;
+		// one that ran has one, so a failure here loses only the outcome.
 		rec.Duration = time.Since(start)
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, err := g.opts.Store.AppendAudit(actx, rec); err != nil {
-			g.log.Error("write audit record", "server", t.server, "tool", t.tool.Name, "err", err)
+		if err := g.appendAudit(ctx, rec); err != nil {
+			g.log.Error("write audit record", "server", t.server, "tool", t.tool.Name, "decision", rec.Decision, "err", err)
 		}
 	}()
 
@@ -143,6 +154,14 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Decision = store.DecisionAllowed
 	}
 
+	// Fail closed: the call runs only once it is on the record.
+	started := *rec
+	started.Decision, started.Duration = DecisionStarted, time.Since(start)
+	if err := g.appendAudit(ctx, &started); err != nil {
+		g.log.Error("tool call refused: the audit log cannot be written", "tool", qualified, "err", err)
+		rec.Error = "refused: the audit log cannot be written: " + err.Error()
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: fmt.Sprintf("%s: refused: the gateway cannot write its audit log", qualified)}
+	}
 	res, err := g.forward(ctx, req, t, canon)
 	if err != nil {
 		rec.Error = g.redact.String(err.Error())
@@ -216,6 +235,14 @@ func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callT
 		ctx = context.WithValue(ctx, downstreamKey{}, req.Session)
 	}
 	return cs.CallTool(ctx, params)
+}
+
+// appendAudit writes one audit record, even after ctx is cancelled.
+func (g *Gateway) appendAudit(ctx context.Context, rec *store.AuditRecord) error {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
+	defer cancel()
+	_, err := g.opts.Store.AppendAudit(actx, rec)
+	return err
 }
 
 func errorResult(msg string) *mcp.CallToolResult {

@@ -26,8 +26,10 @@ type Options struct {
 	Launcher *Launcher
 	// Queue holds red calls; the caller serves it (approval.Serve).
 	Queue *approval.Queue
-	// Store receives one audit record per tools/call. Required: a gateway
-	// without an audit log is refused.
+	// Store receives the audit records of every tools/call: one for a
+	// call that does not run, a started record and an outcome for one
+	// that does. Required: a gateway without an audit log is refused, and
+	// a call whose started record cannot be written does not run.
 	Store *store.Store
 	// Name identifies this gateway in the audit log.
 	Name    string
@@ -736,9 +738,8 @@ func (g *Gateway) auditUnknownTools(next mcp.MethodHandler) mcp.MethodHandler {
 		if ctr.Session != nil {
 			rec.Session = ctr.Session.ID()
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, aerr := g.opts.Store.AppendAudit(actx, rec); aerr != nil {
+		// The call is refused either way; a failed write is logged.
+		if aerr := g.appendAudit(ctx, rec); aerr != nil {
 			g.log.Error("write audit record", "tool", ctr.Params.Name, "err", aerr)
 		}
 		return res, err

@@ -292,9 +292,9 @@ func TestServerFailuresFailOneCall(t *testing.T) {
 		r, err := h.call(t, "b__pid", map[string]any{})
 		return err == nil && !r.IsError && text(r) != b1
 	})
-	recs, _ := h.store.Audit(context.Background(), store.AuditFilter{Tool: "crash"})
-	if len(recs) != 1 || recs[0].Error == "" {
-		t.Errorf("crash audit %+v", recs)
+	all, _ := h.store.Audit(context.Background(), store.AuditFilter{Tool: "crash"})
+	if recs := outcomes(t, all); len(recs) != 1 || recs[0].Error == "" {
+		t.Errorf("crash audit %+v", all)
 	}
 }
 
