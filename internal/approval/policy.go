@@ -107,8 +107,9 @@ type Matcher struct {
 	// Absent matches when the argument is missing (true) or present (false).
 	Absent *bool `json:"absent,omitempty"`
 
-	re    *regexp.Regexp
-	words map[string]bool
+	re       *regexp.Regexp
+	words    map[string]bool
+	compiled bool // set by Policy.Compile; Classify refuses to trust a matcher without it
 }
 
 // ParsePolicy decodes a policy strictly (unknown keys are errors) and
@@ -129,8 +130,9 @@ func ParsePolicy(raw []byte) (Policy, error) {
 	return p, nil
 }
 
-// Compile validates p and prepares its matchers. Classify calls it lazily,
-// but callers should call it first to report errors at load time.
+// Compile validates p and prepares its matchers. It must be called before
+// Classify (ParsePolicy does), and before p is used concurrently: a policy
+// with an uncompiled matcher classifies every call red.
 func (p *Policy) Compile() error {
 	for i := range p.Rules {
 		r := &p.Rules[i]
@@ -199,7 +201,20 @@ func (m *Matcher) compile() error {
 	if set == 0 {
 		return errors.New("matcher tests nothing (use equals, glob, regex, under, any_word or absent)")
 	}
+	m.compiled = true
 	return nil
+}
+
+// compiled reports whether every matcher of p went through Compile.
+func (p *Policy) compiled() bool {
+	for _, r := range p.Rules {
+		for _, m := range r.Args {
+			if !m.compiled {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Call is what the classifier sees of a tools/call.
@@ -220,6 +235,11 @@ type Verdict struct {
 // Classify classifies c: the first matching rule; else the server's hints
 // (see hints), where a green hint counts only with TrustHints; else red.
 func (p *Policy) Classify(c Call) Verdict {
+	if !p.compiled() {
+		// An uncompiled regex or any_word matcher would match anything;
+		// fail closed rather than guess.
+		return Verdict{Red, "the approval policy was not compiled (Policy.Compile): every call is held"}
+	}
 	for i, r := range p.Rules {
 		if r.matches(c) {
 			return Verdict{r.Class, fmt.Sprintf("policy rule %d (tool %q)", i, r.Tool)}

@@ -214,3 +214,29 @@ func TestRedactor(t *testing.T) {
 		}
 	}
 }
+
+// TestUncompiledPolicyIsRed: a policy built in code and never compiled
+// used to match anything with a regex or any_word matcher (they had no
+// compiled form to test against). Classify now holds every call until
+// Compile has run.
+func TestUncompiledPolicyIsRed(t *testing.T) {
+	for name, m := range map[string]Matcher{
+		"regex":    {Regex: "safe"},
+		"any_word": {AnyWord: []string{"safe"}},
+	} {
+		p := Policy{Rules: []Rule{{Tool: "run", Args: map[string]Matcher{"cmd": m}, Class: Green}}, TrustHints: true}
+		c := Call{Tool: "run", Arguments: map[string]any{"cmd": "rm -rf /"}}
+		if v := p.Classify(c); v.Class != Red || !strings.Contains(v.Reason, "not compiled") {
+			t.Errorf("%s: uncompiled policy classified %s (%s)", name, v.Class, v.Reason)
+		}
+		if err := p.Compile(); err != nil {
+			t.Fatal(err)
+		}
+		if v := p.Classify(c); v.Class != Red || strings.Contains(v.Reason, "not compiled") {
+			t.Errorf("%s: compiled policy: %s (%s)", name, v.Class, v.Reason)
+		}
+		if v := p.Classify(Call{Tool: "run", Arguments: map[string]any{"cmd": "safe"}}); v.Class != Green {
+			t.Errorf("%s: compiled policy did not match: %s (%s)", name, v.Class, v.Reason)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/ironclaw/ironclaw/internal/approval"
@@ -72,5 +73,45 @@ func TestCallRefusedWhenAuditFails(t *testing.T) {
 	}
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("the tool ran %d times with the audit log failing", n-1)
+	}
+}
+
+// TestNewCompilesPolicies: a Config built in code (not by ParseConfig)
+// holds uncompiled policies. Before New compiled them, an uncompiled regex
+// matcher matched every value, so a rule meant to make only "safe" calls
+// green made every call green.
+func TestNewCompilesPolicies(t *testing.T) {
+	var runs atomic.Int32
+	rule := func(re string) approval.Policy {
+		return approval.Policy{Rules: []approval.Rule{{Server: BuiltinServer, Tool: "spy",
+			Args: map[string]approval.Matcher{"note": {Regex: re}}, Class: approval.Green}}}
+	}
+	cfg := &Config{Servers: map[string]*ServerConfig{}, Approval: rule("safe")}
+	spy := spyBuiltin(&runs)
+	spy.Tool.InputSchema.(*jsonschema.Schema).Properties["note"] = &jsonschema.Schema{Type: "string"}
+	h := startGateway(t, `{"mcpServers":{}}`, func(o *Options) {
+		o.Config = cfg
+		o.Builtins = []Builtin{spy}
+		o.ApprovalTimeout = 100 * time.Millisecond
+	})
+	if r, err := h.call(t, "ironclaw__spy", map[string]any{"note": "safe"}); err != nil || r.IsError || runs.Load() != 1 {
+		t.Fatalf("matching call: %v %+v", err, r)
+	}
+	r, err := h.call(t, "ironclaw__spy", map[string]any{"note": "rm -rf /"})
+	if err != nil || !r.IsError || !strings.Contains(text(r), "needed approval") || runs.Load() != 1 {
+		t.Fatalf("a call the regex does not match ran or was not held: %v %q (runs %d)", err, text(r), runs.Load())
+	}
+
+	// An invalid policy is an error from New, naming where it is.
+	for name, c := range map[string]*Config{
+		"gateway-wide": {Servers: map[string]*ServerConfig{}, Approval: rule("(")},
+		"server": {Servers: map[string]*ServerConfig{"s": {Name: "s", Transport: TransportStdio, Command: "x",
+			Sandbox: SandboxConfig{Backend: BackendNone}, Approval: approval.Policy{Rules: []approval.Rule{{Tool: "t",
+				Args: map[string]approval.Matcher{"a": {AnyWord: []string{"two words"}}}, Class: approval.Green}}}}}},
+	} {
+		_, err := New(Options{Config: c, Launcher: &Launcher{Logger: testLogger(t)}, Queue: newQueue(), Store: openStore(t), Logger: testLogger(t)})
+		if err == nil || !errors.Is(err, approval.ErrPolicy) {
+			t.Errorf("%s: New accepted an invalid policy: %v", name, err)
+		}
 	}
 }

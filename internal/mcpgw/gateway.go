@@ -95,6 +95,20 @@ func New(opts Options) (*Gateway, error) {
 	if opts.Store == nil {
 		return nil, errors.New("new gateway: an audit store is required")
 	}
+	// A Config not made by ParseConfig holds uncompiled policies: compile
+	// them here, so that an invalid one is an error now and a valid one
+	// classifies as written.
+	if err := opts.Config.Approval.Compile(); err != nil {
+		return nil, fmt.Errorf("new gateway: ironclaw.approval: %w", err)
+	}
+	for _, name := range opts.Config.Names() {
+		if opts.Config.Servers[name] == nil {
+			return nil, fmt.Errorf("new gateway: server %q: no config", name)
+		}
+		if err := opts.Config.Servers[name].Approval.Compile(); err != nil {
+			return nil, fmt.Errorf("new gateway: server %q: approval: %w", name, err)
+		}
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
