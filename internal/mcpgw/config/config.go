@@ -324,13 +324,16 @@ func parseServer(name string, raw json.RawMessage) (*ServerConfig, error) {
 				return nil, fmt.Errorf("%w: %s: args[%d]: contains a NUL byte", ErrConfig, where, i-1)
 			}
 		}
-		for k, v := range s.Env {
-			if k == "" || strings.ContainsAny(k, "=\x00\n") {
-				return nil, fmt.Errorf("%w: %s: env: bad variable name %q", ErrConfig, where, k)
+		// The env travels as KEY=VALUE lines (--env-file), which
+		// `ironclaw run` reads skipping '#' lines, stripping leading blanks
+		// and "export ", and cutting lines at \n or \r\n: anything that
+		// would not come back unchanged is refused here.
+		for _, k := range SortedKeys(s.Env) {
+			if !validEnvName(k) {
+				return nil, fmt.Errorf("%w: %s: env: bad variable name %q (want letters, digits and '_', not starting with a digit)", ErrConfig, where, k)
 			}
-			if strings.ContainsAny(v, "\x00\n") {
-				// Values travel as KEY=VALUE lines (--env-file).
-				return nil, fmt.Errorf("%w: %s: env.%s: value contains a newline or NUL byte", ErrConfig, where, k)
+			if strings.ContainsAny(s.Env[k], "\r\n\x00") {
+				return nil, fmt.Errorf("%w: %s: env.%s: value contains a carriage return, newline or NUL byte", ErrConfig, where, k)
 			}
 		}
 	} else {
@@ -480,6 +483,20 @@ func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
 		s.Approval = p
 	}
 	return nil
+}
+
+// validEnvName reports whether k is a portable environment variable
+// name: [A-Za-z_][A-Za-z0-9_]*.
+func validEnvName(k string) bool {
+	if k == "" || k[0] >= '0' && k[0] <= '9' {
+		return false
+	}
+	for _, r := range k {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func validHeaderName(k string) bool {
