@@ -129,7 +129,7 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		card := approval.BuildCard(rctx, qualified, c, g.redact, t.read)
 		cancel()
 		if t.unsandboxed {
-			card.Note = joinNote("this server runs UNSANDBOXED on the host", card.Note)
+			card.Note = joinNote("this server runs UNSANDBOXED on the host, as the gateway's uid: it could have approved this itself", card.Note)
 		}
 		g.log.Info("tool call held for approval", "tool", qualified, "reason", v.Reason)
 		held, out := g.opts.Queue.Hold(ctx, approval.Request{

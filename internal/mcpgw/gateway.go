@@ -175,7 +175,7 @@ func (g *Gateway) instructions() string {
 		}
 	}
 	if len(unsafe) > 0 {
-		fmt.Fprintf(&sb, " WARNING: these servers run UNSANDBOXED on the host: %s.", strings.Join(unsafe, ", "))
+		fmt.Fprintf(&sb, " WARNING: these servers run UNSANDBOXED on the host, as the gateway's uid: %s. They can approve held calls themselves and rewrite the audit log; approvals do not contain them.", strings.Join(unsafe, ", "))
 	}
 	return sb.String()
 }
