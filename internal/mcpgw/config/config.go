@@ -177,6 +177,8 @@ func (s *ServerConfig) SecretValues() []string {
 	return out
 }
 
+// SortedKeys returns the keys of m in sorted order: env and header names
+// for logs (never their values) and the order of EnvLines.
 func SortedKeys(m map[string]string) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
