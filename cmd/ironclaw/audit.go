@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/mcpgw"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/spf13/cobra"
 )
@@ -23,7 +24,12 @@ func newAuditCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Show the MCP tool calls the gateways recorded",
-		Args:  cobra.NoArgs,
+		Long: `Shows the audit log. A call that did not run (denied, timeout, blocked,
+cancelled) has one record. A call that ran has two: "started", written before it
+was forwarded (a gateway that cannot write it refuses the call), and its outcome
+(allowed or approved) with duration, result size and error. A "started" record
+with no outcome after it is a call whose end the gateway did not record.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if storePath == "" {
 				storePath = store.Path(g.root)
@@ -39,9 +45,9 @@ func newAuditCmd(g *globals) *cobra.Command {
 				f.Since = t
 			}
 			switch f.Decision {
-			case "", store.DecisionAllowed, store.DecisionApproved, store.DecisionDenied, store.DecisionTimeout, store.DecisionBlocked, store.DecisionCancelled:
+			case "", store.DecisionAllowed, store.DecisionApproved, store.DecisionDenied, store.DecisionTimeout, store.DecisionBlocked, store.DecisionCancelled, mcpgw.DecisionStarted:
 			default:
-				return fmt.Errorf("--decision %q: want allowed, approved, denied, timeout, blocked or cancelled", f.Decision)
+				return fmt.Errorf("--decision %q: want allowed, approved, denied, timeout, blocked, cancelled or started", f.Decision)
 			}
 			st, err := store.Open(cmd.Context(), storePath)
 			if err != nil {
@@ -74,7 +80,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&f.Server, "server", "", "only this server")
 	fl.StringVar(&f.Tool, "tool", "", "only this tool (as the server names it)")
-	fl.StringVar(&f.Decision, "decision", "", "only this decision: allowed, approved, denied, timeout, blocked, cancelled")
+	fl.StringVar(&f.Decision, "decision", "", "only this decision: allowed, approved, denied, timeout, blocked, cancelled, started")
 	fl.StringVar(&since, "since", "", "only records since a duration ago (1h) or a time (RFC 3339)")
 	fl.IntVar(&f.Limit, "limit", 0, "only the newest N records")
 	fl.BoolVar(&asJSON, "json", false, "print one JSON object per line")

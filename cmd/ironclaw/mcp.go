@@ -11,6 +11,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/approval"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/spf13/cobra"
 )
@@ -75,11 +76,15 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			if !validGatewayName(name) {
 				return fmt.Errorf("--name %q: use 1-64 letters, digits, '.', '-' or '_' (it names a socket file)", name)
 			}
-			if err := os.MkdirAll(g.root, 0o700); err != nil {
-				return fmt.Errorf("state directory: %w", err)
+			// state.Open creates the root searchable by the sandboxes'
+			// unprivileged uids (0711) and refuses one they cannot walk
+			// into, before any server is started.
+			root, err := state.Open(g.root)
+			if err != nil {
+				return err
 			}
 			if storePath == "" {
-				storePath = store.Path(g.root)
+				storePath = store.Path(root.Dir())
 			}
 			st, err := store.Open(ctx, storePath)
 			if err != nil {
@@ -88,7 +93,7 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			defer st.Close()
 
 			queue := approval.NewQueue()
-			sock := filepath.Join(approval.SocketDir(g.root), name+".sock")
+			sock := filepath.Join(approval.SocketDir(root.Dir()), name+".sock")
 			ln, err := approval.Listen(sock)
 			if err != nil {
 				return err
@@ -102,13 +107,13 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 				}
 			}()
 
-			sbx, err := mcpgw.SandboxRun(binary, g.root)
+			sbx, err := mcpgw.SandboxRun(binary, root.Dir())
 			if err != nil {
 				return err
 			}
 			gw, err := mcpgw.New(mcpgw.Options{
 				Config: cfg, Queue: queue, Store: st, Name: name, Version: version, Logger: g.logger,
-				Launcher:        &mcpgw.Launcher{Binary: binary, Root: g.root, Logger: g.logger},
+				Launcher:        &mcpgw.Launcher{Binary: binary, Root: root.Dir(), Logger: g.logger},
 				Builtins:        []mcpgw.Builtin{sbx},
 				ApprovalTimeout: approvalTimeout,
 			})

@@ -39,14 +39,10 @@ func TestMCPGatewayEndToEnd(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	root, err := os.MkdirTemp("", "icr") // short: holds Unix sockets
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(root)
+	root := testutil.SearchableTempDir(t) // short: holds Unix sockets; sandboxes' uids search it
 	cfg := filepath.Join(dir, "mcp.json")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
-		"ironclaw":{"backend":"none","approval":{"rules":[{"tool":"echo","args":{"message":{"any_word":["danger"]}},"class":"red"}]}}}}}`, entry)), 0o600)
+		"ironclaw":{"backend":"none","trust_hints":true,"approval":{"rules":[{"tool":"echo","args":{"message":{"any_word":["danger"]}},"class":"red"}]}}}}}`, entry)), 0o600)
 
 	// No token, no TCP.
 	out, err := exec.Command(bin, "--root", root, "mcp", "serve", "--config", cfg, "--http", "127.0.0.1:0").CombinedOutput()
@@ -165,8 +161,11 @@ func TestMCPGatewayEndToEnd(t *testing.T) {
 		}
 		recs = append(recs, r)
 	}
-	if len(recs) != 2 || recs[0].Decision != "allowed" || recs[1].Decision != "approved" ||
-		!strings.HasPrefix(recs[1].Approver, fmt.Sprintf("uid %d", os.Getuid())) || recs[1].Gateway != "e2e" {
+	// Each call that ran: a started record before it ran, then its outcome.
+	if len(recs) != 4 || recs[0].Decision != "started" || recs[1].Decision != "allowed" ||
+		recs[2].Decision != "started" || recs[3].Decision != "approved" ||
+		!strings.HasPrefix(recs[3].Approver, fmt.Sprintf("uid %d", os.Getuid())) || recs[3].Approver != recs[2].Approver ||
+		recs[3].Gateway != "e2e" {
 		t.Fatalf("audit records: %s", out)
 	}
 	out, err = exec.Command(bin, "--root", root, "audit", "--decision", "approved").CombinedOutput()
@@ -181,4 +180,70 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestMCPServeCreatesItsRoot starts `ironclaw mcp serve` on a state root
+// that does not exist yet, with a jailed server, as on a fresh host: the
+// gateway must create the root so that the sandboxes' unprivileged uids
+// can search it (the jail refuses a root they cannot), and the jailed
+// server must answer.
+func TestMCPServeCreatesItsRoot(t *testing.T) {
+	nm := os.Getenv("IRONCLAW_MCP_NODE_MODULES")
+	if nm == "" {
+		nm = filepath.Join("..", "..", ".cache", "npm", "node_modules")
+	}
+	nm, _ = filepath.Abs(nm)
+	_, err := os.Stat(filepath.Join(nm, "@modelcontextprotocol", "server-everything", "dist", "index.js"))
+	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
+	testutil.RequireCommand(t, "node")
+	testutil.RequireRoot(t)
+
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ironclaw")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	probeRoot := testutil.SearchableTempDir(t)
+	out, err := exec.Command(bin, "--root", probeRoot, "run", "--", "/bin/true").CombinedOutput()
+	testutil.Require(t, err == nil, fmt.Sprintf("needs a working `ironclaw run` jail (probe: %v %s)", err, out))
+
+	root := filepath.Join(testutil.SearchableTempDir(t), "fresh", "root")
+	const guest = "/opt/mcp/node_modules"
+	cfg := filepath.Join(dir, "mcp.json")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
+		"ironclaw":{"mounts":[%q],"approval":{"rules":[{"tool":"echo","class":"green"}]}}}}}`,
+		guest+"/@modelcontextprotocol/server-everything/dist/index.js", nm+":"+guest+":ro")), 0o600)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr strings.Builder
+	serve := exec.Command(bin, "--root", root, "mcp", "serve", "--config", cfg, "--name", "fresh")
+	serve.Stderr = &stderr
+	c := mcp.NewClient(&mcp.Implementation{Name: "fresh-root", Version: "1"}, nil)
+	cs, err := c.Connect(ctx, &mcp.CommandTransport{Command: serve}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, stderr.String())
+	}
+	defer cs.Close()
+	r, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "ev__echo", Arguments: map[string]any{"message": "from a fresh root"}})
+	if err != nil || r.IsError || !strings.Contains(mustText(r), "from a fresh root") {
+		t.Fatalf("echo through the jailed server: %v %q\ngateway stderr:\n%s", err, mustText(r), stderr.String())
+	}
+	st, err := os.Stat(root)
+	if err != nil || st.Mode().Perm() != 0o711 {
+		t.Fatalf("state root: %v, mode %v; want 0711", err, st.Mode().Perm())
+	}
+}
+
+func mustText(r *mcp.CallToolResult) string {
+	if r == nil {
+		return ""
+	}
+	var parts []string
+	for _, c := range r.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			parts = append(parts, tc.Text)
+		}
+	}
+	return strings.Join(parts, "\n")
 }

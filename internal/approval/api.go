@@ -188,7 +188,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// Client talks to one gateway's approvals API.
+// Client talks to one gateway's approvals API. NewClient makes one that
+// reuses its connections; a Client with only Socket set works too (one
+// connection per request), and the zero Client returns an error.
 type Client struct {
 	Socket string
 	hc     *http.Client
@@ -196,13 +198,18 @@ type Client struct {
 
 // NewClient returns a client for the socket at path.
 func NewClient(path string) *Client {
+	return &Client{Socket: path, hc: unixHTTPClient(path, true)}
+}
+
+func unixHTTPClient(path string, keepAlive bool) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
+		DisableKeepAlives: !keepAlive,
 	}
-	return &Client{Socket: path, hc: &http.Client{Transport: tr}}
+	return &http.Client{Transport: tr}
 }
 
 // List returns the pending requests. With wait > 0 it long-polls until the
@@ -214,7 +221,7 @@ func (c *Client) List(ctx context.Context, version uint64, wait time.Duration) (
 	}
 	var lr listResponse
 	if err := c.do(ctx, http.MethodGet, u, nil, &lr); err != nil {
-		return nil, 0, fmt.Errorf("list approvals at %s: %w", c.Socket, err)
+		return nil, 0, fmt.Errorf("list approvals at %s: %w", c.socket(), err)
 	}
 	return lr.Pending, lr.Version, nil
 }
@@ -242,9 +249,25 @@ func (c *Client) Decide(ctx context.Context, id string, approve bool, note strin
 	return d, nil
 }
 
+func (c *Client) socket() string {
+	if c == nil {
+		return ""
+	}
+	return c.Socket
+}
+
 func pathEscape(s string) string { return strings.ReplaceAll(s, "/", "%2F") }
 
 func (c *Client) do(ctx context.Context, method, u string, body []byte, out any) error {
+	if c == nil || c.Socket == "" {
+		return errors.New("approvals client has no socket (use NewClient)")
+	}
+	hc := c.hc
+	if hc == nil {
+		// Not made by NewClient: no shared transport to keep idle
+		// connections in, so close each one after its request.
+		hc = unixHTTPClient(c.Socket, false)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -252,7 +275,7 @@ func (c *Client) do(ctx context.Context, method, u string, body []byte, out any)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

@@ -12,13 +12,15 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 // applyUnified applies a diff produced by Unified to old, checking every
 // context and deleted line, so a wrong hunk fails the test.
 func applyUnified(t *testing.T, old, diff string) string {
 	t.Helper()
-	a := splitLines(old)
+	a := lineSlice(old)
 	lines := strings.SplitAfter(diff, "\n")
 	var out []string
 	pos := 0
@@ -97,18 +99,16 @@ func TestUnifiedRoundTripsRandomEdits(t *testing.T) {
 	}
 }
 
-// TestUnifiedAgreesWithPatch applies our diff with patch(1) when present.
+// TestUnifiedAgreesWithPatch applies our diff with patch(1) (Debian
+// package "patch", which the test command installs).
 func TestUnifiedAgreesWithPatch(t *testing.T) {
-	if _, err := exec.LookPath("patch"); err != nil {
-		t.Log("patch(1) not installed; the round-trip test above covers correctness")
-		return
-	}
+	patch := testutil.RequireCommand(t, "patch")
 	dir := t.TempDir()
 	old := "one\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\n"
 	new := "one\n2\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\neleven\n"
 	p := filepath.Join(dir, "f")
 	os.WriteFile(p, []byte(old), 0o644)
-	cmd := exec.Command("patch", "-s", "-p1", "-d", dir)
+	cmd := exec.Command(patch, "-s", "-p1", "-d", dir)
 	cmd.Stdin = strings.NewReader(Unified("f", old, new))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("patch: %v\n%s", err, out)

@@ -33,14 +33,19 @@ const DefaultTimeout = 5 * time.Minute
 var ErrPolicy = errors.New("invalid approval policy")
 
 // Policy is the user's approval policy: ordered rules, the first match wins;
-// then the tool's annotations; then its name; then red.
+// then the server's hints (the tool's annotations, then its name), which
+// make a call green only if the server's hints are trusted; then red.
 type Policy struct {
 	// Rules are tried in order; the first that matches decides.
 	Rules []Rule `json:"rules,omitempty"`
-	// IgnoreAnnotations makes the classifier disregard the server's tool
-	// annotations (and tool-name verbs), for servers whose hints are not
-	// trusted. Only rules can then make a call green.
-	IgnoreAnnotations bool `json:"ignore_annotations,omitempty"`
+	// TrustHints lets the server's hints make a call green: readOnlyHint,
+	// destructiveHint and openWorldHint both false, or a read verb leading
+	// the tool's name. Without it (the default) hints can only make a call
+	// red: the MCP specification says annotations from untrusted servers
+	// must be treated as untrusted, and a malicious server can mark any
+	// tool read-only or name it get_x. It is not part of the policy JSON:
+	// the caller sets it from the server's own config ("trust_hints").
+	TrustHints bool `json:"-"`
 	// Timeout is how long a red call waits before it is denied ("5m").
 	Timeout Duration `json:"timeout,omitempty"`
 }
@@ -102,8 +107,9 @@ type Matcher struct {
 	// Absent matches when the argument is missing (true) or present (false).
 	Absent *bool `json:"absent,omitempty"`
 
-	re    *regexp.Regexp
-	words map[string]bool
+	re       *regexp.Regexp
+	words    map[string]bool
+	compiled bool // set by Policy.Compile; Classify refuses to trust a matcher without it
 }
 
 // ParsePolicy decodes a policy strictly (unknown keys are errors) and
@@ -124,8 +130,9 @@ func ParsePolicy(raw []byte) (Policy, error) {
 	return p, nil
 }
 
-// Compile validates p and prepares its matchers. Classify calls it lazily,
-// but callers should call it first to report errors at load time.
+// Compile validates p and prepares its matchers. It must be called before
+// Classify (ParsePolicy does), and before p is used concurrently: a policy
+// with an uncompiled matcher classifies every call red.
 func (p *Policy) Compile() error {
 	for i := range p.Rules {
 		r := &p.Rules[i]
@@ -194,7 +201,20 @@ func (m *Matcher) compile() error {
 	if set == 0 {
 		return errors.New("matcher tests nothing (use equals, glob, regex, under, any_word or absent)")
 	}
+	m.compiled = true
 	return nil
+}
+
+// compiled reports whether every matcher of p went through Compile.
+func (p *Policy) compiled() bool {
+	for _, r := range p.Rules {
+		for _, m := range r.Args {
+			if !m.compiled {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Call is what the classifier sees of a tools/call.
@@ -212,20 +232,32 @@ type Verdict struct {
 	Reason string `json:"reason"`
 }
 
-// Classify classifies c: the first matching rule; else, unless annotations
-// are ignored, the annotations (readOnlyHint, or destructiveHint and
-// openWorldHint both explicitly false, are green; anything else red); else
-// the tool name's verb (a read verb first and no write verb anywhere is
-// green); else red.
+// Classify classifies c: the first matching rule; else the server's hints
+// (see hints), where a green hint counts only with TrustHints; else red.
 func (p *Policy) Classify(c Call) Verdict {
+	if !p.compiled() {
+		// An uncompiled regex or any_word matcher would match anything;
+		// fail closed rather than guess.
+		return Verdict{Red, "the approval policy was not compiled (Policy.Compile): every call is held"}
+	}
 	for i, r := range p.Rules {
 		if r.matches(c) {
 			return Verdict{r.Class, fmt.Sprintf("policy rule %d (tool %q)", i, r.Tool)}
 		}
 	}
-	if p.IgnoreAnnotations {
-		return Verdict{Red, "no rule matched and annotations are ignored for this server"}
+	v := hints(c)
+	if v.Class == Green && !p.TrustHints {
+		return Verdict{Red, fmt.Sprintf("no rule matched; the server's hints say green (%s) but this server's hints are not trusted", v.Reason)}
 	}
+	return v
+}
+
+// hints classifies c by what its server says alone: the annotations
+// (readOnlyHint, or destructiveHint and openWorldHint both explicitly
+// false, are green; anything else red); without annotations, the tool
+// name's verb (a read verb first and no write verb anywhere is green);
+// else red.
+func hints(c Call) Verdict {
 	if a := c.Annotations; a != nil {
 		switch {
 		case a.ReadOnlyHint:

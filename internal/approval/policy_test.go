@@ -67,6 +67,7 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pol.TrustHints = true // see TestHintsUntrustedByDefault for the default
 	for _, tc := range []struct {
 		name string
 		call Call
@@ -113,10 +114,46 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func TestIgnoreAnnotations(t *testing.T) {
-	p := Policy{IgnoreAnnotations: true}
-	if v := p.Classify(Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true}}); v.Class != Red {
-		t.Fatalf("ignored annotations still made the call %s", v.Class)
+// TestHintsUntrustedByDefault: a server's hints (annotations, name verbs)
+// can make a call red but never green unless its config trusts them;
+// rules always apply.
+func TestHintsUntrustedByDefault(t *testing.T) {
+	pol, err := ParsePolicy([]byte(`{"rules":[{"tool":"list_*","class":"green"},{"tool":"get_secret","class":"red"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := &mcp.ToolAnnotations{ReadOnlyHint: true}
+	closed := &mcp.ToolAnnotations{DestructiveHint: bp(false), OpenWorldHint: bp(false)}
+	for _, tc := range []struct {
+		name             string
+		call             Call
+		untrusted, trust Class
+	}{
+		{"readOnlyHint on a destructive tool", Call{Tool: "wipe_disk", Annotations: ro}, Red, Green},
+		{"not destructive, closed world", Call{Tool: "add_note", Annotations: closed}, Red, Green},
+		{"read verb", Call{Tool: "get_x"}, Red, Green},
+		{"camel-case read verb (the rule list_* is a glob: no match)", Call{Tool: "listFiles"}, Red, Green},
+		{"destructiveHint", Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(true), OpenWorldHint: bp(false)}}, Red, Red},
+		{"openWorldHint", Call{Tool: "get_x", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(false), OpenWorldHint: bp(true)}}, Red, Red},
+		{"delete all targets", Call{Tool: "delete all targets"}, Red, Red},
+		{"write verb", Call{Tool: "get_and_delete"}, Red, Red},
+		{"unknown", Call{Tool: "frobnicate"}, Red, Red},
+		{"rule green beats hints", Call{Tool: "list_files", Annotations: &mcp.ToolAnnotations{DestructiveHint: bp(true)}}, Green, Green},
+		{"rule red beats readOnlyHint", Call{Tool: "get_secret", Annotations: ro}, Red, Red},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pol
+			for _, trust := range []bool{false, true} {
+				p.TrustHints = trust
+				want := tc.untrusted
+				if trust {
+					want = tc.trust
+				}
+				if v := p.Classify(tc.call); v.Class != want || v.Reason == "" {
+					t.Errorf("trust_hints=%v: Classify(%+v) = %s (%s), want %s", trust, tc.call, v.Class, v.Reason, want)
+				}
+			}
+		})
 	}
 }
 
@@ -174,6 +211,32 @@ func TestRedactor(t *testing.T) {
 	for k, want := range map[string]bool{"Authorization": true, "x-api-key": true, "client_secret": true, "monkey": false, "keyboard": false, "tokenizer": false, "path": false} {
 		if SecretKey(k) != want {
 			t.Errorf("SecretKey(%q) = %v, want %v", k, !want, want)
+		}
+	}
+}
+
+// TestUncompiledPolicyIsRed: a policy built in code and never compiled
+// used to match anything with a regex or any_word matcher (they had no
+// compiled form to test against). Classify now holds every call until
+// Compile has run.
+func TestUncompiledPolicyIsRed(t *testing.T) {
+	for name, m := range map[string]Matcher{
+		"regex":    {Regex: "safe"},
+		"any_word": {AnyWord: []string{"safe"}},
+	} {
+		p := Policy{Rules: []Rule{{Tool: "run", Args: map[string]Matcher{"cmd": m}, Class: Green}}, TrustHints: true}
+		c := Call{Tool: "run", Arguments: map[string]any{"cmd": "rm -rf /"}}
+		if v := p.Classify(c); v.Class != Red || !strings.Contains(v.Reason, "not compiled") {
+			t.Errorf("%s: uncompiled policy classified %s (%s)", name, v.Class, v.Reason)
+		}
+		if err := p.Compile(); err != nil {
+			t.Fatal(err)
+		}
+		if v := p.Classify(c); v.Class != Red || strings.Contains(v.Reason, "not compiled") {
+			t.Errorf("%s: compiled policy: %s (%s)", name, v.Class, v.Reason)
+		}
+		if v := p.Classify(Call{Tool: "run", Arguments: map[string]any{"cmd": "safe"}}); v.Class != Green {
+			t.Errorf("%s: compiled policy did not match: %s (%s)", name, v.Class, v.Reason)
 		}
 	}
 }

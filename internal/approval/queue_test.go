@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -161,4 +162,47 @@ func TestAPIOverUnixSocket(t *testing.T) {
 		t.Fatalf("relisten over stale socket: %v", err)
 	}
 	ln2.Close()
+}
+
+// TestZeroClient: a Client not made by NewClient used to panic on its nil
+// http.Client. The zero value now returns an error, and a Client with
+// only Socket set works.
+func TestZeroClient(t *testing.T) {
+	ctx := context.Background()
+	var zero Client
+	if _, _, err := zero.List(ctx, 0, 0); err == nil || !strings.Contains(err.Error(), "no socket") {
+		t.Errorf("zero Client List: %v, want an error about the socket", err)
+	}
+	if _, err := zero.Get(ctx, "x"); err == nil {
+		t.Error("zero Client Get succeeded")
+	}
+	if _, err := zero.Decide(ctx, "x", true, ""); err == nil {
+		t.Error("zero Client Decide succeeded")
+	}
+	var nilc *Client
+	if _, _, err := nilc.List(ctx, 0, 0); err == nil {
+		t.Error("nil *Client List succeeded")
+	}
+
+	dir, err := os.MkdirTemp("", "icz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "gw.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- Serve(sctx, ln, NewQueue(), slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	c := Client{Socket: sock}
+	if pending, _, err := c.List(ctx, 0, 0); err != nil || len(pending) != 0 {
+		t.Errorf("Client{Socket} List: %v %v", pending, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

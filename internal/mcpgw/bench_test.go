@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -34,7 +35,7 @@ func BenchmarkMCPGateway(b *testing.B) {
 		direct := connectCmd(b, exec.Command("node", entry))
 		root := benchRoot(b)
 		cfg := filepath.Join(root, "mcp.json")
-		os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none"}}}}`, entry)), 0o600)
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none","trust_hints":true}}}}`, entry)), 0o600)
 		gw := connectCmd(b, exec.Command(bin, "--root", root, "mcp", "serve", "--config", cfg, "--name", "bench"))
 
 		const warm, n = 200, 2000
@@ -69,7 +70,7 @@ func BenchmarkMCPGateway(b *testing.B) {
 		// Cold start: spawn and initialize, 10 times each.
 		const starts = 10
 		var cold, coldJail []time.Duration
-		jail := jailWorks(bin)
+		jail := jailWorks(b, bin)
 		for j := 0; j < starts; j++ {
 			cold = append(cold, coldStart(b, exec.Command("node", entry)))
 			if jail {
@@ -92,12 +93,7 @@ func BenchmarkMCPGateway(b *testing.B) {
 }
 
 func benchRoot(b *testing.B) string {
-	root, err := os.MkdirTemp("", "icb")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(root) })
-	return root
+	return testutil.SearchableTempDir(b) // `mcp serve` refuses a root sandboxes cannot search
 }
 
 func connectCmd(b *testing.B, cmd *exec.Cmd) *mcp.ClientSession {
@@ -119,12 +115,8 @@ func coldStart(b *testing.B, cmd *exec.Cmd) time.Duration {
 	return d
 }
 
-func jailWorks(bin string) bool {
-	root, err := os.MkdirTemp("", "icp")
-	if err != nil {
-		return false
-	}
-	defer os.RemoveAll(root)
+func jailWorks(b *testing.B, bin string) bool {
+	root := benchRoot(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return exec.CommandContext(ctx, bin, "--root", root, "run", "--", "/bin/true").Run() == nil

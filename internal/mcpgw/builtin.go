@@ -83,12 +83,35 @@ func SandboxRun(binary, root string) (Builtin, error) {
 		Args:  map[string]approval.Matcher{"mounts": {Absent: &yes}, "allow": {Absent: &yes}},
 		Class: approval.Green,
 	}, {Tool: "sandbox_run", Class: approval.Red}}}
-	r := &sandboxRunner{binary: binary, root: root}
+	spec, err := newArgSpec(schema, true)
+	if err != nil {
+		return Builtin{}, fmt.Errorf("sandbox_run schema: %w", err)
+	}
+	r := &sandboxRunner{binary: binary, root: root, args: spec}
 	return Builtin{Tool: tool, Handler: r.handle, Policy: pol}, nil
 }
 
 type sandboxRunner struct {
 	binary, root string
+	args         argSpec
+}
+
+// decode reads sandbox_run's arguments. The gateway has already refused
+// anything but the exact property names; decode checks again, so that the
+// handler can never read a field (such as "Mounts") that the classifier
+// did not see under its exact name.
+func (r *sandboxRunner) decode(raw json.RawMessage) (SandboxRunInput, error) {
+	var in SandboxRunInput
+	_, canon, err := parseArgs(raw, r.args)
+	if err != nil {
+		return in, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(canon))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		return in, err
+	}
+	return in, nil
 }
 
 // argv builds the `ironclaw run` command line for in. It is pure.
@@ -162,13 +185,9 @@ func (r *sandboxRunner) argv(in SandboxRunInput, id string) ([]string, time.Dura
 }
 
 func (r *sandboxRunner) handle(ctx context.Context, raw json.RawMessage) (*mcp.CallToolResult, error) {
-	var in SandboxRunInput
-	if len(raw) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			return errorResult("sandbox_run: bad arguments: " + err.Error()), nil
-		}
+	in, err := r.decode(raw)
+	if err != nil {
+		return errorResult("sandbox_run: bad arguments: " + err.Error()), nil
 	}
 	argv, timeout, err := r.argv(in, "mcp-sbx-"+randomHex(6))
 	if err != nil {

@@ -16,6 +16,17 @@ import (
 // cardReadTimeout bounds reading a file's current content for a card.
 const cardReadTimeout = 10 * time.Second
 
+// auditWriteTimeout bounds one audit record write.
+const auditWriteTimeout = 5 * time.Second
+
+// DecisionStarted marks the audit record written just before a call is
+// forwarded (after it was classified green or approved); the call's
+// outcome follows in a second record with the decision allowed or
+// approved. A call whose started record cannot be written is refused, so
+// no call runs unrecorded; a started record without an outcome is a call
+// the gateway did not see finish (it died or the store failed).
+const DecisionStarted = "started"
+
 // callTarget is where an approved call goes: a server's tool or a builtin.
 type callTarget struct {
 	server      string
@@ -25,16 +36,24 @@ type callTarget struct {
 	u           *upstream // nil for builtins
 	builtin     func(ctx context.Context, args json.RawMessage) (*mcp.CallToolResult, error)
 	unsandboxed bool
+	// args is what the tool's input schema declares; parseArgs checks
+	// every call's arguments against it before classifying.
+	args argSpec
 }
 
-func (g *Gateway) toolHandler(u *upstream, t *mcp.Tool) mcp.ToolHandler {
+func (g *Gateway) toolHandler(u *upstream, t *mcp.Tool) (mcp.ToolHandler, error) {
+	spec, err := newArgSpec(t.InputSchema, false)
+	if err != nil {
+		return nil, err
+	}
 	target := callTarget{
 		server: u.cfg.Name, tool: t, policy: &u.policy, read: u.read, u: u,
 		unsandboxed: u.cfg.Transport == TransportStdio && u.cfg.Sandbox.Backend == BackendNone,
+		args:        spec,
 	}
 	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return g.call(ctx, req, target)
-	}
+	}, nil
 }
 
 func (g *Gateway) addBuiltin(b Builtin) error {
@@ -51,7 +70,16 @@ func (g *Gateway) addBuiltin(b Builtin) error {
 	if pol.Timeout == 0 {
 		pol.Timeout = g.cfg.Approval.Timeout
 	}
-	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler}
+	// The gateway's own tools are not an untrusted server: their
+	// annotations are IronClaw's and may count.
+	pol.TrustHints = true
+	// The gateway's own handlers decode with encoding/json, which matches
+	// keys case-insensitively: only the exact declared names are accepted.
+	spec, err := newArgSpec(b.Tool.InputSchema, true)
+	if err != nil {
+		return fmt.Errorf("builtin tool %s: %w", b.Tool.Name, err)
+	}
+	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler, args: spec}
 	exposed := *b.Tool
 	exposed.Name = Qualify(BuiltinServer, b.Tool.Name)
 	return safely(func() {
@@ -67,12 +95,6 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 	start := time.Now()
 	qualified := Qualify(t.server, t.tool.Name)
 	raw := req.Params.Arguments
-	var args map[string]any
-	if len(raw) > 0 && string(raw) != "null" {
-		if err := json.Unmarshal(raw, &args); err != nil {
-			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("%s: arguments must be a JSON object", qualified)}
-		}
-	}
 	rec := &store.AuditRecord{
 		Gateway: g.opts.Name, Server: t.server, Tool: t.tool.Name,
 		Arguments: g.redact.JSON(raw),
@@ -81,14 +103,21 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Session = req.Session.ID()
 	}
 	defer func() {
+		// The outcome. A call that did not run needs no started record;
+		// one that ran has one, so a failure here loses only the outcome.
 		rec.Duration = time.Since(start)
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, err := g.opts.Store.AppendAudit(actx, rec); err != nil {
-			g.log.Error("write audit record", "server", t.server, "tool", t.tool.Name, "err", err)
+		if err := g.appendAudit(ctx, rec); err != nil {
+			g.log.Error("write audit record", "server", t.server, "tool", t.tool.Name, "decision", rec.Decision, "err", err)
 		}
 	}()
 
+	// Decode once: the classifier, the card and a builtin all see args
+	// (a builtin receives canon, its exact encoding).
+	args, canon, err := parseArgs(raw, t.args)
+	if err != nil {
+		rec.Decision, rec.Reason, rec.Error = store.DecisionBlocked, "arguments refused before classification", err.Error()
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("%s: %v", qualified, err)}
+	}
 	c := approval.Call{Server: t.server, Tool: t.tool.Name, Arguments: args, Annotations: t.tool.Annotations}
 	v := t.policy.Classify(c)
 	rec.Class, rec.Reason = string(v.Class), v.Reason
@@ -100,7 +129,7 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		card := approval.BuildCard(rctx, qualified, c, g.redact, t.read)
 		cancel()
 		if t.unsandboxed {
-			card.Note = joinNote("this server runs UNSANDBOXED on the host", card.Note)
+			card.Note = joinNote("this server runs UNSANDBOXED on the host, as the gateway's uid: it could have approved this itself", card.Note)
 		}
 		g.log.Info("tool call held for approval", "tool", qualified, "reason", v.Reason)
 		held, out := g.opts.Queue.Hold(ctx, approval.Request{
@@ -125,7 +154,15 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Decision = store.DecisionAllowed
 	}
 
-	res, err := g.forward(ctx, req, t)
+	// Fail closed: the call runs only once it is on the record.
+	started := *rec
+	started.Decision, started.Duration = DecisionStarted, time.Since(start)
+	if err := g.appendAudit(ctx, &started); err != nil {
+		g.log.Error("tool call refused: the audit log cannot be written", "tool", qualified, "err", err)
+		rec.Error = "refused: the audit log cannot be written: " + err.Error()
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: fmt.Sprintf("%s: refused: the gateway cannot write its audit log", qualified)}
+	}
+	res, err := g.forward(ctx, req, t, canon)
 	if err != nil {
 		rec.Error = g.redact.String(err.Error())
 		var jerr *jsonrpc.Error
@@ -146,9 +183,12 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 	return res, nil
 }
 
-func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callTarget) (*mcp.CallToolResult, error) {
+// forward runs an approved call. A builtin gets canon, the arguments as
+// classified; a server gets the client's bytes, which parseArgs has checked
+// decode to the same object (no repeated or case-variant keys).
+func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callTarget, canon json.RawMessage) (*mcp.CallToolResult, error) {
 	if t.builtin != nil {
-		return t.builtin(ctx, req.Params.Arguments)
+		return t.builtin(ctx, canon)
 	}
 	cs, err := t.u.session(ctx, g.opts.UnavailableWait)
 	if err != nil {
@@ -195,6 +235,14 @@ func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callT
 		ctx = context.WithValue(ctx, downstreamKey{}, req.Session)
 	}
 	return cs.CallTool(ctx, params)
+}
+
+// appendAudit writes one audit record, even after ctx is cancelled.
+func (g *Gateway) appendAudit(ctx context.Context, rec *store.AuditRecord) error {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
+	defer cancel()
+	_, err := g.opts.Store.AppendAudit(actx, rec)
+	return err
 }
 
 func errorResult(msg string) *mcp.CallToolResult {

@@ -117,11 +117,12 @@ func runFixture() {
 }
 
 // fixtureServer returns the mcpServers entry that runs this test binary
-// as a fixture server, unsandboxed (the jail tests cover sandboxing).
+// as a fixture server, unsandboxed (the jail tests cover sandboxing), its
+// read-only hints trusted.
 func fixtureServer(t *testing.T, marker string) string {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf(`{"command":%q,"env":{%q:"1","FIXTURE_MARKER":%q},"ironclaw":{"backend":"none"}}`, exe, fixtureEnv, marker)
+	return fmt.Sprintf(`{"command":%q,"env":{%q:"1","FIXTURE_MARKER":%q},"ironclaw":{"backend":"none","trust_hints":true}}`, exe, fixtureEnv, marker)
 }

@@ -26,8 +26,10 @@ type Options struct {
 	Launcher *Launcher
 	// Queue holds red calls; the caller serves it (approval.Serve).
 	Queue *approval.Queue
-	// Store receives one audit record per tools/call. Required: a gateway
-	// without an audit log is refused.
+	// Store receives the audit records of every tools/call: one for a
+	// call that does not run, a started record and an outcome for one
+	// that does. Required: a gateway without an audit log is refused, and
+	// a call whose started record cannot be written does not run.
 	Store *store.Store
 	// Name identifies this gateway in the audit log.
 	Name    string
@@ -92,6 +94,20 @@ func New(opts Options) (*Gateway, error) {
 	}
 	if opts.Store == nil {
 		return nil, errors.New("new gateway: an audit store is required")
+	}
+	// A Config not made by ParseConfig holds uncompiled policies: compile
+	// them here, so that an invalid one is an error now and a valid one
+	// classifies as written.
+	if err := opts.Config.Approval.Compile(); err != nil {
+		return nil, fmt.Errorf("new gateway: ironclaw.approval: %w", err)
+	}
+	for _, name := range opts.Config.Names() {
+		if opts.Config.Servers[name] == nil {
+			return nil, fmt.Errorf("new gateway: server %q: no config", name)
+		}
+		if err := opts.Config.Servers[name].Approval.Compile(); err != nil {
+			return nil, fmt.Errorf("new gateway: server %q: approval: %w", name, err)
+		}
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -159,7 +175,7 @@ func (g *Gateway) instructions() string {
 		}
 	}
 	if len(unsafe) > 0 {
-		fmt.Fprintf(&sb, " WARNING: these servers run UNSANDBOXED on the host: %s.", strings.Join(unsafe, ", "))
+		fmt.Fprintf(&sb, " WARNING: these servers run UNSANDBOXED on the host, as the gateway's uid: %s. They can approve held calls themselves and rewrite the audit log; approvals do not contain them.", strings.Join(unsafe, ", "))
 	}
 	return sb.String()
 }
@@ -289,7 +305,12 @@ func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 		}
 		exposed := *t
 		exposed.Name = q
-		if err := safely(func() { u.g.server.AddTool(&exposed, u.g.toolHandler(u, t)) }); err != nil {
+		h, err := u.g.toolHandler(u, t)
+		if err != nil {
+			u.log.Warn("tool skipped: bad input schema", "tool", t.Name, "err", err)
+			continue
+		}
+		if err := safely(func() { u.g.server.AddTool(&exposed, h) }); err != nil {
 			u.log.Warn("tool skipped", "tool", t.Name, "err", err)
 			continue
 		}
@@ -731,9 +752,8 @@ func (g *Gateway) auditUnknownTools(next mcp.MethodHandler) mcp.MethodHandler {
 		if ctr.Session != nil {
 			rec.Session = ctr.Session.ID()
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, aerr := g.opts.Store.AppendAudit(actx, rec); aerr != nil {
+		// The call is refused either way; a failed write is logged.
+		if aerr := g.appendAudit(ctx, rec); aerr != nil {
 			g.log.Error("write audit record", "tool", ctr.Params.Name, "err", aerr)
 		}
 		return res, err

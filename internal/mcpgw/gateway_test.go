@@ -18,8 +18,11 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
+// everythingConfig runs server-everything with its hints trusted (these
+// tests are about forwarding and holding; TestServerHintsUntrustedByDefault
+// covers the default).
 func everythingConfig(nm, extra string) string {
-	return fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none"%s}}}}`, everythingEntry(nm), extra)
+	return fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],"ironclaw":{"backend":"none","trust_hints":true%s}}}}`, everythingEntry(nm), extra)
 }
 
 func TestEverythingThroughGateway(t *testing.T) {
@@ -289,9 +292,9 @@ func TestServerFailuresFailOneCall(t *testing.T) {
 		r, err := h.call(t, "b__pid", map[string]any{})
 		return err == nil && !r.IsError && text(r) != b1
 	})
-	recs, _ := h.store.Audit(context.Background(), store.AuditFilter{Tool: "crash"})
-	if len(recs) != 1 || recs[0].Error == "" {
-		t.Errorf("crash audit %+v", recs)
+	all, _ := h.store.Audit(context.Background(), store.AuditFilter{Tool: "crash"})
+	if recs := outcomes(t, all); len(recs) != 1 || recs[0].Error == "" {
+		t.Errorf("crash audit %+v", all)
 	}
 }
 
@@ -355,7 +358,7 @@ func TestClientRobustness(t *testing.T) {
 func TestAuditRedactsSecrets(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "events")
 	exe, _ := os.Executable()
-	cfg := fmt.Sprintf(`{"mcpServers":{"fx":{"command":%q,"env":{%q:"1","FIXTURE_MARKER":%q,"SERVICE_TOKEN":"tok-9f8e7d6c5b4a"},"ironclaw":{"backend":"none"}}}}`, exe, fixtureEnv, marker)
+	cfg := fmt.Sprintf(`{"mcpServers":{"fx":{"command":%q,"env":{%q:"1","FIXTURE_MARKER":%q,"SERVICE_TOKEN":"tok-9f8e7d6c5b4a"},"ironclaw":{"backend":"none","trust_hints":true}}}}`, exe, fixtureEnv, marker)
 	h := startGateway(t, cfg)
 	if _, err := h.call(t, "fx__pid", map[string]any{"password": "hunter2", "note": "uses tok-9f8e7d6c5b4a", "path": "/x"}); err != nil {
 		t.Fatal(err)
@@ -381,4 +384,44 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func fileHas(p, s string) bool {
 	b, _ := os.ReadFile(p)
 	return strings.Contains(string(b), s)
+}
+
+// TestServerHintsUntrustedByDefault: the same real server twice, once with
+// its hints untrusted (the default) and once with "trust_hints": a tool it
+// marks readOnlyHint and one whose name starts with a read verb are held
+// from the first and run from the second. A user rule applies to both.
+func TestServerHintsUntrustedByDefault(t *testing.T) {
+	nm := nodeModules(t)
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{
+		"ev":{"command":"node","args":[%[1]q],"ironclaw":{"backend":"none","approval":{"timeout":"200ms"}}},
+		"evt":{"command":"node","args":[%[1]q],"ironclaw":{"backend":"none","trust_hints":true,"approval":{"timeout":"200ms"}}}},
+		"ironclaw":{"approval":{"rules":[{"tool":"get-sum","class":"green"}]}}}`, everythingEntry(nm)))
+	for _, tc := range []struct {
+		tool string
+		args map[string]any
+	}{
+		{"get-structured-content", map[string]any{"location": "New York"}}, // readOnlyHint: true
+		{"echo", map[string]any{"message": "hi"}},                          // read verb "echo", no annotations
+	} {
+		r, err := h.call(t, "ev__"+tc.tool, tc.args)
+		if err != nil || !r.IsError || !strings.Contains(text(r), "needed approval") {
+			t.Errorf("untrusted ev__%s was not held: %v %q", tc.tool, err, text(r))
+		}
+		r, err = h.call(t, "evt__"+tc.tool, tc.args)
+		if err != nil || r.IsError {
+			t.Errorf("trusted evt__%s: %v %q", tc.tool, err, text(r))
+		}
+	}
+	for _, s := range []string{"ev", "evt"} {
+		if r, err := h.call(t, s+"__get-sum", map[string]any{"a": 1, "b": 2}); err != nil || r.IsError {
+			t.Errorf("%s__get-sum (green by rule): %v %q", s, err, text(r))
+		}
+	}
+	recs := h.audit(t, 6)
+	if r := recs[0]; r.Server != "ev" || r.Decision != store.DecisionTimeout || !strings.Contains(r.Reason, "not trusted") {
+		t.Errorf("untrusted record %+v", r)
+	}
+	if r := recs[1]; r.Server != "evt" || r.Decision != store.DecisionAllowed || !strings.Contains(r.Reason, "readOnlyHint") {
+		t.Errorf("trusted record %+v", r)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -167,24 +168,54 @@ func text(r *mcp.CallToolResult) string {
 	return strings.Join(parts, "\n")
 }
 
-// audit waits until n audit records exist and returns them.
+// audit waits until n outcome records exist (records other than
+// DecisionStarted) and returns them. It checks that every call that ran
+// (allowed or approved) has a started record written before its outcome.
 func (h *harness) audit(t *testing.T, n int) []store.AuditRecord {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		recs, err := h.store.Audit(context.Background(), store.AuditFilter{})
+		all, err := h.store.Audit(context.Background(), store.AuditFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}
+		recs := outcomes(t, all)
 		if len(recs) >= n || time.Now().After(deadline) {
 			if len(recs) != n {
-				b, _ := json.MarshalIndent(recs, "", " ")
-				t.Fatalf("%d audit records, want %d:\n%s", len(recs), n, b)
+				b, _ := json.MarshalIndent(all, "", " ")
+				t.Fatalf("%d audit outcome records, want %d:\n%s", len(recs), n, b)
 			}
 			return recs
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// outcomes drops the started records of all, checking that each call that
+// ran has one before its outcome.
+func outcomes(t *testing.T, all []store.AuditRecord) []store.AuditRecord {
+	t.Helper()
+	var out []store.AuditRecord
+	var started []store.AuditRecord
+	for _, r := range all {
+		if r.Decision == DecisionStarted {
+			started = append(started, r)
+			continue
+		}
+		out = append(out, r)
+		if r.Decision != store.DecisionAllowed && r.Decision != store.DecisionApproved {
+			continue
+		}
+		i := slices.IndexFunc(started, func(s store.AuditRecord) bool {
+			return s.Server == r.Server && s.Tool == r.Tool && s.Session == r.Session && string(s.Arguments) == string(r.Arguments) &&
+				s.Class == r.Class && s.Approver == r.Approver
+		})
+		if i < 0 {
+			t.Fatalf("call %d (%s %s, %s) ran without a started record before it", r.ID, r.Server, r.Tool, r.Decision)
+		}
+		started = slices.Delete(started, i, i+1)
+	}
+	return out
 }
 
 // waitHeld waits for one pending approval.

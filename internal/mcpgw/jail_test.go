@@ -40,7 +40,7 @@ func TestSandboxedEverything(t *testing.T) {
 	nm := nodeModules(t)
 	bin := requireJail(t)
 	cfg := fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
-		"ironclaw":{"mounts":[%q]}}}}`,
+		"ironclaw":{"mounts":[%q],"trust_hints":true}}}}`,
 		guestModules+"/@modelcontextprotocol/server-everything/dist/index.js", nm+":"+guestModules+":ro")
 	h := startGateway(t, cfg, withJail(bin, shortRoot(t)))
 	r, err := h.call(t, "ev__echo", map[string]any{"message": "from the jail"})
@@ -66,7 +66,7 @@ func TestSandboxedFilesystemServer(t *testing.T) {
 	os.Chmod(filepath.Join(granted, "notes.txt"), 0o666)
 
 	cfg := fmt.Sprintf(`{"mcpServers":{"fs":{"command":"node","args":[%q,"/"],
-		"ironclaw":{"mounts":[%q,%q]}}}}`,
+		"ironclaw":{"mounts":[%q,%q],"trust_hints":true}}}}`,
 		guestModules+"/@modelcontextprotocol/server-filesystem/dist/index.js",
 		nm+":"+guestModules+":ro", granted+":/data:rw")
 	h := startGateway(t, cfg, withJail(bin, shortRoot(t)))

@@ -35,7 +35,9 @@ func (l *Launcher) Command(ctx context.Context, s *ServerConfig, id string) (*ex
 	nop := func() {}
 	switch s.Sandbox.Backend {
 	case BackendNone:
-		l.Logger.Warn("MCP SERVER RUNS UNSANDBOXED: backend \"none\" gives it the gateway's full access to this host", "server", s.Name)
+		l.Logger.Warn("MCP SERVER RUNS UNSANDBOXED: backend \"none\" runs it as the gateway's own uid with the gateway's full access to this host. "+
+			"It can reach the approvals socket and approve held calls (its own and every other server's), and rewrite the audit log: "+
+			"the Approval Cliff does not contain it", "server", s.Name, "uid", os.Getuid())
 		cmd := exec.Command(s.Command, s.Args...)
 		env := make([]string, 0, len(hostEnv)+len(s.Env))
 		for _, k := range hostEnv {

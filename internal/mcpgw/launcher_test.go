@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"reflect"
 	"strings"
@@ -74,5 +75,34 @@ func TestSandboxRunArgv(t *testing.T) {
 	_, timeout, _ = r.argv(SandboxRunInput{Command: []string{"x"}, Timeout: "100h"}, "sbx")
 	if timeout != sandboxRunMaxTimeout {
 		t.Errorf("timeout not capped: %s", timeout)
+	}
+}
+
+// TestUnsandboxedWarning: starting a backend "none" server says loudly
+// that it runs as the gateway's uid, so it can reach the approvals socket
+// and approve held calls (its own and other servers'); so do the server
+// instructions every client sees.
+func TestUnsandboxedWarning(t *testing.T) {
+	var buf strings.Builder
+	l := &Launcher{Logger: slog.New(slog.NewTextHandler(&buf, nil))}
+	s := &ServerConfig{Name: "raw", Transport: TransportStdio, Command: "srv", Sandbox: SandboxConfig{Backend: BackendNone}}
+	if _, _, err := l.Command(context.Background(), s, "id"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"UNSANDBOXED", "uid", "approvals socket", "approve"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log line lacks %q: %s", want, buf.String())
+		}
+	}
+	cfg, err := ParseConfig([]byte(`{"mcpServers":{"raw":{"command":"srv","ironclaw":{"backend":"none"}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(Options{Config: cfg, Launcher: l, Queue: newQueue(), Store: openStore(t), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := g.instructions(); !strings.Contains(in, "UNSANDBOXED") || !strings.Contains(in, "approve") {
+		t.Errorf("instructions: %s", in)
 	}
 }

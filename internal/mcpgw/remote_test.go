@@ -44,7 +44,7 @@ func remoteServer(t *testing.T, sse bool) (string, *atomic.Int32) {
 func TestRemoteServers(t *testing.T) {
 	streamURL, _ := remoteServer(t, false)
 	sseURL, _ := remoteServer(t, true)
-	hdr := `"headers":{"X-Api-Key":"remote-secret-123456"}`
+	hdr := `"headers":{"X-Api-Key":"remote-secret-123456"},"ironclaw":{"trust_hints":true}`
 	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{
 		"st":{"type":"http","url":%q,%s},
 		"ss":{"type":"sse","url":%q,%s},

@@ -52,6 +52,8 @@ func newUpstream(g *Gateway, cfg *ServerConfig) *upstream {
 	if pol.Timeout == 0 {
 		pol.Timeout = g.cfg.Approval.Timeout
 	}
+	// Only the server's own config can trust its hints.
+	pol.TrustHints = cfg.TrustHints
 	u := &upstream{
 		g: g, cfg: cfg, policy: pol,
 		log:       g.log.With("server", cfg.Name),

@@ -89,6 +89,10 @@ type ServerConfig struct {
 	Sandbox  SandboxConfig
 	Tools    ToolFilter
 	Approval approval.Policy
+	// TrustHints ("trust_hints") lets this server's tool annotations and
+	// tool names make calls green; by default they can only make calls
+	// red (see approval.Policy.TrustHints).
+	TrustHints bool
 }
 
 // SandboxConfig is how a stdio server is sandboxed (its "ironclaw" keys).
@@ -173,6 +177,8 @@ func (s *ServerConfig) SecretValues() []string {
 	return out
 }
 
+// SortedKeys returns the keys of m in sorted order: env and header names
+// for logs (never their values) and the order of EnvLines.
 func SortedKeys(m map[string]string) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
@@ -320,13 +326,16 @@ func parseServer(name string, raw json.RawMessage) (*ServerConfig, error) {
 				return nil, fmt.Errorf("%w: %s: args[%d]: contains a NUL byte", ErrConfig, where, i-1)
 			}
 		}
-		for k, v := range s.Env {
-			if k == "" || strings.ContainsAny(k, "=\x00\n") {
-				return nil, fmt.Errorf("%w: %s: env: bad variable name %q", ErrConfig, where, k)
+		// The env travels as KEY=VALUE lines (--env-file), which
+		// `ironclaw run` reads skipping '#' lines, stripping leading blanks
+		// and "export ", and cutting lines at \n or \r\n: anything that
+		// would not come back unchanged is refused here.
+		for _, k := range SortedKeys(s.Env) {
+			if !validEnvName(k) {
+				return nil, fmt.Errorf("%w: %s: env: bad variable name %q (want letters, digits and '_', not starting with a digit)", ErrConfig, where, k)
 			}
-			if strings.ContainsAny(v, "\x00\n") {
-				// Values travel as KEY=VALUE lines (--env-file).
-				return nil, fmt.Errorf("%w: %s: env.%s: value contains a newline or NUL byte", ErrConfig, where, k)
+			if strings.ContainsAny(s.Env[k], "\r\n\x00") {
+				return nil, fmt.Errorf("%w: %s: env.%s: value contains a carriage return, newline or NUL byte", ErrConfig, where, k)
 			}
 		}
 	} else {
@@ -355,7 +364,7 @@ func parseServer(name string, raw json.RawMessage) (*ServerConfig, error) {
 }
 
 func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
-	m, err := object(raw, where, "backend", "mounts", "workdir", "allow", "seccomp", "user", "rootfs", "resources", "tools", "approval")
+	m, err := object(raw, where, "backend", "mounts", "workdir", "allow", "seccomp", "user", "rootfs", "resources", "tools", "approval", "trust_hints")
 	if err != nil {
 		return err
 	}
@@ -366,7 +375,7 @@ func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
 		dst any
 	}{
 		{"backend", &sb.Backend}, {"mounts", &mounts}, {"workdir", &sb.Workdir}, {"allow", &sb.Allow},
-		{"seccomp", &sb.Seccomp}, {"user", &sb.User}, {"rootfs", &sb.Rootfs},
+		{"seccomp", &sb.Seccomp}, {"user", &sb.User}, {"rootfs", &sb.Rootfs}, {"trust_hints", &s.TrustHints},
 	} {
 		if err := field(m, f.key, f.dst, where); err != nil {
 			return err
@@ -476,6 +485,20 @@ func parseIronClaw(s *ServerConfig, raw json.RawMessage, where string) error {
 		s.Approval = p
 	}
 	return nil
+}
+
+// validEnvName reports whether k is a portable environment variable
+// name: [A-Za-z_][A-Za-z0-9_]*.
+func validEnvName(k string) bool {
+	if k == "" || k[0] >= '0' && k[0] <= '9' {
+		return false
+	}
+	for _, r := range k {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func validHeaderName(k string) bool {

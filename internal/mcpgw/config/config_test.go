@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
 
 const fullConfig = `{
@@ -27,7 +28,7 @@ const fullConfig = `{
         "approval": {"timeout": "30s", "rules": [{"tool": "write_file", "args": {"path": {"under": "/data/tmp"}}, "class": "green"}]}
       }
     },
-    "remote": {"url": "https://mcp.example.invalid/mcp", "headers": {"Authorization": "Bearer abcdefgh12345"}},
+    "remote": {"url": "https://mcp.example.invalid/mcp", "headers": {"Authorization": "Bearer abcdefgh12345"}, "ironclaw": {"trust_hints": true}},
     "legacy": {"type": "sse", "url": "http://127.0.0.1:1/sse", "disabled": true}
   },
   "ironclaw": {"approval": {"rules": [{"server": "remote", "tool": "*", "class": "red"}]}}
@@ -53,8 +54,11 @@ func TestParseFull(t *testing.T) {
 	if fs.Approval.TimeoutOr(0).Seconds() != 30 || len(fs.Approval.Rules) != 1 {
 		t.Errorf("approval %+v", fs.Approval)
 	}
+	if fs.TrustHints {
+		t.Error("fs trusts its hints without trust_hints")
+	}
 	r := c.Servers["remote"]
-	if r.Transport != TransportStreamable || !r.AutoFallback || r.Sandbox.Backend != BackendJail {
+	if r.Transport != TransportStreamable || !r.AutoFallback || r.Sandbox.Backend != BackendJail || !r.TrustHints {
 		t.Errorf("remote %+v", r)
 	}
 	if l := c.Servers["legacy"]; l.Transport != TransportSSE || l.AutoFallback || !l.Disabled {
@@ -97,6 +101,9 @@ func TestParseErrors(t *testing.T) {
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"resources":{"mem":"1g"}}}}}`, `ironclaw.resources: unknown key "mem"`},
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"tools":{"allow":["a"],"block":[]}}}}}`, `ironclaw.tools: unknown key "block"`},
 		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"approval":{"rule":[]}}}}}`, `unknown field "rule"`},
+		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"trust_hints":"yes"}}}}`, `ironclaw.trust_hints: got a JSON string, want true or false`},
+		{`{"mcpServers":{"fs":{"command":"x","ironclaw":{"approval":{"trust_hints":true}}}}}`, `unknown field "trust_hints"`},
+		{`{"mcpServers":{},"ironclaw":{"approval":{"trust_hints":true}}}`, `unknown field "trust_hints"`},
 		{`{"mcpServers":{},"extra":1}`, `config: unknown key "extra"`},
 		{`{}`, `missing "mcpServers"`},
 		{`[]`, `want a JSON object`},
@@ -107,8 +114,19 @@ func TestParseErrors(t *testing.T) {
 		{`{"mcpServers":{"fs":{"command":1}}}`, `server "fs".command: got a JSON number, want a string`},
 		{`{"mcpServers":{"fs":{"command":"x","args":"a b"}}}`, `args: got a JSON string, want an array of strings`},
 		{`{"mcpServers":{"fs":{"command":"x","env":{"A":1}}}}`, `env: got a JSON number`},
-		{`{"mcpServers":{"fs":{"command":"x","env":{"A":"a\nb"}}}}`, `env.A: value contains a newline`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"A":"a\nb"}}}}`, `env.A: value contains a carriage return, newline or NUL byte`},
 		{`{"mcpServers":{"fs":{"command":"x","env":{"A=B":"v"}}}}`, `bad variable name "A=B"`},
+		// Each of these would be lost or changed on the way through
+		// --env-file (sandbox.ParseEnvFile skips '#' lines, strips leading
+		// blanks and "export ", and reads lines without a trailing \r).
+		{`{"mcpServers":{"fs":{"command":"x","env":{"#A":"v"}}}}`, `server "fs": env: bad variable name "#A"`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{" A":"v"}}}}`, `server "fs": env: bad variable name " A"`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"export A":"v"}}}}`, `server "fs": env: bad variable name "export A"`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"1A":"v"}}}}`, `bad variable name "1A"`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"A-B":"v"}}}}`, `bad variable name "A-B"`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"":"v"}}}}`, `bad variable name ""`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"A":"v\r"}}}}`, `server "fs": env.A: value contains a carriage return, newline or NUL byte`},
+		{`{"mcpServers":{"fs":{"command":"x","env":{"A":"v\u0000"}}}}`, `env.A: value contains a carriage return, newline or NUL byte`},
 		{`{"mcpServers":{"fs":{"command":"x","args":null}}}`, `args: null is not allowed`},
 		{`{"mcpServers":{"fs":{"command":"x","url":"http://h"}}}`, `both "command" and "url"`},
 		{`{"mcpServers":{"fs":{}}}`, `needs "command" (stdio) or "url"`},
@@ -155,6 +173,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","command":"y"}}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"approval":{"rules":[{"tool":"*","args":{"*":{"any_word":["rm"]}},"class":"red"}]}}}}}`))
 	f.Add([]byte(`[[[[[[[[[[`))
+	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","env":{"#A":"v","B":"v\r"," C":"v"}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
@@ -175,6 +194,7 @@ func FuzzParse(f *testing.F) {
 				if _, err := RunArgv(RunParams{Binary: "/ironclaw", ID: "x", EnvFile: "/dev/fd/3"}, s); err != nil && s.Sandbox.Backend == BackendJail {
 					t.Fatalf("accepted config the launcher rejects: %v", err)
 				}
+				checkEnvRoundTrip(t, s.Env)
 			case TransportStreamable, TransportSSE:
 				if s.URL == "" {
 					t.Fatal("remote server without url")
@@ -184,4 +204,36 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkEnvRoundTrip fails unless env survives --env-file unchanged: what
+// `ironclaw run` reads back (sandbox.ParseEnvFile) from EnvLines is
+// exactly env.
+func checkEnvRoundTrip(t *testing.T, env map[string]string) {
+	t.Helper()
+	got, err := sandbox.ParseEnvFile(bytes.NewReader(EnvLines(env)), "env")
+	if err != nil {
+		t.Fatalf("accepted env that --env-file rejects: %v", err)
+	}
+	back := map[string]string{}
+	for _, kv := range got {
+		k, v, _ := strings.Cut(kv, "=")
+		back[k] = v
+	}
+	if len(back) != len(env) {
+		t.Fatalf("env %q came back from --env-file as %q", env, got)
+	}
+	for k, v := range env {
+		if back[k] != v {
+			t.Fatalf("env %s=%q came back from --env-file as %q", k, v, back[k])
+		}
+	}
+}
+
+func TestEnvSurvivesEnvFile(t *testing.T) {
+	c, err := Parse([]byte(`{"mcpServers":{"a":{"command":"x","env":{"_A1":" lead and trail ","B":"x=y#z","C":"","D":"'q' \\"}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEnvRoundTrip(t, c.Servers["a"].Env)
 }
