@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -141,7 +142,7 @@ func vmInit() {
 	srv, err := agent.New(agent.Config{
 		Token:    b.Token,
 		Reaper:   agent.NewReaper(ctx),
-		Shutdown: func() { close(shutdown) },
+		Shutdown: sync.OnceFunc(func() { close(shutdown) }),
 		Version:  version,
 		Logger:   log,
 	})

@@ -326,3 +326,16 @@ func TestRealFirecracker(t *testing.T) {
 	}
 	t.Logf("guest: %s", out.String())
 }
+
+func TestConfigRejectsIDsThatLeaveTheChroot(t *testing.T) {
+	for _, id := range []string{"..", ".", "a/b", "a b", "ü", "", strings.Repeat("a", 65), "x.y"} {
+		if validID(id) {
+			t.Errorf("validID(%q) = true", id)
+		}
+	}
+	for _, id := range []string{"vm-1", "A", strings.Repeat("a", 64)} {
+		if !validID(id) {
+			t.Errorf("validID(%q) = false", id)
+		}
+	}
+}

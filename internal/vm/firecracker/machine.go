@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -90,13 +91,31 @@ type VM struct {
 	// root is where paths the API sees are rooted (the chroot with the
 	// jailer, "" without).
 	root string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// validID reports whether id is 1-64 letters, digits and dashes, the form
+// the jailer accepts. Anything else ("..", "a/b") could make a path from
+// the chroot base leave it.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Config) defaults() error {
 	if c.Image == nil || c.Dir == "" || c.ID == "" || len(c.Token) == 0 {
 		return errors.New("firecracker config: image, dir, id and token are required")
 	}
-	if strings.ContainsAny(c.ID, "/ ") || len(c.ID) > 64 {
+	if !validID(c.ID) {
 		return fmt.Errorf("firecracker config: id %q: letters, digits and dashes, at most 64", c.ID)
 	}
 	if c.Binary == "" {
@@ -461,16 +480,19 @@ func (v *VM) Exited() <-chan struct{} { return v.exited }
 // is still there, and removes the sockets, drives and initramfs it made
 // (logs and metrics stay for the caller).
 func (v *VM) Close() error {
-	if v.Agent != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		_ = v.Agent.Shutdown(ctx)
-		cancel()
-		select {
-		case <-v.exited:
-		case <-time.After(5 * time.Second):
+	v.closeOnce.Do(func() {
+		if v.Agent != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_ = v.Agent.Shutdown(ctx) // best effort: teardown kills it anyway
+			cancel()
+			select {
+			case <-v.exited:
+			case <-time.After(5 * time.Second):
+			}
 		}
-	}
-	return v.teardown()
+		v.closeErr = v.teardown()
+	})
+	return v.closeErr
 }
 
 func (v *VM) teardown() error {
