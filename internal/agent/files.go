@@ -205,7 +205,7 @@ func fileInfo(name string, st *unix.Stat_t) agentapi.FileInfo {
 // uploads, the umask must not narrow it (a shared directory asks for
 // 01777). The new directory is opened without following a symlink swapped
 // in meanwhile.
-func mkdirExact(dfd int, name string, mode uint32) error {
+func mkdirExact(dfd int, name string, mode uint32, owner *FileOwner) error {
 	if err := unix.Mkdirat(dfd, name, mode); err != nil {
 		return err
 	}
@@ -214,6 +214,11 @@ func mkdirExact(dfd int, name string, mode uint32) error {
 		return err
 	}
 	defer unix.Close(fd)
+	if owner != nil {
+		if err := unix.Fchown(fd, int(owner.UID), int(owner.GID)); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
 	return unix.Fchmod(fd, mode)
 }
 
@@ -228,7 +233,7 @@ func (s *Server) mkdir(rel string, mode uint32, parents bool) error {
 			return err
 		}
 		defer unix.Close(dfd)
-		return mkdirExact(dfd, name, mode)
+		return mkdirExact(dfd, name, mode, s.cfg.FileOwner)
 	}
 	comps := strings.Split(strings.Trim(rel, "/"), "/")
 	for i := range comps {
@@ -240,7 +245,7 @@ func (s *Server) mkdir(rel string, mode uint32, parents bool) error {
 		if err != nil {
 			return err
 		}
-		err = mkdirExact(dfd, name, mode)
+		err = mkdirExact(dfd, name, mode, s.cfg.FileOwner)
 		unix.Close(dfd)
 		if err != nil && err != unix.EEXIST {
 			return fmt.Errorf("mkdir %s: %w", sub, err)
@@ -370,6 +375,11 @@ func (s *Server) write(st io.Reader, f agentapi.FileSpec) (int64, error) {
 			return n, fmt.Errorf("write: %w", err)
 		}
 		n += int64(len(fr.Payload))
+	}
+	if o := s.cfg.FileOwner; o != nil {
+		if err := out.Chown(int(o.UID), int(o.GID)); err != nil {
+			return n, fmt.Errorf("chown: %w", err)
+		}
 	}
 	// The umask must not narrow the requested mode.
 	if err := out.Chmod(os.FileMode(mode)); err != nil {

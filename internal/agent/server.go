@@ -33,6 +33,10 @@ type Config struct {
 	FileRoot string
 	// MaxFileSize caps uploads and downloads in bytes; 0 means DefaultMaxFileSize.
 	MaxFileSize int64
+	// FileOwner, when set, owns the files and directories uploads and
+	// mkdir create (a jail's agent runs as the sandbox's root; its files
+	// belong to the sandbox's user). Nil keeps the agent's own uid.
+	FileOwner *FileOwner
 	// MaxExecs caps concurrently running execs; 0 means DefaultMaxExecs.
 	MaxExecs int
 	// Launch starts a fully prepared command (path, argv, env, dir,
@@ -52,6 +56,9 @@ type Config struct {
 	Version string
 	Logger  *slog.Logger
 }
+
+// FileOwner is a uid and gid that created files are given.
+type FileOwner struct{ UID, GID uint32 }
 
 // Server serves the agent protocol. Create it with New.
 type Server struct {

@@ -91,9 +91,17 @@ func TestAgentExecsAreConfined(t *testing.T) {
 	if _, err := c.WriteFile(context.Background(), "/workspace/hello.txt", strings.NewReader("hi"), 0o644, 0); err != nil {
 		t.Fatal(err)
 	}
-	out, _ = execOut(t, c, agentapi.ExecSpec{Argv: []string{"cat", "/workspace/hello.txt"}})
-	if out != "hi" {
-		t.Errorf("uploaded file reads %q", out)
+	if _, err := c.WriteFile(context.Background(), "/workspace/private.txt", strings.NewReader("mine"), 0o600, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mkdir(context.Background(), "/workspace/d", 0o700, false); err != nil {
+		t.Fatal(err)
+	}
+	// Uploads belong to the sandbox's user, who can read a 0600 file and
+	// write in a 0700 directory the host made.
+	out, _ = execOut(t, c, agentapi.ExecSpec{Argv: []string{"sh", "-c", "cat /workspace/hello.txt /workspace/private.txt && touch /workspace/d/x && stat -c %u:%g /workspace/private.txt"}})
+	if out != "himine1000:1000\n" {
+		t.Errorf("uploaded files as the sandbox user: %q", out)
 	}
 	if _, err := c.WriteFile(context.Background(), "/usr/evil", strings.NewReader("x"), 0o644, 0); err == nil {
 		t.Error("upload into read-only /usr succeeded")

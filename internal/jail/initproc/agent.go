@@ -43,7 +43,14 @@ func agentMain(cfg *Config, ll *landlockRules, c *Conn, hostGone <-chan struct{}
 	if err != nil {
 		return 1
 	}
+	var owner *agent.FileOwner
+	if cfg.User.UID != 0 || cfg.User.GID != 0 {
+		// Files the host uploads belong to the sandbox's user, not to
+		// the agent (the sandbox's root).
+		owner = &agent.FileOwner{UID: cfg.User.UID, GID: cfg.User.GID}
+	}
 	srv, err := agent.New(agent.Config{
+		FileOwner:   owner,
 		Token:       cfg.Agent.Token,
 		FileRoot:    "/",
 		MaxFileSize: cfg.Agent.MaxFileSize,
