@@ -399,8 +399,12 @@ func (m *Manager) start(ctx context.Context, b *box, final string) (err error) {
 	spec := b.opts.Spec
 	spec.ID, spec.Command = b.backendID, nil
 	sb, err := m.cfg.Jail.Start(ctx, spec, jail.Options{
-		Agent:      &jail.AgentOptions{Token: tok, MaxFileSize: m.cfg.MaxFileSize},
-		Persistent: true,
+		Agent: &jail.AgentOptions{Token: tok, MaxFileSize: m.cfg.MaxFileSize},
+		// A loopback-only sandbox survives a daemon restart and is
+		// re-attached. A networked one cannot yet: its egress proxy,
+		// DNS stub and pool slot lock live in this process, so it dies
+		// with the daemon and the next daemon reclaims it.
+		Persistent: len(spec.Network.Allow) == 0,
 	})
 	if err != nil {
 		step := "start"
