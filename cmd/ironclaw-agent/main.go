@@ -139,13 +139,17 @@ func vmInit() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	shutdown := make(chan struct{})
-	srv, err := agent.New(agent.Config{
+	acfg := agent.Config{
 		Token:    b.Token,
 		Reaper:   agent.NewReaper(ctx),
 		Shutdown: sync.OnceFunc(func() { close(shutdown) }),
 		Version:  version,
 		Logger:   log,
-	})
+	}
+	if o := b.Params.Owner; o != nil {
+		acfg.FileOwner = &agent.FileOwner{UID: o.UID, GID: o.GID}
+	}
+	srv, err := agent.New(acfg)
 	if err != nil {
 		log.Error("start agent; powering off", "err", err)
 		guest.PowerOff(log, b.Params.Reboot)

@@ -162,7 +162,7 @@ func newSandboxCreateCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.run.name, "name", "", "sandbox ID (default: generated)")
-	fl.StringVar(&f.backend, "backend", "jail", "backend: jail (vm is not wired into the daemon yet)")
+	fl.StringVar(&f.backend, "backend", "jail", "backend: jail (namespaces), vm (a micro-VM) or auto (a VM where KVM boots one, else the jail)")
 	fl.StringArrayVarP(&f.run.mounts, "mount", "m", nil, "grant a host path: HOST:GUEST[:ro|rw]")
 	fl.StringVarP(&f.run.workdir, "workdir", "w", "", "host directory mounted read-write at /workspace")
 	fl.StringVar(&f.run.rootfs, "rootfs", "", "prepared root directory instead of the host's system directories")

@@ -53,6 +53,7 @@ type serveFlags struct {
 	pool           int
 	poolConfig     string
 	sweep          time.Duration
+	vm             vmRunFlags
 }
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -68,9 +69,15 @@ stderr. With --listen it also serves TCP, but only with a bearer token
 otherwise.
 
 Sandboxes outlive the daemon: a restarted daemon re-attaches every sandbox
-that still runs and reclaims every other one. With --pool N it keeps N
-prepared sandboxes of the default shape ready, so that a matching create
-takes one instead of starting cold.`,
+that still runs and reclaims every other one (sandboxes with network allow
+rules die with the daemon: their egress servers live in it). With --pool N
+it keeps N prepared sandboxes of the default shape ready, so that a matching
+create takes one instead of starting cold.
+
+A create may ask for backend "vm": a micro-VM (QEMU microvm, KVM when this
+boot's probe saw a guest boot under it, else TCG; IRONCLAW_VM_ACCEL=kvm|tcg
+forces one) booting --image, or the default image, built at the first VM
+create if missing. Backend "auto" is a VM only where KVM works, else the jail.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return serve(g, &f) },
 	}
@@ -86,6 +93,9 @@ takes one instead of starting cold.`,
 	fl.IntVar(&f.pool, "pool", 0, "warm pool size for sandboxes of the default shape")
 	fl.StringVar(&f.poolConfig, "pool-config", "", `JSON file of warm pools: [{"name": N, "size": N, "template": <create request>}]`)
 	fl.DurationVar(&f.sweep, "sweep-interval", daemon.DefaultSweepInterval, "how often time-to-live and idle timeouts are checked")
+	fl.StringVar(&f.vm.image, "image", os.Getenv("IRONCLAW_IMAGE"),
+		"micro-VM image directory from `ironclaw image build` (default: the default image, built at the first VM create) (env IRONCLAW_IMAGE)")
+	fl.StringVar(&f.vm.qemu, "qemu", os.Getenv("IRONCLAW_QEMU"), "qemu-system-x86_64 binary (default: on PATH) (env IRONCLAW_QEMU)")
 	return cmd
 }
 
@@ -194,10 +204,14 @@ func serve(g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	vmb, autoVM, err := f.vm.daemonBackend(root, log)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := daemon.New(ctx, daemon.Config{
-		Root: root, Jail: j, Store: st, Reclaim: g.reclaim, Logger: log, Registry: reg,
+		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, Reclaim: g.reclaim, Logger: log, Registry: reg,
 		MaxSandboxes: f.maxSandboxes, MaxConcurrentCreates: f.maxCreates, MaxFileSize: maxFile,
 		Pools: pools, SweepInterval: f.sweep,
 	})

@@ -30,7 +30,7 @@ type Exec struct {
 	timedOut atomic.Bool
 	t0       time.Time
 	oomFrom  uint64
-	sb       *jail.Sandbox
+	sb       instance
 	done     chan struct{}
 	status   ExitStatus
 }
@@ -64,6 +64,10 @@ func (m *Manager) Exec(ctx context.Context, id string, o ExecOptions, stdio agen
 	if o.User != "" {
 		u, _ := sandbox.ParseUser(o.User) // validated
 		es.User = strconv.FormatUint(uint64(u.UID), 10) + ":" + strconv.FormatUint(uint64(u.GID), 10)
+	} else if b.opts.Backend == BackendVM {
+		// A jail's agent runs execs as the sandbox's user by default; a
+		// VM's agent (the guest's PID 1, root) is told.
+		es.User = strconv.FormatUint(uint64(spec.User.UID), 10) + ":" + strconv.FormatUint(uint64(spec.User.GID), 10)
 	}
 	oomFrom, _ := sb.Group().OOMKills()
 	ectx, cancel := context.WithCancel(ctx)

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
+	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
 // Defaults of Config.
@@ -46,6 +46,13 @@ type Config struct {
 	Root *state.Root
 	// Jail starts and attaches to jail sandboxes.
 	Jail *jail.Jail
+	// VM starts and attaches to micro-VM sandboxes; nil answers creates
+	// with backend vm as unsupported (and auto picks the jail).
+	VM *vm.Backend
+	// AutoVM says whether backend "auto" picks a micro-VM (the cached KVM
+	// boot probe passed: TCG is never chosen by auto) and why; nil means
+	// never. It is asked at each auto create and should be cheap.
+	AutoVM func(ctx context.Context) (bool, string)
 	// Store holds the durable sandbox records and event log.
 	Store *store.Store
 	// Reclaim removes the kernel objects recorded in a dead sandbox's
@@ -106,14 +113,14 @@ type box struct {
 	fromPool   bool
 	created    time.Time
 	started    time.Time
-	sb         *jail.Sandbox
+	inst       instance
 	client     *agentapi.Client
 	exit       *Exit
 	lastActive time.Time
 	execs      int // running execs
 	busy       int // running execs and file transfers
 	// attached marks a sandbox re-attached after a daemon restart: the
-	// jail handle then has no network handle (see destroy).
+	// backend handle then has no network handle (see destroy).
 	attached bool
 	expiring bool
 
@@ -172,8 +179,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		if err := pc.Template.Validate(); err != nil {
 			return fail(fmt.Errorf("pool %q: %w", pc.Name, err))
 		}
-		if pc.Template.Backend == BackendVM {
-			return fail(fmt.Errorf("pool %q: backend vm: %w", pc.Name, sandbox.ErrUnsupported))
+		if pc.Template.Backend == BackendAuto {
+			return fail(fmt.Errorf("pool %q: backend auto: name the backend of a pool (jail or vm): %w", pc.Name, sandbox.ErrInvalid))
+		}
+		if pc.Template.Backend == BackendVM && cfg.VM == nil {
+			return fail(fmt.Errorf("pool %q: %w", pc.Name, errNoVM))
 		}
 		k := pc.Template.classKey()
 		if _, dup := m.pools[k]; dup {
@@ -284,11 +294,8 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (*Info, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	if o.Backend == "" {
-		o.Backend = BackendJail
-	}
-	if o.Backend == BackendVM {
-		return nil, fmt.Errorf("backend vm: the micro-VM backend is not wired into the daemon yet: %w", sandbox.ErrUnsupported)
+	if err := m.resolveBackend(ctx, &o); err != nil {
+		return nil, err
 	}
 	if o.ID == "" {
 		o.ID = sandbox.NewID()
@@ -315,7 +322,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (*Info, error) {
 			m.unreserve(b)
 			return nil, err
 		} else if mb != nil {
-			m.met.create.WithLabelValues("pool").Observe(time.Since(t0).Seconds())
+			m.observeCreate(o.Backend, "pool", t0)
 			return m.info(mb, false), nil
 		}
 	}
@@ -329,7 +336,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (*Info, error) {
 		m.unreserve(b)
 		return nil, err
 	}
-	m.met.create.WithLabelValues("cold").Observe(time.Since(t0).Seconds())
+	m.observeCreate(o.Backend, "cold", t0)
 	m.watch(b)
 	return m.info(b, false), nil
 }
@@ -353,12 +360,12 @@ func (m *Manager) unreserve(b *box) {
 	m.mu.Unlock()
 }
 
-// start records b in the store, starts its jail and connects to its agent;
-// on error everything is undone.
+// start records b in the store, starts it with its backend and connects
+// to its agent; on error everything is undone.
 func (m *Manager) start(ctx context.Context, b *box, final string) (err error) {
-	tok := make([]byte, tokenLen)
-	if _, err := rand.Read(tok); err != nil {
-		return fmt.Errorf("make agent token: %w", err)
+	tok, err := newToken(b.opts.Backend)
+	if err != nil {
+		return err
 	}
 	b.token = tok
 	specJSON, err := json.Marshal(b.opts)
@@ -386,42 +393,17 @@ func (m *Manager) start(ctx context.Context, b *box, final string) (err error) {
 				m.log.Error("delete record of failed sandbox", "sandbox", b.id, "err", derr)
 			}
 			if final != statePooled {
-				step := "start"
-				var se *jail.StartError
-				if errors.As(err, &se) {
-					step = se.Step
-				}
-				m.bus.emit(b.id, EventFailed, Detail{Step: step, Error: err.Error()})
+				m.bus.emit(b.id, EventFailed, Detail{Step: startStep(err), Error: err.Error()})
 				m.bus.emit(b.id, EventDestroyed, Detail{Reason: "create failed"})
 			}
 		}
 	}()
 	spec := b.opts.Spec
 	spec.ID, spec.Command = b.backendID, nil
-	sb, err := m.cfg.Jail.Start(ctx, spec, jail.Options{
-		Agent: &jail.AgentOptions{Token: tok, MaxFileSize: m.cfg.MaxFileSize},
-		// A loopback-only sandbox survives a daemon restart and is
-		// re-attached. A networked one cannot yet: its egress proxy,
-		// DNS stub and pool slot lock live in this process, so it dies
-		// with the daemon and the next daemon reclaims it.
-		Persistent: len(spec.Network.Allow) == 0,
-	})
+	inst, c, err := m.launch(ctx, b, spec, tok)
 	if err != nil {
-		step := "start"
-		var se *jail.StartError
-		if errors.As(err, &se) {
-			step = se.Step
-		}
-		m.met.createFail.WithLabelValues(step).Inc()
+		m.met.createFail.WithLabelValues(startStep(err)).Inc()
 		return err
-	}
-	c, err := connect(ctx, sb, tok)
-	if err != nil {
-		m.met.createFail.WithLabelValues("agent").Inc()
-		if cerr := sb.Close(); cerr != nil {
-			m.log.Error("roll back sandbox", "sandbox", b.id, "err", cerr)
-		}
-		return &jail.StartError{Step: "agent", Err: err}
 	}
 	now := time.Now().UTC()
 	st := store.StateRunning
@@ -431,40 +413,29 @@ func (m *Manager) start(ctx context.Context, b *box, final string) (err error) {
 	if err := m.cfg.Store.SetSandboxState(ctx, b.id, st, now); err != nil {
 		m.met.createFail.WithLabelValues("record").Inc()
 		c.Close()
-		if cerr := sb.Close(); cerr != nil {
+		if cerr := inst.Close(); cerr != nil {
 			m.log.Error("roll back sandbox", "sandbox", b.id, "err", cerr)
 		}
 		return err
 	}
 	b.mu.Lock()
-	b.sb, b.client, b.state, b.started, b.lastActive = sb, c, final, now, now
+	b.inst, b.client, b.state, b.started, b.lastActive = inst, c, final, now, now
 	b.mu.Unlock()
 	if final != statePooled {
 		m.bus.emit(b.id, EventStarted, Detail{})
-		m.log.Info("sandbox started", "sandbox", b.id, "init_pid", sb.PID())
+		m.log.Info("sandbox started", "sandbox", b.id, "backend", b.opts.Backend, "pid", inst.PID())
 	}
 	return nil
-}
-
-// connect dials the agent of sb and authenticates with tok.
-func connect(ctx context.Context, sb *jail.Sandbox, tok []byte) (*agentapi.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	conn, err := agentapi.DialUnix(ctx, sb.AgentSocket())
-	if err != nil {
-		return nil, err
-	}
-	return agentapi.Connect(ctx, conn, tok)
 }
 
 // watch turns the exit of b's init into an exited sandbox.
 func (m *Manager) watch(b *box) {
 	b.mu.Lock()
-	sb := b.sb
+	inst := b.inst
 	b.mu.Unlock()
 	go func() {
 		select {
-		case <-sb.Done():
+		case <-inst.Done():
 			m.onExit(b)
 		case <-b.gone:
 		}
@@ -482,17 +453,17 @@ func (m *Manager) onExit(b *box) {
 		return
 	}
 	b.state = StateExited
-	sb, c, id := b.sb, b.client, b.id
+	inst, c, id := b.inst, b.client, b.id
 	b.client = nil
 	b.mu.Unlock()
 	var oom bool
-	if n, err := sb.Group().OOMKills(); err == nil && n > 0 {
+	if n, err := inst.Group().OOMKills(); err == nil && n > 0 {
 		oom = true
 	}
 	if c != nil {
 		c.Close()
 	}
-	if err := sb.Close(); err != nil {
+	if err := inst.Close(); err != nil {
 		m.log.Error("remove exited sandbox", "sandbox", id, "err", err)
 	}
 	if prev == statePooled {
@@ -529,8 +500,8 @@ func (m *Manager) lookup(id string) (*box, error) {
 	return b, nil
 }
 
-// running returns the sandbox id if it is running, with its jail handle.
-func (m *Manager) running(id string) (*box, *jail.Sandbox, error) {
+// running returns the sandbox id if it is running, with its backend handle.
+func (m *Manager) running(id string) (*box, instance, error) {
 	b, err := m.lookup(id)
 	if err != nil {
 		return nil, nil, err
@@ -540,7 +511,7 @@ func (m *Manager) running(id string) (*box, *jail.Sandbox, error) {
 	if b.state != StateRunning {
 		return nil, nil, fmt.Errorf("%w: %q is %s", ErrNotRunning, id, b.state)
 	}
-	return b, b.sb, nil
+	return b, b.inst, nil
 }
 
 // agent returns a connected client of b's agent, reconnecting if the
@@ -559,7 +530,7 @@ func (b *box) agent(ctx context.Context) (*agentapi.Client, error) {
 			return b.client, nil
 		}
 	}
-	c, err := connect(ctx, b.sb, b.token)
+	c, err := b.inst.connect(ctx, b.token)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the agent of %q: %w", b.id, err)
 	}
@@ -626,19 +597,19 @@ func (m *Manager) info(b *box, full bool) *Info {
 	if b.opts.TTL > 0 {
 		i.ExpiresAt = b.created.Add(b.opts.TTL)
 	}
-	sb := b.sb
+	inst := b.inst
 	b.mu.Unlock()
-	if sb != nil && i.State == StateRunning {
-		i.InitPID = sb.PID()
-		if u, err := sb.Group().Usage(); err == nil {
+	if inst != nil && i.State == StateRunning {
+		i.InitPID = inst.PID()
+		if u, err := inst.Group().Usage(); err == nil {
 			i.Usage = &u
 		}
-		if n := sb.Network(); n != nil {
+		if n := inst.Network(); n != nil {
 			i.Addresses = append(i.Addresses, n.Addr().String(), n.Gateway().String())
 		} else if full {
 			// Re-attached: the record has the addresses.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if st, err := network.Inspect(ctx, sb.Dir); err == nil && st.Networked {
+			if st, err := network.Inspect(ctx, inst.stateDir()); err == nil && st.Networked {
 				i.Addresses = append(i.Addresses, st.SandboxAddr.String(), st.HostAddr.String())
 			}
 			cancel()
@@ -704,22 +675,22 @@ func (m *Manager) destroy(b *box, reason string) error {
 	b.destroyOnce.Do(func() {
 		t0 := time.Now()
 		b.mu.Lock()
-		id, sb, c, attached := b.id, b.sb, b.client, b.attached
+		id, inst, c, attached := b.id, b.inst, b.client, b.attached
 		b.state, b.client = StateDestroying, nil
 		b.mu.Unlock()
 		if c != nil {
 			c.Close()
 		}
-		if sb != nil && attached && sb.Network() == nil {
-			// A re-attached jail handle knows nothing of the network;
+		if inst != nil && attached && inst.Network() == nil {
+			// A re-attached handle knows nothing of the network;
 			// remove it from its record before Close removes the record.
-			if err := network.Reclaim(sb.Dir); err != nil {
+			if err := network.Reclaim(inst.stateDir()); err != nil {
 				b.destroyErr = fmt.Errorf("destroy %q: %w", id, err)
 				m.log.Error("remove network of re-attached sandbox", "sandbox", id, "err", err)
 			}
 		}
-		if sb != nil {
-			if err := sb.Close(); err != nil {
+		if inst != nil {
+			if err := inst.Close(); err != nil {
 				// The state directory stays; GC reclaims it from its records.
 				b.destroyErr = fmt.Errorf("destroy %q: %w", id, err)
 				m.log.Error("destroy sandbox", "sandbox", id, "err", err)
@@ -752,19 +723,19 @@ type networkUpdater interface {
 
 // UpdateNetwork replaces the egress allow rules of the running sandbox id.
 func (m *Manager) UpdateNetwork(ctx context.Context, id string, allow []string) (*Info, error) {
-	b, sb, err := m.running(id)
+	b, inst, err := m.running(id)
 	if err != nil {
 		return nil, err
 	}
 	b.mu.Lock()
 	attached := b.attached
 	b.mu.Unlock()
-	if attached && sb.Network() == nil {
-		if st, err := network.Inspect(ctx, sb.Dir); err == nil && st.Networked {
-			return nil, fmt.Errorf("update network of %q: the sandbox was re-attached after a daemon restart and the jail backend cannot take over its network yet: %w", id, sandbox.ErrUnsupported)
+	if attached && inst.Network() == nil {
+		if st, err := network.Inspect(ctx, inst.stateDir()); err == nil && st.Networked {
+			return nil, fmt.Errorf("update network of %q: the sandbox was re-attached after a daemon restart and cannot take over its network yet: %w", id, sandbox.ErrUnsupported)
 		}
 	}
-	var u networkUpdater = sb
+	var u networkUpdater = inst
 	if err := u.UpdateNetwork(ctx, allow); err != nil {
 		return nil, fmt.Errorf("update network of %q: %w", id, err)
 	}

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -9,6 +11,7 @@ import (
 // real operations.
 type metrics struct {
 	create      *prometheus.HistogramVec
+	createVM    *prometheus.HistogramVec
 	createFail  *prometheus.CounterVec
 	execStart   prometheus.Histogram
 	execTime    prometheus.Histogram
@@ -24,6 +27,10 @@ func newMetrics(reg prometheus.Registerer, m *Manager) (*metrics, error) {
 	mt := &metrics{
 		create: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ironclaw_sandbox_create_seconds", Help: "Time to create a sandbox until its agent answers, by source (cold start or warm pool).",
+			Buckets: latencyBuckets,
+		}, []string{"source"}),
+		createVM: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ironclaw_vm_create_seconds", Help: "Time to create a micro-VM sandbox until its agent answers, by source (cold boot or warm pool); also counted in ironclaw_sandbox_create_seconds.",
 			Buckets: latencyBuckets,
 		}, []string{"source"}),
 		createFail: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -51,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, m *Manager) (*metrics, error) {
 	states := prometheus.NewDesc("ironclaw_sandboxes", "Sandboxes by state (pool members are state pooled).", []string{"state"}, nil)
 	poolSize := prometheus.NewDesc("ironclaw_pool_size", "Ready members of each warm pool.", []string{"class"}, nil)
 	poolTarget := prometheus.NewDesc("ironclaw_pool_target", "Configured size of each warm pool.", []string{"class"}, nil)
-	collectors := []prometheus.Collector{mt.create, mt.createFail, mt.execStart, mt.execTime, mt.destroy, mt.timeouts, mt.poolRefills,
+	collectors := []prometheus.Collector{mt.create, mt.createVM, mt.createFail, mt.execStart, mt.execTime, mt.destroy, mt.timeouts, mt.poolRefills,
 		&funcCollector{descs: []*prometheus.Desc{states, poolSize, poolTarget}, collect: func(ch chan<- prometheus.Metric) {
 			counts, pools := m.counts()
 			for _, s := range []string{StateCreating, StateRunning, StateExited, StateDestroying, statePooled} {
@@ -69,6 +76,15 @@ func newMetrics(reg prometheus.Registerer, m *Manager) (*metrics, error) {
 		}
 	}
 	return mt, nil
+}
+
+// observeCreate records a create of backend from source that began at t0.
+func (m *Manager) observeCreate(backend, source string, t0 time.Time) {
+	d := time.Since(t0).Seconds()
+	m.met.create.WithLabelValues(source).Observe(d)
+	if backend == BackendVM {
+		m.met.createVM.WithLabelValues(source).Observe(d)
+	}
 }
 
 // funcCollector collects const metrics computed at scrape time.

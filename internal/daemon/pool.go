@@ -123,7 +123,7 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		if alive {
 			mb.state = StateCreating // claimed: no longer a free member
 		}
-		poolID, sb := mb.id, mb.sb
+		poolID, inst := mb.id, mb.inst
 		mb.mu.Unlock()
 		if !alive {
 			continue
@@ -157,7 +157,7 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		// An exit while the member was being claimed was ignored by the
 		// watcher: handle it now.
 		select {
-		case <-sb.Done():
+		case <-inst.Done():
 			go m.onExit(mb)
 		default:
 		}

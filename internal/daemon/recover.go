@@ -11,6 +11,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/store"
+	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
 // ownerWait bounds how long recovery waits for the init of a sandbox whose
@@ -61,12 +62,15 @@ func (m *Manager) recover(ctx context.Context) error {
 		}
 		// Only a persistent sandbox attaches: one of `ironclaw run` is
 		// owned by its live process and is left alone.
-		sb, err := m.cfg.Jail.Attach(rec.ID)
+		inst, err := m.attach(ctx, BackendJail, rec.ID)
+		if err != nil && m.cfg.VM != nil {
+			inst, err = m.attach(ctx, BackendVM, rec.ID)
+		}
 		if err != nil {
 			continue
 		}
 		m.log.Warn("destroying a persistent sandbox without a record", "backend_id", rec.ID)
-		if err := sb.Close(); err != nil {
+		if err := inst.Close(); err != nil {
 			m.log.Error("destroy orphan sandbox", "backend_id", rec.ID, "err", err)
 		}
 	}
@@ -80,17 +84,17 @@ func (m *Manager) recover(ctx context.Context) error {
 
 // reattach takes over a sandbox that was running when the daemon stopped.
 func (m *Manager) reattach(ctx context.Context, r store.SandboxRow, o CreateOptions) {
-	sb, err := m.cfg.Jail.Attach(r.BackendID)
+	inst, err := m.attach(ctx, r.Backend, r.BackendID)
 	if err != nil {
-		m.log.Warn("sandbox did not survive the daemon restart", "sandbox", r.ID, "err", err)
+		m.log.Warn("sandbox did not survive the daemon restart", "sandbox", r.ID, "backend", r.Backend, "err", err)
 		m.bus.emit(r.ID, EventExited, Detail{Reason: "ended while the daemon was down"})
 		m.reclaimRow(ctx, r, "ended while the daemon was down")
 		return
 	}
-	c, err := connect(ctx, sb, r.Token)
+	c, err := inst.connect(ctx, r.Token)
 	if err != nil {
 		m.log.Error("reconnect to the agent: destroying the sandbox", "sandbox", r.ID, "err", err)
-		if cerr := sb.Close(); cerr != nil {
+		if cerr := inst.Close(); cerr != nil {
 			m.log.Error("destroy sandbox", "sandbox", r.ID, "err", cerr)
 		}
 		m.dropRow(ctx, r.ID, "agent unreachable after the daemon restart")
@@ -99,7 +103,7 @@ func (m *Manager) reattach(ctx context.Context, r store.SandboxRow, o CreateOpti
 	now := time.Now().UTC()
 	b := &box{backendID: r.BackendID, token: r.Token, class: r.PoolClass, gone: make(chan struct{}),
 		id: r.ID, opts: o, fromPool: !r.Claimed.IsZero(), created: r.Created, started: r.Started,
-		sb: sb, client: c, lastActive: now, attached: true}
+		inst: inst, client: c, lastActive: now, attached: true}
 	if !r.Claimed.IsZero() {
 		b.created = r.Claimed
 	}
@@ -114,7 +118,7 @@ func (m *Manager) reattach(ctx context.Context, r store.SandboxRow, o CreateOpti
 		m.mu.Unlock()
 		if full {
 			c.Close()
-			if err := sb.Close(); err != nil {
+			if err := inst.Close(); err != nil {
 				m.log.Error("destroy surplus pool member", "pool_id", r.ID, "err", err)
 			}
 			m.dropRow(ctx, r.ID, "")
@@ -129,17 +133,18 @@ func (m *Manager) reattach(ctx context.Context, r store.SandboxRow, o CreateOpti
 	m.mu.Unlock()
 	m.watch(b)
 	m.bus.emit(r.ID, EventReattached, Detail{})
-	m.log.Info("re-attached sandbox", "sandbox", r.ID, "init_pid", sb.PID())
+	m.log.Info("re-attached sandbox", "sandbox", r.ID, "backend", r.Backend, "pid", inst.PID())
 }
 
 // reclaimRow removes what a recorded sandbox that is not running left,
 // and its record.
 func (m *Manager) reclaimRow(ctx context.Context, r store.SandboxRow, reason string) {
-	if sb, err := m.cfg.Jail.Attach(r.BackendID); err == nil {
-		if err := sb.Close(); err != nil {
+	if inst, err := m.attach(ctx, r.Backend, r.BackendID); err == nil {
+		if err := inst.Close(); err != nil {
 			m.log.Error("destroy sandbox", "sandbox", r.ID, "err", err)
 		}
 	} else {
+		m.reclaimBackend(r, err)
 		// Its init may still be on its way out (it exits when its host
 		// goes before the start finished); Collect takes the directory
 		// once nobody holds it.
@@ -150,6 +155,27 @@ func (m *Manager) reclaimRow(ctx context.Context, r store.SandboxRow, reason str
 		return
 	}
 	m.dropRow(ctx, r.ID, "")
+}
+
+// reclaimBackend removes, from its records, a micro-VM of r that could
+// not be attached (attachErr) although it may run: a create the previous
+// daemon did not finish, or a VM whose QMP did not answer. A persistent
+// QEMU holds its state directory's lock, so GC would never take the
+// directory; but the row proves this daemon's root owns it, and nothing
+// else runs under its key: kill the recorded QEMU, empty its cgroup, drop
+// its network. GC then removes the directory once the lock is gone.
+func (m *Manager) reclaimBackend(r store.SandboxRow, attachErr error) {
+	if r.Backend != BackendVM {
+		return
+	}
+	dir := m.cfg.Root.SandboxDir(sandbox.KeyOf(r.BackendID))
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	m.log.Info("reclaiming micro-VM from its records", "sandbox", r.ID, "attach_err", attachErr)
+	if err := vm.Reclaim(dir); err != nil {
+		m.log.Error("reclaim micro-VM", "sandbox", r.ID, "err", err)
+	}
 }
 
 func (m *Manager) dropRow(ctx context.Context, id, reason string) {

@@ -12,12 +12,17 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
 // Backends a create may ask for.
 const (
 	BackendJail = "jail"
 	BackendVM   = "vm"
+	// BackendAuto is a micro-VM where KVM boots one (the cached boot
+	// probe passed) and the spec fits a VM, the jail otherwise. A
+	// sandbox reports the backend it got.
+	BackendAuto = "auto"
 )
 
 // Sandbox states as the manager reports them.
@@ -42,7 +47,8 @@ const (
 type CreateOptions struct {
 	// ID is the user-visible ID; empty means a generated one.
 	ID string `json:"id"`
-	// Backend is "jail" (default) or "vm" (not wired yet: ErrUnsupported).
+	// Backend is "jail" (default), "vm" (a micro-VM) or "auto" (see
+	// BackendAuto); Create replaces auto with the backend it picked.
 	Backend string `json:"backend"`
 	// Spec is the sandbox: user, workdir, mounts, rootfs, resources,
 	// seccomp, network. Its ID and Command are ignored (the agent is the
@@ -70,9 +76,9 @@ func (o *CreateOptions) Validate() error {
 		}
 	}
 	switch o.Backend {
-	case "", BackendJail, BackendVM:
+	case "", BackendJail, BackendVM, BackendAuto:
 	default:
-		return fmt.Errorf("%w: backend: %q is not jail or vm", sandbox.ErrInvalid, o.Backend)
+		return fmt.Errorf("%w: backend: %q is not jail, vm or auto", sandbox.ErrInvalid, o.Backend)
 	}
 	if len(o.Spec.Command) > 0 {
 		return fmt.Errorf("%w: command: a long-lived sandbox runs no command of its own; use exec", sandbox.ErrInvalid)
@@ -106,7 +112,17 @@ func (o *CreateOptions) Validate() error {
 	if o.ID != "" {
 		spec.ID = o.ID
 	}
-	return spec.Validate()
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if o.Backend == BackendVM {
+		// What a VM cannot honour (host paths, jail seccomp settings),
+		// refused before anything starts.
+		if err := vm.CheckSpec(spec); err != nil {
+			return fmt.Errorf("backend vm: %w", err)
+		}
+	}
+	return nil
 }
 
 // classKey names the pool class o belongs to: everything that shapes the

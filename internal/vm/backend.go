@@ -47,8 +47,13 @@ const (
 type Config struct {
 	// Root is the state directory sandboxes are recorded in.
 	Root *state.Root
-	// Image is the image guests boot (image.Default.Resolve). Required.
+	// Image is the image guests boot (image.Default.Resolve). Either it
+	// or ResolveImage is required.
 	Image *image.Image
+	// Resolve, when Image is nil, finds (or builds) the image and decides
+	// whether guests get KVM (KVM is then ignored) at the first start that
+	// needs them; an error fails that start and the next one tries again.
+	Resolve func(ctx context.Context) (img *image.Image, kvm bool, err error)
 	// QEMU is the qemu-system-x86_64 binary; "" finds it on PATH.
 	QEMU string
 	// KVM accelerates guests; set it only when Probe's boot probe passed.
@@ -69,6 +74,10 @@ type Config struct {
 // Backend starts micro-VM sandboxes. It is safe for concurrent use.
 type Backend struct {
 	cfg Config
+
+	imgMu sync.Mutex
+	img   *image.Image
+	kvm   bool
 }
 
 // New returns a micro-VM backend.
@@ -76,7 +85,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Root == nil {
 		return nil, errors.New("vm backend: no state root")
 	}
-	if cfg.Image == nil {
+	if cfg.Image == nil && cfg.Resolve == nil {
 		return nil, errors.New("vm backend: no image")
 	}
 	if cfg.Logger == nil {
@@ -140,6 +149,11 @@ const RecordFile = "vm.json"
 type record struct {
 	VMM     string   `json:"vmm"`
 	Cgroups []string `json:"cgroups"`
+	// CgroupRel and Resources rebuild the cgroup handle on Attach.
+	CgroupRel string            `json:"cgroup_rel,omitempty"`
+	Resources sandbox.Resources `json:"resources"`
+	// Persistent says QEMU was started to outlive its owner (Launch).
+	Persistent bool `json:"persistent,omitempty"`
 }
 
 // Sandbox is a running micro-VM sandbox running one command. It owns the
@@ -151,12 +165,15 @@ type Sandbox struct {
 	Dir string
 
 	log   *slog.Logger
-	claim *state.Claim
+	root  *state.Root
+	claim *state.Claim // nil when attached: QEMU holds the lock
 	group *cgroup.Group
 	net   *network.Net
 	vm    *qemu.VM
 	proc  *agentapi.Process
 	undo  []func() error
+	// agentMu guards vm.Agent of a long-lived sandbox (Reconnect).
+	agentMu sync.Mutex
 
 	timer    *time.Timer
 	timedOut chan struct{}
@@ -171,33 +188,10 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	if err := spec.Validate(); err != nil {
 		return nil, &StartError{"validate", err}
 	}
-	if err := checkSpec(spec); err != nil {
-		return nil, &StartError{"validate", err}
-	}
-	memMiB := int(spec.Resources.MemoryBytes >> 20)
-	if memMiB == 0 {
-		memMiB = DefaultMemoryMiB
-	}
-	cpus := int(math.Ceil(spec.Resources.CPUs))
-	if cpus == 0 {
-		cpus = 1
-	}
-	// QEMU's own limits: guest memory plus what QEMU needs besides, and
-	// the CPU share the user asked for.
-	res := sandbox.Resources{MemoryBytes: int64(memMiB)<<20 + qemu.Overhead, CPUs: spec.Resources.CPUs, Pids: qemuPids}
-	if err := b.cfg.Cgroups.Check(res); err != nil {
-		return nil, &StartError{"cgroup", err}
-	}
-	policy, err := firewall.ParsePolicy(spec.Network.Allow)
+	s, err := b.boot(ctx, spec, bootOptions{token: qemu.NewToken()})
 	if err != nil {
-		return nil, &StartError{"network policy", err}
+		return nil, err
 	}
-	claim, err := b.claim(spec.ID)
-	if err != nil {
-		return nil, &StartError{"claim state", err}
-	}
-	s := &Sandbox{ID: spec.ID, Key: claim.Key, Dir: claim.Dir, claim: claim,
-		log: b.cfg.Logger.With("sandbox", spec.ID), timedOut: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			if cerr := s.teardown(); cerr != nil {
@@ -205,42 +199,6 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 			}
 		}
 	}()
-	rel := "/" + b.cfg.Root.Name() + "/" + string(claim.Key)
-	if err := state.WriteJSON(filepath.Join(claim.Dir, RecordFile), record{VMM: "qemu", Cgroups: b.cfg.Cgroups.Paths(rel, res)}); err != nil {
-		return nil, &StartError{"record", err}
-	}
-	qcfg := qemu.Config{
-		Binary: b.cfg.QEMU, Image: b.cfg.Image, Dir: claim.Dir, MemoryMiB: memMiB, CPUs: cpus, KVM: b.cfg.KVM,
-		Hostname: sandbox.Hostname(spec.ID), Token: qemu.NewToken(), BootTimeout: b.cfg.BootTimeout, Logger: s.log,
-	}
-	if policy.Networked() {
-		// net.json is written before any of the network's objects exist.
-		s.net, err = network.Acquire(ctx, b.cfg.Network, claim.Dir, claim.Key, policy)
-		if err != nil {
-			return nil, &StartError{"network", err}
-		}
-		s.undo = append(s.undo, s.net.Close)
-		g := s.net.Guest()
-		if g == nil {
-			return nil, &StartError{"network", errors.New("the network has no guest link")}
-		}
-		qcfg.NetNS, qcfg.Tap = s.net.Path(), g.Tap
-		qcfg.Network = &guest.NetConfig{Iface: "eth0", Addr: g.Addr, Gateway: g.Gateway}
-	}
-	s.group, err = b.cfg.Cgroups.Create(rel, res)
-	if err != nil {
-		return nil, &StartError{"cgroup", err}
-	}
-	s.undo = append(s.undo, s.group.Destroy)
-	qcfg.Starter = qemu.SeccompStarter(qemu.Launch{Launcher: b.cfg.Launcher, Cgroup: s.group, Logger: s.log})
-	s.vm, err = qemu.Start(ctx, qcfg)
-	if err != nil {
-		return nil, &StartError{"boot", err}
-	}
-	s.undo = append(s.undo, s.vm.Destroy)
-	if err := s.prepareGuest(ctx, spec); err != nil {
-		return nil, &StartError{"prepare guest", err}
-	}
 	exec := agentapi.ExecSpec{
 		Argv: spec.Command, Env: guestEnv(spec), Dir: sandbox.Workspace,
 		User: fmt.Sprintf("%d:%d", spec.User.UID, spec.User.GID), TTY: spec.TTY,
@@ -266,6 +224,119 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	return s, nil
 }
 
+// bootOptions say how boot prepares a VM.
+type bootOptions struct {
+	// token authenticates the agent.
+	token []byte
+	// persistent lets QEMU outlive this process: no parent-death signal,
+	// and QEMU holds the state directory's lock (see Launch).
+	persistent bool
+}
+
+// guestSize returns the guest memory in MiB and the vCPUs for spec, and
+// the limits of QEMU's cgroup: guest memory plus what QEMU needs besides,
+// the CPU share asked for, and a bound on QEMU's threads.
+func guestSize(spec sandbox.Spec) (memMiB, cpus int, res sandbox.Resources) {
+	memMiB = int(spec.Resources.MemoryBytes >> 20)
+	if memMiB == 0 {
+		memMiB = DefaultMemoryMiB
+	}
+	cpus = int(math.Ceil(spec.Resources.CPUs))
+	if cpus == 0 {
+		cpus = 1
+	}
+	res = sandbox.Resources{MemoryBytes: int64(memMiB)<<20 + qemu.Overhead, CPUs: spec.Resources.CPUs, Pids: qemuPids}
+	return memMiB, cpus, res
+}
+
+// boot claims the state directory, sets up the network and QEMU's cgroup,
+// boots the VM with the agent connected and prepares the guest (/etc,
+// /workspace). On error every step already done is undone and the error
+// is a *StartError.
+func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions) (_ *Sandbox, err error) {
+	if err := CheckSpec(spec); err != nil {
+		return nil, &StartError{"validate", err}
+	}
+	memMiB, cpus, res := guestSize(spec)
+	if err := b.cfg.Cgroups.Check(res); err != nil {
+		return nil, &StartError{"cgroup", err}
+	}
+	policy, err := firewall.ParsePolicy(spec.Network.Allow)
+	if err != nil {
+		return nil, &StartError{"network policy", err}
+	}
+	if opts.persistent && policy.Networked() {
+		// The egress proxy, DNS stub and pool slot lock of a sandbox
+		// network live in the process that made it (as for the jail).
+		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent micro-VM cannot have network allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+	}
+	img, kvm, err := b.image(ctx)
+	if err != nil {
+		return nil, &StartError{"image", err}
+	}
+	claim, err := b.claim(spec.ID)
+	if err != nil {
+		return nil, &StartError{"claim state", err}
+	}
+	s := &Sandbox{ID: spec.ID, Key: claim.Key, Dir: claim.Dir, claim: claim, root: b.cfg.Root,
+		log: b.cfg.Logger.With("sandbox", spec.ID), timedOut: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			if cerr := s.teardown(); cerr != nil {
+				s.log.Warn("roll back", "err", cerr)
+			}
+		}
+	}()
+	rel := "/" + b.cfg.Root.Name() + "/" + string(claim.Key)
+	rec := record{VMM: "qemu", Cgroups: b.cfg.Cgroups.Paths(rel, res), CgroupRel: rel, Resources: res, Persistent: opts.persistent}
+	if err := state.WriteJSON(filepath.Join(claim.Dir, RecordFile), rec); err != nil {
+		return nil, &StartError{"record", err}
+	}
+	qcfg := qemu.Config{
+		Binary: b.cfg.QEMU, Image: img, Dir: claim.Dir, MemoryMiB: memMiB, CPUs: cpus, KVM: kvm,
+		Hostname: sandbox.Hostname(spec.ID), Token: opts.token, BootTimeout: b.cfg.BootTimeout, Logger: s.log,
+		// Files the agent creates (uploads, mkdir) belong to the
+		// sandbox's user, as in a jail.
+		Cmdline: []string{guest.ParamOwner + "=" + guest.Owner{UID: spec.User.UID, GID: spec.User.GID}.String()},
+	}
+	if policy.Networked() {
+		// net.json is written before any of the network's objects exist.
+		s.net, err = network.Acquire(ctx, b.cfg.Network, claim.Dir, claim.Key, policy)
+		if err != nil {
+			return nil, &StartError{"network", err}
+		}
+		s.undo = append(s.undo, s.net.Close)
+		g := s.net.Guest()
+		if g == nil {
+			return nil, &StartError{"network", errors.New("the network has no guest link")}
+		}
+		qcfg.NetNS, qcfg.Tap = s.net.Path(), g.Tap
+		qcfg.Network = &guest.NetConfig{Iface: "eth0", Addr: g.Addr, Gateway: g.Gateway}
+	}
+	s.group, err = b.cfg.Cgroups.Create(rel, res)
+	if err != nil {
+		return nil, &StartError{"cgroup", err}
+	}
+	s.undo = append(s.undo, s.group.Destroy)
+	launch := qemu.Launch{Launcher: b.cfg.Launcher, Cgroup: s.group, Logger: s.log}
+	if opts.persistent {
+		// QEMU keeps the state directory claimed for as long as it runs,
+		// also after this process is gone: GC leaves it alone, and a
+		// later process re-attaches (Attach).
+		launch.Files, launch.Detached = []*os.File{claim.LockFile()}, true
+	}
+	qcfg.Starter = qemu.SeccompStarter(launch)
+	s.vm, err = qemu.Start(ctx, qcfg)
+	if err != nil {
+		return nil, &StartError{"boot", err}
+	}
+	s.undo = append(s.undo, s.vm.Destroy)
+	if err := s.prepareGuest(ctx, spec); err != nil {
+		return nil, &StartError{"prepare guest", err}
+	}
+	return s, nil
+}
+
 // ErrCommandNotFound marks a command the guest's PATH does not have
 // (`ironclaw run` exits 127, as with the jail).
 var ErrCommandNotFound = errors.New("command not found in the guest")
@@ -280,10 +351,10 @@ func classifyExecErr(err error) error {
 	return err
 }
 
-// checkSpec rejects what a VM cannot honour: host paths (a guest has no
+// CheckSpec rejects what a VM cannot honour: host paths (a guest has no
 // view of the host's file system) and jail-only seccomp settings (the
 // workload runs under the guest kernel; IronClaw filters the VMM).
-func checkSpec(spec sandbox.Spec) error {
+func CheckSpec(spec sandbox.Spec) error {
 	switch {
 	case len(spec.Mounts) > 0:
 		return fmt.Errorf("%w: --mount: a micro-VM has no view of the host's files (use --backend jail, or pass data on stdin/stdout)", sandbox.ErrUnsupported)
@@ -471,8 +542,18 @@ func (s *Sandbox) teardown() error {
 	}
 	s.undo = nil
 	if len(errs) > 0 {
-		s.claim.Abandon() // keep the records: GC retries from them
+		if s.claim != nil {
+			s.claim.Abandon() // keep the records: GC retries from them
+		}
 		return fmt.Errorf("destroy sandbox %q: %w", s.ID, errors.Join(errs...))
+	}
+	if s.claim == nil {
+		// Attached: the lock went with QEMU; take it to remove the dir.
+		c, err := s.takeOver()
+		if err != nil {
+			return fmt.Errorf("destroy sandbox %q: %w", s.ID, err)
+		}
+		s.claim = c
 	}
 	return s.claim.Release()
 }

@@ -16,7 +16,7 @@ import (
 // and the reason; what it can passes.
 func TestCheckSpec(t *testing.T) {
 	ok := sandbox.Spec{ID: "x", Command: []string{"true"}, Resources: sandbox.DefaultResources}
-	if err := checkSpec(ok); err != nil {
+	if err := CheckSpec(ok); err != nil {
 		t.Fatalf("default spec refused: %v", err)
 	}
 	for flag, mod := range map[string]func(*sandbox.Spec){
@@ -29,7 +29,7 @@ func TestCheckSpec(t *testing.T) {
 	} {
 		s := ok
 		mod(&s)
-		err := checkSpec(s)
+		err := CheckSpec(s)
 		if err == nil || !strings.Contains(err.Error(), flag) {
 			t.Errorf("%s: %v", flag, err)
 		}

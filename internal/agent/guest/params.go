@@ -17,6 +17,7 @@ const (
 	ParamHostname = "ironclaw.hostname" // guest hostname
 	ParamPowerOff = "ironclaw.poweroff" // "poweroff" (default) or "reboot": how shutdown ends the VM
 	ParamDebug    = "ironclaw.debug"    // "1": log at debug level to the console
+	ParamOwner    = "ironclaw.owner"    // "UID:GID": owner of what the agent's uploads and mkdir create (default: root)
 )
 
 // TokenPath is where the per-sandbox token sits in the initramfs. The init
@@ -36,9 +37,31 @@ type Params struct {
 	Hostname string
 	Reboot   bool
 	Debug    bool
+	// Owner, when set, owns the files and directories the agent's file
+	// operations create (the sandbox's user, as in a jail).
+	Owner *Owner
 	// ModParams maps a module name to its "param=value" options from the
 	// command line ("virtio_mmio.device=..." and the like).
 	ModParams map[string][]string
+}
+
+// Owner is a numeric file owner.
+type Owner struct{ UID, GID uint32 }
+
+// String renders o in the ironclaw.owner syntax.
+func (o Owner) String() string {
+	return strconv.FormatUint(uint64(o.UID), 10) + ":" + strconv.FormatUint(uint64(o.GID), 10)
+}
+
+// ParseOwner parses "UID:GID".
+func ParseOwner(v string) (Owner, error) {
+	u, g, ok := strings.Cut(v, ":")
+	uid, err1 := strconv.ParseUint(u, 10, 32)
+	gid, err2 := strconv.ParseUint(g, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return Owner{}, fmt.Errorf("%q: want UID:GID", v)
+	}
+	return Owner{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
 // NetConfig is one interface's static configuration.
@@ -104,6 +127,12 @@ func ParseCmdline(cmdline string) (Params, error) {
 			default:
 				return p, fmt.Errorf("%s=%q: want poweroff or reboot", k, v)
 			}
+		case ParamOwner:
+			o, err := ParseOwner(v)
+			if err != nil {
+				return p, fmt.Errorf("%s: %w", k, err)
+			}
+			p.Owner = &o
 		case ParamNet:
 			n, err := ParseNet(v)
 			if err != nil {

@@ -88,6 +88,10 @@ type VM struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error
+	// pidfd names a QEMU this process did not start (Attach); cmd is
+	// nil then. -1 otherwise.
+	pidfd int
+	pid   int
 	// Agent is the connected agent client.
 	Agent *agentapi.Client
 	QMP   *QMP
@@ -256,7 +260,7 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	if err := writeRecord(cfg.Dir, rec); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: *cfg, log: log, exited: make(chan struct{})}
+	v := &VM{cfg: *cfg, log: log, exited: make(chan struct{}), pidfd: -1}
 	defer func() {
 		if err != nil {
 			v.teardown()
@@ -291,7 +295,7 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu start: %w", err)
 	}
-	v.cmd = cmd
+	v.cmd, v.pid = cmd, cmd.Process.Pid
 	go func() {
 		v.waitErr = cmd.Wait()
 		close(v.exited)
@@ -385,7 +389,7 @@ func tail(path string, n int) string {
 func (v *VM) Exited() <-chan struct{} { return v.exited }
 
 // PID is QEMU's process id.
-func (v *VM) PID() int { return v.cmd.Process.Pid }
+func (v *VM) PID() int { return v.pid }
 
 // ExitErr is how QEMU ended (nil for a clean exit); valid once Exited is
 // closed.
@@ -428,7 +432,7 @@ func (v *VM) teardown() error {
 	if v.Agent != nil {
 		_ = v.Agent.Close()
 	}
-	if v.cmd != nil {
+	if v.cmd != nil || v.pidfd >= 0 {
 		select {
 		case <-v.exited:
 		default:
@@ -440,7 +444,7 @@ func (v *VM) teardown() error {
 			select {
 			case <-v.exited:
 			case <-time.After(3 * time.Second):
-				_ = v.cmd.Process.Kill()
+				v.kill()
 				<-v.exited
 			}
 		}
@@ -448,7 +452,23 @@ func (v *VM) teardown() error {
 	if v.QMP != nil {
 		_ = v.QMP.Close()
 	}
+	if v.pidfd >= 0 {
+		unix.Close(v.pidfd)
+		v.pidfd = -1
+	}
 	return removeFiles(v.cfg.Dir)
+}
+
+// kill sends SIGKILL to QEMU: through the child handle, or through the
+// pidfd of an attached QEMU (no PID reuse race either way).
+func (v *VM) kill() {
+	if v.cmd != nil {
+		_ = v.cmd.Process.Kill()
+		return
+	}
+	if err := unix.PidfdSendSignal(v.pidfd, unix.SIGKILL, nil, 0); err != nil && err != unix.ESRCH {
+		v.log.Warn("kill attached QEMU", "pid", v.pid, "err", err)
+	}
 }
 
 func removeFiles(dir string) error {

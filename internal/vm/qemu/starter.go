@@ -29,7 +29,14 @@ type Launch struct {
 	// into it (CLONE_INTO_CGROUP), on v1 it is moved there before it
 	// execs QEMU.
 	Cgroup *cgroup.Group
-	Logger *slog.Logger
+	// Files are inherited by QEMU as fds 3, 4, ... (e.g. the sandbox
+	// directory's lock, which then stays held for as long as QEMU runs).
+	Files []*os.File
+	// Detached lets QEMU outlive the process that started it: no
+	// parent-death signal. Without it QEMU gets SIGKILL when the thread
+	// that started it goes, so a killed owner takes its VMs along.
+	Detached bool
+	Logger   *slog.Logger
 }
 
 // SeccompStarter starts QEMU through seccomp.LaunchVMM: the launcher
@@ -37,13 +44,17 @@ type Launch struct {
 // sets no_new_privs and execs QEMU with -sandbox on; LaunchVMM then reads
 // /proc/PID/status back and kills QEMU unless it shows Seccomp 2 and
 // NoNewPrivs 1. QEMU gets a process group of its own (a terminal's ^C is
-// for ironclaw, not for the VMM) and SIGKILL when its parent dies.
+// for ironclaw, not for the VMM) and SIGKILL when its parent dies (unless
+// Detached).
 func SeccompStarter(l Launch) Starter {
 	return func(ctx context.Context, argv []string, stdout, stderr *os.File) (*exec.Cmd, error) {
 		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if l.Detached {
+			attr.Pdeathsig = 0
+		}
 		cfg := seccomp.VMMConfig{
 			Kind: seccomp.QEMU, Binary: argv[0], Args: argv[1:], Launcher: l.Launcher,
-			Stdout: stdout, Stderr: stderr, Logger: l.Logger, SysProcAttr: attr,
+			Stdout: stdout, Stderr: stderr, ExtraFiles: l.Files, Logger: l.Logger, SysProcAttr: attr,
 		}
 		if l.Cgroup != nil {
 			fd, err := l.Cgroup.Open()
