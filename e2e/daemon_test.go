@@ -317,8 +317,8 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 	// What a micro-VM cannot honour is refused before anything starts
 	// (e2e/daemonvm boots VMs through the daemon).
-	if _, err := c.Create(ctx, api.CreateRequest{Backend: "vm", Mounts: []api.Mount{{Source: root, Target: "/x"}}}); !client.IsCode(err, api.CodeUnsupported) ||
-		!strings.Contains(err.Error(), "--mount") {
+	if _, err := c.Create(ctx, api.CreateRequest{Backend: "vm", Mounts: []api.Mount{{Source: root, Target: "/x"}}}); !client.IsCode(err, api.CodeInvalidField) ||
+		!strings.Contains(err.Error(), "micro-VM") {
 		t.Errorf("backend vm with a mount: %v", err)
 	}
 }

@@ -171,7 +171,7 @@ func (m *Manager) resolveBackend(ctx context.Context, o *CreateOptions) error {
 		if m.cfg.VM == nil || m.cfg.AutoVM == nil {
 			return nil
 		}
-		if err := vm.CheckSpec(o.Spec); err != nil {
+		if err := vmFits(o.Spec); err != nil {
 			m.log.Debug("backend auto: the jail", "reason", err.Error())
 			return nil
 		}

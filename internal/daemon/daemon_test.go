@@ -19,6 +19,13 @@ func TestCreateOptionsValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	for _, b := range []string{BackendVM, BackendAuto} {
+		o := good
+		o.Backend = b
+		if err := o.Validate(); err != nil {
+			t.Errorf("backend %s: %v", b, err)
+		}
+	}
 	bad := map[string]func(*CreateOptions){
 		"name":         func(o *CreateOptions) { o.ID = "a\nb" },
 		"backend":      func(o *CreateOptions) { o.Backend = "docker" },
@@ -30,6 +37,12 @@ func TestCreateOptionsValidate(t *testing.T) {
 		"memory":       func(o *CreateOptions) { o.Spec.Resources.MemoryBytes = 1 },
 		"mount":        func(o *CreateOptions) { o.Spec.Mounts = []sandbox.Mount{{Source: "/a", Target: "/proc"}} },
 	}
+	// What a micro-VM cannot honour, named by the request's field.
+	bad["mounts"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Mounts = []sandbox.Mount{{Source: "/tmp", Target: "/x"}} }
+	bad["workdir"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Workdir = "/tmp" }
+	bad["rootfs"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Rootfs = "/tmp" }
+	bad["seccomp"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Seccomp.Profile = "strict" }
+	bad["memory"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Resources.MemoryBytes = 64 << 20 }
 	for field, mut := range bad {
 		o := good
 		o.Labels = map[string]string{}

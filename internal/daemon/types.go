@@ -116,13 +116,33 @@ func (o *CreateOptions) Validate() error {
 		return err
 	}
 	if o.Backend == BackendVM {
-		// What a VM cannot honour (host paths, jail seccomp settings),
-		// refused before anything starts.
-		if err := vm.CheckSpec(spec); err != nil {
-			return fmt.Errorf("backend vm: %w", err)
-		}
+		return vmFits(spec)
 	}
 	return nil
+}
+
+// vmFits checks that spec asks for nothing a micro-VM cannot honour: host
+// paths (a guest has no view of the host's files) and jail seccomp
+// settings (the guest kernel runs the workload; IronClaw filters the
+// VMM). Errors wrap sandbox.ErrInvalid and name the request's field.
+func vmFits(spec sandbox.Spec) error {
+	const noHost = "a micro-VM has no view of the host's files; move data with the files API, or use backend jail"
+	switch {
+	case len(spec.Mounts) > 0:
+		return fmt.Errorf("%w: mounts: %s", sandbox.ErrInvalid, noHost)
+	case spec.Workdir != "":
+		return fmt.Errorf("%w: workdir: %s", sandbox.ErrInvalid, noHost)
+	case spec.Rootfs != "":
+		return fmt.Errorf("%w: rootfs: a micro-VM boots the daemon's image (ironclaw serve --image)", sandbox.ErrInvalid)
+	case spec.Seccomp.Audit:
+		return fmt.Errorf("%w: seccomp: audit mode applies to jail workloads; in a micro-VM the guest kernel runs the workload and IronClaw filters the VMM", sandbox.ErrInvalid)
+	case spec.Seccomp.Profile != "" && spec.Seccomp.Profile != "default":
+		return fmt.Errorf("%w: seccomp: profile %q applies to jail workloads; in a micro-VM the guest kernel runs the workload and IronClaw filters the VMM", sandbox.ErrInvalid, spec.Seccomp.Profile)
+	case spec.Resources.MemoryBytes > 0 && spec.Resources.MemoryBytes < vm.MinMemoryMiB<<20:
+		return fmt.Errorf("%w: memory: a micro-VM needs at least %d MiB", sandbox.ErrInvalid, vm.MinMemoryMiB)
+	}
+	// Whatever else the backend refuses.
+	return vm.CheckSpec(spec)
 }
 
 // classKey names the pool class o belongs to: everything that shapes the

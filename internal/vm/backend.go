@@ -257,10 +257,6 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 	if err := CheckSpec(spec); err != nil {
 		return nil, &StartError{"validate", err}
 	}
-	memMiB, cpus, res := guestSize(spec)
-	if err := b.cfg.Cgroups.Check(res); err != nil {
-		return nil, &StartError{"cgroup", err}
-	}
 	policy, err := firewall.ParsePolicy(spec.Network.Allow)
 	if err != nil {
 		return nil, &StartError{"network policy", err}
@@ -269,6 +265,10 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 		// The egress proxy, DNS stub and pool slot lock of a sandbox
 		// network live in the process that made it (as for the jail).
 		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent micro-VM cannot have network allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+	}
+	memMiB, cpus, res := guestSize(spec)
+	if err := b.cfg.Cgroups.Check(res); err != nil {
+		return nil, &StartError{"cgroup", err}
 	}
 	img, kvm, err := b.image(ctx)
 	if err != nil {

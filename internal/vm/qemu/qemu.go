@@ -513,6 +513,13 @@ func Reclaim(dir string) error {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return fmt.Errorf("qemu reclaim: record %s: %w", dir, err)
 	}
+	if rec.PID <= 0 {
+		// The owner died between starting QEMU and recording its PID:
+		// find it by the sandbox directory its command line names.
+		if err := killNaming(filepath.Join(dir, agentSocket)); err != nil {
+			return fmt.Errorf("qemu reclaim: %w", err)
+		}
+	}
 	if rec.PID > 0 {
 		if st, err := procStartTime(rec.PID); err == nil && st == rec.StartTime {
 			if err := unix.Kill(rec.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
@@ -527,6 +534,40 @@ func Reclaim(dir string) error {
 		}
 	}
 	return removeFiles(dir)
+}
+
+// killNaming SIGKILLs every process whose command line has an argument
+// containing token (the path of a sandbox's agent socket, which only that
+// sandbox's QEMU, or its launcher before the exec, has) and waits until
+// they are gone.
+func killNaming(token string) error {
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		return err
+	}
+	var pids []int
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), token) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("kill %d: %w", pid, err)
+		}
+		pids = append(pids, pid)
+	}
+	for i := 0; i < 100 && len(pids) > 0; i++ {
+		if _, err := procStartTime(pids[0]); err != nil {
+			pids = pids[1:]
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
 }
 
 // procStartTime reads field 22 of /proc/<pid>/stat (start time in ticks).
