@@ -38,7 +38,10 @@ func TestCreateOptionsValidate(t *testing.T) {
 		"mount":        func(o *CreateOptions) { o.Spec.Mounts = []sandbox.Mount{{Source: "/a", Target: "/proc"}} },
 	}
 	// What a micro-VM cannot honour, named by the request's field.
-	bad["mounts"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Mounts = []sandbox.Mount{{Source: "/tmp", Target: "/x"}} }
+	bad["mounts"] = func(o *CreateOptions) {
+		o.Backend = BackendVM
+		o.Spec.Mounts = []sandbox.Mount{{Source: "/tmp", Target: "/x"}}
+	}
 	bad["workdir"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Workdir = "/tmp" }
 	bad["rootfs"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Rootfs = "/tmp" }
 	bad["seccomp"] = func(o *CreateOptions) { o.Backend = BackendVM; o.Spec.Seccomp.Profile = "strict" }
