@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/bench"
 	"github.com/ironclaw/ironclaw/internal/vm"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
@@ -24,7 +25,10 @@ import (
 //   - the QEMU driver's cycle (boot → exec → destroy) and its part from
 //     process start to the agent's answer (boot to agent ready);
 //   - the snapshot path: a fresh QEMU restored from a snapshot of a booted
-//     template to a rekeyed agent, then exec and destroy.
+//     template to a rekeyed agent, then exec and destroy;
+//   - through the daemon (ironclaw serve, its own state root): create with
+//     backend vm → exec /bin/true → destroy, against the same with backend
+//     jail.
 //
 // Under TCG (no usable KVM) these are functional figures.
 func vmBench(args []string) error {
@@ -32,6 +36,7 @@ func vmBench(args []string) error {
 	var c common
 	c.register(fs)
 	agent := fs.String("agent", "", "ironclaw-agent binary for the default image (default: next to ironclaw)")
+	viaDaemon := fs.Bool("daemon", true, "also measure create → exec → destroy through ironclaw serve, backend vm and jail")
 	fs.Set("runs", "10")
 	fs.Set("warmup", "1")
 	fs.Parse(args)
@@ -123,12 +128,25 @@ func vmBench(args []string) error {
 	}
 	ic := []string{c.ironclaw, "--root", c.root, "run"}
 	jail := "ironclaw run (jail)"
-	rep, err := bench.Run(ctx, fmt.Sprintf("micro-VM (QEMU microvm, %s) vs jail, /bin/true (wall time per run)", accel), jail, c.runs, c.warmup, []bench.Contestant{
+	contestants := []bench.Contestant{
 		command(jail, append(ic, "--", "/bin/true")...),
 		command("ironclaw run --backend vm", append(ic, "--backend", "vm", "--", "/bin/true")...),
 		{Name: "driver: boot, exec, destroy", Run: cycle(false)},
 		{Name: "driver: restore snapshot, exec, destroy", Run: cycle(true)},
-	})
+	}
+	if *viaDaemon {
+		// Its own root: with a daemon on c.root, `ironclaw run` (the
+		// peer) would go through it.
+		d, err := startServe(c.ironclaw, c.root+"-daemon")
+		if err != nil {
+			return err
+		}
+		defer d.stop()
+		for _, b := range []string{"jail", "vm"} {
+			contestants = append(contestants, bench.Contestant{Name: "daemon: create " + b + ", exec, destroy", Run: daemonCycle(d, b)})
+		}
+	}
+	rep, err := bench.Run(ctx, fmt.Sprintf("micro-VM (QEMU microvm, %s) vs jail, /bin/true (wall time per run)", accel), jail, c.runs, c.warmup, contestants)
 	if err != nil {
 		return err
 	}
@@ -156,6 +174,26 @@ func vmBench(args []string) error {
 		fmt.Printf("KVM: %s\n", probe.KVMDetail)
 	}
 	return c.print(rep)
+}
+
+// daemonCycle creates a sandbox of backend through the daemon (never from
+// a pool), runs /bin/true in it and destroys it.
+func daemonCycle(d *serveProc, backend string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		no := false
+		sb, err := d.c.Create(ctx, api.CreateRequest{Backend: backend, Pool: &no})
+		if err != nil {
+			return err
+		}
+		res, err := d.c.ExecBuffered(ctx, sb.ID, api.ExecRequest{Argv: []string{"/bin/true"}})
+		if err == nil && res.ExitCode != 0 {
+			err = fmt.Errorf("/bin/true in %s: exit %d", backend, res.ExitCode)
+		}
+		if derr := d.c.Destroy(ctx, sb.ID); err == nil {
+			err = derr
+		}
+		return err
+	}
 }
 
 func envOr(k, def string) string {
