@@ -11,6 +11,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/store"
+	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
 func TestCreateOptionsValidate(t *testing.T) {
@@ -166,4 +167,45 @@ func TestEventBus(t *testing.T) {
 	}
 	all.Close()
 	one.Close()
+}
+
+// TestResolveBackend: auto is a VM only when the daemon has the micro-VM
+// backend, its KVM verdict says yes and the spec fits a VM (the verdict is
+// not even asked otherwise); vm without the backend is unsupported.
+func TestResolveBackend(t *testing.T) {
+	spec := sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}
+	asked := 0
+	verdict := false
+	m := &Manager{log: slog.New(slog.DiscardHandler), cfg: Config{VM: &vm.Backend{}, AutoVM: func(context.Context) (bool, string) {
+		asked++
+		return verdict, "test verdict"
+	}}}
+	resolve := func(backend string, s sandbox.Spec) (string, error) {
+		o := CreateOptions{Backend: backend, Spec: s}
+		err := m.resolveBackend(context.Background(), &o)
+		return o.Backend, err
+	}
+	for _, tc := range []struct {
+		backend string
+		verdict bool
+		want    string
+	}{{"", true, BackendJail}, {BackendJail, true, BackendJail}, {BackendVM, false, BackendVM}, {BackendAuto, false, BackendJail}, {BackendAuto, true, BackendVM}} {
+		verdict = tc.verdict
+		if got, err := resolve(tc.backend, spec); err != nil || got != tc.want {
+			t.Errorf("%q with verdict %v: %q %v, want %q", tc.backend, tc.verdict, got, err, tc.want)
+		}
+	}
+	asked, verdict = 0, true
+	withMount := spec
+	withMount.Mounts = []sandbox.Mount{{Source: "/tmp", Target: "/x"}}
+	if got, err := resolve(BackendAuto, withMount); err != nil || got != BackendJail || asked != 0 {
+		t.Errorf("auto with a mount: %q %v (verdict asked %d times), want the jail without asking", got, err, asked)
+	}
+	m.cfg.VM = nil
+	if got, err := resolve(BackendAuto, spec); err != nil || got != BackendJail || asked != 0 {
+		t.Errorf("auto without the backend: %q %v (asked %d)", got, err, asked)
+	}
+	if _, err := resolve(BackendVM, spec); !errors.Is(err, sandbox.ErrUnsupported) {
+		t.Errorf("vm without the backend: %v, want ErrUnsupported", err)
+	}
 }

@@ -48,7 +48,7 @@ type Config struct {
 	// Root is the state directory sandboxes are recorded in.
 	Root *state.Root
 	// Image is the image guests boot (image.Default.Resolve). Either it
-	// or ResolveImage is required.
+	// or Resolve is required.
 	Image *image.Image
 	// Resolve, when Image is nil, finds (or builds) the image and decides
 	// whether guests get KVM (KVM is then ignored) at the first start that
