@@ -266,14 +266,15 @@ func mustSh(t *testing.T, c *client.Client, id, script string) string {
 // eventLog collects a daemon's event stream (stored events first, then
 // live ones) in the background.
 type eventLog struct {
-	mu  sync.Mutex
-	evs []api.Event
+	mu   sync.Mutex
+	evs  []api.Event
+	stop func()
 }
 
 func (d *daemon) follow() *eventLog {
 	ctx, cancel := context.WithCancel(context.Background())
-	el := &eventLog{}
 	done := make(chan struct{})
+	el := &eventLog{stop: func() { cancel(); <-done }}
 	c := d.c
 	go func() {
 		defer close(done)
@@ -284,7 +285,7 @@ func (d *daemon) follow() *eventLog {
 			return nil
 		})
 	}()
-	d.t.Cleanup(func() { cancel(); <-done })
+	d.t.Cleanup(el.stop)
 	return el
 }
 

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -292,7 +293,8 @@ func TestDaemonVMKilledMidCreate(t *testing.T) {
 
 // TestDaemonVMPool keeps one prepared micro-VM in a warm pool: a create of
 // its class takes it (agent up, no boot), it runs the guest kernel, and
-// the pool refills with a fresh VM; a member is never handed out twice.
+// the pool refills with a fresh VM. Its QEMU killed from outside makes the
+// sandbox exited, with nothing left of the VM.
 func TestDaemonVMPool(t *testing.T) {
 	setup(t)
 	cfg := filepath.Join(t.TempDir(), "pools.json")
@@ -332,13 +334,24 @@ func TestDaemonVMPool(t *testing.T) {
 	}
 	first := sb.BackendID
 	pid := sb.InitPID
+	// A VMM killed from outside: the sandbox is reported exited and its
+	// kernel objects are removed at once; destroy drops the record.
+	evs := d.follow()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	evs.wait(t, 10*time.Second, "pooled", "exited", "init exited")
+	if got, err := d.c.Get(ctx, "pooled"); err != nil || got.State != "exited" || got.Exit == nil {
+		t.Errorf("after QEMU was killed: %+v %v", got, err)
+	}
+	assertGone(t, pid, first)
 	if err := d.c.Destroy(ctx, "pooled"); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, pid, first)
 	waitPool("1")
 	// Members outlive the daemon (they are loopback-only); a daemon
 	// without the pool destroys the surplus one at its start.
+	evs.stop() // an open event stream holds up the daemon's graceful stop
 	d.stop()
 	d.args = nil
 	d.start()
