@@ -128,7 +128,7 @@ type SandboxExecInput struct {
 	Command []string          `json:"command" jsonschema:"program and arguments, such as [\"sh\", \"-c\", \"ls -l\"]"`
 	Stdin   string            `json:"stdin,omitempty" jsonschema:"text written to the command's standard input (at most 512 KiB)"`
 	Env     map[string]string `json:"env,omitempty" jsonschema:"extra environment variables"`
-	Dir     string            `json:"dir,omitempty" jsonschema:"working directory (default /workspace; relative to /workspace)"`
+	Dir     string            `json:"dir,omitempty" jsonschema:"absolute working directory (default /workspace)"`
 	User    string            `json:"user,omitempty" jsonschema:"UID:GID inside the sandbox (default: the sandbox's user)"`
 	Timeout string            `json:"timeout,omitempty" jsonschema:"kill the command after this long, such as 30s (default 60s, at most 10m)"`
 }
@@ -151,7 +151,7 @@ type SandboxExecOutput struct {
 // SandboxReadFileInput are the arguments of sandbox_read_file.
 type SandboxReadFileInput struct {
 	Sandbox  string `json:"sandbox" jsonschema:"the sandbox's ID"`
-	Path     string `json:"path" jsonschema:"file to read (relative to /workspace)"`
+	Path     string `json:"path" jsonschema:"absolute path of the file to read, such as /workspace/out.txt"`
 	MaxBytes int64  `json:"max_bytes,omitempty" jsonschema:"read at most this many bytes (default 1 MiB, at most 4 MiB)"`
 	Encoding string `json:"encoding,omitempty" jsonschema:"text, base64, or empty: text when the bytes are valid UTF-8, else base64"`
 }
@@ -169,7 +169,7 @@ type SandboxReadFileOutput struct {
 // SandboxWriteFileInput are the arguments of sandbox_write_file.
 type SandboxWriteFileInput struct {
 	Sandbox       string  `json:"sandbox" jsonschema:"the sandbox's ID"`
-	Path          string  `json:"path" jsonschema:"file to write (relative to /workspace); it is replaced"`
+	Path          string  `json:"path" jsonschema:"absolute path of the file to write, such as /workspace/main.py; it is replaced"`
 	Content       *string `json:"content,omitempty" jsonschema:"the new content as text (give content or content_base64)"`
 	ContentBase64 string  `json:"content_base64,omitempty" jsonschema:"the new content, base64-encoded"`
 	Mode          string  `json:"mode,omitempty" jsonschema:"octal permissions such as 0644 (default 0644)"`
@@ -365,25 +365,26 @@ func (d *daemonTools) cardReader(args map[string]any) approval.ReadFunc {
 		}
 		sp, err := sandboxPath(p)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("path: %w", err)
 		}
 		data, _, err := d.readHead(ctx, id, sp, cardReadLimit)
 		return data, err
 	}
 }
 
-// sandboxPath resolves p as the tools take paths: relative to /workspace,
-// cleaned (the daemon takes clean absolute paths and resolves them beneath
-// the sandbox's root, so cleaning cannot lead out).
+// sandboxPath checks p as the tools take paths: absolute, so that a
+// rule's matcher ("under": "/workspace/scratch") sees the path the call
+// uses, and cleaned, as the "under" matcher cleans it (the daemon takes
+// clean absolute paths and resolves them beneath the sandbox's root, so
+// cleaning cannot lead out).
 func sandboxPath(p string) (string, error) {
-	if p == "" {
-		return "", errors.New("path: required")
-	}
-	if strings.IndexByte(p, 0) >= 0 {
-		return "", errors.New("path: contains a NUL byte")
-	}
-	if !path.IsAbs(p) {
-		p = path.Join(sandbox.Workspace, p)
+	switch {
+	case p == "":
+		return "", errors.New("required")
+	case strings.IndexByte(p, 0) >= 0:
+		return "", errors.New("contains a NUL byte")
+	case !path.IsAbs(p):
+		return "", fmt.Errorf("%q is not an absolute path (the sandbox's workspace is %s)", p, sandbox.Workspace)
 	}
 	return path.Clean(p), nil
 }
@@ -751,7 +752,7 @@ func (d *daemonTools) readFile(ctx context.Context, raw json.RawMessage) (*mcp.C
 	}
 	p, err := sandboxPath(in.Path)
 	if err != nil {
-		return errorResult(tool + ": " + err.Error()), nil
+		return errorResult(tool + ": path: " + err.Error()), nil
 	}
 	max := int64(daemonReadDefault)
 	if in.MaxBytes != 0 {
@@ -828,7 +829,7 @@ func (d *daemonTools) writeFile(ctx context.Context, raw json.RawMessage) (*mcp.
 func writeArgs(in SandboxWriteFileInput) (string, []byte, uint32, error) {
 	p, err := sandboxPath(in.Path)
 	if err != nil {
-		return "", nil, 0, err
+		return "", nil, 0, fmt.Errorf("path: %w", err)
 	}
 	var data []byte
 	switch {

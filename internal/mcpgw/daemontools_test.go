@@ -238,7 +238,7 @@ func TestCreateRequest(t *testing.T) {
 }
 
 func TestExecRequestAndWriteArgs(t *testing.T) {
-	req, err := execRequest(SandboxExecInput{Sandbox: "s", Command: []string{"cat"}, Stdin: "in", Env: map[string]string{"X": "1"}, Dir: "sub/../dir", User: "1000:1000"})
+	req, err := execRequest(SandboxExecInput{Sandbox: "s", Command: []string{"cat"}, Stdin: "in", Env: map[string]string{"X": "1"}, Dir: "/workspace/sub/../dir", User: "1000:1000"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,13 +255,14 @@ func TestExecRequestAndWriteArgs(t *testing.T) {
 		{SandboxExecInput{Command: []string{"x"}, Stdin: strings.Repeat("x", daemonMaxStdin+1)}, "stdin:"},
 		{SandboxExecInput{Command: []string{"x"}, User: "nobody!"}, "user:"},
 		{SandboxExecInput{Command: []string{"x"}, Env: map[string]string{"1A": ""}}, "bad variable name"},
+		{SandboxExecInput{Command: []string{"x"}, Dir: "sub"}, `dir: "sub" is not an absolute path`},
 	} {
 		if _, err := execRequest(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.in, err, tc.want)
 		}
 	}
 	empty := ""
-	p, data, mode, err := writeArgs(SandboxWriteFileInput{Path: "notes.txt", Content: &empty, Mode: "0600"})
+	p, data, mode, err := writeArgs(SandboxWriteFileInput{Path: "/workspace/notes.txt", Content: &empty, Mode: "0600"})
 	if err != nil || p != "/workspace/notes.txt" || len(data) != 0 || mode != 0o600 {
 		t.Errorf("write args: %q %q %o %v", p, data, mode, err)
 	}
@@ -275,13 +276,14 @@ func TestExecRequestAndWriteArgs(t *testing.T) {
 		want string
 	}{
 		{SandboxWriteFileInput{Content: &x}, "path: required"},
-		{SandboxWriteFileInput{Path: "a"}, "give content or content_base64"},
-		{SandboxWriteFileInput{Path: "a", Content: &x, ContentBase64: "eA=="}, "not both"},
-		{SandboxWriteFileInput{Path: "a", ContentBase64: "!!"}, "content_base64:"},
-		{SandboxWriteFileInput{Path: "a", Content: &x, Mode: "rw"}, `mode: "rw"`},
-		{SandboxWriteFileInput{Path: "a", Content: &x, Mode: "append"}, `mode: "append"`},
-		{SandboxWriteFileInput{Path: "a", Content: &x, Mode: "17777"}, `mode: "17777"`},
-		{SandboxWriteFileInput{Path: "a\x00", Content: &x}, "NUL"},
+		{SandboxWriteFileInput{Path: "a", Content: &x}, `path: "a" is not an absolute path`},
+		{SandboxWriteFileInput{Path: "/a"}, "give content or content_base64"},
+		{SandboxWriteFileInput{Path: "/a", Content: &x, ContentBase64: "eA=="}, "not both"},
+		{SandboxWriteFileInput{Path: "/a", ContentBase64: "!!"}, "content_base64:"},
+		{SandboxWriteFileInput{Path: "/a", Content: &x, Mode: "rw"}, `mode: "rw"`},
+		{SandboxWriteFileInput{Path: "/a", Content: &x, Mode: "append"}, `mode: "append"`},
+		{SandboxWriteFileInput{Path: "/a", Content: &x, Mode: "17777"}, `mode: "17777"`},
+		{SandboxWriteFileInput{Path: "/a\x00", Content: &x}, "NUL"},
 	} {
 		if _, _, _, err := writeArgs(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.in, err, tc.want)
@@ -297,7 +299,7 @@ func TestTextOrBase64(t *testing.T) {
 	}{
 		{[]byte("héllo"), false, "héllo", ""},
 		{[]byte{0xff, 'a'}, false, "", "/2E="},
-		{[]byte("h\xc3"), true, "h", ""},   // a rune cut by truncation
+		{[]byte("h\xc3"), true, "h", ""},     // a rune cut by truncation
 		{[]byte("h\xc3"), false, "", "aMM="}, // the whole file: not text
 		{[]byte("\xe2\x82"), true, "", ""},
 	} {
