@@ -401,3 +401,37 @@ func TestConfigErrors(t *testing.T) {
 		t.Error("missing file root accepted")
 	}
 }
+
+// TestMaxExecsHoldsUnderConcurrency starts many execs at once against a
+// limit of 2: no more than 2 may ever run together (the limit used to be
+// checked before, and registered after, the start).
+func TestMaxExecsHoldsUnderConcurrency(t *testing.T) {
+	f := start(t, func(c *Config) { c.MaxExecs = 2 })
+	var mu sync.Mutex
+	running, peak, refused := 0, 0, 0
+	var wg sync.WaitGroup
+	for i := 0; i < 12; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := f.c.Start(context.Background(), agentapi.ExecSpec{Argv: []string{"sleep", "0.3"}}, agentapi.ExecIO{})
+			mu.Lock()
+			if err != nil {
+				refused++
+				mu.Unlock()
+				return
+			}
+			running++
+			peak = max(peak, running)
+			mu.Unlock()
+			p.Wait()
+			mu.Lock()
+			running--
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if peak > 2 || refused < 10 {
+		t.Fatalf("peak %d concurrent execs, %d refused; want at most 2 running", peak, refused)
+	}
+}

@@ -91,13 +91,23 @@ func (s *Server) handleExec(ctx context.Context, st *yamux.Stream, spec agentapi
 		s.reply(st, errResponse(agentapi.CodeInvalid, err))
 		return
 	}
+	// Reserve a slot before starting anything, so concurrent execs
+	// cannot together pass the limit.
 	s.mu.Lock()
-	full := len(s.execs) >= s.cfg.MaxExecs
+	full := s.reserved >= s.cfg.MaxExecs
+	if !full {
+		s.reserved++
+	}
 	s.mu.Unlock()
 	if full {
 		s.reply(st, errResponse(agentapi.CodeInvalid, fmt.Errorf("exec: %d execs already running, the limit", s.cfg.MaxExecs)))
 		return
 	}
+	defer func() {
+		s.mu.Lock()
+		s.reserved--
+		s.mu.Unlock()
+	}()
 
 	var (
 		stdinW, stdoutR, stderrR *os.File // our ends

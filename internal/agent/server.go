@@ -67,9 +67,10 @@ type Server struct {
 	root    *os.File
 	started time.Time
 
-	mu    sync.Mutex
-	token []byte
-	execs map[string]*execProc
+	mu       sync.Mutex
+	token    []byte
+	execs    map[string]*execProc
+	reserved int // execs started or starting, bounded by MaxExecs
 }
 
 // New validates cfg and opens the file root.
