@@ -186,6 +186,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"mounts":["/a:/b:rw"],"resources":{"memory":"1g"}}}}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","command":"y"}}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"approval":{"rules":[{"tool":"*","args":{"*":{"any_word":["rm"]}},"class":"red"}]}}}}}`))
+	f.Add([]byte(`{"mcpServers":{},"ironclaw":{"daemon":{"socket":"/run/x.sock","disabled":false,"foreign_sandboxes":true}}}`))
 	f.Add([]byte(`[[[[[[[[[[`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","env":{"#A":"v","B":"v\r"," C":"v"}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
