@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/client"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
@@ -111,10 +112,17 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			if err != nil {
 				return err
 			}
+			builtins := []mcpgw.Builtin{sbx}
+			daemonTools, closeDaemon, err := daemonBuiltins(ctx, g, cfg, name)
+			if err != nil {
+				return err
+			}
+			defer closeDaemon()
+			builtins = append(builtins, daemonTools...)
 			gw, err := mcpgw.New(mcpgw.Options{
 				Config: cfg, Queue: queue, Store: st, Name: name, Version: version, Logger: g.logger,
 				Launcher:        &mcpgw.Launcher{Binary: binary, Root: root.Dir(), Logger: g.logger},
-				Builtins:        []mcpgw.Builtin{sbx},
+				Builtins:        builtins,
 				ApprovalTimeout: approvalTimeout,
 			})
 			if err != nil {
@@ -156,6 +164,41 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 	f.DurationVar(&approvalTimeout, "approval-timeout", approval.DefaultTimeout, "how long a held call waits before it is denied")
 	cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+// daemonProbeTimeout bounds the check for a running daemon at start.
+const daemonProbeTimeout = 2 * time.Second
+
+// daemonBuiltins returns the tools for the daemon's long-lived sandboxes
+// when a daemon answers on the configured socket (ironclaw.daemon.socket,
+// else $IRONCLAW_SOCKET, else ROOT/ironclaw.sock), and none otherwise. The
+// check is made once, at start: a daemon started later is picked up by
+// restarting the gateway.
+func daemonBuiltins(ctx context.Context, g *globals, cfg *mcpgw.Config, name string) ([]mcpgw.Builtin, func(), error) {
+	nothing := func() {}
+	if cfg.Daemon.Disabled {
+		g.logger.Info("daemon tools disabled by the config (ironclaw.daemon.disabled)")
+		return nil, nothing, nil
+	}
+	sock := cfg.Daemon.Socket
+	if sock == "" {
+		sock = daemonSocket(g)
+	}
+	if !client.Reachable(ctx, sock, daemonProbeTimeout) {
+		g.logger.Info("no daemon answers: the long-lived sandbox tools are not offered", "socket", sock)
+		return nil, nothing, nil
+	}
+	c, err := client.New(client.Config{Socket: sock})
+	if err != nil {
+		return nil, nothing, fmt.Errorf("daemon client: %w", err)
+	}
+	tools, err := mcpgw.DaemonTools(mcpgw.DaemonOptions{Client: c, Gateway: name, Foreign: cfg.Daemon.ForeignSandboxes, Logger: g.logger})
+	if err != nil {
+		c.Close()
+		return nil, nothing, err
+	}
+	g.logger.Info("a daemon answers: offering its long-lived sandbox tools", "socket", sock, "foreign_sandboxes", cfg.Daemon.ForeignSandboxes)
+	return tools, c.Close, nil
 }
 
 func validGatewayName(s string) bool {

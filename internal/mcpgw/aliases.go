@@ -10,6 +10,7 @@ type (
 	SandboxConfig = config.SandboxConfig
 	ToolFilter    = config.ToolFilter
 	RunParams     = config.RunParams
+	DaemonConfig  = config.DaemonConfig
 )
 
 // Re-exported names of package config.

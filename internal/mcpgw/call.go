@@ -35,6 +35,8 @@ type callTarget struct {
 	read        approval.ReadFunc
 	u           *upstream // nil for builtins
 	builtin     func(ctx context.Context, args json.RawMessage) (*mcp.CallToolResult, error)
+	precheck    func(ctx context.Context, args map[string]any) error
+	readFor     func(args map[string]any) approval.ReadFunc
 	unsandboxed bool
 	// args is what the tool's input schema declares; parseArgs checks
 	// every call's arguments against it before classifying.
@@ -79,7 +81,8 @@ func (g *Gateway) addBuiltin(b Builtin) error {
 	if err != nil {
 		return fmt.Errorf("builtin tool %s: %w", b.Tool.Name, err)
 	}
-	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler, args: spec}
+	target := callTarget{server: BuiltinServer, tool: b.Tool, policy: &pol, builtin: b.Handler, args: spec,
+		precheck: b.Precheck, readFor: b.ReadFor}
 	exposed := *b.Tool
 	exposed.Name = Qualify(BuiltinServer, b.Tool.Name)
 	return safely(func() {
@@ -118,6 +121,12 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 		rec.Decision, rec.Reason, rec.Error = store.DecisionBlocked, "arguments refused before classification", err.Error()
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("%s: %v", qualified, err)}
 	}
+	if t.precheck != nil {
+		if err := t.precheck(ctx, args); err != nil {
+			rec.Decision, rec.Reason, rec.Error = store.DecisionBlocked, "refused before classification", g.redact.String(err.Error())
+			return errorResult(fmt.Sprintf("%s refused: %s", qualified, rec.Error)), nil
+		}
+	}
 	c := approval.Call{Server: t.server, Tool: t.tool.Name, Arguments: args, Annotations: t.tool.Annotations}
 	v := t.policy.Classify(c)
 	rec.Class, rec.Reason = string(v.Class), v.Reason
@@ -126,7 +135,11 @@ func (g *Gateway) call(ctx context.Context, req *mcp.CallToolRequest, t callTarg
 	}
 	if v.Class != approval.Green {
 		rctx, cancel := context.WithTimeout(ctx, cardReadTimeout)
-		card := approval.BuildCard(rctx, qualified, c, g.redact, t.read)
+		read := t.read
+		if t.readFor != nil {
+			read = t.readFor(args)
+		}
+		card := approval.BuildCard(rctx, qualified, c, g.redact, read)
 		cancel()
 		if t.unsandboxed {
 			card.Note = joinNote("this server runs UNSANDBOXED on the host, as the gateway's uid: it could have approved this itself", card.Note)

@@ -58,6 +58,15 @@ type Builtin struct {
 	Handler func(ctx context.Context, args json.RawMessage) (*mcp.CallToolResult, error)
 	// Policy decides its calls (after the gateway-wide rules).
 	Policy approval.Policy
+	// Precheck, when set, runs on the parsed arguments before the call is
+	// classified: an error refuses the call (audited as blocked) without
+	// holding it for a person, as for a sandbox the tool may not touch.
+	// The handler must check again: a held call runs later.
+	Precheck func(ctx context.Context, args map[string]any) error
+	// ReadFor, when set, returns how a held call's card reads the current
+	// content of the file the call would write (for the diff), given the
+	// call's parsed arguments.
+	ReadFor func(args map[string]any) approval.ReadFunc
 }
 
 // Gateway aggregates MCP servers behind one MCP server.

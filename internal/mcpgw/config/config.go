@@ -58,6 +58,23 @@ type Config struct {
 	// Approval is the gateway-wide policy (rules may name servers); it is
 	// consulted after each server's own rules.
 	Approval approval.Policy
+	// Daemon configures the tools for the daemon's long-lived sandboxes
+	// ("ironclaw": {"daemon": {...}}).
+	Daemon DaemonConfig
+}
+
+// DaemonConfig configures the gateway's tools for long-lived sandboxes,
+// which it offers when a daemon (`ironclaw serve`) answers on its socket.
+type DaemonConfig struct {
+	// Socket is the daemon's Unix socket; empty means the state root's
+	// (ROOT/ironclaw.sock, or $IRONCLAW_SOCKET as for the CLI).
+	Socket string
+	// Disabled turns the tools off even when a daemon runs.
+	Disabled bool
+	// ForeignSandboxes lets the tools list, exec in, read, write and
+	// destroy sandboxes this gateway did not create. By default they
+	// reach only sandboxes labelled with this gateway's name.
+	ForeignSandboxes bool
 }
 
 // Names returns the server names, sorted.
@@ -231,9 +248,14 @@ func Parse(data []byte) (*Config, error) {
 		cfg.Servers[name] = s
 	}
 	if raw, ok := top["ironclaw"]; ok {
-		g, err := object(raw, "ironclaw", "approval")
+		g, err := object(raw, "ironclaw", "approval", "daemon")
 		if err != nil {
 			return nil, err
+		}
+		if raw, ok := g["daemon"]; ok {
+			if err := parseDaemon(&cfg.Daemon, raw); err != nil {
+				return nil, err
+			}
 		}
 		if raw, ok := g["approval"]; ok {
 			p, err := approval.ParsePolicy(raw)
@@ -244,6 +266,26 @@ func Parse(data []byte) (*Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+func parseDaemon(d *DaemonConfig, raw json.RawMessage) error {
+	const where = "ironclaw.daemon"
+	m, err := object(raw, where, "socket", "disabled", "foreign_sandboxes")
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		key string
+		dst any
+	}{{"socket", &d.Socket}, {"disabled", &d.Disabled}, {"foreign_sandboxes", &d.ForeignSandboxes}} {
+		if err := field(m, f.key, f.dst, where); err != nil {
+			return err
+		}
+	}
+	if _, ok := m["socket"]; ok && (!path.IsAbs(d.Socket) || strings.IndexByte(d.Socket, 0) >= 0) {
+		return fmt.Errorf("%w: %s.socket: %q is not an absolute path", ErrConfig, where, d.Socket)
+	}
+	return nil
 }
 
 // ValidServerName checks a server name: letters, digits, '-' and '_' (no "__"), so that

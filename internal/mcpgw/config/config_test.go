@@ -31,7 +31,10 @@ const fullConfig = `{
     "remote": {"url": "https://mcp.example.invalid/mcp", "headers": {"Authorization": "Bearer abcdefgh12345"}, "ironclaw": {"trust_hints": true}},
     "legacy": {"type": "sse", "url": "http://127.0.0.1:1/sse", "disabled": true}
   },
-  "ironclaw": {"approval": {"rules": [{"server": "remote", "tool": "*", "class": "red"}]}}
+  "ironclaw": {
+    "approval": {"rules": [{"server": "remote", "tool": "*", "class": "red"}]},
+    "daemon": {"socket": "/run/other/ironclaw.sock", "foreign_sandboxes": true}
+  }
 }`
 
 func TestParseFull(t *testing.T) {
@@ -66,6 +69,12 @@ func TestParseFull(t *testing.T) {
 	}
 	if len(c.Approval.Rules) != 1 || c.Approval.Rules[0].Server != "remote" {
 		t.Errorf("global approval %+v", c.Approval)
+	}
+	if d := c.Daemon; d.Socket != "/run/other/ironclaw.sock" || !d.ForeignSandboxes || d.Disabled {
+		t.Errorf("daemon %+v", d)
+	}
+	if c, err := Parse([]byte(`{"mcpServers":{}}`)); err != nil || c.Daemon != (DaemonConfig{}) {
+		t.Errorf("default daemon config %+v %v", c.Daemon, err)
 	}
 }
 
@@ -153,6 +162,11 @@ func TestParseErrors(t *testing.T) {
 		{`{"mcpServers":{"a b":{"command":"x"}}}`, `character ' ' not allowed`},
 		{`{"mcpServers":{"":{"command":"x"}}}`, `empty server name`},
 		{`{"ironclaw":{"approval":{"rules":[{"tool":"x","class":"maybe"}]}},"mcpServers":{}}`, `ironclaw.approval`},
+		{`{"ironclaw":{"daemon":{"sock":"/x"}},"mcpServers":{}}`, `ironclaw.daemon: unknown key "sock"`},
+		{`{"ironclaw":{"daemon":{"socket":"rel.sock"}},"mcpServers":{}}`, `ironclaw.daemon.socket: "rel.sock" is not an absolute path`},
+		{`{"ironclaw":{"daemon":{"foreign_sandboxes":"yes"}},"mcpServers":{}}`, `ironclaw.daemon.foreign_sandboxes: got a JSON string, want true or false`},
+		{`{"ironclaw":{"daemon":{"disabled":null}},"mcpServers":{}}`, `ironclaw.daemon.disabled: null is not allowed`},
+		{`{"ironclaw":{"daemon":[]},"mcpServers":{}}`, `ironclaw.daemon: want a JSON object`},
 	} {
 		_, err := Parse([]byte(tc.in))
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
@@ -172,6 +186,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"mounts":["/a:/b:rw"],"resources":{"memory":"1g"}}}}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","command":"y"}}}`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","ironclaw":{"approval":{"rules":[{"tool":"*","args":{"*":{"any_word":["rm"]}},"class":"red"}]}}}}}`))
+	f.Add([]byte(`{"mcpServers":{},"ironclaw":{"daemon":{"socket":"/run/x.sock","disabled":false,"foreign_sandboxes":true}}}`))
 	f.Add([]byte(`[[[[[[[[[[`))
 	f.Add([]byte(`{"mcpServers":{"a":{"command":"x","env":{"#A":"v","B":"v\r"," C":"v"}}}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
