@@ -201,7 +201,7 @@ func execEnv(spec sandbox.Spec, hostname string, o ExecOptions) []string {
 	if o.User != "" {
 		u, _ = sandbox.ParseUser(o.User)
 	}
-	name := userName(u.UID)
+	name := sandbox.UserName(u.UID)
 	base := []string{
 		"PATH=" + jail.DefaultPath,
 		"HOME=" + sandbox.Workspace,
@@ -214,19 +214,6 @@ func execEnv(spec sandbox.Spec, hostname string, o ExecOptions) []string {
 		base = append(base, "TERM=xterm-256color")
 	}
 	return sandbox.MergeEnv(base, append(append([]string(nil), spec.Env...), o.Env...)...)
-}
-
-// userName matches the names in the sandbox's generated /etc/passwd.
-func userName(uid uint32) string {
-	switch uid {
-	case 0:
-		return "root"
-	case sandbox.SandboxUser.UID:
-		return "sandbox"
-	case 65534:
-		return "nobody"
-	}
-	return "user" + strconv.FormatUint(uint64(uid), 10)
 }
 
 // begin and end bracket an operation: a sandbox with one running is not

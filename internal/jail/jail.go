@@ -487,7 +487,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		return nil, &StartError{"configure init", err}
 	}
 	rec.InitPID = s.initPID
-	if rec.InitStart, err = procStart(s.initPID); err != nil {
+	if rec.InitStart, err = state.ProcStart(s.initPID); err != nil {
 		return nil, &StartError{"record", err}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
@@ -849,7 +849,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		return nil, fmt.Errorf("attach %q: init is gone: %w", id, sandbox.ErrNotFound)
 	}
 	// The pidfd pins the process; now check it is the recorded init.
-	if start, err := procStart(rec.InitPID); err != nil || start != rec.InitStart {
+	if start, err := state.ProcStart(rec.InitPID); err != nil || start != rec.InitStart {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("attach %q: init is gone (PID reused): %w", id, sandbox.ErrNotFound)
 	}
@@ -1108,26 +1108,6 @@ func dupFile(f *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
-// procStart returns the start time of pid, in clock ticks since boot
-// (field 22 of /proc/PID/stat): with the PID, it names a process uniquely.
-func procStart(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may contain spaces and parentheses;
-	// the fields after the last ')' are plain.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
-	}
-	return strconv.ParseUint(f[19], 10, 64)
-}
-
 // detachedBind makes a detached recursive bind mount of hostPath with its
 // final attributes (read-only unless writable; nosuid and nodev always) and
 // returns its descriptor. Init, which runs as an unprivileged host uid and
@@ -1223,8 +1203,8 @@ func baseEnv(spec sandbox.Spec, hostname string) []string {
 	env := []string{
 		"PATH=" + DefaultPath,
 		"HOME=" + sandbox.Workspace,
-		"USER=" + userName(spec.User.UID),
-		"LOGNAME=" + userName(spec.User.UID),
+		"USER=" + sandbox.UserName(spec.User.UID),
+		"LOGNAME=" + sandbox.UserName(spec.User.UID),
 		"HOSTNAME=" + hostname,
 		"LANG=C.UTF-8",
 	}
@@ -1238,24 +1218,12 @@ func baseEnv(spec sandbox.Spec, hostname string) []string {
 	return env
 }
 
-func userName(uid uint32) string {
-	switch uid {
-	case 0:
-		return "root"
-	case sandbox.SandboxUser.UID:
-		return "sandbox"
-	case 65534:
-		return "nobody"
-	}
-	return "user" + strconv.FormatUint(uint64(uid), 10)
-}
-
 func etcFiles(u sandbox.User, hostname, resolv string) map[string]string {
 	passwd := "root:x:0:0:root:/root:/bin/sh\n" +
 		"sandbox:x:1000:1000:sandbox:/workspace:/bin/sh\n" +
 		"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 	group := "root:x:0:\ntty:x:5:\nsandbox:x:1000:\nnogroup:x:65534:\n"
-	if n := userName(u.UID); strings.HasPrefix(n, "user") {
+	if n := sandbox.UserName(u.UID); strings.HasPrefix(n, "user") {
 		passwd += fmt.Sprintf("%s:x:%d:%d::/workspace:/bin/sh\n", n, u.UID, u.GID)
 	}
 	if u.GID != 0 && u.GID != 5 && u.GID != 1000 && u.GID != 65534 {

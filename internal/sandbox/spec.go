@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -232,4 +233,17 @@ func (r Resources) validate() error {
 		return fmt.Errorf("%w: file size: %d is negative", ErrInvalid, r.FileSize)
 	}
 	return nil
+}
+
+// UserName returns the name uid has in a sandbox's generated /etc/passwd.
+func UserName(uid uint32) string {
+	switch uid {
+	case 0:
+		return "root"
+	case SandboxUser.UID:
+		return "sandbox"
+	case 65534:
+		return "nobody"
+	}
+	return "user" + strconv.FormatUint(uint64(uid), 10)
 }

@@ -190,3 +190,22 @@ func TestAbandonKeepsRecordsForGC(t *testing.T) {
 	}
 	leaked[0].Release()
 }
+
+func TestProcStart(t *testing.T) {
+	a, err := ProcStart(os.Getpid())
+	if err != nil || a == 0 {
+		t.Fatalf("ProcStart(self) = %d, %v", a, err)
+	}
+	if b, _ := ProcStart(os.Getpid()); b != a {
+		t.Errorf("ProcStart(self) changed: %d then %d", a, b)
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	cmd.Wait()
+	if _, err := ProcStart(pid); !errors.Is(err, ErrProcessGone) {
+		t.Errorf("ProcStart of a reaped process = %v, want ErrProcessGone", err)
+	}
+}

@@ -2,6 +2,7 @@ package firecracker
 
 import (
 	"context"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,7 +54,7 @@ func jailerLaunch(_ context.Context, argv []string) (*exec.Cmd, error) {
 }
 
 func alive(pid int) bool {
-	st, err := procStartTime(pid)
+	st, err := state.ProcStart(pid)
 	return err == nil && st > 0
 }
 

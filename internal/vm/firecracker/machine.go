@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"log/slog"
 	"net"
 	"os"
@@ -405,7 +406,7 @@ func (v *VM) followJailer(known chan<- error) {
 // recordPID completes the record with the VMM's PID and start time.
 func (v *VM) recordPID() error {
 	v.rec.PID = v.pid
-	v.rec.StartTime, _ = procStartTime(v.pid)
+	v.rec.StartTime, _ = state.ProcStart(v.pid)
 	return writeRecord(v.cfg.Dir, v.rec)
 }
 

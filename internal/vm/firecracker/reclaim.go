@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -85,13 +85,13 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("firecracker reclaim: %w", err)
 	}
 	if r.PID > 0 {
-		if st, err := procStartTime(r.PID); err == nil && st == r.StartTime {
+		if st, err := state.ProcStart(r.PID); err == nil && st == r.StartTime {
 			if err := unix.Kill(r.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
 				return fmt.Errorf("firecracker reclaim: kill %d: %w", r.PID, err)
 			}
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				if st2, err := procStartTime(r.PID); err != nil || st2 != st {
+				if st2, err := state.ProcStart(r.PID); err != nil || st2 != st {
 					break
 				}
 				if time.Now().After(deadline) {
@@ -121,26 +121,4 @@ func Reclaim(dir string) error {
 		}
 	}
 	return nil
-}
-
-// procStartTime reads field 22 of /proc/<pid>/stat (start time in clock
-// ticks); a zombie counts as gone.
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, errors.New("malformed stat")
-	}
-	if f[0] == "Z" {
-		return 0, errors.New("zombie")
-	}
-	return strconv.ParseUint(f[19], 10, 64)
 }

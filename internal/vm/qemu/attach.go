@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -56,7 +57,7 @@ func Attach(ctx context.Context, cfg Config) (_ *VM, err error) {
 		return nil, fmt.Errorf("qemu attach: pid %d: %w (%w)", rec.PID, ErrGone, err)
 	}
 	// The pidfd pins the process; now check it is the recorded QEMU.
-	if st, err := procStartTime(rec.PID); err != nil || st != rec.StartTime {
+	if st, err := state.ProcStart(rec.PID); err != nil || st != rec.StartTime {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("qemu attach: pid %d is not the recorded QEMU any more: %w", rec.PID, ErrGone)
 	}

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ func TestAttachRefusesWhatIsNotTheRecordedQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { live.Process.Kill(); live.Wait() }()
-	st, err := procStartTime(live.Process.Pid)
+	st, err := state.ProcStart(live.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

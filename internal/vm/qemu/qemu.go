@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"log/slog"
 	"net"
 	"os"
@@ -301,7 +302,7 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 		close(v.exited)
 	}()
 	rec.PID = cmd.Process.Pid
-	rec.StartTime, _ = procStartTime(rec.PID)
+	rec.StartTime, _ = state.ProcStart(rec.PID)
 	if err := writeRecord(cfg.Dir, rec); err != nil {
 		return nil, err
 	}
@@ -521,12 +522,12 @@ func Reclaim(dir string) error {
 		}
 	}
 	if rec.PID > 0 {
-		if st, err := procStartTime(rec.PID); err == nil && st == rec.StartTime {
+		if st, err := state.ProcStart(rec.PID); err == nil && st == rec.StartTime {
 			if err := unix.Kill(rec.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
 				return fmt.Errorf("qemu reclaim: kill %d: %w", rec.PID, err)
 			}
 			for i := 0; i < 100; i++ {
-				if st2, err := procStartTime(rec.PID); err != nil || st2 != rec.StartTime {
+				if st2, err := state.ProcStart(rec.PID); err != nil || st2 != rec.StartTime {
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -561,34 +562,13 @@ func killNaming(token string) error {
 		pids = append(pids, pid)
 	}
 	for i := 0; i < 100 && len(pids) > 0; i++ {
-		if _, err := procStartTime(pids[0]); err != nil {
+		if _, err := state.ProcStart(pids[0]); err != nil {
 			pids = pids[1:]
 			continue
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
-}
-
-// procStartTime reads field 22 of /proc/<pid>/stat (start time in ticks).
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0, errors.New("malformed stat")
-	}
-	if f[0] == "Z" {
-		return 0, errors.New("zombie")
-	}
-	return strconv.ParseUint(f[19], 10, 64)
 }
 
 // inNetNS runs fn on an OS thread that has joined the network namespace
