@@ -213,25 +213,9 @@ func runSandbox(g *globals, spec sandbox.Spec, reportFile string) error {
 	if sb.Seccomp().Unconfined {
 		fmt.Fprintf(os.Stderr, "ironclaw: WARNING: sandbox %q runs with --seccomp unconfined: no syscall is filtered\n", spec.ID)
 	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case s := <-sigs:
-				if s == syscall.SIGWINCH && spec.TTY {
-					if w, h, err := term.GetSize(int(os.Stdin.Fd())); err == nil {
-						_ = sb.ResizeTTY(uint16(h), uint16(w))
-					}
-					continue
-				}
-				_ = sb.Signal(s.(syscall.Signal))
-			}
-		}
-	}()
+	stop := forwardSignals(sigs, spec.TTY, sb)
 	res, err := sb.Wait()
-	close(done)
+	stop()
 	if err != nil {
 		g.logger.Warn("tear down sandbox", "sandbox", spec.ID, "err", err)
 	}
@@ -277,6 +261,38 @@ func printAudit(w io.Writer, id string, rep *seccomp.Report, file string) error 
 	}
 	fmt.Fprintf(w, "ironclaw: audit report written to %s; `ironclaw seccomp suggest %s` turns it into a profile\n", file, file)
 	return nil
+}
+
+// signalTarget is a running sandbox the caller's signals and terminal size
+// are forwarded to (a jail or a micro-VM).
+type signalTarget interface {
+	Signal(syscall.Signal) error
+	ResizeTTY(rows, cols uint16) error
+}
+
+// forwardSignals passes the signals arriving on sigs to sb, and with a
+// TTY turns SIGWINCH into a resize of the sandbox's terminal, until stop.
+func forwardSignals(sigs <-chan os.Signal, tty bool, sb signalTarget) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sigs:
+				if s == syscall.SIGWINCH {
+					if tty {
+						if w, h, err := term.GetSize(int(os.Stdin.Fd())); err == nil {
+							_ = sb.ResizeTTY(uint16(h), uint16(w))
+						}
+					}
+					continue
+				}
+				_ = sb.Signal(s.(syscall.Signal))
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // startFailure prints a failed start as one line and picks the exit status.

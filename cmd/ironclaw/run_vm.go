@@ -175,27 +175,9 @@ func runVM(g *globals, root *state.Root, spec sandbox.Spec, cfg vm.Config) error
 	if err != nil {
 		return vmStartFailure(spec.ID, err)
 	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case s := <-sigs:
-				if s == syscall.SIGWINCH {
-					if spec.TTY {
-						if w, h, err := term.GetSize(int(os.Stdin.Fd())); err == nil {
-							_ = sb.ResizeTTY(uint16(h), uint16(w))
-						}
-					}
-					continue
-				}
-				_ = sb.Signal(s.(syscall.Signal))
-			}
-		}
-	}()
+	stop := forwardSignals(sigs, spec.TTY, sb)
 	res, err := sb.Wait()
-	close(done)
+	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ironclaw: sandbox %q: %s\n", spec.ID, oneLine(err.Error()))
 	}
