@@ -25,7 +25,7 @@ func token(t *testing.T) []byte {
 	return b
 }
 
-func connect(t *testing.T, sb *Sandbox, tok []byte) *agentapi.Client {
+func connect(t testing.TB, sb *Sandbox, tok []byte) *agentapi.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

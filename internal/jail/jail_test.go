@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func newJail(t *testing.T, cg *cgroup.Host) (*Jail, *state.Root) {
+func newJail(t testing.TB, cg *cgroup.Host) (*Jail, *state.Root) {
 	t.Helper()
 	testutil.RequireRoot(t)
 	root, err := state.Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
