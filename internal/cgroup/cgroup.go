@@ -167,6 +167,12 @@ func (h *Host) Load(rel string, r sandbox.Resources) *Group {
 	return &Group{host: h, rel: rel, ctls: controllersFor(r), paths: h.Paths(rel, r)}
 }
 
+// LoadPaths returns a handle on the existing group rel whose directories
+// (children first) a record kept.
+func (h *Host) LoadPaths(rel string, r sandbox.Resources, paths []string) *Group {
+	return &Group{host: h, rel: rel, ctls: controllersFor(r), paths: paths}
+}
+
 // Create makes the group rel (such as "/ironclaw/<key>") with the limits
 // r, reads every limit back from the kernel, and removes what it made on
 // any failure.
@@ -300,8 +306,61 @@ func (g *Group) file(ctl, name string) string {
 	return filepath.Join(g.host.Mount, ctl, g.rel, name)
 }
 
-// Paths returns the group's directories.
+// Paths returns the group's directories, children before their parents.
 func (g *Group) Paths() []string { return g.paths }
+
+// WorkloadHeadroom is how many processes and threads beyond its --pids
+// limit a long-lived sandbox's group allows, for its init (the agent),
+// when the workloads have a group of their own (SplitPids).
+const WorkloadHeadroom = 64
+
+// PidsChildPath returns the directory SplitPids makes for the group rel
+// with the limits r on this host, or "" where it makes none: the split
+// needs a pids limit and cgroup v1, where single threads can be moved
+// into their own group. Records keep it ahead of the group's own paths.
+func (h *Host) PidsChildPath(rel string, r sandbox.Resources, name string) string {
+	if h.Version != V1 || r.Pids <= 0 || !h.Available["pids"] {
+		return ""
+	}
+	return filepath.Join(h.Mount, "pids", rel, name)
+}
+
+// SplitPids gives the workloads of a long-lived sandbox a pids group of
+// their own below the sandbox's group, with the sandbox's --pids limit,
+// and raises the sandbox's own limit by WorkloadHeadroom: a fork bomb then
+// fills the workloads' group and leaves the agent room for its threads.
+// It returns the child's tasks file, open for writing: the agent moves its
+// launcher threads there once, and every command they fork starts in it.
+// On cgroup v2, or without a pids limit, it returns nil.
+func (g *Group) SplitPids(name string, r sandbox.Resources) (*os.File, error) {
+	child := g.host.PidsChildPath(g.rel, r, name)
+	if child == "" || !g.has("pids") {
+		return nil, nil
+	}
+	if err := os.Mkdir(child, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("create workload cgroup: %w", err)
+	}
+	g.paths = append([]string{child}, g.paths...)
+	parent := filepath.Dir(child)
+	writes := []struct{ file, value string }{
+		{filepath.Join(parent, "pids.max"), strconv.FormatInt(r.Pids+WorkloadHeadroom, 10)},
+		{filepath.Join(child, "pids.max"), strconv.FormatInt(r.Pids, 10)},
+	}
+	for _, w := range writes {
+		if err := os.WriteFile(w.file, []byte(w.value), 0); err != nil {
+			return nil, fmt.Errorf("set %s: %w", w.file, err)
+		}
+		b, err := os.ReadFile(w.file)
+		if err != nil || strings.TrimSpace(string(b)) != w.value {
+			return nil, fmt.Errorf("verify %s: kernel has %q, want %q (%v)", w.file, strings.TrimSpace(string(b)), w.value, err)
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(child, "tasks"), os.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open workload cgroup: %w", err)
+	}
+	return f, nil
+}
 
 func (g *Group) has(ctl string) bool {
 	for _, c := range g.ctls {

@@ -15,6 +15,12 @@ import (
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
+
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"path/filepath"
+	"strconv"
+
+	"sync"
 )
 
 func token(t *testing.T) []byte {
@@ -182,5 +188,78 @@ func TestPersistentSandboxOutlivesItsOwner(t *testing.T) {
 	}
 	if _, err := j.Attach("persistent"); !errors.Is(err, sandbox.ErrNotFound) {
 		t.Errorf("Attach after Close = %v, want ErrNotFound", err)
+	}
+}
+
+// TestForkBombLeavesTheAgentAlive runs a fork bomb through the agent of a
+// long-lived sandbox: it fills the workloads' own pids group, and the
+// agent (init), whose threads live outside it, keeps serving.
+func TestForkBombLeavesTheAgentAlive(t *testing.T) {
+	j, _ := newJail(t, nil)
+	tok := token(t)
+	s := spec("bomb")
+	s.Resources.Pids = 64
+	sb, err := j.Start(context.Background(), s, Options{Agent: &AgentOptions{Token: tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	if sb.Group().Version() == cgroup.V1 {
+		paths := sb.Group().Paths()
+		work := paths[0]
+		for file, want := range map[string]string{
+			filepath.Join(work, "pids.max"):               "64",
+			filepath.Join(filepath.Dir(work), "pids.max"): strconv.Itoa(64 + cgroup.WorkloadHeadroom),
+		} {
+			if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
+				t.Errorf("%s = %q (%v), want %s", file, b, err, want)
+			}
+		}
+	}
+	c := connect(t, sb, tok)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bomb, err := c.Start(ctx, agentapi.ExecSpec{Argv: []string{"sh", "-c", "b() { b | b & }; b; sleep 3"}}, agentapi.ExecIO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the bomb is at its limit now
+	// Make the agent's Go runtime want more threads while the bomb holds
+	// every slot of the workloads: concurrent blocking file operations.
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < 20; k++ {
+				c.List(context.Background(), "/usr/lib")
+				c.Stat(context.Background(), "/etc/passwd")
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-sb.Done():
+		t.Fatal("the fork bomb took the sandbox's init down")
+	default:
+	}
+	bomb.Wait()
+	// Once the bomb's processes are gone the sandbox serves again.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var out bytes.Buffer
+		st, err := c.Exec(context.Background(), agentapi.ExecSpec{Argv: []string{"echo", "alive"}}, agentapi.ExecIO{Stdout: &out})
+		if err == nil && st.Code == 0 && out.String() == "alive\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no exec after the fork bomb: %v %+v %q", err, st, out.String())
+		}
+		// Orphans of the bomb may still hold the group's slots: kill them.
+		c.Exec(context.Background(), agentapi.ExecSpec{User: "0", Argv: []string{"sh", "-c", "kill -9 -1"}}, agentapi.ExecIO{})
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := c.Health(context.Background()); err != nil {
+		t.Fatalf("agent health after the fork bomb: %v", err)
 	}
 }

@@ -355,6 +355,11 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	rel := "/" + j.cfg.Root.Name() + "/" + string(claim.Key)
 	rec := record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources), CgroupRel: rel, Resources: spec.Resources,
 		Agent: opts.Agent != nil, Persistent: opts.Persistent}
+	if opts.Agent != nil {
+		if child := j.cfg.Cgroups.PidsChildPath(rel, spec.Resources, workloadGroup); child != "" {
+			rec.Cgroups = append([]string{child}, rec.Cgroups...)
+		}
+	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{"record", err}
 	}
@@ -408,6 +413,12 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	undo = append(undo, func() error { s.closeIO(); return nil })
 
 	// Init keeps the state directory's lock for the sandbox's life.
+	var workTasks *os.File
+	if opts.Agent != nil {
+		if workTasks, err = s.group.SplitPids(workloadGroup, spec.Resources); err != nil {
+			return nil, &StartError{"cgroup", err}
+		}
+	}
 	lockDup, err := dupFile(claim.LockFile())
 	if err != nil {
 		return nil, &StartError{"lock", err}
@@ -421,6 +432,10 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		}
 		icfg.Agent = &initproc.AgentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
 		files = append(files, lf)
+		if workTasks != nil {
+			icfg.Agent.WorkTasksFD = 3 + len(files) + 1
+			files = append(files, workTasks)
+		}
 	}
 	icfg.Persistent = opts.Persistent
 
@@ -859,7 +874,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		root:       j.cfg.Root,
 		pidfd:      pidfd,
 		initPID:    rec.InitPID,
-		group:      j.cfg.Cgroups.Load(rec.CgroupRel, rec.Resources),
+		group:      j.cfg.Cgroups.LoadPaths(rec.CgroupRel, rec.Resources, rec.Cgroups),
 		exited:     make(chan struct{}),
 		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
@@ -1078,6 +1093,10 @@ func defaultInitExe() string {
 	}
 	return "/proc/self/exe"
 }
+
+// workloadGroup names the pids cgroup a long-lived sandbox's commands run
+// in, below the sandbox's own (cgroup v1).
+const workloadGroup = "work"
 
 // AgentSocket returns the path of the Unix socket a long-lived sandbox's
 // agent listens on. It lives in the state directory, outside the sandbox.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 
@@ -51,12 +52,14 @@ func agentMain(cfg *Config, ll *landlockRules, c *Conn, hostGone <-chan struct{}
 		// the agent (the sandbox's root).
 		owner = &agent.FileOwner{UID: cfg.User.UID, GID: cfg.User.GID}
 	}
+	launch, warm := confinedLauncher(cfg, ll)
+	go warm()
 	srv, err := agent.New(agent.Config{
 		FileOwner:   owner,
 		Token:       cfg.Agent.Token,
 		FileRoot:    "/",
 		MaxFileSize: cfg.Agent.MaxFileSize,
-		Launch:      confinedLauncher(cfg, ll),
+		Launch:      launch,
 		Reaper:      agent.NewReaper(ctx),
 		Shutdown:    cancel,
 		Version:     "jail",
@@ -81,10 +84,31 @@ func agentMain(cfg *Config, ll *landlockRules, c *Conn, hostGone <-chan struct{}
 // in the switch). Each is confined once, verified once from another
 // thread, and then forks every command of its kind: confining a fresh
 // thread per exec cost about 1.3 ms of every exec's round trip.
-func confinedLauncher(cfg *Config, ll *landlockRules) func(context.Context, *exec.Cmd) error {
+func confinedLauncher(cfg *Config, ll *landlockRules) (launch func(context.Context, *exec.Cmd) error, warm func()) {
 	var mu sync.Mutex
 	launchers := map[bool]*launcherThread{}
-	return func(ctx context.Context, cmd *exec.Cmd) error {
+	get := func(root bool) (*launcherThread, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if lt := launchers[root]; lt != nil {
+			return lt, nil
+		}
+		lt, err := startLauncherThread(cfg, ll, root)
+		if err != nil {
+			return nil, err
+		}
+		launchers[root] = lt
+		return lt, nil
+	}
+	// warm starts the launcher of the sandbox's own user ahead of the
+	// first exec (its move into the workload cgroup waits for an RCU
+	// grace period on cgroup v1).
+	warm = func() {
+		if _, err := get(cfg.User.UID == 0 && cfg.User.GID == 0); err != nil {
+			return // the first exec reports it
+		}
+	}
+	launch = func(ctx context.Context, cmd *exec.Cmd) error {
 		if cmd.SysProcAttr == nil {
 			cmd.SysProcAttr = &syscall.SysProcAttr{}
 		}
@@ -106,16 +130,10 @@ func confinedLauncher(cfg *Config, ll *landlockRules) func(context.Context, *exe
 		if err != nil {
 			return err
 		}
-		mu.Lock()
-		lt := launchers[root]
-		if lt == nil {
-			if lt, err = startLauncherThread(cfg, ll, root); err != nil {
-				mu.Unlock()
-				return err
-			}
-			launchers[root] = lt
+		lt, err := get(root)
+		if err != nil {
+			return err
 		}
-		mu.Unlock()
 		pid, err := lt.forkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{Dir: cmd.Dir, Env: cmd.Env, Files: fds, Sys: cmd.SysProcAttr})
 		if err != nil {
 			return err
@@ -127,6 +145,7 @@ func confinedLauncher(cfg *Config, ll *landlockRules) func(context.Context, *exe
 		cmd.Process = p
 		return nil
 	}
+	return launch, warm
 }
 
 // launcherThread is a locked OS thread, confined like every command of the
@@ -155,6 +174,14 @@ func startLauncherThread(cfg *Config, ll *landlockRules, root bool) (*launcherTh
 	proceed := make(chan bool, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread is confined
+		if a := cfg.Agent; a != nil && a.WorkTasksFD > 0 {
+			// Into the workloads' pids group (cgroup v1 moves single
+			// threads): every command this thread forks starts there.
+			if _, err := unix.Write(a.WorkTasksFD, []byte(strconv.Itoa(unix.Gettid()))); err != nil {
+				failed <- fmt.Errorf("move the launcher into the workload cgroup: %w", err)
+				return
+			}
+		}
 		c := *cfg
 		if root {
 			c.User = sandboxRoot
