@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"io"
 	"net"
 	"net/http"
@@ -297,22 +298,22 @@ func TestDaemonLifecycle(t *testing.T) {
 		t.Errorf("event stream of life: %s", ts)
 	}
 	// Metrics are real measurements.
-	if v := metric(t, d.socket, `ironclaw_sandboxes{state="running"}`); v != "1" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandboxes{state="running"}`); v != "1" {
 		t.Errorf("running sandboxes metric %q, want 1", v)
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`); v != "3" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`); v != "3" {
 		t.Errorf("cold creates metric %q, want 3", v)
 	}
-	if v, _ := strconv.Atoi(metric(t, d.socket, "ironclaw_exec_start_seconds_count")); v < 10 {
+	if v, _ := strconv.Atoi(apitest.Metric(t, d.socket, "ironclaw_exec_start_seconds_count")); v < 10 {
 		t.Errorf("exec start count %d", v)
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_create_failures_total`); v != "" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandbox_create_failures_total`); v != "" {
 		t.Errorf("create failures recorded without failures: %s", v)
 	}
 	if _, err := c.Create(ctx, api.CreateRequest{Mounts: []api.Mount{{Source: "/no/such/dir", Target: "/x"}}}); !client.IsCode(err, api.CodeStartFailed) {
 		t.Errorf("create with a missing mount source: %v", err)
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_create_failures_total{step="mount /x"}`); v != "1" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandbox_create_failures_total{step="mount /x"}`); v != "1" {
 		t.Errorf("failure by step metric %q, want 1", v)
 	}
 	// What a micro-VM cannot honour is refused before anything starts
@@ -552,7 +553,7 @@ func TestDaemonTTLAndIdleTimeout(t *testing.T) {
 	if sb, err := d.c.Get(ctx, "forever"); err != nil || sb.State != "running" {
 		t.Errorf("sandbox without limits: %+v %v", sb, err)
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_timeouts_total{reason="idle"}`); v != "1" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandbox_timeouts_total{reason="idle"}`); v != "1" {
 		t.Errorf("idle timeouts metric %q", v)
 	}
 }
@@ -830,9 +831,9 @@ func TestDaemonWarmPool(t *testing.T) {
 	waitPool := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
-		for metric(t, d.socket, `ironclaw_pool_size{class="default"}`) != want {
+		for apitest.Metric(t, d.socket, `ironclaw_pool_size{class="default"}`) != want {
 			if time.Now().After(deadline) {
-				t.Fatalf("pool size %s, want %s\n%s", metric(t, d.socket, `ironclaw_pool_size{class="default"}`), want, d.log.String())
+				t.Fatalf("pool size %s, want %s\n%s", apitest.Metric(t, d.socket, `ironclaw_pool_size{class="default"}`), want, d.log.String())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -872,7 +873,7 @@ func TestDaemonWarmPool(t *testing.T) {
 			t.Errorf("%s: %+v %v", req.ID, sb, err)
 		}
 	}
-	if v := metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="pool"}`); v != "3" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="pool"}`); v != "3" {
 		t.Errorf("pool creates metric %q, want 3", v)
 	}
 	// Pool members survive a daemon restart and are still used once.
@@ -887,7 +888,7 @@ func TestDaemonWarmPool(t *testing.T) {
 	// Pool members outlive the daemon; destroy them for the leak check.
 	d.args = nil
 	d.start()
-	waitZeroPool := metric(t, d.socket, `ironclaw_pool_size{class="default"}`)
+	waitZeroPool := apitest.Metric(t, d.socket, `ironclaw_pool_size{class="default"}`)
 	if waitZeroPool != "" {
 		t.Errorf("a daemon without pools reports pool size %s", waitZeroPool)
 	}

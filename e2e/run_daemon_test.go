@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,7 +48,7 @@ func TestRunThroughDaemon(t *testing.T) {
 		t.Run(tc.name, tc.fn)
 	}
 	// The runs really went through the daemon: it made their sandboxes.
-	n, _ := strconv.Atoi(metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`))
+	n, _ := strconv.Atoi(apitest.Metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`))
 	if n < 40 {
 		t.Errorf("the daemon made %d sandboxes for the runs, want every run's", n)
 	}
@@ -55,7 +56,7 @@ func TestRunThroughDaemon(t *testing.T) {
 	if r := ironclaw(t, nil, "run", "--no-daemon", "--name", "embedded", "--", "hostname"); r.code != 0 || r.stdout != "embedded\n" {
 		t.Errorf("run --no-daemon: %d %q %q", r.code, r.stdout, r.stderr)
 	}
-	if m, _ := strconv.Atoi(metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`)); m != n {
+	if m, _ := strconv.Atoi(apitest.Metric(t, d.socket, `ironclaw_sandbox_create_seconds_count{source="cold"}`)); m != n {
 		t.Errorf("run --no-daemon went through the daemon")
 	}
 }

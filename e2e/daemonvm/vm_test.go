@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -140,7 +141,7 @@ func TestDaemonVMLifecycle(t *testing.T) {
 	if execs < 7 {
 		t.Errorf("logs: %d exec_exited events, want the execs above: %+v", execs, logs)
 	}
-	if v := metric(t, d.socket, `ironclaw_vm_create_seconds_count{source="cold"}`); v != "1" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_vm_create_seconds_count{source="cold"}`); v != "1" {
 		t.Errorf("vm create metric %q, want 1", v)
 	}
 	if got, err := c.Get(ctx, "vm1"); err != nil || got.InitPID != pid || got.Usage == nil || got.Usage.MemoryBytes == 0 {
@@ -307,9 +308,9 @@ func TestDaemonVMPool(t *testing.T) {
 	waitPool := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(2 * time.Minute)
-		for metric(t, d.socket, `ironclaw_pool_size{class="vm"}`) != want {
+		for apitest.Metric(t, d.socket, `ironclaw_pool_size{class="vm"}`) != want {
 			if time.Now().After(deadline) {
-				t.Fatalf("vm pool size %s, want %s\n%s", metric(t, d.socket, `ironclaw_pool_size{class="vm"}`), want, d.log.String())
+				t.Fatalf("vm pool size %s, want %s\n%s", apitest.Metric(t, d.socket, `ironclaw_pool_size{class="vm"}`), want, d.log.String())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -329,7 +330,7 @@ func TestDaemonVMPool(t *testing.T) {
 	if out := mustSh(t, d.c, "pooled", "ls -A /workspace; id -u"); out != "1000\n" {
 		t.Errorf("a used pool member? %q", out)
 	}
-	if v := metric(t, d.socket, `ironclaw_vm_create_seconds_count{source="pool"}`); v != "1" {
+	if v := apitest.Metric(t, d.socket, `ironclaw_vm_create_seconds_count{source="pool"}`); v != "1" {
 		t.Errorf("vm pool create metric %q, want 1", v)
 	}
 	first := sb.BackendID
@@ -415,7 +416,7 @@ func TestDaemonBackendAuto(t *testing.T) {
 			t.Errorf("backend vm with %s: %v, want invalid_field naming it", field, err)
 		}
 	}
-	if n, _ := strconv.Atoi(metric(t, d.socket, `ironclaw_sandbox_create_failures_total`)); n != 0 {
+	if n, _ := strconv.Atoi(apitest.Metric(t, d.socket, `ironclaw_sandbox_create_failures_total`)); n != 0 {
 		t.Errorf("refused creates counted as failed starts: %d", n)
 	}
 }
