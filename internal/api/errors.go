@@ -9,9 +9,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/firewall"
-	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
-	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
 // errorFor maps an error from the manager (or the agent behind it) to the
@@ -20,8 +18,7 @@ import (
 func errorFor(err error, pathField string) *Error {
 	var (
 		e  *Error
-		se *jail.StartError
-		ve *vm.StartError
+		se *sandbox.StartError
 		re *agentapi.RemoteError
 	)
 	msg := err.Error()
@@ -40,8 +37,6 @@ func errorFor(err error, pathField string) *Error {
 		return &Error{Status: http.StatusNotImplemented, Code: CodeUnsupported, Message: msg}
 	case errors.As(err, &se):
 		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeStartFailed, Step: se.Step, Message: msg}
-	case errors.As(err, &ve):
-		return &Error{Status: http.StatusUnprocessableEntity, Code: CodeStartFailed, Step: ve.Step, Message: msg}
 	case errors.Is(err, daemon.ErrLimit):
 		return &Error{Status: http.StatusTooManyRequests, Code: CodeLimitReached, Message: msg}
 	case errors.Is(err, daemon.ErrNotRunning):

@@ -122,13 +122,9 @@ var errNoVM = fmt.Errorf("backend vm: this daemon has no micro-VM backend: %w", 
 
 // startStep names the setup step a failed start failed at.
 func startStep(err error) string {
-	var se *jail.StartError
+	var se *sandbox.StartError
 	if errors.As(err, &se) {
 		return se.Step
-	}
-	var ve *vm.StartError
-	if errors.As(err, &ve) {
-		return ve.Step
 	}
 	return "start"
 }

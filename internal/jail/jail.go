@@ -142,15 +142,8 @@ type AgentOptions struct {
 	MaxFileSize int64
 }
 
-// StartError is a failed start: the step that failed and why. Everything
-// done before the failure has been rolled back when it is returned.
-type StartError struct {
-	Step string
-	Err  error
-}
-
-func (e *StartError) Error() string { return e.Step + ": " + e.Err.Error() }
-func (e *StartError) Unwrap() error { return e.Err }
+// StartError is a failed start (see sandbox.StartError).
+type StartError = sandbox.StartError
 
 // Result is how a sandbox's command ended.
 type Result struct {
@@ -283,30 +276,30 @@ func (s *Sandbox) logTimeline() {
 // step already done is undone and the error is a *StartError.
 func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *Sandbox, err error) {
 	if err := spec.Validate(); err != nil {
-		return nil, &StartError{"validate", err}
+		return nil, &StartError{Step: "validate", Err: err}
 	}
 	if opts.Agent == nil && len(spec.Command) == 0 {
-		return nil, &StartError{"validate", fmt.Errorf("%w: command: must name a program", sandbox.ErrInvalid)}
+		return nil, &StartError{Step: "validate", Err: fmt.Errorf("%w: command: must name a program", sandbox.ErrInvalid)}
 	}
 	if opts.Agent != nil && len(opts.Agent.Token) < 16 {
-		return nil, &StartError{"validate", fmt.Errorf("%w: agent token: want at least 16 bytes", sandbox.ErrInvalid)}
+		return nil, &StartError{Step: "validate", Err: fmt.Errorf("%w: agent token: want at least 16 bytes", sandbox.ErrInvalid)}
 	}
 	prog, err := compileSeccomp(spec.Seccomp, opts.Agent != nil)
 	if err != nil {
-		return nil, &StartError{"seccomp", err}
+		return nil, &StartError{Step: "seccomp", Err: err}
 	}
 	policy, err := firewall.ParsePolicy(spec.Network.Allow)
 	if err != nil {
-		return nil, &StartError{"network policy", err}
+		return nil, &StartError{Step: "network policy", Err: err}
 	}
 	if err := j.cfg.Cgroups.Check(spec.Resources); err != nil {
-		return nil, &StartError{"cgroup", err}
+		return nil, &StartError{Step: "cgroup", Err: err}
 	}
 	if opts.Persistent && policy.Networked() {
 		// The egress proxy, DNS stub and pool slot lock of a sandbox
 		// network live in the process that made it; a persistent
 		// sandbox outlives that process.
-		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent sandbox cannot have --allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+		return nil, &StartError{Step: "validate", Err: fmt.Errorf("%w: a persistent sandbox cannot have --allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
 	}
 	// undo holds the rollback of every step done so far. If any rollback
 	// step fails, the state directory and its records are kept (unlocked)
@@ -314,7 +307,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	var undo []func() error
 	claim, err := j.claim(spec.ID)
 	if err != nil {
-		return nil, &StartError{"claim state", err}
+		return nil, &StartError{Step: "claim state", Err: err}
 	}
 	defer func() {
 		if err == nil {
@@ -361,14 +354,14 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
-		return nil, &StartError{"record", err}
+		return nil, &StartError{Step: "record", Err: err}
 	}
 	if policy.Networked() {
 		// The network's own record (net.json) is written before any of
 		// its objects exist; GC reclaims from it.
 		s.net, err = network.Acquire(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
 		if err != nil {
-			return nil, &StartError{"network", err}
+			return nil, &StartError{Step: "network", Err: err}
 		}
 		undo = append(undo, func() error { return s.net.Close() })
 		opts.NetNS = s.net.File()
@@ -377,7 +370,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
 	if err != nil {
-		return nil, &StartError{"cgroup", err}
+		return nil, &StartError{Step: "cgroup", Err: err}
 	}
 	s.mark("cgroup")
 	undo = append(undo, s.group.Destroy)
@@ -395,20 +388,20 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	// becomes fd 3.
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, &StartError{"control socket", err}
+		return nil, &StartError{Step: "control socket", Err: err}
 	}
 	hostEnd, initEnd := os.NewFile(uintptr(pair[0]), "ctl"), os.NewFile(uintptr(pair[1]), "ctl-init")
 	defer initEnd.Close()
 	s.ctl, err = initproc.NewConn(hostEnd)
 	if err != nil {
-		return nil, &StartError{"control socket", err}
+		return nil, &StartError{Step: "control socket", Err: err}
 	}
 	undo = append(undo, func() error { s.ctl.Close(); return nil })
 
 	stdio, err := s.plumb(opts.IO, spec.TTY)
 	defer initproc.CloseAll(stdio)
 	if err != nil {
-		return nil, &StartError{"stdio", err}
+		return nil, &StartError{Step: "stdio", Err: err}
 	}
 	undo = append(undo, func() error { s.closeIO(); return nil })
 
@@ -416,19 +409,19 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	var workTasks *os.File
 	if opts.Agent != nil {
 		if workTasks, err = s.group.SplitPids(workloadGroup, spec.Resources); err != nil {
-			return nil, &StartError{"cgroup", err}
+			return nil, &StartError{Step: "cgroup", Err: err}
 		}
 	}
 	lockDup, err := dupFile(claim.LockFile())
 	if err != nil {
-		return nil, &StartError{"lock", err}
+		return nil, &StartError{Step: "lock", Err: err}
 	}
 	icfg.LockFD = 3 + len(files) + 1
 	files = append(files, lockDup)
 	if opts.Agent != nil {
 		lf, err := listenAgent(claim.Dir)
 		if err != nil {
-			return nil, &StartError{"agent socket", err}
+			return nil, &StartError{Step: "agent socket", Err: err}
 		}
 		icfg.Agent = &initproc.AgentInit{ListenFD: 3 + len(files) + 1, Token: opts.Agent.Token, MaxFileSize: opts.Agent.MaxFileSize}
 		files = append(files, lf)
@@ -444,7 +437,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	// unprivileged host uid.
 	exe, err := os.OpenFile(j.cfg.Exe, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, &StartError{"start init", fmt.Errorf("open init binary: %w", err)}
+		return nil, &StartError{Step: "start init", Err: fmt.Errorf("open init binary: %w", err)}
 	}
 	icfg.Protocol = initproc.ProtocolVersion
 	icfg.ExeFD = 3 + len(files) + 1
@@ -479,7 +472,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	cgFD, err := s.group.Open()
 	if err != nil {
-		return nil, &StartError{"cgroup", err}
+		return nil, &StartError{Step: "cgroup", Err: err}
 	}
 	if cgFD != nil {
 		defer cgFD.Close()
@@ -488,7 +481,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	icfg.Epoch = time.Now().UnixNano()
 	if err := s.spawn(cmd, opts.NetNS); err != nil {
-		return nil, &StartError{"start init", err}
+		return nil, &StartError{Step: "start init", Err: err}
 	}
 	s.mark("spawn")
 	undo = append(undo, func() error {
@@ -499,23 +492,23 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	// Init builds its root while the host records it and moves it into
 	// the cgroup; on cgroup v2 it was cloned straight into it.
 	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
-		return nil, &StartError{"configure init", err}
+		return nil, &StartError{Step: "configure init", Err: err}
 	}
 	rec.InitPID = s.initPID
 	if rec.InitStart, err = state.ProcStart(s.initPID); err != nil {
-		return nil, &StartError{"record", err}
+		return nil, &StartError{Step: "record", Err: err}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
-		return nil, &StartError{"record", err}
+		return nil, &StartError{Step: "record", Err: err}
 	}
 	if cgFD == nil {
 		// ESRCH: init already died, and the handshake reports why.
 		if err := s.group.AddProc(s.initPID); err != nil && !errors.Is(err, syscall.ESRCH) {
-			return nil, &StartError{"cgroup", err}
+			return nil, &StartError{Step: "cgroup", Err: err}
 		}
 	}
 	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil {
-		return nil, &StartError{"configure init", err}
+		return nil, &StartError{Step: "configure init", Err: err}
 	}
 	s.mark("placed")
 	if err := s.handshake(ctx); err != nil {
@@ -612,9 +605,9 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 			return m, nil
 		case err := <-errc:
 			<-s.exited
-			return initproc.InitMsg{}, &StartError{"init", fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
+			return initproc.InitMsg{}, &StartError{Step: "init", Err: fmt.Errorf("init exited during start: %v (control: %w)", s.initErr, err)}
 		case <-ctx.Done():
-			return initproc.InitMsg{}, &StartError{"start", ctx.Err()}
+			return initproc.InitMsg{}, &StartError{Step: "start", Err: ctx.Err()}
 		}
 	}
 	next()
@@ -623,12 +616,12 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 		return err
 	}
 	if m.Ready == nil {
-		return &StartError{"init", errors.New("protocol error: expected ready")}
+		return &StartError{Step: "init", Err: errors.New("protocol error: expected ready")}
 	}
 	if s.seccomp.Mode == seccomp.Audit {
 		if len(attached) != 1 {
 			initproc.CloseAll(attached)
-			return &StartError{"seccomp", errors.New("init sent no audit listener")}
+			return &StartError{Step: "seccomp", Err: errors.New("init sent no audit listener")}
 		}
 		s.auditor = seccomp.NewAuditor(attached[0], auditCapacity, s.log)
 		s.audited = make(chan struct{})
@@ -646,10 +639,10 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 		s.log.Debug("init timeline", "steps", strings.Join(m.Ready.Steps, " "))
 	}
 	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
-		return &StartError{"verify confinement", err}
+		return &StartError{Step: "verify confinement", Err: err}
 	}
 	if err := s.ctl.Send(initproc.HostMsg{Go: true}); err != nil {
-		return &StartError{"start command", err}
+		return &StartError{Step: "start command", Err: err}
 	}
 	next()
 	m, err = wait()
@@ -657,7 +650,7 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 		return err
 	}
 	if m.Started == nil {
-		return &StartError{"init", errors.New("protocol error: expected started")}
+		return &StartError{Step: "init", Err: errors.New("protocol error: expected started")}
 	}
 	return nil
 }
@@ -670,7 +663,7 @@ func stepErr(e *initproc.StepError) error {
 	case e.Errno != 0:
 		err = errnoError{e.Message, syscall.Errno(e.Errno)}
 	}
-	return &StartError{e.Step, err}
+	return &StartError{Step: e.Step, Err: err}
 }
 
 // errnoError is an error from init whose cause has an errno, so that
@@ -972,7 +965,7 @@ func (s *Sandbox) Network() *network.Net { return s.net }
 func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initproc.Config, []*os.File, error) {
 	newRoot := filepath.Join(dir, "root")
 	if err := os.Mkdir(newRoot, 0o755); err != nil {
-		return nil, nil, &StartError{"create root", err}
+		return nil, nil, &StartError{Step: "create root", Err: err}
 	}
 	cfg := &initproc.Config{
 		Hostname: sandbox.Hostname(spec.ID),
@@ -1006,7 +999,7 @@ func (j *Jail) prepare(spec sandbox.Spec, opts Options, dir string) (*initproc.C
 		return nil
 	}
 	fail := func(step string, err error) (*initproc.Config, []*os.File, error) {
-		return nil, files, &StartError{step, err}
+		return nil, files, &StartError{Step: step, Err: err}
 	}
 
 	src := "/"

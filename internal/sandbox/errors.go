@@ -16,3 +16,14 @@ var (
 	// ErrNotFound marks a sandbox ID that does not exist.
 	ErrNotFound = errors.New("sandbox not found")
 )
+
+// StartError is a failed start of a sandbox, by any backend: the setup
+// step that failed and why. Everything done before the failure has been
+// rolled back when it is returned.
+type StartError struct {
+	Step string
+	Err  error
+}
+
+func (e *StartError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *StartError) Unwrap() error { return e.Err }

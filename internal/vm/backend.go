@@ -118,15 +118,8 @@ type IO struct {
 	Stdout, Stderr io.Writer
 }
 
-// StartError is a failed start: the step that failed and why. Everything
-// done before the failure has been rolled back when it is returned.
-type StartError struct {
-	Step string
-	Err  error
-}
-
-func (e *StartError) Error() string { return e.Step + ": " + e.Err.Error() }
-func (e *StartError) Unwrap() error { return e.Err }
+// StartError is a failed start (see sandbox.StartError).
+type StartError = sandbox.StartError
 
 // Result is how a sandbox's command ended.
 type Result struct {
@@ -186,7 +179,7 @@ type Sandbox struct {
 // already done is undone and the error is a *StartError.
 func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sandbox, err error) {
 	if err := spec.Validate(); err != nil {
-		return nil, &StartError{"validate", err}
+		return nil, &StartError{Step: "validate", Err: err}
 	}
 	s, err := b.boot(ctx, spec, bootOptions{token: qemu.NewToken()})
 	if err != nil {
@@ -211,7 +204,7 @@ func (b *Backend) Start(ctx context.Context, spec sandbox.Spec, stdio IO) (_ *Sa
 	// The command lives as long as the sandbox, not as long as ctx.
 	s.proc, err = s.vm.Agent.Start(context.WithoutCancel(ctx), exec, agentapi.ExecIO{Stdin: stdio.Stdin, Stdout: stdio.Stdout, Stderr: stdio.Stderr})
 	if err != nil {
-		return nil, &StartError{"start command", classifyExecErr(err)}
+		return nil, &StartError{Step: "start command", Err: classifyExecErr(err)}
 	}
 	if spec.Timeout > 0 {
 		s.timer = time.AfterFunc(spec.Timeout, func() {
@@ -255,28 +248,28 @@ func guestSize(spec sandbox.Spec) (memMiB, cpus int, res sandbox.Resources) {
 // is a *StartError.
 func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions) (_ *Sandbox, err error) {
 	if err := CheckSpec(spec); err != nil {
-		return nil, &StartError{"validate", err}
+		return nil, &StartError{Step: "validate", Err: err}
 	}
 	policy, err := firewall.ParsePolicy(spec.Network.Allow)
 	if err != nil {
-		return nil, &StartError{"network policy", err}
+		return nil, &StartError{Step: "network policy", Err: err}
 	}
 	if opts.persistent && policy.Networked() {
 		// The egress proxy, DNS stub and pool slot lock of a sandbox
 		// network live in the process that made it (as for the jail).
-		return nil, &StartError{"validate", fmt.Errorf("%w: a persistent micro-VM cannot have network allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
+		return nil, &StartError{Step: "validate", Err: fmt.Errorf("%w: a persistent micro-VM cannot have network allow rules yet (its egress servers live in the process that starts it)", sandbox.ErrUnsupported)}
 	}
 	memMiB, cpus, res := guestSize(spec)
 	if err := b.cfg.Cgroups.Check(res); err != nil {
-		return nil, &StartError{"cgroup", err}
+		return nil, &StartError{Step: "cgroup", Err: err}
 	}
 	img, kvm, err := b.image(ctx)
 	if err != nil {
-		return nil, &StartError{"image", err}
+		return nil, &StartError{Step: "image", Err: err}
 	}
 	claim, err := b.claim(spec.ID)
 	if err != nil {
-		return nil, &StartError{"claim state", err}
+		return nil, &StartError{Step: "claim state", Err: err}
 	}
 	s := &Sandbox{ID: spec.ID, Key: claim.Key, Dir: claim.Dir, claim: claim, root: b.cfg.Root,
 		log: b.cfg.Logger.With("sandbox", spec.ID), timedOut: make(chan struct{})}
@@ -290,7 +283,7 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 	rel := "/" + b.cfg.Root.Name() + "/" + string(claim.Key)
 	rec := record{VMM: "qemu", Cgroups: b.cfg.Cgroups.Paths(rel, res), CgroupRel: rel, Resources: res, Persistent: opts.persistent}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, RecordFile), rec); err != nil {
-		return nil, &StartError{"record", err}
+		return nil, &StartError{Step: "record", Err: err}
 	}
 	qcfg := qemu.Config{
 		Binary: b.cfg.QEMU, Image: img, Dir: claim.Dir, MemoryMiB: memMiB, CPUs: cpus, KVM: kvm,
@@ -303,19 +296,19 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 		// net.json is written before any of the network's objects exist.
 		s.net, err = network.Acquire(ctx, b.cfg.Network, claim.Dir, claim.Key, policy)
 		if err != nil {
-			return nil, &StartError{"network", err}
+			return nil, &StartError{Step: "network", Err: err}
 		}
 		s.undo = append(s.undo, s.net.Close)
 		g := s.net.Guest()
 		if g == nil {
-			return nil, &StartError{"network", errors.New("the network has no guest link")}
+			return nil, &StartError{Step: "network", Err: errors.New("the network has no guest link")}
 		}
 		qcfg.NetNS, qcfg.Tap = s.net.Path(), g.Tap
 		qcfg.Network = &guest.NetConfig{Iface: "eth0", Addr: g.Addr, Gateway: g.Gateway}
 	}
 	s.group, err = b.cfg.Cgroups.Create(rel, res)
 	if err != nil {
-		return nil, &StartError{"cgroup", err}
+		return nil, &StartError{Step: "cgroup", Err: err}
 	}
 	s.undo = append(s.undo, s.group.Destroy)
 	launch := qemu.Launch{Launcher: b.cfg.Launcher, Cgroup: s.group, Logger: s.log}
@@ -328,11 +321,11 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 	qcfg.Starter = qemu.SeccompStarter(launch)
 	s.vm, err = qemu.Start(ctx, qcfg)
 	if err != nil {
-		return nil, &StartError{"boot", err}
+		return nil, &StartError{Step: "boot", Err: err}
 	}
 	s.undo = append(s.undo, s.vm.Destroy)
 	if err := s.prepareGuest(ctx, spec); err != nil {
-		return nil, &StartError{"prepare guest", err}
+		return nil, &StartError{Step: "prepare guest", Err: err}
 	}
 	return s, nil
 }

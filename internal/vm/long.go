@@ -50,13 +50,13 @@ type AgentOptions struct {
 // step already done is undone and the error is a *StartError.
 func (b *Backend) Launch(ctx context.Context, spec sandbox.Spec, opts AgentOptions) (*Sandbox, error) {
 	if err := spec.Validate(); err != nil {
-		return nil, &StartError{"validate", err}
+		return nil, &StartError{Step: "validate", Err: err}
 	}
 	if len(spec.Command) > 0 {
-		return nil, &StartError{"validate", fmt.Errorf("%w: command: a long-lived sandbox runs no command of its own", sandbox.ErrInvalid)}
+		return nil, &StartError{Step: "validate", Err: fmt.Errorf("%w: command: a long-lived sandbox runs no command of its own", sandbox.ErrInvalid)}
 	}
 	if err := checkToken(opts.Token); err != nil {
-		return nil, &StartError{"validate", err}
+		return nil, &StartError{Step: "validate", Err: err}
 	}
 	s, err := b.boot(ctx, spec, bootOptions{token: opts.Token, persistent: opts.Persistent})
 	if err != nil {
