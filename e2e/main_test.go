@@ -42,14 +42,9 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	bin = filepath.Join(tmp, "ironclaw")
-	// ironclaw-agent next to ironclaw is the sandboxes' init, as installed.
-	for out, pkg := range map[string]string{bin: "../cmd/ironclaw", filepath.Join(tmp, "ironclaw-agent"): "../cmd/ironclaw-agent"} {
-		build := exec.Command("go", "build", "-o", out, pkg)
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
-			return 1
-		}
+	if err := testutil.BuildCommands(tmp, "ironclaw", "ironclaw-agent"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	root = filepath.Join(tmp, "state")
 	code := m.Run()

@@ -48,12 +48,8 @@ func build(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(keep, 0o711)
-	for out, pkg := range map[string]string{"ironclaw": "../../cmd/ironclaw", "ironclaw-agent": "../../cmd/ironclaw-agent"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(keep, out), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, b)
-		}
+	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
+		t.Fatal(err)
 	}
 	bin, root = filepath.Join(keep, "ironclaw"), filepath.Join(keep, "state")
 }

@@ -34,31 +34,24 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// build compiles the ironclaw binary once per test binary.
+// build compiles ironclaw and ironclaw-agent once per test binary.
 func build(t *testing.T) {
 	t.Helper()
 	testutil.RequireHostNetNS(t)
 	if bin != "" {
 		return
 	}
-	dir := testutil.SearchableTempDir(t)
-	b := filepath.Join(dir, "ironclaw")
-	cmd := exec.Command("go", "build", "-o", b, "../../cmd/ironclaw")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	// The binary and the state root must outlive this test: later tests
+	// The binaries and the state root must outlive this test: later tests
 	// use them, and TestMain's leak check reads the root.
 	keep, err := os.MkdirTemp("", "ironclaw-nete2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(keep, 0o711)
-	bin = filepath.Join(keep, "ironclaw")
-	if err := os.Rename(b, bin); err != nil {
+	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
 		t.Fatal(err)
 	}
+	bin = filepath.Join(keep, "ironclaw")
 	root = filepath.Join(keep, "state")
 }
 

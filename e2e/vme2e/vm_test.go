@@ -98,14 +98,8 @@ func setup(t *testing.T) {
 	if err := os.Chmod(keep, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	// -trimpath as vmtest builds the agent, so the default image (keyed
-	// by the agent's content) is shared with the other VM tests.
-	for _, b := range []string{"ironclaw", "ironclaw-agent"} {
-		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(keep, b), "../../cmd/"+b)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", b, err, out)
-		}
+	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
+		t.Fatal(err)
 	}
 	bin, root = filepath.Join(keep, "ironclaw"), filepath.Join(keep, "state")
 }
