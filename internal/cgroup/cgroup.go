@@ -14,6 +14,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup1"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
@@ -547,4 +549,75 @@ func readKey(path, key string) (uint64, error) {
 		return 0, fmt.Errorf("read %s: %w", path, err)
 	}
 	return 0, fmt.Errorf("read %s: no %s line", path, key)
+}
+
+// PrimeMigration starts, in the background, the wait that the kernel makes
+// every cgroup v1 migration pay, so that a migration made soon after (such
+// as AddProc of a sandbox's init a few milliseconds later) finds it already
+// under way or over instead of waiting a whole period from scratch.
+//
+// On v1, writing to a tasks or cgroup.procs file takes the global
+// cgroup_threadgroup_rwsem for writing, and a writer that finds it idle
+// first waits for an RCU grace period (5–10 ms here; see
+// docs/performance.md). Writers that come while one is waiting share its
+// grace period, and writers within about one period after the last one
+// wait for none. PrimeMigration is such a writer: it moves the calling
+// goroutine's own thread into the cgroup it already is in (a no-op move)
+// on one hierarchy r uses. It returns at once; done is closed when the
+// write returns, with its error (tests read it; callers may ignore it, as
+// nothing depends on the move). On v2 (clone3 with CLONE_INTO_CGROUP needs
+// no migration), or when r sets no limit, it does nothing.
+func (h *Host) PrimeMigration(r sandbox.Resources) (done <-chan error) {
+	c := make(chan error, 1)
+	ctls := controllersFor(r)
+	if h.Version != V1 || len(ctls) == 0 {
+		close(c)
+		return c
+	}
+	go func() {
+		// The thread must not change under the write: the tasks file
+		// takes a thread ID.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		c <- primeOnce(h.Mount, ctls[0])
+		close(c)
+	}()
+	return c
+}
+
+// primeOnce writes the calling thread's ID into the tasks file of the
+// cgroup the thread already is in on the v1 hierarchy ctl.
+func primeOnce(mount, ctl string) error {
+	rel, err := threadCgroup(ctl)
+	if err != nil {
+		return err
+	}
+	tid := strconv.Itoa(unix.Gettid())
+	f := filepath.Join(mount, ctl, rel, "tasks")
+	if err := os.WriteFile(f, []byte(tid), 0); err != nil {
+		return fmt.Errorf("prime cgroup migration: write %s: %w", f, err)
+	}
+	return nil
+}
+
+// threadCgroup returns the calling thread's cgroup on the v1 hierarchy
+// that carries controller ctl.
+func threadCgroup(ctl string) (string, error) {
+	b, err := os.ReadFile("/proc/thread-self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read own cgroup: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// hierarchy-ID:controller-list:path
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if c == ctl {
+				return f[2], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("own cgroup: no v1 hierarchy with the %s controller in /proc/thread-self/cgroup", ctl)
 }

@@ -374,6 +374,11 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	}
 	s.mark("cgroup")
 	undo = append(undo, s.group.Destroy)
+	// On cgroup v1, moving init into the group below waits for an RCU
+	// grace period; starting that wait now overlaps it with the rest of
+	// the setup. (Not before Create: the waiting writer holds the
+	// cgroup_mutex that making a group needs.)
+	_ = j.cfg.Cgroups.PrimeMigration(spec.Resources)
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
 	defer func() { initproc.CloseAll(files) }() // files grows below

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sort"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,11 +46,16 @@ type archInfo struct {
 	dockerID string            // the arch name Docker profiles use in includes/excludes
 }
 
-// archInfos is computed once at package initialisation and never written
-// afterwards.
-var archInfos = map[Arch]*archInfo{
-	ArchX86_64:  newArchInfo(archInfo{audit: unix.AUDIT_ARCH_X86_64, table: sysnumX86_64, x32: true, dockerID: "amd64"}),
-	ArchAARCH64: newArchInfo(archInfo{audit: unix.AUDIT_ARCH_AARCH64, table: sysnumAARCH64, dockerID: "arm64"}),
+// archInfos are computed once, on first use, and never written
+// afterwards: building the tables at package initialisation cost every
+// process that links this package (the sandbox's init among them) 0.1 ms.
+var archInfos = map[Arch]func() *archInfo{
+	ArchX86_64: sync.OnceValue(func() *archInfo {
+		return newArchInfo(archInfo{audit: unix.AUDIT_ARCH_X86_64, table: sysnumX86_64(), x32: true, dockerID: "amd64"})
+	}),
+	ArchAARCH64: sync.OnceValue(func() *archInfo {
+		return newArchInfo(archInfo{audit: unix.AUDIT_ARCH_AARCH64, table: sysnumAARCH64(), dockerID: "arm64"})
+	}),
 }
 
 func newArchInfo(in archInfo) *archInfo {
@@ -70,7 +76,7 @@ func (a Arch) info() (*archInfo, error) {
 	if !ok {
 		return nil, fmt.Errorf("architecture %q (want %s or %s): %w", a, ArchX86_64, ArchAARCH64, ErrUnsupported)
 	}
-	return in, nil
+	return in(), nil
 }
 
 // SyscallNumber returns the number of the named syscall on a.

@@ -205,7 +205,7 @@ func ioctl(fd int, req uint, arg unsafe.Pointer) error {
 
 func archOfAudit(v uint32) Arch {
 	for a, in := range archInfos {
-		if in.audit == v {
+		if in().audit == v {
 			return a
 		}
 	}

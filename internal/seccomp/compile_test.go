@@ -22,7 +22,7 @@ var (
 // refDecide is an independent reading of Policy's documented semantics,
 // to check the generated BPF against.
 func refDecide(pol *Policy, arch Arch, auditArch, nr uint32, args [6]uint64) uint32 {
-	in := archInfos[arch]
+	in := archInfos[arch]()
 	if auditArch != in.audit {
 		return unix.SECCOMP_RET_KILL_PROCESS
 	}
@@ -162,7 +162,7 @@ func TestArchAndX32KilledVM(t *testing.T) {
 				t.Fatalf("%s/%s: read = %#x, want allow", a, name, got)
 			}
 			for _, wrong := range []uint32{unix.AUDIT_ARCH_I386, unix.AUDIT_ARCH_X86_64, unix.AUDIT_ARCH_AARCH64, unix.AUDIT_ARCH_ARM, 1} {
-				if wrong == archInfos[a].audit {
+				if wrong == archInfos[a]().audit {
 					continue
 				}
 				got, err := p.Evaluate(wrong, read, [6]uint64{})
@@ -280,7 +280,7 @@ func TestConditionsVM(t *testing.T) {
 						}
 					}
 				}
-				want := refDecide(pol, a, archInfos[a].audit, getpid, args)
+				want := refDecide(pol, a, archInfos[a]().audit, getpid, args)
 				if got := eval(t, p, getpid, args); got != want {
 					t.Fatalf("%s: rules %+v args %#x: BPF %#x, reference %#x", a, pol.Rules[len(LaunchPath()):], args, got, want)
 				}
@@ -326,7 +326,7 @@ func TestFarJumpsVM(t *testing.T) {
 			num := nr(t, a, n)
 			for k := 0; k < 4; k++ {
 				args := [6]uint64{uint64(r.IntN(160)), randValue(r), uint64(r.IntN(0x40)), 0, 0, 0}
-				if want, got := refDecide(pol, a, archInfos[a].audit, num, args), eval(t, p, num, args); got != want {
+				if want, got := refDecide(pol, a, archInfos[a]().audit, num, args), eval(t, p, num, args); got != want {
 					t.Fatalf("%s: %s%#x: BPF %#x, reference %#x", a, n, args, got, want)
 				}
 			}

@@ -65,12 +65,12 @@ func run(out string) error {
 			}
 			return names[i] < names[j]
 		})
-		fmt.Fprintf(&b, "// %s maps syscall names to numbers, from x/sys/unix %s.\n", t.goName, t.file)
-		fmt.Fprintf(&b, "var %s = map[string]uint32{\n", t.goName)
+		fmt.Fprintf(&b, "// %s returns a new map of syscall names to numbers, from x/sys/unix\n// %s. It is a function so that no process pays for the map\n// before it compiles a filter.\n", t.goName, t.file)
+		fmt.Fprintf(&b, "func %s() map[string]uint32 {\n\treturn map[string]uint32{\n", t.goName)
 		for _, n := range names {
 			fmt.Fprintf(&b, "\t%q: %d,\n", n, m[n])
 		}
-		b.WriteString("}\n\n")
+		b.WriteString("}\n}\n\n")
 	}
 	src, err := format.Source(b.Bytes())
 	if err != nil {
