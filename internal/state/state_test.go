@@ -209,3 +209,92 @@ func TestProcStart(t *testing.T) {
 		t.Errorf("ProcStart of a reaped process = %v, want ErrProcessGone", err)
 	}
 }
+
+// TestOpenPurgesAnEarlierBoot plays a state directory that outlived its
+// kernel (a /run on disk): Open removes its sandbox directories and network
+// records unread, keeps everything else, and records the running boot.
+func TestOpenPurgesAnEarlierBoot(t *testing.T) {
+	dir := filepath.Join(testutil.SearchableTempDir(t), "state")
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := r.Claim("old-sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A torn record, as a crash without fsync may leave.
+	if err := os.WriteFile(filepath.Join(c.Dir, "jail.json"), []byte(`{"cgr`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Abandon()
+	net := filepath.Join(dir, "net")
+	if err := os.MkdirAll(filepath.Join(net, "slots"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(net, "forwarding.json"), []byte(`{"uplinks":{"eth0":"0"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(dir, "ironclaw.db")
+	if err := os.WriteFile(keep, []byte("store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Same boot: nothing is touched.
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(c.Dir); err != nil {
+		t.Fatalf("same boot: sandbox directory removed: %v", err)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, bootFile), []byte("00000000-0000-0000-0000-000000000000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{c.Dir, net} {
+		if _, err := os.Stat(gone); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s survived an earlier boot's purge (%v)", gone, err)
+		}
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("the store was removed: %v", err)
+	}
+	cur, _ := os.ReadFile(bootIDPath)
+	got, _ := os.ReadFile(filepath.Join(dir, bootFile))
+	if string(got) != string(cur) {
+		t.Errorf("boot_id = %q, want the running boot %q", got, cur)
+	}
+}
+
+// TestOpenKeepsLiveOwnersOnABootMismatch: a held lock means the boot ID was
+// wrong, not the directory; nothing of a live owner is removed.
+func TestOpenKeepsLiveOwnersOnABootMismatch(t *testing.T) {
+	dir := filepath.Join(testutil.SearchableTempDir(t), "state")
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := r.Claim("live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	net := filepath.Join(dir, "net")
+	if err := os.MkdirAll(net, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, bootFile), []byte("wrong\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, kept := range []string{c.Dir, net} {
+		if _, err := os.Stat(kept); err != nil {
+			t.Errorf("%s of a live owner removed: %v", kept, err)
+		}
+	}
+}
