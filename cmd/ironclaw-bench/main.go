@@ -136,6 +136,7 @@ func jail(args []string) error {
 		command("ironclaw (default limits: cgroups + Landlock)", append(ic, "--", "/bin/true")...),
 		command("ironclaw --memory 0 --pids 0 (no cgroup)", append(ic, "--memory", "0", "--pids", "0", "--", "/bin/true")...),
 		command("bwrap", bw...),
+		command("ironclaw --version (the CLI's own start, no sandbox)", c.ironclaw, "--version"),
 		command("exec /bin/true", "/bin/true"),
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -36,6 +37,7 @@ func newRootCmd(g *globals) *cobra.Command {
 		Short:         "Run untrusted agent code and MCP servers in disposable sandboxes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildVersion(),
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
 			level := slog.LevelWarn
 			if g.debug {
@@ -50,6 +52,35 @@ func newRootCmd(g *globals) *cobra.Command {
 		root.AddCommand(sub(g))
 	}
 	return root
+}
+
+// buildVersion describes the running binary from the build information the
+// Go toolchain embeds: the module version, and the VCS revision when built
+// from a checkout.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+modified"
+			}
+		}
+	}
+	if rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		v += " (" + rev + dirty + ")"
+	}
+	return v + " " + bi.GoVersion
 }
 
 // subcommands lists the constructors of every subcommand, one file each.
