@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"sort"
 	"strconv"
 
 	"github.com/ironclaw/ironclaw/internal/network"
@@ -77,20 +76,16 @@ func printNetStatus(w io.Writer, id string, st *network.Status) bool {
 			fmt.Fprintf(w, "    %s\n", r)
 		}
 	}
-	fmt.Fprintln(w, "\non the host: table inet ironclaw (base chains and this sandbox's chains)")
+	fmt.Fprintln(w, "\non the host: table inet ironclaw (fixed base chains, shared by all sandboxes)")
 	for _, c := range st.Report.Host {
 		fmt.Fprintf(w, "  %s\n", c.Describe())
 		for _, r := range c.Rules {
 			fmt.Fprintf(w, "    %s\n", r)
 		}
 	}
-	maps := make([]string, 0, len(st.Report.Maps))
-	for m := range st.Report.Maps {
-		maps = append(maps, m)
-	}
-	sort.Strings(maps)
-	for _, m := range maps {
-		fmt.Fprintf(w, "  map %s: %q : jump %s\n", m, st.Names.HostIf, st.Report.Maps[m])
+	fmt.Fprintf(w, "\non the host: this sandbox's set elements (keyed by %s)\n", st.Names.HostIf)
+	for _, e := range st.Report.Elements {
+		fmt.Fprintf(w, "  %s\n", e)
 	}
 	if st.Report.Err != nil {
 		fmt.Fprintf(w, "\nverification FAILED: %v\n", st.Report.Err)

@@ -7,12 +7,17 @@
 //   - Inside the sandbox's network namespace, table inet "ironclaw" with
 //     base chains at the output, input and forward hooks, all policy drop.
 //     It is replaced as a whole (add, delete, re-create) in one transaction.
-//   - On the host, in the shared table inet "ironclaw", per-sandbox regular
-//     chains reached through verdict maps keyed by interface name
-//     (iifname/oifname → jump). The host's base chains have policy accept
-//     so they never touch traffic that is not a sandbox's; each sandbox's
-//     chains end in an explicit drop. A map lookup is a hash lookup, so the
-//     cost per packet does not grow with the number of sandboxes.
+//   - On the host, the shared table inet "ironclaw" holds one fixed
+//     ruleset: base chains (forward, input, NAT) whose rules are the same
+//     whatever sandboxes exist, with policy accept and every rule bound to
+//     a sandbox link through a set, so they never touch traffic that is
+//     not a sandbox's. Each sandbox is only elements of named sets and
+//     maps keyed by its link's name (link, own source address, services,
+//     allowed "link . version . address range [. protocol . port range]",
+//     see host.go): a change adds and deletes elements and never a chain,
+//     a rule or a jump, so the kernel does not re-validate the table and
+//     neither the cost of a change nor the cost per packet grows with the
+//     number of sandboxes.
 //
 // nftables runs every base chain registered on a hook, and a packet must be
 // accepted by all of them: an accept in another table (an iptables ACCEPT

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,7 +18,7 @@ func testTarget(t testing.TB, rules ...string) *Target {
 		t.Fatal(err)
 	}
 	return &Target{
-		Name: "sabcdefghijkl", Policy: p,
+		Policy:      p,
 		SandboxAddr: netip.MustParseAddr("10.200.0.2"), HostAddr: netip.MustParseAddr("10.200.0.1"),
 		HostIf:   "icabcdefghijklh",
 		Deny:     []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("198.51.100.1/32")},
@@ -63,7 +64,7 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := VerifySandbox(c, gchains); err != nil {
 		t.Fatal(err)
 	}
-	part, err := BuildHost(tg)
+	part, err := BuildHost(tg, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +126,10 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	a, b := testTarget(t, "203.0.113.0/24"), testTarget(t, "198.51.100.0/24:53/udp")
-	b.Name, b.HostIf, b.SandboxAddr, b.HostAddr = "sbother", "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
-	pa, _ := BuildHost(a)
-	pb, _ := BuildHost(b)
+	a, b := testTarget(t, "203.0.113.0/24", "allowed.test"), testTarget(t, "198.51.100.0/24:53/udp", "203.0.113.0/24")
+	b.HostIf, b.SandboxAddr, b.HostAddr = "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+	pa, _ := BuildHost(a, 1)
+	pb, _ := BuildHost(b, 1)
 	if err := EnsureHostBase(c); err != nil {
 		t.Fatal(err)
 	}
@@ -136,20 +137,52 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 		if err := ApplyHost(c, p); err != nil {
 			t.Fatal(err)
 		}
+		if err := VerifyHost(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An element no part knows of goes too.
+	stray := Element{Set: SetAllowPublic, Key: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1"))), KeyEnd: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1")))}
+	withStray := HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), stray)}
+	if err := ApplyHostChanges(c, &pa, &withStray); err != nil {
+		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		if err := RemoveHost(c, &pa); err != nil {
+		if err := RemoveHost(c, a.HostIf); err != nil {
 			t.Fatalf("remove %d: %v", i, err)
 		}
 	}
 	if err := VerifyHost(c, &pb); err != nil {
 		t.Fatalf("the other sandbox was disturbed: %v", err)
 	}
-	chains, _ := ReadTable(c)
-	for _, ch := range chains {
-		if strings.HasPrefix(ch.Name, a.Name) {
-			t.Errorf("chain %s survived", ch.Name)
-		}
+	// A policy change switches b's version without deleting the old
+	// elements; PruneHost deletes them, and only them.
+	b2 := *b
+	b2.Policy, _ = ParsePolicy([]string{"203.0.113.7:80/tcp"})
+	pb2, _ := BuildHost(&b2, 2)
+	if err := ApplyHostChanges(c, &pb, &pb2); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &pb2); err != nil {
+		t.Fatal(err)
+	}
+	if all, _ := ReadHostPart(c, b.HostIf); len(all.Elements) <= len(pb2.Elements) {
+		t.Fatalf("the superseded elements were deleted on the change: %d elements", len(all.Elements))
+	}
+	if n, err := PruneHost(c, b.HostIf); err != nil || n == 0 {
+		t.Fatalf("prune: %d %v", n, err)
+	}
+	if all, _ := ReadHostPart(c, b.HostIf); len(all.Elements) != len(pb2.Elements) {
+		t.Fatalf("after prune: %v", all.Elements)
+	}
+	if err := VerifyHost(c, &pb2); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := ReadHostPart(c, a.HostIf); err != nil || len(left.Elements) != 0 {
+		t.Fatalf("elements of the removed sandbox survived: %v %v", left.Elements, err)
+	}
+	if err := VerifyHost(c, &HostPart{Iface: a.HostIf}); err != nil {
+		t.Fatalf("after removal: %v", err)
 	}
 	rules, err := c.GetRules(other, oc)
 	if err != nil || len(rules) != 1 {
@@ -157,7 +190,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	}
 	// Without the table RemoveHost does nothing (and creates nothing).
 	empty := connIn(t, testutil.NewNetNS(t))
-	if err := RemoveHost(empty, &pa); err != nil {
+	if err := RemoveHost(empty, a.HostIf); err != nil {
 		t.Fatal(err)
 	}
 	if ch, _ := ReadTable(empty); len(ch) != 0 {

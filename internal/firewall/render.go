@@ -20,6 +20,13 @@ func (r Rule) String() string {
 	for i := 0; i < len(ex); i++ {
 		switch e := ex[i].(type) {
 		case *expr.Meta:
+			if i+2 < len(ex) {
+				if s, n := concatLookup(ex[i:]); n > 0 {
+					parts = append(parts, s)
+					i += n - 1
+					continue
+				}
+			}
 			if i+1 < len(ex) {
 				if c, ok := ex[i+1].(*expr.Cmp); ok {
 					parts = append(parts, metaCmp(e.Key, c))
@@ -27,11 +34,7 @@ func (r Rule) String() string {
 					continue
 				}
 				if l, ok := ex[i+1].(*expr.Lookup); ok {
-					if l.IsDestRegSet {
-						parts = append(parts, fmt.Sprintf("%s vmap @%s", metaName(e.Key), l.SetName))
-					} else {
-						parts = append(parts, fmt.Sprintf("%s @%s", metaName(e.Key), l.SetName))
-					}
+					parts = append(parts, fmt.Sprintf("%s %s@%s", metaName(e.Key), invName(l.Invert), l.SetName))
 					i++
 					continue
 				}
@@ -70,6 +73,57 @@ func (r Rule) String() string {
 		s += fmt.Sprintf(" comment %q", r.Comment)
 	}
 	return s
+}
+
+func invName(inv bool) string {
+	if inv {
+		return "!= "
+	}
+	return ""
+}
+
+// concatLookup renders a concatenation of loads ending in a lookup (and,
+// for a map lookup feeding a redirect, the redirect): "iifname . ip saddr
+// != @sources", "redirect to : iifname . ... map @redirect". It returns how
+// many expressions it consumed, 0 if ex does not start with one.
+func concatLookup(ex []expr.Any) (string, int) {
+	var names []string
+	for i, e := range ex {
+		switch e := e.(type) {
+		case *expr.Meta:
+			names = append(names, metaName(e.Key))
+		case *expr.Payload:
+			names = append(names, payloadName(e))
+		case *expr.Lookup:
+			key := strings.Join(names, " . ")
+			if e.IsDestRegSet && i+1 < len(ex) {
+				if _, ok := ex[i+1].(*expr.Redir); ok {
+					return fmt.Sprintf("redirect to : %s map @%s", key, e.SetName), i + 2
+				}
+				if len(names) > 0 {
+					// A map result that becomes the next field.
+					names = append(names, fmt.Sprintf("(%s map @%s)", names[len(names)-1], e.SetName))
+					continue
+				}
+			}
+			return fmt.Sprintf("%s %s@%s", key, invName(e.Invert), e.SetName), i + 1
+		default:
+			return "", 0
+		}
+	}
+	return "", 0
+}
+
+func payloadName(p *expr.Payload) string {
+	switch {
+	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 12 && p.Len == 4:
+		return "ip saddr"
+	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 16 && p.Len == 4:
+		return "ip daddr"
+	case p.Base == expr.PayloadBaseTransportHeader && p.Offset == 2 && p.Len == 2:
+		return "th dport"
+	}
+	return fmt.Sprintf("@%d,%d,%d", p.Base, p.Offset*8, p.Len*8)
 }
 
 func verdictName(v *expr.Verdict) string {
@@ -138,15 +192,7 @@ func metaCmp(k expr.MetaKey, c *expr.Cmp) string {
 // payload renders a payload load and the bitwise/cmp expressions that use
 // it; it returns how many following expressions it consumed.
 func payload(p *expr.Payload, rest []expr.Any) (string, int) {
-	name := fmt.Sprintf("@%d,%d,%d", p.Base, p.Offset*8, p.Len*8)
-	switch {
-	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 12 && p.Len == 4:
-		name = "ip saddr"
-	case p.Base == expr.PayloadBaseNetworkHeader && p.Offset == 16 && p.Len == 4:
-		name = "ip daddr"
-	case p.Base == expr.PayloadBaseTransportHeader && p.Offset == 2 && p.Len == 2:
-		name = "th dport"
-	}
+	name := payloadName(p)
 	bits := -1
 	n := 0
 	if len(rest) > 0 {

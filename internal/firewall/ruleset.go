@@ -15,21 +15,6 @@ import (
 // sandbox's namespace and on the host. Other tools' tables are never touched.
 const TableName = "ironclaw"
 
-// Names of the host table's verdict maps. Each maps an interface name to a
-// jump to that sandbox's chain.
-const (
-	MapForwardIn  = "fwd_in"   // forwarded, from the sandbox
-	MapForwardOut = "fwd_out"  // forwarded, to the sandbox
-	MapLocalIn    = "local_in" // to the host itself, from the sandbox
-	MapNATPre     = "nat_pre"  // prerouting DNAT/redirect, from the sandbox
-	MapNATPost    = "nat_post" // postrouting masquerade, from the sandbox
-)
-
-// SetUplinks is the host table's set of guarded uplinks: interfaces on
-// which IPv4 forwarding is on only because sandboxes need it (see
-// BuildHostBase). Packets forwarded from them go to sandbox links only.
-const SetUplinks = "uplinks"
-
 // InternalRanges are the IPv4 networks a sandbox can never reach unless a
 // CIDR rule names them explicitly: "this network", RFC 1918, shared address
 // space (100.64/10), loopback, link-local (169.254.169.254, the cloud
@@ -60,9 +45,6 @@ type Services struct {
 // Target is the desired firewall state of one networked sandbox: plain data,
 // everything the builders need.
 type Target struct {
-	// Name is unique per sandbox and names its chains on the host
-	// (derived from the sandbox key by the caller).
-	Name string
 	// Policy is the allowlist.
 	Policy Policy
 	// SandboxAddr is the sandbox's only address: the only source forwarded.
@@ -99,19 +81,17 @@ type Guest struct {
 // Validate checks t before anything is built from it.
 func (t *Target) Validate() error {
 	switch {
-	case t.Name == "" || len(t.Name) > 64:
-		return fmt.Errorf("firewall target: name %q must be 1 to 64 characters", t.Name)
-	case !t.SandboxAddr.Is4() || !t.HostAddr.Is4():
-		return fmt.Errorf("firewall target %s: sandbox and host addresses must be IPv4, got %v and %v", t.Name, t.SandboxAddr, t.HostAddr)
 	case t.HostIf == "" || len(t.HostIf) > unix.IFNAMSIZ-1:
-		return fmt.Errorf("firewall target %s: host interface %q must be 1 to 15 bytes", t.Name, t.HostIf)
+		return fmt.Errorf("firewall target: host interface %q must be 1 to 15 bytes", t.HostIf)
+	case !t.SandboxAddr.Is4() || !t.HostAddr.Is4():
+		return fmt.Errorf("firewall target %s: sandbox and host addresses must be IPv4, got %v and %v", t.HostIf, t.SandboxAddr, t.HostAddr)
 	}
 	if g := t.Guest; g != nil {
 		switch {
 		case g.If == "" || len(g.If) > unix.IFNAMSIZ-1 || g.Uplink == "" || len(g.Uplink) > unix.IFNAMSIZ-1 || g.If == g.Uplink:
-			return fmt.Errorf("firewall target %s: guest interfaces %q and %q must be distinct and 1 to 15 bytes", t.Name, g.If, g.Uplink)
+			return fmt.Errorf("firewall target %s: guest interfaces %q and %q must be distinct and 1 to 15 bytes", t.HostIf, g.If, g.Uplink)
 		case !g.Addr.Is4() || g.Addr == t.SandboxAddr || g.Addr == t.HostAddr:
-			return fmt.Errorf("firewall target %s: guest address %v must be IPv4 and not the link's", t.Name, g.Addr)
+			return fmt.Errorf("firewall target %s: guest address %v must be IPv4 and not the link's", t.HostIf, g.Addr)
 		}
 	}
 	return nil
@@ -135,24 +115,6 @@ func (c *Chain) Base() bool { return c.Hook != nil }
 type Rule struct {
 	Comment string
 	Exprs   []expr.Any
-}
-
-// MapElement is one entry of a host verdict map.
-type MapElement struct {
-	Map   string
-	Iface string
-	Chain string
-}
-
-// HostPart is what one sandbox adds to the shared host table.
-type HostPart struct {
-	Chains   []Chain
-	Elements []MapElement
-}
-
-// Chain names of a sandbox's host part.
-func hostChainNames(name string) (fi, fo, li, np, nq string) {
-	return name + "-fwd-in", name + "-fwd-out", name + "-local-in", name + "-nat-pre", name + "-nat-post"
 }
 
 var (
@@ -186,7 +148,7 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
 		rule("own source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(t.SandboxAddr, 32)), drop()),
 	)
-	out.Rules = append(out.Rules, serviceRules(t, true)...)
+	out.Rules = append(out.Rules, serviceRules(t)...)
 	out.Rules = append(out.Rules, policyRules(t)...)
 
 	in := Chain{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyDrop}
@@ -208,7 +170,7 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
 		rule("guest source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(g.Addr, 32)), drop()),
 	)
-	fwd.Rules = append(fwd.Rules, serviceRules(t, true)...)
+	fwd.Rules = append(fwd.Rules, serviceRules(t)...)
 	fwd.Rules = append(fwd.Rules, policyRules(t)...)
 	nat := Chain{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept,
 		Rules: []Rule{rule("guest as the sandbox address", ifname(expr.MetaKeyOIFNAME, g.Uplink), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
@@ -227,109 +189,26 @@ func BuildEmptySandbox() []Chain {
 	return []Chain{out, in, fwd}
 }
 
-// BuildHostBase returns the base chains of the shared host table. Their
-// policy is accept, so traffic that is no sandbox's is left to the host's
-// other rules; the map rules only dispatch a sandbox's traffic to its
-// chains, each of which ends in a verdict. One rule is not a sandbox's:
-// IPv4 forwarding is decided by the input interface, so turning it on for
-// an uplink (for replies to sandboxes) would make the host route anything
-// arriving there to any interface. A packet from an uplink in SetUplinks
-// that was not dispatched to a sandbox's chain is dropped.
-func BuildHostBase() []Chain {
-	return []Chain{
-		{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyAccept,
-			Rules: []Rule{
-				rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapForwardIn)),
-				rule("to sandboxes", vmap(expr.MetaKeyOIFNAME, MapForwardOut)),
-				rule("from guarded uplinks, not to a sandbox", lookup(expr.MetaKeyIIFNAME, SetUplinks), drop()),
-			}},
-		{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyAccept,
-			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapLocalIn))}},
-		{Name: "prerouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPrerouting), Priority: prioRef(prioDSTNAT), Policy: &policyAccept,
-			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapNATPre))}},
-		{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept,
-			Rules: []Rule{rule("from sandboxes", vmap(expr.MetaKeyIIFNAME, MapNATPost))}},
-	}
-}
-
-// HostMaps are the names of the host table's verdict maps.
-var HostMaps = []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost}
-
-// BuildHost returns the sandbox's part of the shared host table.
-func BuildHost(t *Target) (HostPart, error) {
-	if err := t.Validate(); err != nil {
-		return HostPart{}, err
-	}
-	fiName, foName, liName, npName, nqName := hostChainNames(t.Name)
-	own := netip.PrefixFrom(t.SandboxAddr, 32)
-	fi := Chain{Name: fiName, Rules: []Rule{
-		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
-		rule("own source only", addr(12, expr.CmpOpNeq, own), drop()),
-		rule("replies", ctEstablished(), accept()),
-	}}
-	fi.Rules = append(fi.Rules, policyRules(t)...)
-	fi.Rules = append(fi.Rules, rule("default deny", drop()))
-
-	fo := Chain{Name: foName, Rules: []Rule{
-		rule("replies", ctEstablished(), accept()),
-		rule("default deny", drop()),
-	}}
-	li := Chain{Name: liName, Rules: []Rule{
-		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
-		rule("own source only", addr(12, expr.CmpOpNeq, own), drop()),
-		rule("replies", ctEstablished(), accept()),
-	}}
-	li.Rules = append(li.Rules, serviceRules(t, false)...)
-	li.Rules = append(li.Rules, rule("default deny", drop()))
-
-	np := Chain{Name: npName}
-	host := netip.PrefixFrom(t.HostAddr, 32)
-	for _, s := range []struct {
-		proto byte
-		from  uint16
-		to    uint16
-		what  string
-	}{
-		{unix.IPPROTO_UDP, 53, t.Services.DNS, "DNS stub"},
-		{unix.IPPROTO_TCP, 53, t.Services.DNS, "DNS stub"},
-		{unix.IPPROTO_TCP, 80, t.Services.HTTP, "HTTP proxy"},
-		{unix.IPPROTO_TCP, 443, t.Services.HTTPS, "HTTPS proxy"},
-	} {
-		if s.to == 0 {
-			continue
-		}
-		np.Rules = append(np.Rules, rule(fmt.Sprintf("%s %s:%d", s.what, protoName(s.proto), s.from),
-			addr(16, expr.CmpOpEq, host), l4proto(s.proto), ports(s.from, s.from), redirect(s.to)))
-	}
-	nq := Chain{Name: nqName, Rules: []Rule{rule("NAT to the uplink", masquerade())}}
-	part := HostPart{Chains: []Chain{fi, fo, li, np, nq}}
-	for _, e := range []struct{ m, c string }{{MapForwardIn, fiName}, {MapForwardOut, foName}, {MapLocalIn, liName}, {MapNATPre, npName}, {MapNATPost, nqName}} {
-		part.Elements = append(part.Elements, MapElement{Map: e.m, Iface: t.HostIf, Chain: e.c})
-	}
-	return part, nil
-}
-
-// serviceRules allow the sandbox to reach the DNS stub and the proxy. Inside
-// the sandbox they match the standard ports at HostAddr; on the host, after
-// the redirect, the services' own ports.
-func serviceRules(t *Target, inside bool) []Rule {
+// serviceRules allow the sandbox to reach the DNS stub and the proxy at
+// HostAddr on the standard ports (53, 80, 443); the host redirects them to
+// the services' own ports (MapRedirect).
+func serviceRules(t *Target) []Rule {
 	var out []Rule
 	host := netip.PrefixFrom(t.HostAddr, 32)
-	add := func(what string, proto byte, std, actual uint16) {
-		if actual == 0 {
-			return
-		}
-		p := actual
-		if inside {
-			p = std
-		}
-		out = append(out, rule(fmt.Sprintf("%s %s:%d", what, protoName(proto), p), addr(16, expr.CmpOpEq, host), l4proto(proto), ports(p, p), accept()))
+	for _, s := range services(t) {
+		out = append(out, rule(fmt.Sprintf("%s %s:%d", serviceName(s.std), protoName(s.proto), s.std), addr(16, expr.CmpOpEq, host), l4proto(s.proto), ports(s.std, s.std), accept()))
 	}
-	add("DNS stub", unix.IPPROTO_UDP, 53, t.Services.DNS)
-	add("DNS stub", unix.IPPROTO_TCP, 53, t.Services.DNS)
-	add("HTTP proxy", unix.IPPROTO_TCP, 80, t.Services.HTTP)
-	add("HTTPS proxy", unix.IPPROTO_TCP, 443, t.Services.HTTPS)
 	return out
+}
+
+func serviceName(std uint16) string {
+	switch std {
+	case 53:
+		return "DNS stub"
+	case 80:
+		return "HTTP proxy"
+	}
+	return "HTTPS proxy"
 }
 
 // policyRules are the allow rules in tiers: for each deny tier (first the
@@ -487,29 +366,6 @@ func ctEstablished() []expr.Any {
 	}
 }
 
-func vmap(key expr.MetaKey, set string) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: set, DestRegister: 0, IsDestRegSet: true},
-	}
-}
-
-// lookup matches when the interface name key is in set.
-func lookup(key expr.MetaKey, set string) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: set},
-	}
-}
-
-func redirect(port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-		// Flags 2 is NF_NAT_RANGE_PROTO_SPECIFIED, as nft emits (and the kernel echoes).
-		&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: 2},
-	}
-}
-
 func masquerade() []expr.Any { return []expr.Any{&expr.Masq{}} }
 
 func commentData(c string) []byte {
@@ -589,35 +445,6 @@ func (t *Target) Allows(dst netip.Addr, proto byte, port uint16) bool {
 		}
 	}
 	return false
-}
-
-// HostPartNames returns the chains (without rules) and map entries of the
-// host part named name for interface hostIf: what RemoveHost needs.
-func HostPartNames(name, hostIf string) HostPart {
-	fi, fo, li, np, nq := hostChainNames(name)
-	var p HostPart
-	for _, c := range []string{fi, fo, li, np, nq} {
-		p.Chains = append(p.Chains, Chain{Name: c})
-	}
-	for i, m := range []string{MapForwardIn, MapForwardOut, MapLocalIn, MapNATPre, MapNATPost} {
-		p.Elements = append(p.Elements, MapElement{Map: m, Iface: hostIf, Chain: p.Chains[i].Name})
-	}
-	return p
-}
-
-// BuildHostClosed returns the host part named name for interface hostIf
-// that lets nothing through at all, replies to earlier connections
-// included, and neither redirects nor NATs anything: for the link of a
-// pool slot whose sandbox has ended, which stays until it is destroyed.
-func BuildHostClosed(name, hostIf string) HostPart {
-	p := HostPartNames(name, hostIf)
-	for i := range p.Chains {
-		switch p.Chains[i].Name {
-		case name + "-fwd-in", name + "-fwd-out", name + "-local-in":
-			p.Chains[i].Rules = []Rule{rule("closed: the sandbox has ended", drop())}
-		}
-	}
-	return p
 }
 
 // IfnameMatchForBench returns the expressions of `iifname NAME counter`-like

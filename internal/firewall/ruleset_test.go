@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/nftables"
@@ -25,11 +26,29 @@ type packet struct {
 // eval runs a packet through a chain's rules with a tiny interpreter of the
 // expressions the builders emit, so the builders' logic is tested without a
 // kernel (the kernel tests then check the kernel agrees with the builders).
-// It returns the verdict, or "" when no rule decided.
-func eval(t *testing.T, rules []Rule, p packet) string {
+// Set lookups are answered from els (the elements of the host sets). It
+// returns the verdict ("redirect" and "masquerade" for those statements),
+// or "" when no rule decided.
+func eval(t *testing.T, rules []Rule, p packet, els ...Element) string {
 	t.Helper()
 	for _, r := range rules {
-		var reg []byte
+		// The register file in 32-bit words; NFT_REG_1 and NFT_REG32_00
+		// both start at word 4, as in the kernel.
+		var regs [20 * 4]byte
+		word := func(reg uint32) int {
+			if reg <= 4 {
+				return int(reg) * 4
+			}
+			return int(reg-8) + 4
+		}
+		store := func(reg uint32, b []byte) {
+			o := word(reg) * 4
+			n := copy(regs[o:], b)
+			for ; n%4 != 0; n++ {
+				regs[o+n] = 0
+			}
+		}
+		load := func(reg uint32, n int) []byte { o := word(reg) * 4; return regs[o : o+n] }
 		matched := true
 	exprs:
 		for _, e := range r.Exprs {
@@ -37,35 +56,44 @@ func eval(t *testing.T, rules []Rule, p packet) string {
 			case *expr.Meta:
 				switch e.Key {
 				case expr.MetaKeyNFPROTO:
-					reg = []byte{p.nfproto}
+					store(e.Register, []byte{p.nfproto})
 				case expr.MetaKeyL4PROTO:
-					reg = []byte{p.l4proto}
+					store(e.Register, []byte{p.l4proto})
 				case expr.MetaKeyIIFNAME:
-					reg = ifnameBytes(p.iif)
+					store(e.Register, ifnameBytes(p.iif))
 				case expr.MetaKeyOIFNAME:
-					reg = ifnameBytes(p.oif)
+					store(e.Register, ifnameBytes(p.oif))
 				default:
 					t.Fatalf("meta key %d not modelled", e.Key)
 				}
 			case *expr.Payload:
 				switch {
 				case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 12:
-					a := p.saddr.As4()
-					reg = a[:]
+					a := p.saddr.As16()
+					if p.saddr.Is4() {
+						a4 := p.saddr.As4()
+						copy(a[:], a4[:])
+					}
+					store(e.DestRegister, a[:4])
 				case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 16:
-					a := p.daddr.As4()
-					reg = a[:]
+					a := p.daddr.As16()
+					if p.daddr.Is4() {
+						a4 := p.daddr.As4()
+						copy(a[:], a4[:])
+					}
+					store(e.DestRegister, a[:4])
 				case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2:
-					reg = binary.BigEndian.AppendUint16(nil, p.dport)
+					store(e.DestRegister, binary.BigEndian.AppendUint16(nil, p.dport))
 				default:
 					t.Fatalf("payload %+v not modelled", e)
 				}
 			case *expr.Bitwise:
-				out := make([]byte, len(reg))
-				for i := range reg {
-					out[i] = reg[i]&e.Mask[i] ^ e.Xor[i]
+				in := load(e.SourceRegister, int(e.Len))
+				out := make([]byte, len(in))
+				for i := range in {
+					out[i] = in[i]&e.Mask[i] ^ e.Xor[i]
 				}
-				reg = out
+				store(e.DestRegister, out)
 			case *expr.Ct:
 				var st uint32
 				if p.established {
@@ -73,14 +101,38 @@ func eval(t *testing.T, rules []Rule, p packet) string {
 				} else {
 					st = expr.CtStateBitNEW
 				}
-				reg = binary.NativeEndian.AppendUint32(nil, st)
+				store(e.Register, binary.NativeEndian.AppendUint32(nil, st))
 			case *expr.Cmp:
-				c := bytes.Compare(reg, e.Data)
+				c := bytes.Compare(load(e.Register, len(e.Data)), e.Data)
 				ok := map[expr.CmpOp]bool{expr.CmpOpEq: c == 0, expr.CmpOpNeq: c != 0, expr.CmpOpGte: c >= 0, expr.CmpOpLte: c <= 0, expr.CmpOpLt: c < 0, expr.CmpOpGt: c > 0}[e.Op]
 				if !ok {
 					matched = false
 					break exprs
 				}
+			case *expr.Lookup:
+				d, ok := setDefOf(e.SetName)
+				if !ok {
+					t.Fatalf("lookup in unknown set %s", e.SetName)
+				}
+				key := load(e.SourceRegister, keyLen(d))
+				var hit *Element
+				for i := range els {
+					if els[i].Set == d.name && elementMatches(d, els[i], key) {
+						hit = &els[i]
+						break
+					}
+				}
+				if (hit != nil) == e.Invert {
+					matched = false
+					break exprs
+				}
+				if e.IsDestRegSet {
+					store(e.DestRegister, hit.Val)
+				}
+			case *expr.Redir:
+				return "redirect to " + fmt.Sprint(binary.BigEndian.Uint16(load(e.RegisterProtoMin, 2)))
+			case *expr.Masq:
+				return "masquerade"
 			case *expr.Verdict:
 				if matched {
 					return verdictName(e)
@@ -91,6 +143,32 @@ func eval(t *testing.T, rules []Rule, p packet) string {
 		}
 	}
 	return ""
+}
+
+func keyLen(d setDef) int {
+	n := 0
+	for _, f := range d.fields {
+		n += (int(f.Bytes) + 3) &^ 3
+	}
+	return n
+}
+
+// elementMatches reports whether key lies in e: equal for a plain set,
+// within the range of every field for an interval set (as pipapo matches).
+func elementMatches(d setDef, e Element, key []byte) bool {
+	if !d.interval {
+		return bytes.Equal(e.Key, key)
+	}
+	off := 0
+	for _, f := range d.fields {
+		n := (int(f.Bytes) + 3) &^ 3
+		v, lo, hi := key[off:off+n], e.Key[off:off+n], e.KeyEnd[off:off+n]
+		if bytes.Compare(v, lo) < 0 || bytes.Compare(v, hi) > 0 {
+			return false
+		}
+		off += n
+	}
+	return true
 }
 
 func randomPolicy(r *rand.Rand) []string {
@@ -131,11 +209,21 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		part, err := BuildHost(tg)
+		part, err := BuildHost(tg, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, fwdIn := inner[0].Rules, part.Chains[0].Rules
+		// A neighbour with a wide policy must not lend the sandbox
+		// anything: its elements are keyed by its own link.
+		nb := testTarget(t, "0.0.0.0/0", "10.0.0.0/8", "169.254.0.0/16:1-65535")
+		nb.HostIf, nb.SandboxAddr, nb.HostAddr = "icneighbour", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+		nbPart, err := BuildHost(nb, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		els := append(slices.Clone(part.Elements), nbPart.Elements...)
+		out, fwd := inner[0].Rules, BuildHostBase()[0].Rules
+		fwdIn := func(p packet) string { return eval(t, fwd, p, els...) }
 		for j := 0; j < 30; j++ {
 			dst := netip.MustParseAddr(dsts[r.IntN(len(dsts))])
 			proto := []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_ICMP}[r.IntN(3)]
@@ -159,7 +247,7 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 			if gotOut != want {
 				t.Fatalf("policy %v: output chain says %s for %v %d:%d, model says %s", rules, gotOut, dst, proto, port, want)
 			}
-			if got := eval(t, fwdIn, p); got != want {
+			if got := fwdIn(p); got != want {
 				t.Fatalf("policy %v: host forward chain says %s for %v %d:%d, model says %s", rules, got, dst, proto, port, want)
 			}
 			spoof := p
@@ -167,33 +255,201 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 			if got := eval(t, out, spoof); got != "drop" {
 				t.Fatalf("spoofed source: output %q", got)
 			}
-			if got := eval(t, fwdIn, spoof); got != "drop" {
+			if got := fwdIn(spoof); got != "drop" {
 				t.Fatalf("spoofed source: host %q", got)
 			}
 			v6 := p
 			v6.nfproto = unix.NFPROTO_IPV6
-			if got := eval(t, fwdIn, v6); got != "drop" {
+			if got := fwdIn(v6); got != "drop" {
 				t.Fatalf("IPv6: host %q", got)
 			}
-			est := p
-			est.established = true
-			if got := eval(t, out, est); got != "accept" {
+			if got := fwdIn(packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf}); got != "drop" {
+				t.Fatalf("new flow to the sandbox: host %q", got)
+			}
+			if got := fwdIn(packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}); got != "accept" {
+				t.Fatalf("reply to the sandbox: host %q", got)
+			}
+			if got := fwdIn(packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: nb.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}); got != "drop" {
+				t.Fatalf("reply to another address on the sandbox's link: host %q", got)
+			}
+			// Traffic that is no sandbox's is left alone (policy accept).
+			other := p
+			other.iif, other.oif, other.saddr = "eth7", "eth8", netip.MustParseAddr("192.0.2.1")
+			if got := fwdIn(other); got != "" {
+				t.Fatalf("non-sandbox traffic: host forward decided %q", got)
+			}
+			other.nfproto = unix.NFPROTO_IPV6
+			if got := fwdIn(other); got != "" {
+				t.Fatalf("non-sandbox IPv6 traffic: host forward decided %q", got)
+			}
+			// A closed link (ended sandbox in a used slot) passes nothing.
+			closed := BuildHostClosed(tg.HostIf).Elements
+			for _, q := range []packet{p, est(p), {nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}} {
+				if got := eval(t, fwd, q, closed...); got != "drop" {
+					t.Fatalf("closed link: host forward says %q for %+v", got, q)
+				}
+			}
+			if got := eval(t, out, est(p)); got != "accept" {
 				t.Fatalf("reply: output %q", got)
 			}
 		}
 	}
 }
 
+func est(p packet) packet { p.established = true; return p }
+
+// TestHostServices checks the host's input and NAT chains: a sandbox
+// reaches its own egress services (redirected from the standard ports to
+// theirs) and nothing else on the host; a closed link reaches nothing and
+// is not NATed; other traffic is left alone.
+func TestHostServices(t *testing.T) {
+	tg := testTarget(t, "203.0.113.0/24")
+	part, err := BuildHost(tg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := BuildHostBase()
+	in, pre, post := base[1].Rules, base[2].Rules, base[3].Rules
+	pkt := func(proto byte, dst netip.Addr, port uint16) packet {
+		return packet{nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: tg.SandboxAddr, daddr: dst, dport: port, iif: tg.HostIf}
+	}
+	for _, c := range []struct {
+		p        packet
+		pre, in  string
+		elements []Element
+		postNAT  string
+	}{
+		{pkt(unix.IPPROTO_UDP, tg.HostAddr, 53), "redirect to 5300", "", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 443), "redirect to 8443", "", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 8443), "", "accept", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_UDP, tg.HostAddr, 5300), "", "accept", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 22), "", "drop", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_UDP, tg.HostAddr, 8443), "", "drop", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_TCP, netip.MustParseAddr("198.51.100.1"), 8443), "", "drop", part.Elements, "masquerade"},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 443), "", "drop", BuildHostClosed(tg.HostIf).Elements, ""},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 8443), "", "drop", BuildHostClosed(tg.HostIf).Elements, ""},
+	} {
+		if got := eval(t, pre, c.p, c.elements...); got != c.pre {
+			t.Errorf("prerouting %+v: %q, want %q", c.p, got, c.pre)
+		}
+		if c.in == "" {
+			continue // redirected: the input chain sees the service's own port
+		}
+		if got := eval(t, in, c.p, c.elements...); got != c.in {
+			t.Errorf("input %+v: %q, want %q", c.p, got, c.in)
+		}
+		if got := eval(t, post, c.p, c.elements...); got != c.postNAT {
+			t.Errorf("postrouting %+v: %q, want %q", c.p, got, c.postNAT)
+		}
+	}
+	spoof := pkt(unix.IPPROTO_UDP, tg.HostAddr, 5300)
+	spoof.saddr = netip.MustParseAddr("10.200.0.9")
+	if got := eval(t, in, spoof, part.Elements...); got != "drop" {
+		t.Errorf("spoofed source to a service: %q", got)
+	}
+	if got := eval(t, post, spoof, part.Elements...); got != "" {
+		t.Errorf("spoofed source NATed: %q", got)
+	}
+	other := packet{nfproto: unix.NFPROTO_IPV4, l4proto: unix.IPPROTO_TCP, saddr: netip.MustParseAddr("192.0.2.1"), daddr: tg.HostAddr, dport: 443, iif: "eth0"}
+	for _, ch := range [][]Rule{in, pre, post} {
+		if got := eval(t, ch, other, part.Elements...); got != "" {
+			t.Errorf("non-sandbox traffic: %q", got)
+		}
+	}
+}
+
+// TestVersionSwitch checks that a link's superseded elements are inert:
+// with a wide policy's elements (version 1) still in the sets and the
+// narrow one's (version 2) live, the forward chain decides as the narrow
+// policy says; and that version 0 is refused.
+func TestVersionSwitch(t *testing.T) {
+	wide, narrow := testTarget(t, "0.0.0.0/0", "10.0.0.0/8"), testTarget(t, "203.0.113.10:443/tcp")
+	pw, err := BuildHost(wide, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn, err := BuildHost(narrow, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var els []Element
+	for _, e := range pw.Elements {
+		if _, ok := elementVersion(e); ok {
+			els = append(els, e)
+		}
+	}
+	els = append(els, pn.Elements...)
+	fwd := BuildHostBase()[0].Rules
+	for _, c := range []struct {
+		dst   string
+		proto byte
+		port  uint16
+	}{{"203.0.113.10", unix.IPPROTO_TCP, 443}, {"203.0.113.10", unix.IPPROTO_TCP, 80}, {"8.8.8.8", unix.IPPROTO_UDP, 53}, {"10.1.2.3", unix.IPPROTO_TCP, 443}} {
+		dst := netip.MustParseAddr(c.dst)
+		want := "drop"
+		if narrow.Allows(dst, c.proto, c.port) {
+			want = "accept"
+		}
+		p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: c.proto, saddr: narrow.SandboxAddr, daddr: dst, dport: c.port, iif: narrow.HostIf, oif: "eth0"}
+		if got := eval(t, fwd, p, els...); got != want {
+			t.Errorf("%s %d:%d with version 1 superseded: %s, want %s", c.dst, c.proto, c.port, got, want)
+		}
+	}
+	if live := (HostPart{Iface: narrow.HostIf, Version: 2, Elements: els}).Live(); len(live.Elements) != len(pn.Elements) {
+		t.Errorf("Live kept %d elements, want %d", len(live.Elements), len(pn.Elements))
+	}
+	if _, err := BuildHost(narrow, 0); err == nil {
+		t.Error("BuildHost accepted version 0")
+	}
+}
+
+// TestDisjointBoxes checks the decomposition interval sets need against
+// brute force: the union is the same and no two boxes overlap.
+func TestDisjointBoxes(t *testing.T) {
+	r := rand.New(rand.NewPCG(rand.Uint64(), 4))
+	for i := 0; i < 500; i++ {
+		var in []box
+		for j := 0; j < 1+r.IntN(6); j++ {
+			a := uint32(r.IntN(40))
+			p := uint32(r.IntN(40))
+			in = append(in, box{span{a, a + uint32(r.IntN(15))}, span{p, p + uint32(r.IntN(15))}})
+		}
+		out := disjointBoxes(in)
+		for a := uint32(0); a < 60; a++ {
+			for p := uint32(0); p < 60; p++ {
+				inIn, inOut := 0, 0
+				for _, b := range in {
+					if b.addr.lo <= a && a <= b.addr.hi && b.port.lo <= p && p <= b.port.hi {
+						inIn = 1
+					}
+				}
+				for _, b := range out {
+					if b.addr.lo <= a && a <= b.addr.hi && b.port.lo <= p && p <= b.port.hi {
+						inOut++
+					}
+				}
+				if inIn != inOut {
+					t.Fatalf("boxes %v -> %v: point (%d,%d) covered %d times, want %d", in, out, a, p, inOut, inIn)
+				}
+			}
+		}
+	}
+	full := disjointBoxes([]box{{span{0, ^uint32(0)}, span{0, 65535}}})
+	if len(full) != 1 || full[0].addr.hi != ^uint32(0) {
+		t.Fatalf("whole space: %v", full)
+	}
+}
+
 func TestBuildRejectsBadTargets(t *testing.T) {
 	for _, tg := range []Target{
 		{},
-		{Name: "x", SandboxAddr: netip.MustParseAddr("::1"), HostAddr: netip.MustParseAddr("10.0.0.1"), HostIf: "a"},
-		{Name: "x", SandboxAddr: netip.MustParseAddr("10.0.0.2"), HostAddr: netip.MustParseAddr("10.0.0.1"), HostIf: "sixteen-chars-xx"},
+		{SandboxAddr: netip.MustParseAddr("::1"), HostAddr: netip.MustParseAddr("10.0.0.1"), HostIf: "a"},
+		{SandboxAddr: netip.MustParseAddr("10.0.0.2"), HostAddr: netip.MustParseAddr("10.0.0.1"), HostIf: "sixteen-chars-xx"},
 	} {
 		if _, err := BuildSandbox(&tg); err == nil {
 			t.Errorf("BuildSandbox accepted %+v", tg)
 		}
-		if _, err := BuildHost(&tg); err == nil {
+		if _, err := BuildHost(&tg, 1); err == nil {
 			t.Errorf("BuildHost accepted %+v", tg)
 		}
 	}

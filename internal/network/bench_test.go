@@ -116,8 +116,10 @@ func BenchmarkSetupTeardown(b *testing.B) {
 // into: installing both rulesets (one transaction each, the sandbox's and
 // the host's side by side, as Setup and Claim do), reading both back and
 // verifying them, and a whole Update (install, verify, record, conntrack
-// sweep). The peer is an empty nftables transaction: the netlink round-trip
-// floor.
+// sweep), and the background deletion of superseded host elements that
+// follows an update. The peer is an empty nftables transaction: the
+// netlink round-trip floor. The host table holds the elements of 1 and then
+// of 500 sandboxes.
 func BenchmarkRuleInstall(b *testing.B) {
 	for _, others := range []int{0, 499} {
 		b.Run(fmt.Sprintf("sandboxes=%d", others+1), func(b *testing.B) { benchRuleInstall(b, others) })
@@ -130,7 +132,7 @@ func benchRuleInstall(b *testing.B, others int) {
 	if others > 0 {
 		hc, _ := nftables.New()
 		for _, p := range otherSandboxes(b, e, n, others) {
-			if err := firewall.ApplyHost(hc, &p); err != nil {
+			if err := firewall.ApplyHostChanges(hc, &firewall.HostPart{Iface: p.Iface}, &p); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -143,21 +145,29 @@ func benchRuleInstall(b *testing.B, others int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var install, verifyT, update, floor []time.Duration
+	var install, hostOnly, sandboxOnly, verifyT, update, prune, floor []time.Duration
 	prevInner, prevPart := n.prevInner, n.prevPart
 	for i := 0; b.Loop(); i++ {
 		t := *n.tgt
 		t.Policy = pols[i%2]
 		inner, _ := firewall.BuildSandbox(&t)
-		part, _ := firewall.BuildHost(&t)
+		n.ver++
+		part, _ := firewall.BuildHost(&t, n.ver)
 		t0 := time.Now()
 		errc := make(chan error, 1)
-		go func() { errc <- firewall.ApplySandboxChanges(sc, prevInner, inner) }()
+		var sd time.Duration
+		go func() {
+			err := firewall.ApplySandboxChanges(sc, prevInner, inner)
+			sd = time.Since(t0)
+			errc <- err
+		}()
 		herr := firewall.ApplyHostChanges(hc, prevPart, &part)
+		hostOnly = append(hostOnly, time.Since(t0))
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
 		}
 		install = append(install, time.Since(t0))
+		sandboxOnly = append(sandboxOnly, sd)
 		t0 = time.Now()
 		go func() { errc <- firewall.VerifySandbox(sc, inner) }()
 		herr = firewall.VerifyHostPart(hc, &part)
@@ -165,13 +175,18 @@ func benchRuleInstall(b *testing.B, others int) {
 			b.Fatal(err)
 		}
 		verifyT = append(verifyT, time.Since(t0))
-		n.prevInner, n.prevPart = inner, &part
+		n.prevInner, n.prevPart, n.live = inner, &part, n.ver
 
 		t0 = time.Now()
 		if err := n.Update(b.Context(), pols[2]); err != nil {
 			b.Fatal(err)
 		}
 		update = append(update, time.Since(t0))
+		// The superseded elements are deleted in the background after
+		// an update; wait for that off the clock of the next install.
+		t0 = time.Now()
+		n.prunes.Wait()
+		prune = append(prune, time.Since(t0))
 		prevInner, prevPart = n.prevInner, n.prevPart
 		c, _ := nftables.New()
 		t0 = time.Now()
@@ -185,16 +200,20 @@ func benchRuleInstall(b *testing.B, others int) {
 	c.DelTable(&nftables.Table{Name: "icbenchfloor", Family: nftables.TableFamilyINet})
 	c.Flush()
 	mi := reportMedian(b, "install", install)
+	mh := reportMedian(b, "install-host-side", hostOnly)
+	reportMedian(b, "install-sandbox-side", sandboxOnly)
 	reportMedian(b, "verify", verifyT)
 	reportMedian(b, "update-with-conntrack-sweep", update)
+	reportMedian(b, "background-prune-after-update", prune)
 	mf := reportMedian(b, "empty-txn", floor)
 	b.ReportMetric(float64(mi)/float64(mf), "install/empty-txn")
+	b.ReportMetric(float64(mh)/float64(mf), "install-host-side/empty-txn")
 }
 
 // BenchmarkPerPacket measures a UDP round trip from a sandbox through the
 // host's forward path to a peer and back, with the host table holding the
-// rules of 1 sandbox and then of 500 (499 more sandboxes' chains and map
-// entries), in the same run. A final round with a linear chain of 500
+// elements of 1 sandbox and then of 500 (499 more sandboxes' set
+// elements), in the same run. A final round with a linear chain of 500
 // iifname rules in front (what a design without maps would pay) shows the
 // measurement can see growth.
 func BenchmarkPerPacket(b *testing.B) {
@@ -233,13 +252,13 @@ func BenchmarkPerPacket(b *testing.B) {
 	for b.Loop() {
 		one = append(one, measure())
 		for i := range parts {
-			if err := firewall.ApplyHost(hc, &parts[i]); err != nil {
+			if err := firewall.ApplyHostChanges(hc, &firewall.HostPart{Iface: parts[i].Iface}, &parts[i]); err != nil {
 				b.Fatal(err)
 			}
 		}
 		many = append(many, measure())
 		for i := range parts {
-			if err := firewall.RemoveHost(hc, &parts[i]); err != nil {
+			if err := firewall.ApplyHostChanges(hc, &parts[i], &firewall.HostPart{Iface: parts[i].Iface}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -269,17 +288,17 @@ func BenchmarkPerPacket(b *testing.B) {
 	b.ReportMetric(float64(lin)/float64(m1), "ratio-linear500/1")
 }
 
-// otherSandboxes builds the host parts of count more sandboxes (chains and
-// map entries; their links need not exist for lookups and validation to
-// cost what they cost), removed at the end of the benchmark.
-func otherSandboxes(b *testing.B, e *testEnv, n *Net, count int) []firewall.HostPart {
+// otherSandboxes builds the host parts of count more sandboxes (their set
+// elements; their links need not exist for lookups and commits to cost
+// what they cost), removed at the end of the benchmark.
+func otherSandboxes(b testing.TB, e *testEnv, n *Net, count int) []firewall.HostPart {
 	var parts []firewall.HostPart
 	for i := 1; i <= count; i++ {
 		k := sandbox.KeyOf(fmt.Sprintf("other-%d", i))
 		lease := e.cfg.addrPool().At(i + 1000)
 		pol, _ := firewall.ParsePolicy([]string{"203.0.113.0/24:443/tcp"})
-		part, err := firewall.BuildHost(&firewall.Target{Name: NamesOf(k).Chains, Policy: pol, SandboxAddr: lease.Sandbox.Addr(),
-			HostAddr: lease.Host.Addr(), HostIf: NamesOf(k).HostIf, Deny: n.tgt.Deny})
+		part, err := firewall.BuildHost(&firewall.Target{Policy: pol, SandboxAddr: lease.Sandbox.Addr(),
+			HostAddr: lease.Host.Addr(), HostIf: NamesOf(k).HostIf, Deny: n.tgt.Deny}, 1)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -288,7 +307,7 @@ func otherSandboxes(b *testing.B, e *testEnv, n *Net, count int) []firewall.Host
 	b.Cleanup(func() {
 		hc, _ := nftables.New()
 		for i := range parts {
-			firewall.RemoveHost(hc, &parts[i])
+			firewall.RemoveHost(hc, parts[i].Iface)
 		}
 	})
 	return parts

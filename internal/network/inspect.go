@@ -64,7 +64,7 @@ func Inspect(ctx context.Context, dir string) (*Status, error) {
 	if err != nil {
 		return st, err
 	}
-	st.Report, err = verify(sc, hc, t)
+	st.Report, err = verify(sc, hc, t, rec.version())
 	if err != nil {
 		return st, errors.Join(fmt.Errorf("inspect: %w", err))
 	}

@@ -13,7 +13,8 @@ import (
 func TestMain(m *testing.M) { testutil.HostNetNSMain(m, leakCheck) }
 
 // leakCheck runs in the test host namespace after every test: no IronClaw
-// link, no namespace bind mount and no sandbox chain may be left.
+// link, no namespace bind mount and no element of a sandbox in the host
+// table's sets may be left.
 func leakCheck() error {
 	var problems []string
 	links, err := testutil.LeakedLinks(IfPrefix)
@@ -39,23 +40,20 @@ func leakCheck() error {
 		return err
 	}
 	for _, ch := range chains {
-		if strings.HasPrefix(ch.Name, ChainPrefix) {
+		if !ch.Base() {
 			problems = append(problems, "chain "+ch.Name)
 		}
 	}
-	for _, m := range firewall.HostMaps {
-		if len(chains) == 0 {
-			break
-		}
-		entries, err := firewall.ReadMap(c, m)
+	if len(chains) > 0 {
+		sizes, err := firewall.ReadSetSizes(c)
 		if err != nil {
 			return err
 		}
-		if len(entries) > 0 {
-			problems = append(problems, fmt.Sprintf("map %s entries %v", m, entries))
+		for set, n := range sizes {
+			if n > 0 {
+				problems = append(problems, fmt.Sprintf("%d elements in set %s", n, set))
+			}
 		}
-	}
-	if len(chains) > 0 {
 		guarded, err := firewall.ReadUplinks(c)
 		if err != nil {
 			return err

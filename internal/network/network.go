@@ -7,8 +7,8 @@
 // Setup is fail-closed: it returns only after both rulesets have been
 // applied, read back from the kernel and verified; on any error it rolls
 // back everything it made. Every object is named after the sandbox's Key
-// ("ic…" links and namespaces, chains "ic-<key>-…" in table inet ironclaw)
-// and listed in a record file (net.json) in the sandbox's state directory,
+// ("ic…" links and namespaces; on the host, set elements of table inet
+// ironclaw keyed by the link's name) and listed in a record file (net.json) in the sandbox's state directory,
 // written before the object is made, so Reclaim can remove whatever a
 // killed process left and never touches anything it did not make.
 //
@@ -122,21 +122,17 @@ type Names struct {
 	// Netns is the file name of the namespace bind mount.
 	Netns string `json:"netns"`
 	// HostIf is the host side of the veth pair: "ic" and 13 key
-	// characters, 15 bytes, the most IFNAMSIZ allows.
+	// characters, 15 bytes, the most IFNAMSIZ allows. It also keys every
+	// element of the sandbox in the host table's sets.
 	HostIf string `json:"host_if"`
-	// Chains prefixes the sandbox's chains in the host table.
-	Chains string `json:"chains"`
 }
 
 // SandboxIf is the name of the sandbox's side of its link, inside its own
 // namespace.
 const SandboxIf = "eth0"
 
-// Prefixes every IronClaw network object name starts with.
-const (
-	IfPrefix    = "ic"
-	ChainPrefix = "ic-"
-)
+// IfPrefix is the prefix every IronClaw link and namespace name starts with.
+const IfPrefix = "ic"
 
 // NamesOf returns the object names for key. Keys are 26 base32 characters
 // of SHA-256; an interface name holds 13 of them (65 bits).
@@ -144,6 +140,5 @@ func NamesOf(key sandbox.Key) Names {
 	return Names{
 		Netns:  "ic-" + string(key),
 		HostIf: IfPrefix + key.Short(13),
-		Chains: ChainPrefix + string(key),
 	}
 }

@@ -79,7 +79,7 @@ func (n *Net) shutSlot() error {
 	if err != nil {
 		return err
 	}
-	part := firewall.BuildHostClosed(n.rec.Names.Chains, n.rec.Names.HostIf)
+	part := firewall.BuildHostClosed(n.rec.Names.HostIf)
 	if err := firewall.ApplyHostChanges(hc, n.prevPart, &part); err != nil {
 		return fmt.Errorf("shut slot: %w", err)
 	}
@@ -273,8 +273,9 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key)), rec: &rec, ns: ns, slot: s}
 	// What the slot was prepared with, so the claim rewrites only the
 	// chains that differ (everything is verified afterwards).
+	n.ver = srec.version()
 	if st, err := srec.target(); err == nil {
-		if part, err := firewall.BuildHost(st); err == nil {
+		if part, err := firewall.BuildHost(st, n.ver); err == nil {
 			n.prevInner, n.prevPart = firewall.BuildEmptySandbox(), &part
 		}
 	}

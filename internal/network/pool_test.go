@@ -211,7 +211,7 @@ func TestUsedSlotIsShut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	closed := firewall.BuildHostClosed(srec.Names.Chains, srec.Names.HostIf)
+	closed := firewall.BuildHostClosed(srec.Names.HostIf)
 	if err := firewall.VerifyHostPart(hc, &closed); err != nil {
 		t.Errorf("used slot's host chains: %v", err)
 	}

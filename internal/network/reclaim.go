@@ -14,9 +14,9 @@ import (
 )
 
 // Reclaim removes whatever the network record in dir (a sandbox state
-// directory whose owner is gone) names and still exists: host chains and
-// map entries, the veth pair, the namespace, the address lease; then the
-// record. Objects are only touched if the record's names are exactly the
+// directory whose owner is gone) names and still exists: its elements in the
+// host table's sets, the veth pair, the namespace, the address lease; then
+// the record. Objects are only touched if the record's names are exactly the
 // ones its key derives, and a pool slot only if it is a slot of the root
 // dir lives in (dir is <root>/sandboxes/<key>) claimed by this sandbox, so
 // a damaged or forged record cannot aim Reclaim at anything else. It is
@@ -96,8 +96,7 @@ func removeObjects(rec *record) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else {
-		part := firewall.HostPartNames(rec.Names.Chains, rec.Names.HostIf)
-		if err := firewall.RemoveHost(hc, &part); err != nil {
+		if err := firewall.RemoveHost(hc, rec.Names.HostIf); err != nil {
 			errs = append(errs, err)
 		}
 	}

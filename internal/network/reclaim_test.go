@@ -119,12 +119,14 @@ func leftovers(t *testing.T, e *testEnv, dir string, names Names) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ch := range chains {
-		if strings.HasPrefix(ch.Name, names.Chains) {
-			out = append(out, "chain "+ch.Name)
-		}
-	}
 	if len(chains) > 0 {
+		part, err := firewall.ReadHostPart(c, names.HostIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range part.Elements {
+			out = append(out, "element "+e.String())
+		}
 		guarded, err := firewall.ReadUplinks(c)
 		if err != nil {
 			t.Fatal(err)
@@ -164,7 +166,7 @@ func TestNamesDistinct(t *testing.T) {
 		if len(n.HostIf) > netns.MaxIfName || !strings.HasPrefix(n.HostIf, IfPrefix) {
 			t.Errorf("%q: interface name %q does not fit IFNAMSIZ or lacks the prefix", id, n.HostIf)
 		}
-		for _, name := range []string{"link " + n.HostIf, "netns " + n.Netns, "chains " + n.Chains} {
+		for _, name := range []string{"link " + n.HostIf, "netns " + n.Netns} {
 			if prev, dup := seen[name]; dup {
 				t.Errorf("%.40q and %.40q share the %s", prev, id, name)
 			}

@@ -39,6 +39,18 @@ type targetRecord struct {
 	Services firewall.Services `json:"services"`
 	// Guest is set for a micro-VM's network (LinkTap).
 	Guest *firewall.Guest `json:"guest,omitempty"`
+	// Version is the host policy version of this target (see
+	// firewall.MapVersion); 0 in records of older builds means 1.
+	Version uint32 `json:"version,omitempty"`
+}
+
+// version returns the host policy version the record's target was
+// applied with.
+func (r *record) version() uint32 {
+	if r.Target == nil || r.Target.Version == 0 {
+		return 1
+	}
+	return r.Target.Version
 }
 
 func (r *record) netnsPath() string { return filepath.Join(r.NetnsDir, r.Names.Netns) }
@@ -52,7 +64,7 @@ func (r *record) target() (*firewall.Target, error) {
 		return nil, fmt.Errorf("record: %w", err)
 	}
 	return &firewall.Target{
-		Name: r.Names.Chains, Policy: p,
+		Policy:      p,
 		SandboxAddr: r.Target.Sandbox, HostAddr: r.Target.Host, HostIf: r.Names.HostIf,
 		Deny: r.Target.Deny, Services: r.Target.Services, Guest: r.Target.Guest,
 	}, nil

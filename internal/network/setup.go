@@ -39,6 +39,14 @@ type Net struct {
 	// (nil when unknown), so a change rewrites only the chains that differ.
 	prevInner []firewall.Chain
 	prevPart  *firewall.HostPart
+	// ver is the host policy version of the last apply (attempted or
+	// not), live the one of the last apply that verified (see
+	// firewall.MapVersion).
+	ver, live uint32
+	// prunes tracks the background deletion of superseded host elements
+	// (see pruneLater); pruneMu lets one run at a time.
+	prunes  sync.WaitGroup
+	pruneMu sync.Mutex
 
 	closed bool
 }
@@ -169,6 +177,9 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 		}
 		n.cfg.at("tap")
 	}
+	// The link is new, so the host table holds nothing of it: the first
+	// install only adds elements (verification catches a stale one).
+	n.prevPart = &firewall.HostPart{Iface: names.HostIf}
 	return n.install(ctx, host, lease, policy)
 }
 
@@ -180,7 +191,7 @@ func (n *Net) install(ctx context.Context, host *netns.NS, lease netns.Lease, po
 		return err
 	}
 	t := &firewall.Target{
-		Name: n.rec.Names.Chains, Policy: policy,
+		Policy:      policy,
 		SandboxAddr: lease.Sandbox.Addr(), HostAddr: lease.Host.Addr(), HostIf: n.rec.Names.HostIf,
 		Deny: deny,
 	}
@@ -226,7 +237,10 @@ func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
 
 // apply records t, then applies and verifies the sandbox and host rulesets.
 func (n *Net) apply(t *firewall.Target) error {
-	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services, Guest: t.Guest}
+	// Every apply gets a new host version: its elements are added beside
+	// the old ones, and the switch to them is one map element.
+	n.ver++
+	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services, Guest: t.Guest, Version: n.ver}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
 	}
@@ -234,7 +248,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	part, err := firewall.BuildHost(t)
+	part, err := firewall.BuildHost(t, n.ver)
 	if err != nil {
 		return err
 	}
@@ -253,8 +267,31 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	n.prevInner, n.prevPart = inner, &part
+	n.prevInner, n.prevPart, n.live = inner, &part, n.ver
 	return nil
+}
+
+// pruneLater deletes the host elements of superseded versions in the
+// background: deleting interval-set elements costs the kernel milliseconds
+// on a host with many sandboxes, and they can no longer match anything.
+// Close waits for it.
+func (n *Net) pruneLater() {
+	hostIf := n.rec.Names.HostIf
+	n.prunes.Add(1)
+	go func() {
+		defer n.prunes.Done()
+		if !n.pruneMu.TryLock() {
+			return // one is running; the next update prunes the rest
+		}
+		defer n.pruneMu.Unlock()
+		c, err := nftables.New()
+		if err == nil {
+			_, err = firewall.PruneHost(c, hostIf)
+		}
+		if err != nil {
+			n.log.Warn("prune superseded host elements", "err", err)
+		}
+	}()
 }
 
 // applyRules applies both rulesets (only the chains that differ from prev,
@@ -444,6 +481,7 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 		n.eg.SetPolicy(policy)
 	}
 	n.tgt = &t
+	n.pruneLater()
 	err := n.cfg.injected("cut-flows")
 	if err == nil {
 		err = cutFlows(n.ns, &t)
@@ -457,11 +495,11 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 // Report is what Verify found.
 type Report struct {
 	// Sandbox and Host are the live chains as read from the kernel (the
-	// host's: its base chains and this sandbox's chains).
+	// host's: its fixed base chains, shared by all sandboxes).
 	Sandbox []firewall.Chain
 	Host    []firewall.Chain
-	// Maps are the host verdict-map entries of this sandbox's link.
-	Maps map[string]string
+	// Elements are this sandbox's live elements of the host table's sets.
+	Elements []firewall.Element
 	// Err is nil when both rulesets match what was built.
 	Err error
 }
@@ -478,36 +516,32 @@ func (n *Net) Verify(ctx context.Context) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	return verify(sc, hc, n.tgt)
+	return verify(sc, hc, n.tgt, n.live)
 }
 
 // verify reads both rulesets of t back through sc (the sandbox's
-// namespace) and hc (the host) and compares them with what t builds.
-func verify(sc, hc *nftables.Conn, t *firewall.Target) (Report, error) {
+// namespace) and hc (the host) and compares them with what t builds, the
+// host part at version ver.
+func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, error) {
 	var r Report
 	inner, err := firewall.BuildSandbox(t)
 	if err != nil {
 		return r, err
 	}
-	part, err := firewall.BuildHost(t)
+	part, err := firewall.BuildHost(t, ver)
 	if err != nil {
 		return r, err
 	}
 	if r.Sandbox, err = firewall.ReadTable(sc); err != nil {
 		return r, err
 	}
-	for _, c := range append(firewall.BuildHostBase(), part.Chains...) {
+	for _, c := range firewall.BuildHostBase() {
 		if live, err := firewall.ReadChain(hc, c.Name); err == nil {
 			r.Host = append(r.Host, *live)
 		}
 	}
-	r.Maps = map[string]string{}
-	for _, m := range firewall.HostMaps {
-		if entries, err := firewall.ReadMap(hc, m); err == nil {
-			if v, ok := entries[t.HostIf]; ok {
-				r.Maps[m] = v
-			}
-		}
+	if live, err := firewall.ReadHostPart(hc, t.HostIf); err == nil {
+		r.Elements = live.Live().Elements
 	}
 	r.Err = errors.Join(firewall.VerifySandbox(sc, inner), firewall.VerifyHost(hc, &part))
 	return r, nil
@@ -522,6 +556,7 @@ func (n *Net) Close() error {
 		return nil
 	}
 	n.closed = true
+	n.prunes.Wait()
 	if n.rec == nil {
 		return nil
 	}

@@ -179,8 +179,7 @@ func TestIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		hc, _ := nftables.New()
-		part := firewall.HostPartNames(a.tgt.Name, a.tgt.HostIf)
-		if err := firewall.RemoveHost(hc, &part); err != nil {
+		if err := firewall.RemoveHost(hc, a.tgt.HostIf); err != nil {
 			t.Fatal(err)
 		}
 		// And the uplink guard, which drops replies bound for a link

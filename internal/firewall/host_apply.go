@@ -1,0 +1,404 @@
+package firewall
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+)
+
+// EnsureHostBase makes sure the shared host table exists with its sets
+// and its fixed base chains. It reads them first and writes (one
+// transaction: sets created if missing, base chains flushed and refilled,
+// so rules are never doubled) only if they differ, then reads them back.
+// Concurrent callers are safe: each transaction is atomic and they all
+// write the same thing.
+func EnsureHostBase(c *nftables.Conn) error {
+	base := BuildHostBase()
+	if verifyHostBase(c, base) == nil {
+		return nil
+	}
+	t := table()
+	c.AddTable(t)
+	for _, d := range hostSets {
+		if err := c.AddSet(d.nft(t), nil); err != nil {
+			return fmt.Errorf("apply host base: set %s: %w", d.name, err)
+		}
+	}
+	for i := range base {
+		nc := addChain(c, t, &base[i])
+		c.FlushChain(nc)
+		addRules(c, t, nc, &base[i])
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("apply host base: %w", err)
+	}
+	return verifyHostBase(c, base)
+}
+
+// verifyHostBase checks that the base chains are hooked with exactly the
+// built rules and that every set exists with the built key, flags and
+// value type.
+func verifyHostBase(c *nftables.Conn, base []Chain) error {
+	if err := verifyChains(c, base); err != nil {
+		return err
+	}
+	sets, err := c.GetSets(table())
+	if err != nil {
+		return fmt.Errorf("%w: list sets of table inet %s: %v", ErrVerify, TableName, err)
+	}
+	for _, d := range hostSets {
+		i := slices.IndexFunc(sets, func(s *nftables.Set) bool { return s.Name == d.name })
+		if i < 0 {
+			return fmt.Errorf("%w: set %s is missing", ErrVerify, d.name)
+		}
+		got, want := sets[i], d.nft(table())
+		switch {
+		case got.KeyType.Bytes != want.KeyType.Bytes || got.Interval != want.Interval || got.IsMap != want.IsMap ||
+			got.Concatenation != want.Concatenation || got.Anonymous || got.Constant || got.HasTimeout:
+			return fmt.Errorf("%w: set %s is not the built set (key %d bytes, interval %v, map %v)", ErrVerify, d.name, got.KeyType.Bytes, got.Interval, got.IsMap)
+		case want.IsMap && got.DataType.Bytes != want.DataType.Bytes:
+			return fmt.Errorf("%w: map %s has %d-byte values, want %d", ErrVerify, d.name, got.DataType.Bytes, want.DataType.Bytes)
+		}
+	}
+	return nil
+}
+
+func setElement(e Element, withVal bool) nftables.SetElement {
+	el := nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd}
+	if withVal {
+		el.Val = e.Val
+	}
+	return el
+}
+
+// diffElements returns the elements of prev that part does not have and
+// those of part that prev does not have.
+func diffElements(prev, part []Element) (del, add []Element) {
+	have := map[string]bool{}
+	for _, e := range prev {
+		have[e.id()] = true
+	}
+	want := map[string]bool{}
+	for _, e := range part {
+		want[e.id()] = true
+		if !have[e.id()] {
+			add = append(add, e)
+		}
+	}
+	for _, e := range prev {
+		if !want[e.id()] {
+			del = append(del, e)
+		}
+	}
+	return del, add
+}
+
+// queueElements queues the deletion of del and then the addition of add,
+// grouped by set, on c. Deleting first lets a new range take the place of
+// an old one it overlaps within the same transaction.
+func queueElements(c *nftables.Conn, del, add []Element) error {
+	t := table()
+	for _, d := range hostSets {
+		s := d.nft(t)
+		var els []nftables.SetElement
+		for _, e := range del {
+			if e.Set == d.name {
+				els = append(els, setElement(e, false))
+			}
+		}
+		if len(els) > 0 {
+			if err := c.SetDeleteElements(s, els); err != nil {
+				return fmt.Errorf("set %s: %w", d.name, err)
+			}
+		}
+	}
+	for _, d := range hostSets {
+		s := d.nft(t)
+		var els []nftables.SetElement
+		for _, e := range add {
+			if e.Set == d.name {
+				els = append(els, setElement(e, true))
+			}
+		}
+		if len(els) > 0 {
+			if err := c.SetAddElements(s, els); err != nil {
+				return fmt.Errorf("set %s: %w", d.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ApplyHost adds or replaces one sandbox's part of the shared host table
+// in one transaction: it reads the sandbox's elements from the kernel and
+// deletes the ones part does not have while adding the missing ones. The
+// table, its sets and its base chains are EnsureHostBase's, which must
+// run first (VerifyHost checks both).
+func ApplyHost(c *nftables.Conn, part *HostPart) error {
+	return ApplyHostChanges(c, nil, part)
+}
+
+// ApplyHostChanges is ApplyHost for a host table known to hold prev (the
+// sandbox's last part applied and verified, or an empty HostPart for a
+// link that has none yet): it writes only the difference, in one
+// transaction, without reading anything. A nil prev is read from the
+// kernel. The caller verifies afterwards, which catches a prev that was
+// not true.
+func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
+	if prev == nil {
+		cur, err := ReadHostPart(c, part.Iface)
+		if err != nil {
+			return fmt.Errorf("apply host ruleset: %w", err)
+		}
+		prev = &cur
+	}
+	del, add := diffElements(prev.Elements, part.Elements)
+	// Elements of another version than part's are left for PruneHost: no
+	// lookup reaches them once the link's version is part's.
+	del = slices.DeleteFunc(del, func(e Element) bool {
+		v, ok := elementVersion(e)
+		return ok && v != part.Version
+	})
+	if len(del)+len(add) == 0 {
+		return nil
+	}
+	if err := queueElements(c, del, add); err != nil {
+		return fmt.Errorf("apply host ruleset: %w", err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("apply host ruleset: %w", err)
+	}
+	return nil
+}
+
+// ReadHostPart reads the elements of the link hostIf back from the host
+// table's sets: every element whose key starts with its interface name.
+// A set that does not exist holds nothing.
+func ReadHostPart(c *nftables.Conn, hostIf string) (HostPart, error) {
+	return readHostPart(c, hostIf, false)
+}
+
+func readHostPart(c *nftables.Conn, hostIf string, onlyExisting bool) (HostPart, error) {
+	part := HostPart{Iface: hostIf}
+	t := table()
+	var exists map[string]bool
+	if onlyExisting {
+		sets, err := c.GetSets(t)
+		if err != nil {
+			return part, fmt.Errorf("read host sets: %w", err)
+		}
+		exists = map[string]bool{}
+		for _, s := range sets {
+			exists[s.Name] = true
+		}
+	}
+	prefix := ifnameBytes(hostIf)
+	for _, d := range sandboxSets() {
+		if exists != nil && !exists[d.name] {
+			continue
+		}
+		els, err := c.GetSetElements(d.nft(t))
+		if err != nil {
+			return part, fmt.Errorf("read set %s: %w", d.name, err)
+		}
+		for _, el := range els {
+			if !bytes.HasPrefix(el.Key, prefix) {
+				continue
+			}
+			e := Element{Set: d.name, Key: el.Key}
+			if d.interval {
+				e.KeyEnd = el.KeyEnd
+			}
+			if d.data != nil {
+				e.Val = el.Val
+			}
+			if d.name == MapVersion && len(e.Val) == 4 {
+				part.Version = binary.BigEndian.Uint32(e.Val)
+			}
+			part.Elements = append(part.Elements, e)
+		}
+	}
+	sortElements(part.Elements)
+	return part, nil
+}
+
+// VerifyHost reads back the host table's base chains and sets and this
+// sandbox's elements, and checks them against what was built.
+func VerifyHost(c *nftables.Conn, part *HostPart) error {
+	if err := verifyHostBase(c, BuildHostBase()); err != nil {
+		return err
+	}
+	return VerifyHostPart(c, part)
+}
+
+// VerifyHostPart is VerifyHost without the base chains and sets, for a
+// caller that has just verified them (EnsureHostBase): the kernel must hold
+// exactly part's elements for the link, no fewer and no more, its live
+// version being part's. Elements of superseded versions, which no lookup
+// reaches, are not compared.
+func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
+	all, err := ReadHostPart(c, part.Iface)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrVerify, err)
+	}
+	if all.Version != part.Version {
+		return fmt.Errorf("%w: host elements of %s: live version %d, want %d", ErrVerify, part.Iface, all.Version, part.Version)
+	}
+	got := all.Live()
+	missing, extra := diffElements(got.Elements, part.Elements)
+	// diffElements(prev=got, part=want): del are extra, add are missing.
+	missing, extra = extra, missing
+	if len(missing)+len(extra) > 0 {
+		var b strings.Builder
+		for _, e := range missing {
+			fmt.Fprintf(&b, "; missing %s", e)
+		}
+		for _, e := range extra {
+			fmt.Fprintf(&b, "; unexpected %s", e)
+		}
+		return fmt.Errorf("%w: host elements of %s differ from the built ones%s", ErrVerify, part.Iface, b.String())
+	}
+	return nil
+}
+
+// RemoveHost deletes one sandbox's elements from the host table in one
+// transaction and touches nothing else in it. It reads the link's elements
+// back first and deletes exactly those, so whatever the table holds for
+// the link goes, even elements no record knows of (the reading is one dump
+// per set; removal is off the start path). It is idempotent; without the
+// table it does nothing.
+func RemoveHost(c *nftables.Conn, hostIf string) error {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("remove host ruleset: list tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil
+	}
+	cur, err := readHostPart(c, hostIf, true)
+	if err != nil {
+		return fmt.Errorf("remove host ruleset: %w", err)
+	}
+	if len(cur.Elements) == 0 {
+		return nil
+	}
+	if err := queueElements(c, cur.Elements, nil); err != nil {
+		return fmt.Errorf("remove host ruleset: %w", err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove host ruleset: %w", err)
+	}
+	return nil
+}
+
+// PruneHost deletes the link's elements of versions older than its live
+// one, which no lookup reaches any more, in one transaction. It never
+// deletes an element of the live version or of a newer one (a change
+// made while it reads), so it may run beside ApplyHostChanges.
+func PruneHost(c *nftables.Conn, hostIf string) (int, error) {
+	cur, err := readHostPart(c, hostIf, true)
+	if err != nil {
+		return 0, fmt.Errorf("prune host ruleset: %w", err)
+	}
+	var old []Element
+	for _, e := range cur.Elements {
+		if v, ok := elementVersion(e); ok && v < cur.Version {
+			old = append(old, e)
+		}
+	}
+	if len(old) == 0 {
+		return 0, nil
+	}
+	if err := queueElements(c, old, nil); err != nil {
+		return 0, fmt.Errorf("prune host ruleset: %w", err)
+	}
+	if err := c.Flush(); err != nil {
+		return 0, fmt.Errorf("prune host ruleset: %w", err)
+	}
+	return len(old), nil
+}
+
+func uplinkSet() *nftables.Set {
+	d, _ := setDefOf(SetUplinks)
+	return d.nft(table())
+}
+
+// GuardUplink adds the interface name to the host table's set of guarded
+// uplinks (SetUplinks), whose forwarded packets go to sandbox links only,
+// and reads the set back to check. EnsureHostBase must have run.
+func GuardUplink(c *nftables.Conn, name string) error {
+	if err := c.SetAddElements(uplinkSet(), []nftables.SetElement{{Key: ifnameBytes(name)}}); err != nil {
+		return fmt.Errorf("guard uplink %s: %w", name, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("guard uplink %s: %w", name, err)
+	}
+	got, err := ReadUplinks(c)
+	if err != nil {
+		return fmt.Errorf("%w: guard uplink %s: %v", ErrVerify, name, err)
+	}
+	if !slices.Contains(got, name) {
+		return fmt.Errorf("%w: uplink %s is not in set %s after adding it", ErrVerify, name, SetUplinks)
+	}
+	return nil
+}
+
+// UnguardUplink removes the interface name from the set of guarded uplinks.
+// It is idempotent (the element is added and deleted in one transaction,
+// so a missing one is no error); without the table it does nothing.
+func UnguardUplink(c *nftables.Conn, name string) error {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("unguard uplink %s: list tables: %w", name, err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil
+	}
+	s := uplinkSet()
+	el := []nftables.SetElement{{Key: ifnameBytes(name)}}
+	if err := c.AddSet(s, nil); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.SetAddElements(s, el); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.SetDeleteElements(s, el); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	}
+	return nil
+}
+
+// ReadUplinks returns the guarded uplinks (SetUplinks), sorted.
+func ReadUplinks(c *nftables.Conn) ([]string, error) {
+	els, err := c.GetSetElements(uplinkSet())
+	if err != nil {
+		return nil, fmt.Errorf("read set %s: %w", SetUplinks, err)
+	}
+	var out []string
+	for _, el := range els {
+		out = append(out, strings.TrimRight(string(el.Key), "\x00"))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// ReadSetSizes returns the number of elements of every sandbox set of the
+// host table (for `ironclaw net show` and tests).
+func ReadSetSizes(c *nftables.Conn) (map[string]int, error) {
+	out := map[string]int{}
+	for _, d := range sandboxSets() {
+		els, err := c.GetSetElements(d.nft(table()))
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", d.name, err)
+		}
+		out[d.name] = len(els)
+	}
+	return out, nil
+}
