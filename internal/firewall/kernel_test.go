@@ -44,10 +44,10 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ApplySandbox(c, chains); err != nil {
+	if err := ApplySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, chains); err != nil {
+	if err := VerifySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
 	// A micro-VM's namespace: the forward chain and the masquerade too,
@@ -58,10 +58,10 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ApplySandboxChanges(c, chains, gchains); err != nil {
+	if err := ApplySandboxChanges(c, &chains, &gchains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, gchains); err != nil {
+	if err := VerifySandbox(c, &gchains); err != nil {
 		t.Fatal(err)
 	}
 	part, err := BuildHost(tg, 1)
@@ -86,28 +86,35 @@ func TestRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, r := range chains[0].Rules {
+	for _, r := range chains.Chains[0].Rules {
 		got = append(got, r.String())
+	}
+	for _, e := range chains.Elements {
+		got = append(got, e.String())
 	}
 	for _, want := range []string{
 		`oifname "lo" accept comment "loopback"`,
 		`ct state established,related accept comment "replies"`,
 		`meta nfproto != ipv4 drop comment "IPv4 only"`,
 		`ip saddr != 10.200.0.2 drop comment "own source only"`,
-		`ip daddr 10.200.0.1 meta l4proto udp th dport 53 accept comment "DNS stub udp:53"`,
-		`ip daddr 10.200.0.0/16 drop comment "deny 10.200.0.0/16"`,
-		`ip daddr 203.0.113.0/24 meta l4proto tcp th dport 443 accept comment "allow 203.0.113.0/24:443/tcp"`,
-		`ip daddr 203.0.113.7 meta l4proto udp th dport >= 5000 <= 5010 accept comment "allow 203.0.113.7:5000-5010/udp"`,
+		`ip daddr . meta l4proto . th dport @out_services accept comment "egress services"`,
+		`ip daddr . meta l4proto @out_deny_local drop comment "deny: out_deny_local"`,
+		`ip daddr 10.0.0.0/8 drop comment "deny 10.0.0.0/8"`,
+		`ip daddr . meta l4proto . th dport @out_allow_public_ports accept comment "allow: out_allow_public_ports"`,
+		`out_services: 10.200.0.1 . udp . 53`,
+		`out_deny_local: 10.200.0.0/16 . any`,
+		`out_allow_public_ports: 203.0.113.0/24 . tcp . 443`,
+		`out_allow_public_ports: 203.0.113.7 . udp . 5000-5010`,
 	} {
 		found := false
 		for _, g := range got {
 			found = found || g == want
 		}
 		if !found {
-			t.Errorf("no rule renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
+			t.Errorf("nothing renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
 		}
 	}
-	if d := chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
+	if d := chains.Chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
 		t.Errorf("Describe: %s", d)
 	}
 }

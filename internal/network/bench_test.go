@@ -157,7 +157,7 @@ func benchRuleInstall(b *testing.B, others int) {
 		errc := make(chan error, 1)
 		var sd time.Duration
 		go func() {
-			err := firewall.ApplySandboxChanges(sc, prevInner, inner)
+			err := firewall.ApplySandboxChanges(sc, prevInner, &inner)
 			sd = time.Since(t0)
 			errc <- err
 		}()
@@ -169,13 +169,13 @@ func benchRuleInstall(b *testing.B, others int) {
 		install = append(install, time.Since(t0))
 		sandboxOnly = append(sandboxOnly, sd)
 		t0 = time.Now()
-		go func() { errc <- firewall.VerifySandbox(sc, inner) }()
+		go func() { errc <- firewall.VerifySandbox(sc, &inner) }()
 		herr = firewall.VerifyHostPart(hc, &part)
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
 		}
 		verifyT = append(verifyT, time.Since(t0))
-		n.prevInner, n.prevPart, n.live = inner, &part, n.ver
+		n.prevInner, n.prevPart, n.live = &inner, &part, n.ver
 
 		t0 = time.Now()
 		if err := n.Update(b.Context(), pols[2]); err != nil {

@@ -185,15 +185,10 @@ func prepareSlot(ctx context.Context, c Config) error {
 		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
-	// A slot lets nothing out: replace the empty-policy sandbox table
-	// with one that allows loopback only.
-	sc, err := n.sandboxConn()
-	if err == nil {
-		err = c.injected("slot-rules")
-	}
-	if err == nil {
-		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
-	}
+	// A slot lets nothing out: its sandbox table is the empty policy's
+	// (the chains of its addresses, sets without allow elements), read
+	// back and verified by setup; a claim only adds elements.
+	err = c.injected("slot-rules")
 	err = errors.Join(err, n.closeConns(false))
 	n.ns.Close()
 	if err != nil {
@@ -275,8 +270,9 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	// chains that differ (everything is verified afterwards).
 	n.ver = srec.version()
 	if st, err := srec.target(); err == nil {
-		if part, err := firewall.BuildHost(st, n.ver); err == nil {
-			n.prevInner, n.prevPart = firewall.BuildEmptySandbox(), &part
+		inner, ierr := firewall.BuildSandbox(st)
+		if part, err := firewall.BuildHost(st, n.ver); err == nil && ierr == nil {
+			n.prevInner, n.prevPart = &inner, &part
 		}
 	}
 	host, err := netns.Current()

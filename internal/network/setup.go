@@ -37,7 +37,7 @@ type Net struct {
 	sc, hc *nftables.Conn
 	// prevInner and prevPart are the rulesets last applied and verified
 	// (nil when unknown), so a change rewrites only the chains that differ.
-	prevInner []firewall.Chain
+	prevInner *firewall.SandboxRuleset
 	prevPart  *firewall.HostPart
 	// ver is the host policy version of the last apply (attempted or
 	// not), live the one of the last apply that verified (see
@@ -254,12 +254,12 @@ func (n *Net) apply(t *firewall.Target) error {
 	}
 	prevInner, prevPart := n.prevInner, n.prevPart
 	n.prevInner, n.prevPart = nil, nil
-	err = n.applyRules(inner, &part, prevInner, prevPart)
+	err = n.applyRules(&inner, &part, prevInner, prevPart)
 	if err != nil && (prevInner != nil || prevPart != nil) {
 		// The kernel did not hold what was last applied (someone changed
 		// it): apply everything.
 		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
-		err = n.applyRules(inner, &part, nil, nil)
+		err = n.applyRules(&inner, &part, nil, nil)
 	}
 	if err == nil {
 		err = n.cfg.injected("applied")
@@ -267,7 +267,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	n.prevInner, n.prevPart, n.live = inner, &part, n.ver
+	n.prevInner, n.prevPart, n.live = &inner, &part, n.ver
 	return nil
 }
 
@@ -296,7 +296,7 @@ func (n *Net) pruneLater() {
 
 // applyRules applies both rulesets (only the chains that differ from prev,
 // when known) and verifies them.
-func (n *Net) applyRules(inner []firewall.Chain, part *firewall.HostPart, prevInner []firewall.Chain, prevPart *firewall.HostPart) error {
+func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart, prevInner *firewall.SandboxRuleset, prevPart *firewall.HostPart) error {
 	// The sandbox's namespace and the host have separate nftables
 	// instances: install and verify both side by side.
 	errc := make(chan error, 1)
@@ -498,6 +498,9 @@ type Report struct {
 	// host's: its fixed base chains, shared by all sandboxes).
 	Sandbox []firewall.Chain
 	Host    []firewall.Chain
+	// SandboxElements are the live elements of the sandbox table's sets
+	// (its policy).
+	SandboxElements []firewall.Element
 	// Elements are this sandbox's live elements of the host table's sets.
 	Elements []firewall.Element
 	// Err is nil when both rulesets match what was built.
@@ -532,9 +535,11 @@ func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, erro
 	if err != nil {
 		return r, err
 	}
-	if r.Sandbox, err = firewall.ReadTable(sc); err != nil {
+	live, err := firewall.ReadSandbox(sc)
+	if err != nil {
 		return r, err
 	}
+	r.Sandbox, r.SandboxElements = live.Chains, live.Elements
 	for _, c := range firewall.BuildHostBase() {
 		if live, err := firewall.ReadChain(hc, c.Name); err == nil {
 			r.Host = append(r.Host, *live)
@@ -543,7 +548,7 @@ func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, erro
 	if live, err := firewall.ReadHostPart(hc, t.HostIf); err == nil {
 		r.Elements = live.Live().Elements
 	}
-	r.Err = errors.Join(firewall.VerifySandbox(sc, inner), firewall.VerifyHost(hc, &part))
+	r.Err = errors.Join(firewall.VerifySandbox(sc, &inner), firewall.VerifyHost(hc, &part))
 	return r, nil
 }
 
