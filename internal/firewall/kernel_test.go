@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -240,4 +241,87 @@ func TestUplinkGuardKernel(t *testing.T) {
 	if got, err := ReadUplinks(c); err != nil || len(got) != 0 {
 		t.Fatalf("guarded uplinks after unguard %v %v", got, err)
 	}
+}
+
+// TestVerifyHostElementsKernel: reading a part's elements back by key
+// passes for exactly what was applied, and fails for an element the kernel
+// does not hold, a range that ends elsewhere, a map value that differs and
+// a version that is not the live one; a neighbour's elements do not count.
+func TestVerifyHostElementsKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	a := testTarget(t, "203.0.113.0/24:443/tcp", "198.51.100.0/24", "10.1.0.0/16:53/udp", "allowed.test")
+	b := testTarget(t, "203.0.113.0/24:443/tcp", "192.0.2.0/24")
+	b.HostIf, b.SandboxAddr, b.HostAddr = "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+	pa, _ := BuildHost(a, 3)
+	pb, _ := BuildHost(b, 1)
+	for _, p := range []*HostPart{&pa, &pb} {
+		if err := ApplyHost(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader := func() *ElementReader {
+		r, err := NewElementReader(ns.Fd())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	r := reader()
+	for i := 0; i < 2; i++ { // a reader is reused after a success
+		if err := VerifyHostElements(r, &pa); err != nil {
+			t.Fatalf("verify %d: %v", i, err)
+		}
+	}
+	if err := VerifyHostElements(r, &pb); err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(name string, f func(p *HostPart)) {
+		t.Helper()
+		p := pa
+		p.Elements = slices.Clone(pa.Elements)
+		f(&p)
+		err := VerifyHostElements(reader(), &p)
+		t.Logf("%s: %v", name, err)
+		if !errors.Is(err, ErrVerify) {
+			t.Errorf("%s: verified (%v)", name, err)
+		}
+	}
+	idx := func(set string) int {
+		i := slices.IndexFunc(pa.Elements, func(e Element) bool { return e.Set == set })
+		if i < 0 {
+			t.Fatalf("no element in %s", set)
+		}
+		return i
+	}
+	mutate("element not in the kernel", func(p *HostPart) {
+		e := p.Elements[idx(SetAllowPublic)]
+		e.Key = slices.Clone(e.Key)
+		e.Key[len(e.Key)-2] = 7 // 198.51.7.0
+		e.KeyEnd = slices.Clone(e.Key)
+		p.Elements = append(p.Elements, e)
+	})
+	mutate("range ends elsewhere", func(p *HostPart) {
+		i := idx(SetAllowPublic)
+		p.Elements[i].KeyEnd = slices.Clone(p.Elements[i].KeyEnd)
+		p.Elements[i].KeyEnd[len(p.Elements[i].KeyEnd)-1] = 0x7f
+	})
+	mutate("map value differs", func(p *HostPart) {
+		i := idx(MapRedirect)
+		p.Elements[i].Val = []byte{0, 1}
+	})
+	mutate("not the live version", func(p *HostPart) {
+		pa2, _ := BuildHost(a, 4)
+		*p = pa2
+	})
+	mutate("a neighbour's element", func(p *HostPart) {
+		p.Elements = append(p.Elements, pb.Elements[0])
+		p.Elements[len(p.Elements)-1].Key = slices.Clone(pb.Elements[0].Key)
+		copy(p.Elements[len(p.Elements)-1].Key, ifnameBytes("icnobody"))
+	})
 }

@@ -33,8 +33,10 @@ type Net struct {
 	tgt  *firewall.Target
 	slot *slot // set when the network came from the pool
 	// sc and hc are lasting nftables connections to the sandbox's
-	// namespace and the host (see conns).
+	// namespace and the host (see conns); hr reads the host's elements
+	// back by key.
 	sc, hc *nftables.Conn
+	hr     *firewall.ElementReader
 	// prevInner and prevPart are the rulesets last applied and verified
 	// (nil when unknown), so a change rewrites only the chains that differ.
 	prevInner *firewall.SandboxRuleset
@@ -315,6 +317,10 @@ func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart
 	return errors.Join(<-errc, herr)
 }
 
+// applyHost applies the host part and verifies it: by key (the cost of
+// which does not grow with the number of sandboxes, see
+// firewall.VerifyHostElements) when the kernel is known to hold prev, in
+// full after a full reapply.
 func (n *Net) applyHost(prev, part *firewall.HostPart) error {
 	hc, err := n.hostConn()
 	if err != nil {
@@ -327,7 +333,20 @@ func (n *Net) applyHost(prev, part *firewall.HostPart) error {
 		return err
 	}
 	n.cfg.at("host-rules")
-	return firewall.VerifyHostPart(hc, part)
+	if prev == nil {
+		return firewall.VerifyHostPart(hc, part)
+	}
+	if n.hr == nil {
+		if n.hr, err = firewall.NewElementReader(0); err != nil {
+			return err
+		}
+	}
+	err = firewall.VerifyHostElements(n.hr, part)
+	if err != nil {
+		n.hr.Close() // a failed read may leave replies behind
+		n.hr = nil
+	}
+	return err
 }
 
 func (n *Net) sandboxConn() (*nftables.Conn, error) {
@@ -370,9 +389,10 @@ func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
 // exit path; async does it in the background and logs a failure.
 func (n *Net) closeConns(async bool) error {
 	conns := []*nftables.Conn{n.sc, n.hc}
-	n.sc, n.hc = nil, nil
+	hr := n.hr
+	n.sc, n.hc, n.hr = nil, nil, nil
 	closeAll := func() error {
-		var errs []error
+		errs := []error{hr.Close()}
 		for _, c := range conns {
 			if c != nil {
 				errs = append(errs, c.CloseLasting())
