@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -324,4 +326,92 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		p.Elements[len(p.Elements)-1].Key = slices.Clone(pb.Elements[0].Key)
 		copy(p.Elements[len(p.Elements)-1].Key, ifnameBytes("icnobody"))
 	})
+}
+
+// TestRemoveOldLayoutKernel builds a host table of the earlier layout
+// (base chains dispatching through verdict maps to per-sandbox chains),
+// lets EnsureHostBase rewrite it, and checks that RemoveOldLayout deletes
+// the maps and chains nothing uses any more, and keeps a chain a rule still
+// jumps to, a chain of the new layout's name space, the new layout itself
+// and another tool's table.
+func TestRemoveOldLayoutKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	tb := table()
+	c.AddTable(tb)
+	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policyAccept})
+	var chains []string
+	for _, m := range oldHostMaps {
+		vm := &nftables.Set{Table: tb, Name: m, IsMap: true, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+		name := "ic-abcdef-" + strings.ReplaceAll(m, "_", "-")
+		chains = append(chains, name)
+		c.AddChain(&nftables.Chain{Name: name, Table: tb})
+		if err := c.AddSet(vm, []nftables.SetElement{{Key: ifnameBytes("icabcdef"), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: name}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.AddRule(&nftables.Rule{Table: tb, Chain: fwd, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: "fwd_in", DestRegister: 0, IsDestRegSet: true},
+	}})
+	// A chain of the old name space that a custom chain still jumps to.
+	c.AddChain(&nftables.Chain{Name: "ic-kept", Table: tb})
+	custom := c.AddChain(&nftables.Chain{Name: "custom", Table: tb})
+	c.AddRule(&nftables.Rule{Table: tb, Chain: custom, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "ic-kept"}}})
+	other := &nftables.Table{Name: "othertool", Family: nftables.TableFamilyINet}
+	c.AddTable(other)
+	c.AddChain(&nftables.Chain{Name: "ic-theirs", Table: other})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Used: the base chain still looks fwd_in up, which jumps to its
+	// chain; the other maps and their chains are unused already.
+	first, err := RemoveOldLayout(c)
+	if err != nil || slices.Contains(first, "map fwd_in") || slices.Contains(first, "chain ic-abcdef-fwd-in") || !slices.Contains(first, "chain ic-abcdef-fwd-out") {
+		t.Fatalf("before the rewrite: removed %v, %v", first, err)
+	}
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	part, _ := BuildHost(testTarget(t, "203.0.113.0/24"), 1)
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := RemoveOldLayout(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("removed %v, then %v", first, removed)
+	removed = append(removed, first...)
+	for _, name := range chains {
+		if !slices.Contains(removed, "chain "+name) {
+			t.Errorf("chain %s not removed", name)
+		}
+	}
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, ch := range all {
+		left = append(left, ch.Table.Name+"/"+ch.Name)
+	}
+	slices.Sort(left)
+	want := []string{"ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
+	if !slices.Equal(left, want) {
+		t.Fatalf("chains left %v, want %v", left, want)
+	}
+	sets, _ := c.GetSets(tb)
+	for _, s := range sets {
+		if slices.Contains(oldHostMaps, s.Name) {
+			t.Errorf("map %s left", s.Name)
+		}
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatalf("the new layout was disturbed: %v", err)
+	}
+	if removed, err := RemoveOldLayout(c); err != nil || len(removed) != 0 {
+		t.Fatalf("second run: %v %v", removed, err)
+	}
 }
