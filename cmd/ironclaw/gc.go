@@ -18,8 +18,10 @@ func newGCCmd(g *globals) *cobra.Command {
 		Short: "Reclaim what sandboxes of dead ironclaw processes left behind",
 		Long: `Reclaim the processes, cgroups, network namespaces, links, firewall tables
 and files of sandboxes whose ironclaw process died (even by SIGKILL). Only
-objects named in IronClaw's own records under --root are touched. Every
-start runs the same collection first.`,
+objects named in IronClaw's own records under --root are touched, and, in
+IronClaw's own host table (inet ironclaw), the verdict maps and "ic-" chains
+of an earlier firewall layout that nothing uses any more. Every start runs
+the same collection of sandboxes first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			root, err := state.Open(g.root)

@@ -76,6 +76,10 @@ func printNetStatus(w io.Writer, id string, st *network.Status) bool {
 			fmt.Fprintf(w, "    %s\n", r)
 		}
 	}
+	fmt.Fprintln(w, "  set elements (the policy)")
+	for _, e := range st.Report.SandboxElements {
+		fmt.Fprintf(w, "    %s\n", e)
+	}
 	fmt.Fprintln(w, "\non the host: table inet ironclaw (fixed base chains, shared by all sandboxes)")
 	for _, c := range st.Report.Host {
 		fmt.Fprintf(w, "  %s\n", c.Describe())

@@ -4,7 +4,9 @@
 // on 443), checks it against the policy, resolves it itself through a
 // configured resolver and dials the address it resolved. Plain HTTP is
 // proxied one request per connection (Connection: close both ways), so the
-// Host of every request is checked; TLS is spliced after the SNI check.
+// Host of every request is checked; TLS is spliced after the SNI check, and
+// a WebSocket connection after its handshake's Host check and the
+// upstream's 101 Switching Protocols.
 //
 // The stub answers every allowlisted name with the proxy's own address and
 // never forwards a query, so DNS cannot carry data out of the sandbox, and

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"golang.org/x/net/websocket"
 )
 
 // upstream is a keep-alive HTTP server on the loopback standing in for
@@ -35,6 +36,17 @@ func newUpstream(t *testing.T) *upstream {
 		u.mu.Lock()
 		u.hosts = append(u.hosts, r.Host)
 		u.mu.Unlock()
+		switch r.URL.Path {
+		case "/ws":
+			websocket.Handler(wsEcho).ServeHTTP(w, r)
+			return
+		case "/h2c":
+			// A switch to another protocol than WebSocket.
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "h2c")
+			w.WriteHeader(http.StatusSwitchingProtocols)
+			return
+		}
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -255,3 +267,139 @@ func (s *Server) tracked() []string {
 }
 
 func isReset(err error) bool { return strings.Contains(err.Error(), "connection reset") }
+
+// wsEcho sends every message it receives back, as one message.
+func wsEcho(ws *websocket.Conn) {
+	for {
+		var m []byte
+		if err := websocket.Message.Receive(ws, &m); err != nil {
+			return
+		}
+		if err := websocket.Message.Send(ws, string(m)); err != nil {
+			return
+		}
+	}
+}
+
+// wsDial makes a WebSocket connection to url (ws://host/path) over conn,
+// a connection to the proxy.
+func wsDial(conn net.Conn, url string) (*websocket.Conn, error) {
+	cfg, err := websocket.NewConfig(url, "http://origin.test/")
+	if err != nil {
+		return nil, err
+	}
+	return websocket.NewClient(cfg, conn)
+}
+
+// echoes sends msgs on ws one at a time and checks each comes back.
+func echoes(t *testing.T, ws *websocket.Conn, msgs ...string) {
+	t.Helper()
+	for _, m := range msgs {
+		if err := websocket.Message.Send(ws, m); err != nil {
+			t.Fatalf("send %q: %v", m, err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != m {
+			t.Fatalf("echo of %d bytes: %d bytes, equal %v, %v", len(m), len(got), got == m, err)
+		}
+	}
+}
+
+// TestProxyWebSocket: a WebSocket handshake whose Host is allowed is
+// forwarded with its Upgrade and, once the upstream switches protocols,
+// frames flow both ways, directly or after a CONNECT to port 80. A
+// handshake naming a host not allowed, or an upstream switching to
+// another protocol, goes nowhere; a policy update cuts an open WebSocket.
+func TestProxyWebSocket(t *testing.T) {
+	u := newUpstream(t)
+	s := startWithUpstream(t, u, "allowed.test")
+	proxy := fmt.Sprintf("127.0.0.1:%d", s.Services().HTTP)
+	dial := func(t *testing.T) net.Conn {
+		conn, err := net.Dial("tcp", proxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		return conn
+	}
+	t.Run("echo", func(t *testing.T) {
+		ws, err := wsDial(dial(t), "ws://allowed.test/ws")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoes(t, ws, "hello", strings.Repeat("x", 100000), "bye")
+	})
+	t.Run("after CONNECT :80", func(t *testing.T) {
+		conn := dial(t)
+		io.WriteString(conn, "CONNECT allowed.test:80 HTTP/1.1\r\nHost: allowed.test:80\r\n\r\n")
+		// Read the CONNECT answer byte by byte, so nothing of what
+		// follows is buffered here.
+		var head []byte
+		for !strings.HasSuffix(string(head), "\r\n\r\n") {
+			b := make([]byte, 1)
+			if _, err := conn.Read(b); err != nil {
+				t.Fatalf("CONNECT answer: %v", err)
+			}
+			head = append(head, b[0])
+		}
+		if !strings.Contains(string(head), " 200 ") {
+			t.Fatalf("CONNECT: %q", head)
+		}
+		ws, err := wsDial(conn, "ws://allowed.test/ws")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoes(t, ws, "through CONNECT")
+	})
+	t.Run("host not allowed", func(t *testing.T) {
+		before := len(u.seen())
+		if ws, err := wsDial(dial(t), "ws://denied.test/ws"); err == nil {
+			ws.Close()
+			t.Fatal("WebSocket to denied.test opened")
+		}
+		if got := u.seen()[before:]; len(got) != 0 {
+			t.Fatalf("upstream served %v", got)
+		}
+	})
+	t.Run("switch to another protocol", func(t *testing.T) {
+		conn := dial(t)
+		io.WriteString(conn, "GET /h2c HTTP/1.1\r\nHost: allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("want 502, got %v %v", resp, err)
+		}
+	})
+	t.Run("upgrade refused by the upstream", func(t *testing.T) {
+		// The upstream answers an ordinary 200: relayed, then closed.
+		conn := dial(t)
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 || !resp.Close {
+			t.Fatalf("want 200 with Connection: close, got %v %v", resp, err)
+		}
+		io.ReadAll(resp.Body)
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("connection still open after the response: %v", err)
+		}
+	})
+	t.Run("policy update cuts it", func(t *testing.T) {
+		ws, err := wsDial(dial(t), "ws://allowed.test/ws")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoes(t, ws, "before")
+		p, _ := firewall.ParsePolicy([]string{"other.test"})
+		s.SetPolicy(p)
+		defer func() {
+			p, _ := firewall.ParsePolicy([]string{"allowed.test"})
+			s.SetPolicy(p)
+		}()
+		websocket.Message.Send(ws, "after")
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err == nil {
+			t.Fatalf("WebSocket still open after the update: got %q", got)
+		}
+	})
+}

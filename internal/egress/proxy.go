@@ -47,7 +47,9 @@ func (c *proxyConn) close() {
 //
 // Plain HTTP carries one request per connection (see forwardHTTP): every
 // request's Host is checked, because a later request on a kept-alive
-// connection could name another host served at the same address.
+// connection could name another host served at the same address. A
+// WebSocket handshake whose Host passed is the exception: once the
+// upstream switches protocols the connection is spliced raw.
 func (s *Server) handleHTTP(c net.Conn) {
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(headTimeout))
@@ -68,7 +70,7 @@ func (s *Server) handleHTTP(c net.Conn) {
 		s.log.Info("proxy refused", "host", req.Host, "reason", "bad Host")
 		return
 	}
-	s.forwardHTTP(c, req, host)
+	s.forwardHTTP(c, req, rd, host)
 }
 
 func (s *Server) handleConnect(c net.Conn, br *bufio.Reader, req *http.Request) {
@@ -86,7 +88,7 @@ func (s *Server) handleConnect(c net.Conn, br *bufio.Reader, req *http.Request) 
 		return
 	}
 	if port == 80 {
-		r, _, err := readRequest(br)
+		r, rrd, err := readRequest(br)
 		if err != nil {
 			writeStatus(c, http.StatusBadRequest, "bad request")
 			return
@@ -96,7 +98,7 @@ func (s *Server) handleConnect(c net.Conn, br *bufio.Reader, req *http.Request) 
 			writeStatus(c, http.StatusForbidden, "ironclaw egress: Host differs from CONNECT")
 			return
 		}
-		s.forwardHTTP(c, r, host)
+		s.forwardHTTP(c, r, rrd, host)
 		return
 	}
 	raw, sni, err := readClientHello(br)
@@ -182,11 +184,7 @@ func (s *Server) forward(c net.Conn, br *bufio.Reader, host string, port uint16,
 	if _, err := up.Write(first); err != nil {
 		return
 	}
-	ch := make(chan struct{}, 2)
-	go func() { io.Copy(up, br); closeWrite(up); ch <- struct{}{} }()
-	go func() { io.Copy(c, up); closeWrite(c); ch <- struct{}{} }()
-	<-ch
-	<-ch
+	s.splice(c, br, up, up)
 }
 
 // hopHeaders are the hop-by-hop headers (RFC 9110, section 7.6.1) the
@@ -206,14 +204,42 @@ func dropHopHeaders(h http.Header) {
 	}
 }
 
+// isWebSocketUpgrade reports whether req asks to switch its connection to
+// the WebSocket protocol (RFC 6455, section 4.1): a GET without a body
+// whose Connection names "upgrade" and whose Upgrade is "websocket".
+func isWebSocketUpgrade(req *http.Request) bool {
+	if req.Method != http.MethodGet || req.ContentLength != 0 || len(req.TransferEncoding) > 0 || !req.ProtoAtLeast(1, 1) {
+		return false
+	}
+	return headerHasToken(req.Header, "Connection", "upgrade") && headerHasToken(req.Header, "Upgrade", "websocket")
+}
+
+// headerHasToken reports whether the comma-separated values of the header
+// name include token (case-insensitive).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(textproto.TrimString(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // forwardHTTP sends req, whose Host (host) was checked, to host on port 80
 // and relays the response, then closes the connection: one request per
 // connection, both ways (Connection: close upstream and to the client).
 // Anything the client sent after req's body (a pipelined or kept-alive
-// request, which could name another host) is never forwarded. Upgrades
-// (WebSocket over plain HTTP) are not supported: Upgrade is hop-by-hop and
-// dropped.
-func (s *Server) forwardHTTP(c net.Conn, req *http.Request, host string) {
+// request, which could name another host) is never forwarded.
+//
+// The one exception is a WebSocket handshake (isWebSocketUpgrade): it is
+// forwarded with its Upgrade, and if the upstream answers 101 Switching
+// Protocols with Upgrade: websocket, the connection stops being HTTP and
+// is spliced raw both ways, to the host already checked, like a TLS
+// stream after its SNI check. Any other answer is relayed and the
+// connection closed as usual.
+func (s *Server) forwardHTTP(c net.Conn, req *http.Request, rd *bufio.Reader, host string) {
 	pc, done := s.dial(c, host, 80)
 	if pc == nil {
 		return
@@ -221,7 +247,14 @@ func (s *Server) forwardHTTP(c net.Conn, req *http.Request, host string) {
 	defer done()
 	up := pc.b
 	c.SetReadDeadline(time.Time{})
+	ws := isWebSocketUpgrade(req)
 	dropHopHeaders(req.Header)
+	if ws {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		s.forwardUpgrade(c, rd, up, req, host)
+		return
+	}
 	req.Close = true
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		// The proxy answers for the upstream, which sees no Expect, so
@@ -257,6 +290,71 @@ func (s *Server) forwardHTTP(c net.Conn, req *http.Request, host string) {
 			return
 		}
 	}
+}
+
+// forwardUpgrade sends the WebSocket handshake req to up and relays the
+// answer. On 101 with Upgrade: websocket it splices c (read through rd,
+// which holds whatever the client sent after the handshake) and up both
+// ways until both sides are done; on anything else it relays the response
+// and closes, as forwardHTTP does.
+func (s *Server) forwardUpgrade(c net.Conn, rd *bufio.Reader, up net.Conn, req *http.Request, host string) {
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", "") // Write adds Go's own otherwise
+	}
+	// The handshake has no body (isWebSocketUpgrade), so Write returns
+	// once the head is sent and nothing of rd has been read past it.
+	if err := req.Write(up); err != nil {
+		s.log.Info("proxy: write upgrade request", "host", host, "err", err)
+		writeStatus(c, http.StatusBadGateway, "ironclaw egress: cannot reach "+host)
+		return
+	}
+	ur := bufio.NewReader(up)
+	for {
+		resp, err := http.ReadResponse(ur, req)
+		if err != nil {
+			s.log.Info("proxy: bad response", "host", host, "err", err)
+			writeStatus(c, http.StatusBadGateway, "ironclaw egress: bad response from "+host)
+			return
+		}
+		switched := resp.StatusCode == http.StatusSwitchingProtocols && headerHasToken(resp.Header, "Upgrade", "websocket")
+		if resp.StatusCode == http.StatusSwitchingProtocols && !switched {
+			s.log.Info("proxy refused", "host", host, "upgrade", resp.Header.Get("Upgrade"), "reason", "switch to a protocol other than websocket")
+			writeStatus(c, http.StatusBadGateway, "ironclaw egress: "+host+" switched to a protocol other than websocket")
+			return
+		}
+		informational := resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols
+		dropHopHeaders(resp.Header)
+		if switched {
+			var b bytes.Buffer
+			fmt.Fprintf(&b, "HTTP/1.1 101 %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n", http.StatusText(http.StatusSwitchingProtocols))
+			if err := resp.Header.Write(&b); err != nil {
+				return
+			}
+			b.WriteString("\r\n")
+			if _, err := c.Write(b.Bytes()); err != nil {
+				return
+			}
+			s.splice(c, rd, up, ur)
+			return
+		}
+		resp.Close = !informational
+		err = resp.Write(c)
+		resp.Body.Close()
+		if err != nil || !informational {
+			return
+		}
+	}
+}
+
+// splice copies client (read through cr) to up and up (read through ur)
+// to client until both directions are done, passing each end of stream
+// on as a half-close.
+func (s *Server) splice(client net.Conn, cr io.Reader, up net.Conn, ur io.Reader) {
+	ch := make(chan struct{}, 2)
+	go func() { io.Copy(up, cr); closeWrite(up); ch <- struct{}{} }()
+	go func() { io.Copy(client, ur); closeWrite(client); ch <- struct{}{} }()
+	<-ch
+	<-ch
 }
 
 func closeWrite(c net.Conn) {

@@ -3,6 +3,7 @@ package firewall
 import (
 	"fmt"
 	"reflect"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -26,30 +27,54 @@ func addRules(c *nftables.Conn, t *nftables.Table, nc *nftables.Chain, ch *Chain
 }
 
 // ApplySandbox replaces the sandbox table in the namespace c talks to with
-// chains, in one transaction, so the kernel switches from the old ruleset
-// to the new one atomically and never runs with a partial one. The table
-// and chains are created if missing and otherwise kept: each chain is
-// flushed and refilled. Keeping the base chains avoids unregistering and
-// re-registering their hooks, which costs an RCU grace period; a chain the
-// table should not have is caught by VerifySandbox.
-func ApplySandbox(c *nftables.Conn, chains []Chain) error {
-	return ApplySandboxChanges(c, nil, chains)
+// rs, in one transaction, so the kernel switches from the old ruleset to
+// the new one atomically and never runs with a partial one. The table,
+// its sets and chains are created if missing and otherwise kept: each
+// chain is flushed and refilled, each set flushed and refilled. Keeping
+// the base chains avoids unregistering and re-registering their hooks,
+// which costs an RCU grace period; a chain the table should not have is
+// caught by VerifySandbox.
+func ApplySandbox(c *nftables.Conn, rs *SandboxRuleset) error {
+	return ApplySandboxChanges(c, nil, rs)
 }
 
 // ApplySandboxChanges is ApplySandbox for a table known to hold prev (the
-// last ruleset applied and verified): chains equal in both are left alone,
-// so a policy change only rewrites the output chain. The caller verifies
-// the whole table afterwards, which catches a prev that was not true.
-func ApplySandboxChanges(c *nftables.Conn, prev, chains []Chain) error {
+// last ruleset applied and verified): chains equal in both are left alone
+// and only the elements that differ are deleted and added, so a policy
+// change on a sandbox whose addresses stay is elements only. The caller
+// verifies the whole table afterwards, which catches a prev that was not
+// true.
+func ApplySandboxChanges(c *nftables.Conn, prev, rs *SandboxRuleset) error {
 	t := table()
-	c.AddTable(t)
-	for i := range chains {
-		if unchanged(prev, &chains[i]) {
+	var prevChains []Chain
+	if prev == nil {
+		c.AddTable(t)
+		for _, d := range sandboxTableSets {
+			s := d.nft(t)
+			if err := c.AddSet(s, nil); err != nil {
+				return fmt.Errorf("apply sandbox ruleset: set %s: %w", d.name, err)
+			}
+			c.FlushSet(s)
+		}
+	} else {
+		prevChains = prev.Chains
+	}
+	for i := range rs.Chains {
+		if unchanged(prevChains, &rs.Chains[i]) {
 			continue
 		}
-		nc := addChain(c, t, &chains[i])
+		nc := addChain(c, t, &rs.Chains[i])
 		c.FlushChain(nc)
-		addRules(c, t, nc, &chains[i])
+		addRules(c, t, nc, &rs.Chains[i])
+	}
+	var del, add []Element
+	if prev == nil {
+		add = rs.Elements
+	} else {
+		del, add = diffElements(prev.Elements, rs.Elements)
+	}
+	if err := queueSetElements(c, sandboxTableSets, del, add); err != nil {
+		return fmt.Errorf("apply sandbox ruleset: %w", err)
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply sandbox ruleset: %w", err)
@@ -121,10 +146,39 @@ func ReadTable(c *nftables.Conn) ([]Chain, error) {
 	return out, nil
 }
 
+// ReadSandbox reads the sandbox table back: its chains (ReadTable) and
+// the elements of its sets (a set that does not exist holds nothing).
+func ReadSandbox(c *nftables.Conn) (SandboxRuleset, error) {
+	var rs SandboxRuleset
+	var err error
+	if rs.Chains, err = ReadTable(c); err != nil || rs.Chains == nil {
+		return rs, err
+	}
+	sets, err := c.GetSets(table())
+	if err != nil {
+		return rs, fmt.Errorf("read ruleset: list sets: %w", err)
+	}
+	for _, d := range sandboxTableSets {
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == d.name }) {
+			continue
+		}
+		els, err := c.GetSetElements(d.nft(table()))
+		if err != nil {
+			return rs, fmt.Errorf("read ruleset: set %s: %w", d.name, err)
+		}
+		for _, el := range els {
+			rs.Elements = append(rs.Elements, elementOf(d, el))
+		}
+	}
+	sortElements(rs.Elements)
+	return rs, nil
+}
+
 // VerifySandbox reads the sandbox table back and checks that it is exactly
 // want: the same chains (no more), hooked at the same hooks with the same
-// priorities, types and policies, holding the same rules in order.
-func VerifySandbox(c *nftables.Conn, want []Chain) error {
+// priorities, types and policies, holding the same rules in order; every
+// set with the built definition, holding exactly the built elements.
+func VerifySandbox(c *nftables.Conn, want *SandboxRuleset) error {
 	got, err := ReadTable(c)
 	if err != nil {
 		return err
@@ -132,23 +186,36 @@ func VerifySandbox(c *nftables.Conn, want []Chain) error {
 	if len(got) == 0 {
 		return fmt.Errorf("%w: table inet %s is missing", ErrVerify, TableName)
 	}
-	if len(got) != len(want) {
-		return fmt.Errorf("%w: table inet %s has %d chains, want %d", ErrVerify, TableName, len(got), len(want))
+	if len(got) != len(want.Chains) {
+		return fmt.Errorf("%w: table inet %s has %d chains, want %d", ErrVerify, TableName, len(got), len(want.Chains))
 	}
 	byName := map[string]*Chain{}
 	for i := range got {
 		byName[got[i].Name] = &got[i]
 	}
-	for i := range want {
-		g, ok := byName[want[i].Name]
+	for i := range want.Chains {
+		g, ok := byName[want.Chains[i].Name]
 		if !ok {
-			return fmt.Errorf("%w: chain %s is missing", ErrVerify, want[i].Name)
+			return fmt.Errorf("%w: chain %s is missing", ErrVerify, want.Chains[i].Name)
 		}
-		if err := compareChain(g, &want[i]); err != nil {
+		if err := compareChain(g, &want.Chains[i]); err != nil {
 			return err
 		}
 	}
-	return nil
+	if err := verifySets(c, sandboxTableSets); err != nil {
+		return err
+	}
+	var els []Element
+	for _, d := range sandboxTableSets {
+		got, err := c.GetSetElements(d.nft(table()))
+		if err != nil {
+			return fmt.Errorf("%w: read set %s: %v", ErrVerify, d.name, err)
+		}
+		for _, el := range got {
+			els = append(els, elementOf(d, el))
+		}
+	}
+	return compareElements("sandbox table", els, want.Elements)
 }
 
 // ReadChain reads one chain of IronClaw's table back with its rules.

@@ -5,8 +5,11 @@
 // trusted:
 //
 //   - Inside the sandbox's network namespace, table inet "ironclaw" with
-//     base chains at the output, input and forward hooks, all policy drop.
-//     It is replaced as a whole (add, delete, re-create) in one transaction.
+//     base chains at the output, input and forward hooks, all policy drop,
+//     whose rules depend only on the link's addresses, and sets that hold
+//     the policy (see sandbox_sets.go): made once when the link is, after
+//     which a policy change adds and deletes elements only, in one
+//     transaction.
 //   - On the host, the shared table inet "ironclaw" holds one fixed
 //     ruleset: base chains (forward, input, NAT) whose rules are the same
 //     whatever sandboxes exist, with policy accept and every rule bound to
@@ -25,5 +28,8 @@
 //
 // The builders are pure (Build* take no context and touch no kernel); Apply
 // and Verify talk to the kernel through an *nftables.Conn, which tests can
-// point at a throwaway namespace or a recording dial.
+// point at a throwaway namespace or a recording dial. An ElementReader
+// reads a sandbox's host elements back by key (getelem.go), so verifying a
+// start does not dump the shared sets. RemoveOldLayout removes what the
+// host table of an earlier layout left unused (oldlayout.go).
 package firewall

@@ -60,7 +60,7 @@ const (
 	// host's own addresses and the sandbox pool), which a policy change
 	// does not change.
 	SetDenyLocal = "deny_local"
-	// The allow sets, one pair per deny tier (see policyRules): rules
+	// The allow sets, one pair per deny tier (see tierRules): rules
 	// lying inside the first tier, inside InternalRanges, and the rest.
 	// The plain set allows every protocol to "link . version . address
 	// range"; the _ports set allows "link . version . address range .
@@ -119,9 +119,11 @@ var hostSets = []setDef{
 func sandboxSets() []setDef { return hostSets[:len(hostSets)-1] }
 
 func setDefOf(name string) (setDef, bool) {
-	for _, d := range hostSets {
-		if d.name == name {
-			return d, true
+	for _, defs := range [][]setDef{hostSets, sandboxTableSets} {
+		for _, d := range defs {
+			if d.name == name {
+				return d, true
+			}
 		}
 	}
 	return setDef{}, false
@@ -234,6 +236,9 @@ func fieldString(f nftables.SetDatatype, b []byte) string {
 }
 
 func fieldRange(f nftables.SetDatatype, lo, hi []byte) string {
+	if f == fProto && lo[0] == 0 && hi[0] == 255 {
+		return "any"
+	}
 	if f == fAddr {
 		a, b := netip.AddrFrom4([4]byte(lo[:4])), netip.AddrFrom4([4]byte(hi[:4]))
 		if p, ok := rangePrefix(a, b); ok {
@@ -424,43 +429,61 @@ func BuildHost(t *Target, version uint32) (HostPart, error) {
 		add(SetDenyLocal, cat(ifb, kAddr(u32Addr(s.lo))), cat(ifb, kAddr(u32Addr(s.hi))), nil)
 	}
 	for i, rules := range tierRules(t) {
-		var any []span
-		boxes := map[byte][]box{}
-		for _, r := range rules {
-			a := addrSpan(r.Prefix)
-			if r.Proto == ProtoAny && r.PortLo == 0 {
-				any = append(any, a)
-				continue
-			}
-			ports := span{0, 65535}
-			if r.PortLo != 0 {
-				ports = span{uint32(r.PortLo), uint32(r.PortHi)}
-			}
-			if r.Proto != ProtoUDP {
-				boxes[unix.IPPROTO_TCP] = append(boxes[unix.IPPROTO_TCP], box{a, ports})
-			}
-			if r.Proto != ProtoTCP {
-				boxes[unix.IPPROTO_UDP] = append(boxes[unix.IPPROTO_UDP], box{a, ports})
-			}
-		}
-		for _, s := range mergeSpans(any) {
+		any, boxes := tierSpans(rules)
+		for _, s := range any {
 			add(tiers[i].any, cat(vb, kAddr(u32Addr(s.lo))), cat(vb, kAddr(u32Addr(s.hi))), nil)
 		}
-		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-			for _, b := range disjointBoxes(boxes[proto]) {
-				add(tiers[i].ports,
-					cat(vb, kAddr(u32Addr(b.addr.lo)), kProto(proto), kPort(uint16(b.port.lo))),
-					cat(vb, kAddr(u32Addr(b.addr.hi)), kProto(proto), kPort(uint16(b.port.hi))), nil)
-			}
+		for _, pb := range boxes {
+			add(tiers[i].ports,
+				cat(vb, kAddr(u32Addr(pb.addr.lo)), kProto(pb.proto), kPort(uint16(pb.port.lo))),
+				cat(vb, kAddr(u32Addr(pb.addr.hi)), kProto(pb.proto), kPort(uint16(pb.port.hi))), nil)
 		}
 	}
 	sortElements(part.Elements)
 	return part, nil
 }
 
+// protoBox is a box of one protocol.
+type protoBox struct {
+	proto byte
+	box
+}
+
+// tierSpans returns the address ranges a tier's rules allow to every
+// protocol (merged), and the disjoint address and port boxes they allow
+// per protocol (TCP, then UDP).
+func tierSpans(rules []CIDRRule) ([]span, []protoBox) {
+	var any []span
+	boxes := map[byte][]box{}
+	for _, r := range rules {
+		a := addrSpan(r.Prefix)
+		if r.Proto == ProtoAny && r.PortLo == 0 {
+			any = append(any, a)
+			continue
+		}
+		ports := span{0, 65535}
+		if r.PortLo != 0 {
+			ports = span{uint32(r.PortLo), uint32(r.PortHi)}
+		}
+		if r.Proto != ProtoUDP {
+			boxes[unix.IPPROTO_TCP] = append(boxes[unix.IPPROTO_TCP], box{a, ports})
+		}
+		if r.Proto != ProtoTCP {
+			boxes[unix.IPPROTO_UDP] = append(boxes[unix.IPPROTO_UDP], box{a, ports})
+		}
+	}
+	var out []protoBox
+	for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+		for _, b := range disjointBoxes(boxes[proto]) {
+			out = append(out, protoBox{proto, b})
+		}
+	}
+	return mergeSpans(any), out
+}
+
 func sortElements(els []Element) {
 	order := map[string]int{}
-	for i, d := range hostSets {
+	for i, d := range append(slices.Clone(hostSets), sandboxTableSets...) {
 		order[d.name] = i
 	}
 	slices.SortFunc(els, func(a, b Element) int {
@@ -474,10 +497,12 @@ func sortElements(els []Element) {
 	})
 }
 
-// tierRules splits the policy's CIDR rules into the three tiers of
-// policyRules: rules inside the first deny tier, rules inside
-// InternalRanges, and the rest. Each rule belongs to the first tier it
-// lies inside.
+// tierRules splits the policy's CIDR rules into three tiers: rules inside
+// the first deny tier (t.Deny), rules inside InternalRanges, and the rest.
+// Each rule belongs to the first tier it lies inside. Both rulesets allow
+// a tier's rules and then deny the tier, tier by tier, and allow the
+// rest last, so a rule "names a range explicitly" when its network lies
+// inside it.
 func tierRules(t *Target) [3][]CIDRRule {
 	var out [3][]CIDRRule
 	for _, r := range t.Policy.CIDRs {

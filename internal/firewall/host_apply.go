@@ -46,11 +46,17 @@ func verifyHostBase(c *nftables.Conn, base []Chain) error {
 	if err := verifyChains(c, base); err != nil {
 		return err
 	}
+	return verifySets(c, hostSets)
+}
+
+// verifySets checks that every set of defs exists in IronClaw's table
+// with the built key, flags and value type.
+func verifySets(c *nftables.Conn, defs []setDef) error {
 	sets, err := c.GetSets(table())
 	if err != nil {
 		return fmt.Errorf("%w: list sets of table inet %s: %v", ErrVerify, TableName, err)
 	}
-	for _, d := range hostSets {
+	for _, d := range defs {
 		i := slices.IndexFunc(sets, func(s *nftables.Set) bool { return s.Name == d.name })
 		if i < 0 {
 			return fmt.Errorf("%w: set %s is missing", ErrVerify, d.name)
@@ -65,6 +71,35 @@ func verifyHostBase(c *nftables.Conn, base []Chain) error {
 		}
 	}
 	return nil
+}
+
+// elementOf converts an element read from set d.
+func elementOf(d setDef, el nftables.SetElement) Element {
+	e := Element{Set: d.name, Key: el.Key}
+	if d.interval {
+		e.KeyEnd = el.KeyEnd
+	}
+	if d.data != nil {
+		e.Val = el.Val
+	}
+	return e
+}
+
+// compareElements checks that got holds exactly want's elements.
+func compareElements(what string, got, want []Element) error {
+	// diffElements(prev=got, part=want): del are extra, add are missing.
+	extra, missing := diffElements(got, want)
+	if len(missing)+len(extra) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, e := range missing {
+		fmt.Fprintf(&b, "; missing %s", e)
+	}
+	for _, e := range extra {
+		fmt.Fprintf(&b, "; unexpected %s", e)
+	}
+	return fmt.Errorf("%w: %s elements differ from the built ones%s", ErrVerify, what, b.String())
 }
 
 func setElement(e Element, withVal bool) nftables.SetElement {
@@ -98,11 +133,16 @@ func diffElements(prev, part []Element) (del, add []Element) {
 }
 
 // queueElements queues the deletion of del and then the addition of add,
-// grouped by set, on c. Deleting first lets a new range take the place of
-// an old one it overlaps within the same transaction.
+// grouped by host set, on c. Deleting first lets a new range take the
+// place of an old one it overlaps within the same transaction.
 func queueElements(c *nftables.Conn, del, add []Element) error {
+	return queueSetElements(c, hostSets, del, add)
+}
+
+// queueSetElements is queueElements for the sets defs.
+func queueSetElements(c *nftables.Conn, defs []setDef, del, add []Element) error {
 	t := table()
-	for _, d := range hostSets {
+	for _, d := range defs {
 		s := d.nft(t)
 		var els []nftables.SetElement
 		for _, e := range del {
@@ -116,7 +156,7 @@ func queueElements(c *nftables.Conn, del, add []Element) error {
 			}
 		}
 	}
-	for _, d := range hostSets {
+	for _, d := range defs {
 		s := d.nft(t)
 		var els []nftables.SetElement
 		for _, e := range add {
@@ -209,13 +249,7 @@ func readHostPart(c *nftables.Conn, hostIf string, onlyExisting bool) (HostPart,
 			if !bytes.HasPrefix(el.Key, prefix) {
 				continue
 			}
-			e := Element{Set: d.name, Key: el.Key}
-			if d.interval {
-				e.KeyEnd = el.KeyEnd
-			}
-			if d.data != nil {
-				e.Val = el.Val
-			}
+			e := elementOf(d, el)
 			if d.name == MapVersion && len(e.Val) == 4 {
 				part.Version = binary.BigEndian.Uint32(e.Val)
 			}
@@ -248,21 +282,7 @@ func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
 	if all.Version != part.Version {
 		return fmt.Errorf("%w: host elements of %s: live version %d, want %d", ErrVerify, part.Iface, all.Version, part.Version)
 	}
-	got := all.Live()
-	missing, extra := diffElements(got.Elements, part.Elements)
-	// diffElements(prev=got, part=want): del are extra, add are missing.
-	missing, extra = extra, missing
-	if len(missing)+len(extra) > 0 {
-		var b strings.Builder
-		for _, e := range missing {
-			fmt.Fprintf(&b, "; missing %s", e)
-		}
-		for _, e := range extra {
-			fmt.Fprintf(&b, "; unexpected %s", e)
-		}
-		return fmt.Errorf("%w: host elements of %s differ from the built ones%s", ErrVerify, part.Iface, b.String())
-	}
-	return nil
+	return compareElements("host "+part.Iface, all.Live().Elements, part.Elements)
 }
 
 // RemoveHost deletes one sandbox's elements from the host table in one

@@ -1,12 +1,15 @@
 package firewall
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -44,10 +47,10 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ApplySandbox(c, chains); err != nil {
+	if err := ApplySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, chains); err != nil {
+	if err := VerifySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
 	// A micro-VM's namespace: the forward chain and the masquerade too,
@@ -58,10 +61,10 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ApplySandboxChanges(c, chains, gchains); err != nil {
+	if err := ApplySandboxChanges(c, &chains, &gchains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, gchains); err != nil {
+	if err := VerifySandbox(c, &gchains); err != nil {
 		t.Fatal(err)
 	}
 	part, err := BuildHost(tg, 1)
@@ -86,28 +89,35 @@ func TestRender(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, r := range chains[0].Rules {
+	for _, r := range chains.Chains[0].Rules {
 		got = append(got, r.String())
+	}
+	for _, e := range chains.Elements {
+		got = append(got, e.String())
 	}
 	for _, want := range []string{
 		`oifname "lo" accept comment "loopback"`,
 		`ct state established,related accept comment "replies"`,
 		`meta nfproto != ipv4 drop comment "IPv4 only"`,
 		`ip saddr != 10.200.0.2 drop comment "own source only"`,
-		`ip daddr 10.200.0.1 meta l4proto udp th dport 53 accept comment "DNS stub udp:53"`,
-		`ip daddr 10.200.0.0/16 drop comment "deny 10.200.0.0/16"`,
-		`ip daddr 203.0.113.0/24 meta l4proto tcp th dport 443 accept comment "allow 203.0.113.0/24:443/tcp"`,
-		`ip daddr 203.0.113.7 meta l4proto udp th dport >= 5000 <= 5010 accept comment "allow 203.0.113.7:5000-5010/udp"`,
+		`ip daddr . meta l4proto . th dport @out_services accept comment "egress services"`,
+		`ip daddr . meta l4proto @out_deny_local drop comment "deny: out_deny_local"`,
+		`ip daddr 10.0.0.0/8 drop comment "deny 10.0.0.0/8"`,
+		`ip daddr . meta l4proto . th dport @out_allow_public_ports accept comment "allow: out_allow_public_ports"`,
+		`out_services: 10.200.0.1 . udp . 53`,
+		`out_deny_local: 10.200.0.0/16 . any`,
+		`out_allow_public_ports: 203.0.113.0/24 . tcp . 443`,
+		`out_allow_public_ports: 203.0.113.7 . udp . 5000-5010`,
 	} {
 		found := false
 		for _, g := range got {
 			found = found || g == want
 		}
 		if !found {
-			t.Errorf("no rule renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
+			t.Errorf("nothing renders as\n  %s\ngot\n  %s", want, strings.Join(got, "\n  "))
 		}
 	}
-	if d := chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
+	if d := chains.Chains[0].Describe(); d != "chain output (type filter hook output priority 0 policy drop)" {
 		t.Errorf("Describe: %s", d)
 	}
 }
@@ -232,5 +242,176 @@ func TestUplinkGuardKernel(t *testing.T) {
 	}
 	if got, err := ReadUplinks(c); err != nil || len(got) != 0 {
 		t.Fatalf("guarded uplinks after unguard %v %v", got, err)
+	}
+}
+
+// TestVerifyHostElementsKernel: reading a part's elements back by key
+// passes for exactly what was applied, and fails for an element the kernel
+// does not hold, a range that ends elsewhere, a map value that differs and
+// a version that is not the live one; a neighbour's elements do not count.
+func TestVerifyHostElementsKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	a := testTarget(t, "203.0.113.0/24:443/tcp", "198.51.100.0/24", "10.1.0.0/16:53/udp", "allowed.test")
+	b := testTarget(t, "203.0.113.0/24:443/tcp", "192.0.2.0/24")
+	b.HostIf, b.SandboxAddr, b.HostAddr = "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
+	pa, _ := BuildHost(a, 3)
+	pb, _ := BuildHost(b, 1)
+	for _, p := range []*HostPart{&pa, &pb} {
+		if err := ApplyHost(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader := func() *ElementReader {
+		r, err := NewElementReader(ns.Fd())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	r := reader()
+	for i := 0; i < 2; i++ { // a reader is reused after a success
+		if err := VerifyHostElements(r, &pa); err != nil {
+			t.Fatalf("verify %d: %v", i, err)
+		}
+	}
+	if err := VerifyHostElements(r, &pb); err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(name string, f func(p *HostPart)) {
+		t.Helper()
+		p := pa
+		p.Elements = slices.Clone(pa.Elements)
+		f(&p)
+		err := VerifyHostElements(reader(), &p)
+		t.Logf("%s: %v", name, err)
+		if !errors.Is(err, ErrVerify) {
+			t.Errorf("%s: verified (%v)", name, err)
+		}
+	}
+	idx := func(set string) int {
+		i := slices.IndexFunc(pa.Elements, func(e Element) bool { return e.Set == set })
+		if i < 0 {
+			t.Fatalf("no element in %s", set)
+		}
+		return i
+	}
+	mutate("element not in the kernel", func(p *HostPart) {
+		e := p.Elements[idx(SetAllowPublic)]
+		e.Key = slices.Clone(e.Key)
+		e.Key[len(e.Key)-2] = 7 // 198.51.7.0
+		e.KeyEnd = slices.Clone(e.Key)
+		p.Elements = append(p.Elements, e)
+	})
+	mutate("range ends elsewhere", func(p *HostPart) {
+		i := idx(SetAllowPublic)
+		p.Elements[i].KeyEnd = slices.Clone(p.Elements[i].KeyEnd)
+		p.Elements[i].KeyEnd[len(p.Elements[i].KeyEnd)-1] = 0x7f
+	})
+	mutate("map value differs", func(p *HostPart) {
+		i := idx(MapRedirect)
+		p.Elements[i].Val = []byte{0, 1}
+	})
+	mutate("not the live version", func(p *HostPart) {
+		pa2, _ := BuildHost(a, 4)
+		*p = pa2
+	})
+	mutate("a neighbour's element", func(p *HostPart) {
+		p.Elements = append(p.Elements, pb.Elements[0])
+		p.Elements[len(p.Elements)-1].Key = slices.Clone(pb.Elements[0].Key)
+		copy(p.Elements[len(p.Elements)-1].Key, ifnameBytes("icnobody"))
+	})
+}
+
+// TestRemoveOldLayoutKernel builds a host table of the earlier layout
+// (base chains dispatching through verdict maps to per-sandbox chains),
+// lets EnsureHostBase rewrite it, and checks that RemoveOldLayout deletes
+// the maps and chains nothing uses any more, and keeps a chain a rule still
+// jumps to, a chain of the new layout's name space, the new layout itself
+// and another tool's table.
+func TestRemoveOldLayoutKernel(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	tb := table()
+	c.AddTable(tb)
+	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policyAccept})
+	var chains []string
+	for _, m := range oldHostMaps {
+		vm := &nftables.Set{Table: tb, Name: m, IsMap: true, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+		name := "ic-abcdef-" + strings.ReplaceAll(m, "_", "-")
+		chains = append(chains, name)
+		c.AddChain(&nftables.Chain{Name: name, Table: tb})
+		if err := c.AddSet(vm, []nftables.SetElement{{Key: ifnameBytes("icabcdef"), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: name}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.AddRule(&nftables.Rule{Table: tb, Chain: fwd, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: "fwd_in", DestRegister: 0, IsDestRegSet: true},
+	}})
+	// A chain of the old name space that a custom chain still jumps to.
+	c.AddChain(&nftables.Chain{Name: "ic-kept", Table: tb})
+	custom := c.AddChain(&nftables.Chain{Name: "custom", Table: tb})
+	c.AddRule(&nftables.Rule{Table: tb, Chain: custom, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "ic-kept"}}})
+	other := &nftables.Table{Name: "othertool", Family: nftables.TableFamilyINet}
+	c.AddTable(other)
+	c.AddChain(&nftables.Chain{Name: "ic-theirs", Table: other})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Used: the base chain still looks fwd_in up, which jumps to its
+	// chain; the other maps and their chains are unused already.
+	first, err := RemoveOldLayout(c)
+	if err != nil || slices.Contains(first, "map fwd_in") || slices.Contains(first, "chain ic-abcdef-fwd-in") || !slices.Contains(first, "chain ic-abcdef-fwd-out") {
+		t.Fatalf("before the rewrite: removed %v, %v", first, err)
+	}
+	if err := EnsureHostBase(c); err != nil {
+		t.Fatal(err)
+	}
+	part, _ := BuildHost(testTarget(t, "203.0.113.0/24"), 1)
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := RemoveOldLayout(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("removed %v, then %v", first, removed)
+	removed = append(removed, first...)
+	for _, name := range chains {
+		if !slices.Contains(removed, "chain "+name) {
+			t.Errorf("chain %s not removed", name)
+		}
+	}
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, ch := range all {
+		left = append(left, ch.Table.Name+"/"+ch.Name)
+	}
+	slices.Sort(left)
+	want := []string{"ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
+	if !slices.Equal(left, want) {
+		t.Fatalf("chains left %v, want %v", left, want)
+	}
+	sets, _ := c.GetSets(tb)
+	for _, s := range sets {
+		if slices.Contains(oldHostMaps, s.Name) {
+			t.Errorf("map %s left", s.Name)
+		}
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatalf("the new layout was disturbed: %v", err)
+	}
+	if removed, err := RemoveOldLayout(c); err != nil || len(removed) != 0 {
+		t.Fatalf("second run: %v %v", removed, err)
 	}
 }

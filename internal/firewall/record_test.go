@@ -44,11 +44,13 @@ func TestApplyIsOneBatch(t *testing.T) {
 	tg2 := *tg
 	tg2.Policy, _ = ParsePolicy([]string{"203.0.113.0/25:443/tcp"})
 	part2, _ := BuildHost(&tg2, 2)
+	inner2, _ := BuildSandbox(&tg2)
 	for _, c := range []struct {
 		name  string
 		apply func(*nftables.Conn) error
 	}{
-		{"sandbox", func(c *nftables.Conn) error { return ApplySandbox(c, inner) }},
+		{"sandbox", func(c *nftables.Conn) error { return ApplySandbox(c, &inner) }},
+		{"sandbox change", func(c *nftables.Conn) error { return ApplySandboxChanges(c, &inner, &inner2) }},
 		{"host", func(c *nftables.Conn) error { return ApplyHostChanges(c, &HostPart{Iface: tg.HostIf}, &part) }},
 		{"host change", func(c *nftables.Conn) error { return ApplyHostChanges(c, &part, &part2) }},
 	} {
@@ -74,9 +76,10 @@ func TestApplyIsOneBatch(t *testing.T) {
 					t.Errorf("%s: flushes a whole table", c.name)
 				}
 			}
-			// The host part is elements only: no chain, rule or set
-			// is created or deleted, so the kernel never re-validates
-			// the table's rules on a sandbox's change.
+			// The host part and a policy change in the sandbox are
+			// elements only: no chain, rule or set is created or
+			// deleted, so the kernel never re-validates or rebuilds
+			// rules on a sandbox's change.
 			if c.name != "sandbox" {
 				if typ := msgType(m); typ != nftMsg|unix.NFT_MSG_NEWSETELEM && typ != nftMsg|unix.NFT_MSG_DELSETELEM {
 					t.Errorf("%s: message type %#x, want set elements only", c.name, typ)

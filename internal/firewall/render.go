@@ -41,6 +41,11 @@ func (r Rule) String() string {
 			}
 			parts = append(parts, "meta "+metaName(e.Key))
 		case *expr.Payload:
+			if s, n := concatLookup(ex[i:]); n > 0 {
+				parts = append(parts, s)
+				i += n - 1
+				continue
+			}
 			s, n := payload(e, ex[i+1:])
 			parts = append(parts, s)
 			i += n

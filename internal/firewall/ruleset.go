@@ -134,12 +134,22 @@ const (
 	prioSRCNAT = 100
 )
 
-// BuildSandbox returns the chains of the table inside the sandbox's
-// namespace. All three base chains have policy drop; output allows
-// loopback, replies, the host's services and the policy's rules.
-func BuildSandbox(t *Target) ([]Chain, error) {
+// SandboxRuleset is the table inside a sandbox's namespace: its chains,
+// whose rules depend only on the addresses of the link (and of a guest),
+// and the elements of its sets, which hold the policy (see
+// sandbox_sets.go).
+type SandboxRuleset struct {
+	Chains   []Chain
+	Elements []Element
+}
+
+// BuildSandbox returns the table inside the sandbox's namespace. All three
+// base chains have policy drop; output allows loopback, replies, and, from
+// the sandbox's own address, the host's services and the policy's rules
+// (through the sets).
+func BuildSandbox(t *Target) (SandboxRuleset, error) {
 	if err := t.Validate(); err != nil {
-		return nil, err
+		return SandboxRuleset{}, err
 	}
 	out := Chain{Name: "output", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookOutput), Priority: prioRef(prioFilter), Policy: &policyDrop}
 	out.Rules = append(out.Rules,
@@ -148,8 +158,7 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
 		rule("own source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(t.SandboxAddr, 32)), drop()),
 	)
-	out.Rules = append(out.Rules, serviceRules(t)...)
-	out.Rules = append(out.Rules, policyRules(t)...)
+	out.Rules = append(out.Rules, filterRules()...)
 
 	in := Chain{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyDrop}
 	in.Rules = append(in.Rules,
@@ -157,8 +166,9 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("replies", ctEstablished(), accept()),
 	)
 	fwd := Chain{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyDrop}
+	els := sandboxElements(t)
 	if t.Guest == nil {
-		return []Chain{out, in, fwd}, nil
+		return SandboxRuleset{Chains: []Chain{out, in, fwd}, Elements: els}, nil
 	}
 	// A guest's packets are forwarded, not sent: they get the output
 	// chain's policy here, then the masquerade to the sandbox address.
@@ -170,72 +180,11 @@ func BuildSandbox(t *Target) ([]Chain, error) {
 		rule("IPv4 only", nfproto(expr.CmpOpNeq, unix.NFPROTO_IPV4), drop()),
 		rule("guest source only", addr(12, expr.CmpOpNeq, netip.PrefixFrom(g.Addr, 32)), drop()),
 	)
-	fwd.Rules = append(fwd.Rules, serviceRules(t)...)
-	fwd.Rules = append(fwd.Rules, policyRules(t)...)
+	fwd.Rules = append(fwd.Rules, filterRules()...)
 	nat := Chain{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept,
 		Rules: []Rule{rule("guest as the sandbox address", ifname(expr.MetaKeyOIFNAME, g.Uplink), nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4),
 			addr(12, expr.CmpOpEq, netip.PrefixFrom(g.Addr, 32)), masquerade())}}
-	return []Chain{out, in, fwd, nat}, nil
-}
-
-// BuildEmptySandbox returns the sandbox table of a namespace that allows
-// nothing at all but loopback: the state of a prepared pool slot.
-func BuildEmptySandbox() []Chain {
-	out := Chain{Name: "output", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookOutput), Priority: prioRef(prioFilter), Policy: &policyDrop,
-		Rules: []Rule{rule("loopback", ifname(expr.MetaKeyOIFNAME, "lo"), accept())}}
-	in := Chain{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyDrop,
-		Rules: []Rule{rule("loopback", ifname(expr.MetaKeyIIFNAME, "lo"), accept())}}
-	fwd := Chain{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyDrop}
-	return []Chain{out, in, fwd}
-}
-
-// serviceRules allow the sandbox to reach the DNS stub and the proxy at
-// HostAddr on the standard ports (53, 80, 443); the host redirects them to
-// the services' own ports (MapRedirect).
-func serviceRules(t *Target) []Rule {
-	var out []Rule
-	host := netip.PrefixFrom(t.HostAddr, 32)
-	for _, s := range services(t) {
-		out = append(out, rule(fmt.Sprintf("%s %s:%d", serviceName(s.std), protoName(s.proto), s.std), addr(16, expr.CmpOpEq, host), l4proto(s.proto), ports(s.std, s.std), accept()))
-	}
-	return out
-}
-
-func serviceName(std uint16) string {
-	switch std {
-	case 53:
-		return "DNS stub"
-	case 80:
-		return "HTTP proxy"
-	}
-	return "HTTPS proxy"
-}
-
-// policyRules are the allow rules in tiers: for each deny tier (first the
-// host's addresses and the sandbox pool, then InternalRanges), the rules
-// lying inside the tier are accepted, then the tier is dropped; the
-// remaining rules are accepted last. A rule "names a range explicitly" when
-// its network lies inside it.
-func policyRules(t *Target) []Rule {
-	var out []Rule
-	used := make([]bool, len(t.Policy.CIDRs))
-	for _, tier := range [][]netip.Prefix{t.Deny, InternalRanges} {
-		for i, r := range t.Policy.CIDRs {
-			if !used[i] && insideAny(r.Prefix, tier) {
-				used[i] = true
-				out = append(out, cidrRules(r)...)
-			}
-		}
-		for _, p := range tier {
-			out = append(out, rule("deny "+p.String(), addr(16, expr.CmpOpEq, p), drop()))
-		}
-	}
-	for i, r := range t.Policy.CIDRs {
-		if !used[i] {
-			out = append(out, cidrRules(r)...)
-		}
-	}
-	return out
+	return SandboxRuleset{Chains: []Chain{out, in, fwd, nat}, Elements: els}, nil
 }
 
 func insideAny(p netip.Prefix, tier []netip.Prefix) bool {
@@ -245,32 +194,6 @@ func insideAny(p netip.Prefix, tier []netip.Prefix) bool {
 		}
 	}
 	return false
-}
-
-func cidrRules(r CIDRRule) []Rule {
-	c := "allow " + r.String()
-	dst := addr(16, expr.CmpOpEq, r.Prefix)
-	switch {
-	case r.Proto == ProtoAny && r.PortLo == 0:
-		return []Rule{rule(c, dst, accept())}
-	case r.Proto == ProtoAny:
-		return []Rule{
-			rule(c, dst, l4proto(unix.IPPROTO_TCP), ports(r.PortLo, r.PortHi), accept()),
-			rule(c, dst, l4proto(unix.IPPROTO_UDP), ports(r.PortLo, r.PortHi), accept()),
-		}
-	}
-	proto := byte(unix.IPPROTO_TCP)
-	if r.Proto == ProtoUDP {
-		proto = unix.IPPROTO_UDP
-	}
-	return []Rule{rule(c, dst, l4proto(proto), ports(r.PortLo, r.PortHi), accept())}
-}
-
-func protoName(p byte) string {
-	if p == unix.IPPROTO_UDP {
-		return "udp"
-	}
-	return "tcp"
 }
 
 // Expression helpers. Each returns the expressions nft itself would emit,
@@ -378,7 +301,7 @@ func commentData(c string) []byte {
 // Denied reports whether dst lies in a range a sandbox may not reach (the
 // deny tier given, then InternalRanges) without a CIDR rule of p that names
 // that range explicitly and contains dst. It is the Go model of the tiers
-// policyRules builds, used by the egress proxy to refuse names that resolve
+// the rulesets build (see tierRules), used by the egress proxy to refuse names that resolve
 // to internal addresses.
 func Denied(dst netip.Addr, deny []netip.Prefix, p Policy) bool {
 	if !dst.Is4() {

@@ -115,7 +115,10 @@ func BenchmarkSetupTeardown(b *testing.B) {
 // BenchmarkRuleInstall measures a policy change on a live sandbox, split
 // into: installing both rulesets (one transaction each, the sandbox's and
 // the host's side by side, as Setup and Claim do), reading both back and
-// verifying them, and a whole Update (install, verify, record, conntrack
+// verifying them (the host's elements by key, as Setup, Claim and Update
+// do; and, for comparison, by dumping the shared sets), checking the host
+// table's base chains and sets (EnsureHostBase, which every apply runs
+// first), and a whole Update (install, verify, record, conntrack
 // sweep), and the background deletion of superseded host elements that
 // follows an update. The peer is an empty nftables transaction: the
 // netlink round-trip floor. The host table holds the elements of 1 and then
@@ -145,7 +148,12 @@ func benchRuleInstall(b *testing.B, others int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var install, hostOnly, sandboxOnly, verifyT, update, prune, floor []time.Duration
+	var install, hostOnly, sandboxOnly, verifyT, verifyDump, ensure, update, prune, floor []time.Duration
+	hr, err := firewall.NewElementReader(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer hr.Close()
 	prevInner, prevPart := n.prevInner, n.prevPart
 	for i := 0; b.Loop(); i++ {
 		t := *n.tgt
@@ -157,7 +165,7 @@ func benchRuleInstall(b *testing.B, others int) {
 		errc := make(chan error, 1)
 		var sd time.Duration
 		go func() {
-			err := firewall.ApplySandboxChanges(sc, prevInner, inner)
+			err := firewall.ApplySandboxChanges(sc, prevInner, &inner)
 			sd = time.Since(t0)
 			errc <- err
 		}()
@@ -169,13 +177,25 @@ func benchRuleInstall(b *testing.B, others int) {
 		install = append(install, time.Since(t0))
 		sandboxOnly = append(sandboxOnly, sd)
 		t0 = time.Now()
-		go func() { errc <- firewall.VerifySandbox(sc, inner) }()
-		herr = firewall.VerifyHostPart(hc, &part)
+		go func() { errc <- firewall.VerifySandbox(sc, &inner) }()
+		herr = firewall.VerifyHostElements(hr, &part)
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
 		}
 		verifyT = append(verifyT, time.Since(t0))
-		n.prevInner, n.prevPart, n.live = inner, &part, n.ver
+		// The whole verification of the host side before this change:
+		// every shared set dumped.
+		t0 = time.Now()
+		if err := firewall.VerifyHostPart(hc, &part); err != nil {
+			b.Fatal(err)
+		}
+		verifyDump = append(verifyDump, time.Since(t0))
+		t0 = time.Now()
+		if err := firewall.EnsureHostBase(hc); err != nil {
+			b.Fatal(err)
+		}
+		ensure = append(ensure, time.Since(t0))
+		n.prevInner, n.prevPart, n.live = &inner, &part, n.ver
 
 		t0 = time.Now()
 		if err := n.Update(b.Context(), pols[2]); err != nil {
@@ -202,7 +222,10 @@ func benchRuleInstall(b *testing.B, others int) {
 	mi := reportMedian(b, "install", install)
 	mh := reportMedian(b, "install-host-side", hostOnly)
 	reportMedian(b, "install-sandbox-side", sandboxOnly)
-	reportMedian(b, "verify", verifyT)
+	mv := reportMedian(b, "verify", verifyT)
+	md := reportMedian(b, "host-verify-by-dump", verifyDump)
+	b.ReportMetric(float64(md)/float64(mv), "host-dump/verify")
+	reportMedian(b, "ensure-host-base", ensure)
 	reportMedian(b, "update-with-conntrack-sweep", update)
 	reportMedian(b, "background-prune-after-update", prune)
 	mf := reportMedian(b, "empty-txn", floor)

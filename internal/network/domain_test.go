@@ -12,6 +12,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/miekg/dns"
+	"golang.org/x/net/websocket"
 )
 
 // TestDomainRules drives the DNS stub and the egress proxy from inside a
@@ -99,6 +100,67 @@ func TestDomainRules(t *testing.T) {
 			if body, err := httpsGet(ctx, n.ns, gw+":443", sni); err == nil {
 				t.Errorf("%s: want refused, got %q", sni, body)
 			}
+		}
+	})
+
+	t.Run("websocket", func(t *testing.T) {
+		// ws:// through the HTTP proxy: the handshake's Host is checked,
+		// then frames flow both ways; wss:// is TLS with an allowed SNI,
+		// spliced as an opaque stream.
+		for _, c := range []struct {
+			url  string
+			tls  bool
+			pass bool
+		}{
+			{"ws://allowed.test/ws", false, true},
+			{"ws://www.wild.test/ws", false, true},
+			{"wss://allowed.test/ws", true, true},
+			{"ws://denied.test/ws", false, false},
+			{"ws://internal.wild.test/ws", false, false},
+			{"wss://denied.test/ws", true, false},
+		} {
+			t.Run(c.url, func(t *testing.T) {
+				host := strings.Split(strings.SplitN(c.url, "//", 2)[1], "/")[0]
+				port := ":80"
+				if c.tls {
+					port = ":443"
+				}
+				conn, err := dialIn(n.ns, "tcp", gw+port, 2*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(3 * time.Second))
+				if c.tls {
+					conn = tls.Client(conn, &tls.Config{ServerName: host, InsecureSkipVerify: true})
+				}
+				cfg, err := websocket.NewConfig(c.url, "http://origin.test/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				ws, err := websocket.NewClient(cfg, conn)
+				if !c.pass {
+					if err == nil {
+						t.Fatalf("WebSocket to %s opened", c.url)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range []string{"one", strings.Repeat("y", 70000), "three"} {
+					if err := websocket.Message.Send(ws, m); err != nil {
+						t.Fatal(err)
+					}
+					var got string
+					if err := websocket.Message.Receive(ws, &got); err != nil {
+						t.Fatal(err)
+					}
+					if want := "ws 203.0.113.10 host=" + host + ": " + m; got != want {
+						t.Fatalf("echo: got %d bytes %.60q, want %.60q", len(got), got, want)
+					}
+				}
+			})
 		}
 	})
 

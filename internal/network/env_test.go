@@ -23,6 +23,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/miekg/dns"
+	"golang.org/x/net/websocket"
 )
 
 // Peer hosts of the test Internet. 203.0.113.0/24 is a documentation range
@@ -129,7 +130,8 @@ func serveTestDNS(t testing.TB) string {
 }
 
 // serveWeb runs an HTTP server on addr:80 and an HTTPS server (self-signed)
-// on addr:443 inside ns; both answer "web <addr>".
+// on addr:443 inside ns; both answer "web <addr>", and serve a WebSocket
+// echo at /ws.
 func serveWeb(t testing.TB, ns *netns.NS, addr netip.Addr) {
 	t.Helper()
 	var ln80, ln443 net.Listener
@@ -143,7 +145,26 @@ func serveWeb(t testing.TB, ns *netns.NS, addr netip.Addr) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "web %s host=%s", addr, r.Host) })
+	// /ws is a WebSocket echo server that prefixes every message with
+	// its own address and the Host it was asked for.
+	ws := websocket.Handler(func(c *websocket.Conn) {
+		for {
+			var m string
+			if err := websocket.Message.Receive(c, &m); err != nil {
+				return
+			}
+			if err := websocket.Message.Send(c, fmt.Sprintf("ws %s host=%s: %s", addr, c.Request().Host, m)); err != nil {
+				return
+			}
+		}
+	})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/ws" {
+			ws.ServeHTTP(w, r)
+			return
+		}
+		fmt.Fprintf(w, "web %s host=%s", addr, r.Host)
+	})
 	s80 := &http.Server{Handler: h}
 	s443 := &http.Server{Handler: h, TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}}
 	go s80.Serve(ln80)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -185,15 +186,10 @@ func prepareSlot(ctx context.Context, c Config) error {
 		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
-	// A slot lets nothing out: replace the empty-policy sandbox table
-	// with one that allows loopback only.
-	sc, err := n.sandboxConn()
-	if err == nil {
-		err = c.injected("slot-rules")
-	}
-	if err == nil {
-		err = firewall.ApplySandbox(sc, firewall.BuildEmptySandbox())
-	}
+	// A slot lets nothing out: its sandbox table is the empty policy's
+	// (the chains of its addresses, sets without allow elements), read
+	// back and verified by setup; a claim only adds elements.
+	err = c.injected("slot-rules")
 	err = errors.Join(err, n.closeConns(false))
 	n.ns.Close()
 	if err != nil {
@@ -275,8 +271,9 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	// chains that differ (everything is verified afterwards).
 	n.ver = srec.version()
 	if st, err := srec.target(); err == nil {
-		if part, err := firewall.BuildHost(st, n.ver); err == nil {
-			n.prevInner, n.prevPart = firewall.BuildEmptySandbox(), &part
+		inner, ierr := firewall.BuildSandbox(st)
+		if part, err := firewall.BuildHost(st, n.ver); err == nil && ierr == nil {
+			n.prevInner, n.prevPart = &inner, &part
 		}
 	}
 	host, err := netns.Current()
@@ -293,7 +290,9 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 // Maintain destroys used slots and claimed slots whose owner is gone, and
 // returns how many it destroyed. It never touches a slot whose flock is
 // held. Then, if the root has no sandbox network left, it puts back the
-// uplink forwarding IronClaw turned on (see restoreForwarding).
+// uplink forwarding IronClaw turned on (see restoreForwarding), and it
+// removes what an earlier IronClaw's host firewall layout left unused
+// (firewall.RemoveOldLayout).
 func Maintain(ctx context.Context, cfg Config) (int, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -301,7 +300,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 	}
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, restoreForwarding(c.Root)
+		return 0, errors.Join(restoreForwarding(c.Root), removeOldLayout(c))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("pool maintenance: %w", err)
@@ -325,8 +324,22 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 			n++
 		}
 	}
-	errs = append(errs, restoreForwarding(c.Root))
+	errs = append(errs, restoreForwarding(c.Root), removeOldLayout(c))
 	return n, errors.Join(errs...)
+}
+
+// removeOldLayout removes the unused objects of an earlier host firewall
+// layout and logs what it removed.
+func removeOldLayout(c Config) error {
+	hc, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("remove old host firewall layout: %w", err)
+	}
+	removed, err := firewall.RemoveOldLayout(hc)
+	if len(removed) > 0 {
+		c.Logger.Info("removed the unused objects of an earlier host firewall layout", "objects", removed)
+	}
+	return err
 }
 
 // Drain destroys every slot that is not in use, free ones included (for

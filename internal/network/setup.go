@@ -33,11 +33,13 @@ type Net struct {
 	tgt  *firewall.Target
 	slot *slot // set when the network came from the pool
 	// sc and hc are lasting nftables connections to the sandbox's
-	// namespace and the host (see conns).
+	// namespace and the host (see conns); hr reads the host's elements
+	// back by key.
 	sc, hc *nftables.Conn
+	hr     *firewall.ElementReader
 	// prevInner and prevPart are the rulesets last applied and verified
 	// (nil when unknown), so a change rewrites only the chains that differ.
-	prevInner []firewall.Chain
+	prevInner *firewall.SandboxRuleset
 	prevPart  *firewall.HostPart
 	// ver is the host policy version of the last apply (attempted or
 	// not), live the one of the last apply that verified (see
@@ -254,12 +256,12 @@ func (n *Net) apply(t *firewall.Target) error {
 	}
 	prevInner, prevPart := n.prevInner, n.prevPart
 	n.prevInner, n.prevPart = nil, nil
-	err = n.applyRules(inner, &part, prevInner, prevPart)
+	err = n.applyRules(&inner, &part, prevInner, prevPart)
 	if err != nil && (prevInner != nil || prevPart != nil) {
 		// The kernel did not hold what was last applied (someone changed
 		// it): apply everything.
 		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
-		err = n.applyRules(inner, &part, nil, nil)
+		err = n.applyRules(&inner, &part, nil, nil)
 	}
 	if err == nil {
 		err = n.cfg.injected("applied")
@@ -267,7 +269,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	n.prevInner, n.prevPart, n.live = inner, &part, n.ver
+	n.prevInner, n.prevPart, n.live = &inner, &part, n.ver
 	return nil
 }
 
@@ -296,7 +298,7 @@ func (n *Net) pruneLater() {
 
 // applyRules applies both rulesets (only the chains that differ from prev,
 // when known) and verifies them.
-func (n *Net) applyRules(inner []firewall.Chain, part *firewall.HostPart, prevInner []firewall.Chain, prevPart *firewall.HostPart) error {
+func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart, prevInner *firewall.SandboxRuleset, prevPart *firewall.HostPart) error {
 	// The sandbox's namespace and the host have separate nftables
 	// instances: install and verify both side by side.
 	errc := make(chan error, 1)
@@ -315,6 +317,10 @@ func (n *Net) applyRules(inner []firewall.Chain, part *firewall.HostPart, prevIn
 	return errors.Join(<-errc, herr)
 }
 
+// applyHost applies the host part and verifies it: by key (the cost of
+// which does not grow with the number of sandboxes, see
+// firewall.VerifyHostElements) when the kernel is known to hold prev, in
+// full after a full reapply.
 func (n *Net) applyHost(prev, part *firewall.HostPart) error {
 	hc, err := n.hostConn()
 	if err != nil {
@@ -327,7 +333,20 @@ func (n *Net) applyHost(prev, part *firewall.HostPart) error {
 		return err
 	}
 	n.cfg.at("host-rules")
-	return firewall.VerifyHostPart(hc, part)
+	if prev == nil {
+		return firewall.VerifyHostPart(hc, part)
+	}
+	if n.hr == nil {
+		if n.hr, err = firewall.NewElementReader(0); err != nil {
+			return err
+		}
+	}
+	err = firewall.VerifyHostElements(n.hr, part)
+	if err != nil {
+		n.hr.Close() // a failed read may leave replies behind
+		n.hr = nil
+	}
+	return err
 }
 
 func (n *Net) sandboxConn() (*nftables.Conn, error) {
@@ -370,9 +389,10 @@ func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
 // exit path; async does it in the background and logs a failure.
 func (n *Net) closeConns(async bool) error {
 	conns := []*nftables.Conn{n.sc, n.hc}
-	n.sc, n.hc = nil, nil
+	hr := n.hr
+	n.sc, n.hc, n.hr = nil, nil, nil
 	closeAll := func() error {
-		var errs []error
+		errs := []error{hr.Close()}
 		for _, c := range conns {
 			if c != nil {
 				errs = append(errs, c.CloseLasting())
@@ -498,6 +518,9 @@ type Report struct {
 	// host's: its fixed base chains, shared by all sandboxes).
 	Sandbox []firewall.Chain
 	Host    []firewall.Chain
+	// SandboxElements are the live elements of the sandbox table's sets
+	// (its policy).
+	SandboxElements []firewall.Element
 	// Elements are this sandbox's live elements of the host table's sets.
 	Elements []firewall.Element
 	// Err is nil when both rulesets match what was built.
@@ -532,9 +555,11 @@ func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, erro
 	if err != nil {
 		return r, err
 	}
-	if r.Sandbox, err = firewall.ReadTable(sc); err != nil {
+	live, err := firewall.ReadSandbox(sc)
+	if err != nil {
 		return r, err
 	}
+	r.Sandbox, r.SandboxElements = live.Chains, live.Elements
 	for _, c := range firewall.BuildHostBase() {
 		if live, err := firewall.ReadChain(hc, c.Name); err == nil {
 			r.Host = append(r.Host, *live)
@@ -543,7 +568,7 @@ func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, erro
 	if live, err := firewall.ReadHostPart(hc, t.HostIf); err == nil {
 		r.Elements = live.Live().Elements
 	}
-	r.Err = errors.Join(firewall.VerifySandbox(sc, inner), firewall.VerifyHost(hc, &part))
+	r.Err = errors.Join(firewall.VerifySandbox(sc, &inner), firewall.VerifyHost(hc, &part))
 	return r, nil
 }
 

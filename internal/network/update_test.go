@@ -149,8 +149,11 @@ func TestReconcileStates(t *testing.T) {
 			t.Fatalf("step %d (state %d %v): verify: %v %v", step, i, states[i], err, rep.Err)
 		}
 		want, _ := firewall.BuildSandbox(n.tgt)
-		if got := comments(rep.Sandbox, "output"); got != comments(want, "output") {
-			t.Fatalf("step %d: live output chain\n%s\nwant\n%s", step, got, comments(want, "output"))
+		if got := comments(rep.Sandbox, "output"); got != comments(want.Chains, "output") {
+			t.Fatalf("step %d: live output chain\n%s\nwant\n%s", step, got, comments(want.Chains, "output"))
+		}
+		if got, w := fmt.Sprint(rep.SandboxElements), fmt.Sprint(want.Elements); got != w {
+			t.Fatalf("step %d: live sandbox set elements\n%s\nwant\n%s", step, got, w)
 		}
 		if (len(p.Domains) > 0) != (n.tgt.Services.HTTPS != 0) {
 			t.Fatalf("step %d: egress services %+v for policy %v", step, n.tgt.Services, states[i])

@@ -1,0 +1,156 @@
+package firewall
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The host table of earlier IronClaw versions dispatched each sandbox to
+// regular chains of its own ("ic-<key>-fwd-in" and so on) through verdict
+// maps (fwd_in, fwd_out, local_in, nat_pre, nat_post). EnsureHostBase
+// rewrites the base chains of such a table, after which nothing reaches
+// those chains and maps any more, but they stay. RemoveOldLayout removes
+// them.
+
+// oldHostMaps are the names of the earlier layout's verdict maps.
+var oldHostMaps = []string{"fwd_in", "fwd_out", "local_in", "nat_pre", "nat_post"}
+
+// OldChainPrefix prefixes the names of the earlier layout's per-sandbox
+// chains.
+const OldChainPrefix = "ic-"
+
+// RemoveOldLayout deletes, in one transaction, the objects of the earlier
+// host layout left in IronClaw's host table that nothing uses: the verdict
+// maps of oldHostMaps that no rule looks up, and the regular chains named
+// OldChainPrefix… that no rule outside them jumps to and no other verdict
+// map holds. Base chains, the current layout's sets and anything else are
+// never touched, nor any other table. It returns what it deleted ("map
+// NAME", "chain NAME"); without the table it does nothing.
+func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
+	t := table()
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("remove old host layout: list tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == TableName }) {
+		return nil, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("remove old host layout: list chains: %w", err)
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("remove old host layout: list sets: %w", err)
+	}
+	oldChain := func(ch *nftables.Chain) bool {
+		return ch.Hooknum == nil && strings.HasPrefix(ch.Name, OldChainPrefix)
+	}
+	oldMap := func(s *nftables.Set) bool {
+		return slices.Contains(oldHostMaps, s.Name) && verdictMap(s)
+	}
+	// What the rest of the table uses: sets looked up and chains jumped to
+	// from chains that stay, and chains held by verdict maps that stay.
+	usedSets, usedChains := map[string]bool{}, map[string]bool{}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName || oldChain(ch) {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("remove old host layout: rules of %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				switch e := e.(type) {
+				case *expr.Lookup:
+					usedSets[e.SetName] = true
+				case *expr.Dynset:
+					usedSets[e.SetName] = true
+				case *expr.Verdict:
+					if e.Chain != "" {
+						usedChains[e.Chain] = true
+					}
+				}
+			}
+		}
+	}
+	var maps []*nftables.Set
+	for _, s := range sets {
+		if oldMap(s) && !usedSets[s.Name] {
+			maps = append(maps, s)
+			continue
+		}
+		if !verdictMap(s) {
+			continue
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("remove old host layout: elements of %s: %w", s.Name, err)
+		}
+		for _, el := range els {
+			if ch := verdictChain(el.Val); ch != "" {
+				usedChains[ch] = true
+			}
+		}
+	}
+	var removed []string
+	for _, s := range maps {
+		// Flushing the elements first releases the chains they jump to
+		// within this transaction, so the chains can go in it too.
+		c.FlushSet(s)
+		c.DelSet(s)
+		removed = append(removed, "map "+s.Name)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name == TableName && oldChain(ch) && !usedChains[ch.Name] {
+			c.DelChain(&nftables.Chain{Table: t, Name: ch.Name})
+			removed = append(removed, "chain "+ch.Name)
+		}
+	}
+	if len(removed) == 0 {
+		return nil, nil
+	}
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("remove old host layout (%s): %w", strings.Join(removed, ", "), err)
+	}
+	return removed, nil
+}
+
+// verdictMap reports whether s, as read back, is a verdict map.
+// google/nftables v0.3.0 records a verdict map's data type as its key type
+// (TypeVerdict), so both are checked.
+func verdictMap(s *nftables.Set) bool {
+	return s.IsMap && (s.DataType.Name == nftables.TypeVerdict.Name || s.KeyType.Name == nftables.TypeVerdict.Name)
+}
+
+// verdictChain returns the chain a verdict map element's data (as
+// nftables.Conn.GetSetElements returns it in Val: the nested
+// NFTA_VERDICT_* attributes) jumps or goes to, or "".
+func verdictChain(val []byte) string {
+	ad, err := netlink.NewAttributeDecoder(val)
+	if err != nil {
+		return ""
+	}
+	ad.ByteOrder = binary.BigEndian
+	code, chain := int32(0), ""
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(ad.Uint32())
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if ad.Err() != nil || (code != int32(expr.VerdictJump) && code != int32(expr.VerdictGoto)) {
+		return ""
+	}
+	return chain
+}
