@@ -204,16 +204,17 @@ func TestForkBombLeavesTheAgentAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Close()
-	if sb.Group().Version() == cgroup.V1 {
-		paths := sb.Group().Paths()
-		work := paths[0]
-		for file, want := range map[string]string{
-			filepath.Join(work, "pids.max"):               "64",
-			filepath.Join(filepath.Dir(work), "pids.max"): strconv.Itoa(64 + cgroup.WorkloadHeadroom),
-		} {
-			if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
-				t.Errorf("%s = %q (%v), want %s", file, b, err, want)
-			}
+	// The workloads' group (threaded on cgroup v2) comes first.
+	work := sb.Group().Paths()[0]
+	if filepath.Base(work) != "work" {
+		t.Fatalf("no workload group: paths %v", sb.Group().Paths())
+	}
+	for file, want := range map[string]string{
+		filepath.Join(work, "pids.max"):               "64",
+		filepath.Join(filepath.Dir(work), "pids.max"): strconv.Itoa(64 + cgroup.WorkloadHeadroom),
+	} {
+		if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("%s = %q (%v), want %s", file, b, err, want)
 		}
 	}
 	c := connect(t, sb, tok)

@@ -1123,7 +1123,7 @@ func defaultInitExe() string {
 }
 
 // workloadGroup names the pids cgroup a long-lived sandbox's commands run
-// in, below the sandbox's own (cgroup v1).
+// in, below the sandbox's own (threaded on cgroup v2).
 const workloadGroup = "work"
 
 // AgentSocket returns the path of the Unix socket a long-lived sandbox's
