@@ -46,6 +46,7 @@ func daemonBench(args []string) error {
 	rateRounds := fs.Int("rate-rounds", 3, "rate rounds per contestant (median reported)")
 	memN := fs.Int("memory-n", 100, "idle sandboxes for the memory measurement")
 	manyN := fs.Int("many", 1000, "idle sandboxes alive at once")
+	baseline := fs.String("baseline", "", "an other ironclaw binary (such as a build of main) whose daemon the rate part measures too, in the same rounds, on a root of its own")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -76,7 +77,15 @@ func daemonBench(args []string) error {
 		}
 	}
 	if parts["rate"] {
-		if err := rateBench(ctx, &c, d, *rateN, *rateConc, *rateRounds); err != nil {
+		var base *serveProc
+		if *baseline != "" {
+			// Its own root, beside the measured one (same file system).
+			if base, err = startServe(*baseline, c.root+"-baseline", "--pool", "0", "--max-creates", strconv.Itoa(max(*rateConc, 8))); err != nil {
+				return fmt.Errorf("-baseline: %w", err)
+			}
+			defer base.stop()
+		}
+		if err := rateBench(ctx, &c, d, base, *rateN, *rateConc, *rateRounds); err != nil {
 			return err
 		}
 	}
@@ -281,14 +290,17 @@ func execBench(ctx context.Context, c *common, d *serveProc) error {
 
 // rateBench creates n sandboxes with conc creates in flight and reports
 // sandboxes per second (creates only; the destroys follow, timed apart).
-func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int) error {
+// With base, the daemon of the baseline binary runs the same creates in
+// the same rounds.
+func rateBench(ctx context.Context, c *common, d, base *serveProc, n, conc, rounds int) error {
 	no, zero := false, int64(0)
 	type contestant struct {
 		name string
+		d    *serveProc // whose sandboxes these are
 		one  func(ctx context.Context, i int) (string, error)
 	}
 	var seq atomic.Int64
-	create := func(req api.CreateRequest) func(context.Context, int) (string, error) {
+	create := func(d *serveProc, req api.CreateRequest) func(context.Context, int) (string, error) {
 		return func(ctx context.Context, i int) (string, error) {
 			r := req
 			r.ID = fmt.Sprintf("rate-%d", seq.Add(1))
@@ -299,17 +311,25 @@ func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int
 			return sb.ID, nil
 		}
 	}
+	cgroupReq := api.CreateRequest{Pool: &no}
+	noCgroupReq := api.CreateRequest{Pool: &no, Resources: &api.Resources{MemoryBytes: &zero, Pids: &zero}}
 	cs := []contestant{
-		{"daemon create, default limits (cgroup)", create(api.CreateRequest{Pool: &no})},
-		{"daemon create, --memory 0 --pids 0 (no cgroup)", create(api.CreateRequest{Pool: &no, Resources: &api.Resources{MemoryBytes: &zero, Pids: &zero}})},
-		{"ironclaw run --no-daemon -- true (same concurrency)", func(ctx context.Context, i int) (string, error) {
+		{"daemon create, default limits (cgroup)", d, create(d, cgroupReq)},
+		{"daemon create, --memory 0 --pids 0 (no cgroup)", d, create(d, noCgroupReq)},
+	}
+	if base != nil {
+		cs = append(cs,
+			contestant{"baseline daemon create, default limits", base, create(base, cgroupReq)},
+			contestant{"baseline daemon create, no cgroup", base, create(base, noCgroupReq)})
+	}
+	cs = append(cs,
+		contestant{"ironclaw run --no-daemon -- true (same concurrency)", d, func(ctx context.Context, i int) (string, error) {
 			out, err := exec.CommandContext(ctx, c.ironclaw, "--root", d.root, "run", "--no-daemon", "--", "true").CombinedOutput()
 			if err != nil {
 				return "", fmt.Errorf("%v: %s", err, out)
 			}
 			return "", nil
-		}},
-	}
+		}})
 	rates := make([][]float64, len(cs))
 	destroyRates := make([][]float64, len(cs))
 	for r := 0; r < rounds; r++ {
@@ -340,13 +360,13 @@ func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int
 			wg.Wait()
 			el := time.Since(t0)
 			if firstErr != nil {
-				d.destroyAll(ctx, made, conc)
+				ct.d.destroyAll(ctx, made, conc)
 				return fmt.Errorf("%s: %w", ct.name, firstErr)
 			}
 			rates[ci] = append(rates[ci], float64(n)/el.Seconds())
 			if len(made) > 0 {
 				t1 := time.Now()
-				if err := d.destroyAll(ctx, made, conc); err != nil {
+				if err := ct.d.destroyAll(ctx, made, conc); err != nil {
 					return err
 				}
 				destroyRates[ci] = append(destroyRates[ci], float64(len(made))/time.Since(t1).Seconds())

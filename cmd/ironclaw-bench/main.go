@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ironclaw/ironclaw/internal/bench"
 )
 
@@ -49,6 +51,7 @@ type common struct {
 	json         bool
 	ironclaw     string
 	root         string
+	rootTmpfs    bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -57,6 +60,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.json, "json", false, "print JSON")
 	fs.StringVar(&c.ironclaw, "ironclaw", "", "ironclaw binary (default: next to this one, then PATH)")
 	fs.StringVar(&c.root, "root", "", "state root for the measured sandboxes (default: a fresh temporary one)")
+	fs.BoolVar(&c.rootTmpfs, "root-tmpfs", false, "put the fresh temporary state root on a tmpfs of its own, as the default root /run/ironclaw is on most hosts")
 }
 
 func (c *common) setup() (cleanup func(), err error) {
@@ -75,11 +79,24 @@ func (c *common) setup() (cleanup func(), err error) {
 		if err != nil {
 			return nil, err
 		}
+		if c.rootTmpfs {
+			if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711"); err != nil {
+				os.RemoveAll(dir)
+				return nil, fmt.Errorf("-root-tmpfs: mount a tmpfs on %s: %w", dir, err)
+			}
+		}
 		if err := os.Chmod(dir, 0o711); err != nil {
 			return nil, err
 		}
 		c.root = filepath.Join(dir, "state")
-		cleanup = func() { os.RemoveAll(dir) }
+		cleanup = func() {
+			if c.rootTmpfs {
+				if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+					fmt.Fprintf(os.Stderr, "ironclaw-bench: unmount %s: %v\n", dir, err)
+				}
+			}
+			os.RemoveAll(dir)
+		}
 	}
 	return cleanup, nil
 }
