@@ -340,7 +340,7 @@ func rateBench(ctx context.Context, c *common, d, base *serveProc, n, conc, roun
 	for r := 0; r < rounds; r++ {
 		for ci, ct := range cs {
 			embedded := ci == len(cs)-1
-			before, statErr := procStat(ct.d.cmd.Process.Pid)
+			before, statErr := bench.ProcStat(ct.d.cmd.Process.Pid)
 			var made []string
 			var mu sync.Mutex
 			sem := make(chan struct{}, conc)
@@ -378,9 +378,9 @@ func rateBench(ctx context.Context, c *common, d, base *serveProc, n, conc, roun
 				}
 				destroyRates[ci] = append(destroyRates[ci], float64(len(made))/time.Since(t1).Seconds())
 			}
-			if after, err := procStat(ct.d.cmd.Process.Pid); !embedded && statErr == nil && err == nil {
-				cpuPer[ci] = append(cpuPer[ci], (after.cpu-before.cpu).Seconds()*1000/float64(n))
-				faultsPer[ci] = append(faultsPer[ci], float64(after.minflt-before.minflt)/float64(n))
+			if after, err := bench.ProcStat(ct.d.cmd.Process.Pid); !embedded && statErr == nil && err == nil {
+				cpuPer[ci] = append(cpuPer[ci], (after.CPU-before.CPU).Seconds()*1000/float64(n))
+				faultsPer[ci] = append(faultsPer[ci], float64(after.MinFlt-before.MinFlt)/float64(n))
 			}
 		}
 	}
@@ -407,38 +407,6 @@ func rateBench(ctx context.Context, c *common, d, base *serveProc, n, conc, roun
 		fmt.Printf("%52s  %10.1f  %7.2fx  %12s  %17s  %18s\n", ct.name, med(rates[i]), med(rates[i])/peer, ds, cpu, flt)
 	}
 	return nil
-}
-
-type procTimes struct {
-	cpu    time.Duration // user + system
-	minflt uint64
-}
-
-// procStat reads the CPU time and minor faults of process pid from
-// /proc/PID/stat.
-func procStat(pid int) (procTimes, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procTimes{}, err
-	}
-	// Fields after the command name, which is in parentheses and may
-	// hold spaces: state is field 3; minflt 10, utime 14, stime 15.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return procTimes{}, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return procTimes{}, fmt.Errorf("parse /proc/%d/stat: %d fields", pid, len(f))
-	}
-	minflt, err1 := strconv.ParseUint(f[7], 10, 64)
-	ut, err2 := strconv.ParseUint(f[11], 10, 64)
-	st, err3 := strconv.ParseUint(f[12], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return procTimes{}, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
-	}
-	const hz = 100 // USER_HZ on Linux
-	return procTimes{cpu: time.Duration(ut+st) * time.Second / hz, minflt: minflt}, nil
 }
 
 // memAvailable reads MemAvailable from /proc/meminfo, in bytes.

@@ -16,8 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ironclaw/ironclaw/internal/bench"
 )
 
@@ -79,10 +77,11 @@ func (c *common) setup() (cleanup func(), err error) {
 		if err != nil {
 			return nil, err
 		}
+		unmount := func() error { return nil }
 		if c.rootTmpfs {
-			if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711"); err != nil {
+			if unmount, err = bench.MountTmpfs(dir); err != nil {
 				os.RemoveAll(dir)
-				return nil, fmt.Errorf("-root-tmpfs: mount a tmpfs on %s: %w", dir, err)
+				return nil, fmt.Errorf("-root-tmpfs: %w", err)
 			}
 		}
 		if err := os.Chmod(dir, 0o711); err != nil {
@@ -90,10 +89,8 @@ func (c *common) setup() (cleanup func(), err error) {
 		}
 		c.root = filepath.Join(dir, "state")
 		cleanup = func() {
-			if c.rootTmpfs {
-				if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-					fmt.Fprintf(os.Stderr, "ironclaw-bench: unmount %s: %v\n", dir, err)
-				}
+			if err := unmount(); err != nil {
+				fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
 			}
 			os.RemoveAll(dir)
 		}
