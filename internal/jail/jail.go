@@ -579,12 +579,16 @@ func (j *Jail) claim(id string) (*state.Claim, error) {
 }
 
 // spawn starts init from a goroutine locked to its OS thread for init's
-// whole life: the parent-death signal is tied to the thread that forked,
-// and a network namespace joined for the fork stays confined to it.
+// whole life when that matters: the parent-death signal is tied to the
+// thread that forked, and a network namespace joined for the fork stays
+// confined to it. Without either (a persistent sandbox with no network of
+// its own to join) the thread goes back to the runtime once init runs: a
+// daemon would otherwise keep, create and destroy one OS thread per
+// sandbox.
 func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 	started := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread may be in the sandbox's netns
+		runtime.LockOSThread() // unlocked only below: the thread may be in the sandbox's netns
 		if netns != nil {
 			if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
 				started <- fmt.Errorf("join network namespace: %w", err)
@@ -602,10 +606,42 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 		s.initPID = cmd.Process.Pid
 		s.pidfd = pidfd
 		started <- nil
+		if netns == nil && cmd.SysProcAttr.Pdeathsig == 0 {
+			runtime.UnlockOSThread()
+			// A waitid blocked for init's whole life would hold an OS
+			// thread just the same: wait for the exit in the netpoller
+			// first, then reap.
+			waitExited(pidfd)
+		}
 		s.initErr = cmd.Wait()
 		close(s.exited)
 	}()
 	return <-started
+}
+
+// waitExited returns once the process of pidfd has exited (its pidfd
+// polls readable then), waiting in the runtime's netpoller rather than in
+// a blocked system call. On any error it returns at once, and the caller's
+// waitid blocks instead.
+func waitExited(pidfd int) {
+	fd, err := unix.FcntlInt(uintptr(pidfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Read(func(fd uintptr) bool {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		return n > 0 || (err != nil && err != unix.EINTR)
+	})
 }
 
 // handshake runs init's side of the start: it waits for init to report a
