@@ -177,6 +177,23 @@ func TestThreadedSplitOnUnified(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(parent, "cgroup.type")); strings.TrimSpace(string(b)) != "domain threaded" {
 		t.Errorf("parent type %q, want domain threaded", strings.TrimSpace(string(b)))
 	}
+	// A sandbox's init is cloned straight into the threaded root
+	// (clone3 CLONE_INTO_CGROUP), as the jail does on cgroup v2.
+	dirFD, err := os.Open(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initLike := exec.Command("sleep", "10")
+	initLike.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dirFD.Fd())}
+	err = initLike.Start()
+	dirFD.Close()
+	if err != nil {
+		t.Fatalf("clone into the threaded root: %v", err)
+	}
+	t.Cleanup(func() { initLike.Process.Kill(); initLike.Wait() })
+	if got := v2CgroupOf(t, fmt.Sprintf("/proc/%d/cgroup", initLike.Process.Pid)); got != rel {
+		t.Errorf("process cloned into the threaded root is in %q, want %q", got, rel)
+	}
 	threads, err := os.OpenFile(filepath.Join(child, "cgroup.threads"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
