@@ -24,10 +24,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/client"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/store"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -657,6 +660,74 @@ func TestDaemonKilledMidCreateRecovers(t *testing.T) {
 	// A second daemon on the same root is refused.
 	if r := ironclaw(t, nil, "--root", root, "serve", "--socket", filepath.Join(root, "other.sock")); r.code == 0 || !strings.Contains(r.stderr, "another ironclaw daemon") {
 		t.Errorf("second daemon: %d %s", r.code, r.stderr)
+	}
+}
+
+// TestGCForgetsDaemonRecords: with the daemon SIGKILLed and one of its
+// sandboxes dead too, `ironclaw gc` reclaims that sandbox and removes its
+// record from the daemon's store; the record of the sandbox still alive
+// stays, and a restarted daemon re-attaches it.
+func TestGCForgetsDaemonRecords(t *testing.T) {
+	root := newRoot(t)
+	d := startDaemon(t, root)
+	ctx := ctxT(t)
+	var victim api.Sandbox
+	for _, id := range []string{"victim", "survivor"} {
+		sb, err := d.c.Create(ctx, api.CreateRequest{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id == "victim" {
+			victim = *sb
+		}
+	}
+	d.kill()
+	pidfd, err := unix.PidfdOpen(victim.InitPID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The pidfd polls readable once the process has exited.
+	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 10_000); n != 1 || err != nil {
+		t.Fatalf("init of victim did not exit: %d %v", n, err)
+	}
+	gc := ironclaw(t, nil, "--root", root, "gc")
+	if gc.code != 0 || !strings.Contains(gc.stdout, "reclaimed 1 sandbox") || !strings.Contains(gc.stdout, "removed 1 daemon record") {
+		t.Fatalf("gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
+	}
+	st, err := store.Open(ctx, store.Path(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := st.Sandboxes(ctx)
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0].ID != "survivor" {
+		t.Errorf("store rows after gc: %+v, want survivor's only", rows)
+	}
+	// A second gc finds nothing more to do.
+	if gc := ironclaw(t, nil, "--root", root, "gc"); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
+		t.Errorf("second gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
+	}
+	d.start()
+	l, err := d.c.List(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l) != 1 || l[0].ID != "survivor" || l[0].State != "running" {
+		t.Errorf("after the restart: %+v", l)
+	}
+	// While a daemon serves the root, gc leaves its records alone.
+	if gc := ironclaw(t, nil, "--root", root, "gc"); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
+		t.Errorf("gc beside a daemon: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
+	}
+	if _, err := d.c.Get(ctx, "survivor"); err != nil {
+		t.Error(err)
 	}
 }
 

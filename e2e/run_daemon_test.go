@@ -28,9 +28,9 @@ func TestRunThroughDaemon(t *testing.T) {
 		{"SystemDirsAndReadOnlyMountsCannotBeWritten", TestSystemDirsAndReadOnlyMountsCannotBeWritten},
 		{"ProcessIdentityAndIsolation", TestProcessIdentityAndIsolation},
 		{"LandlockLimitsFileAccess", TestLandlockLimitsFileAccess},
-		// In a long-lived sandbox the agent is init; on cgroup v1 the
-		// workloads get a pids group of their own below the sandbox's
-		// (cgroup.SplitPids), so a fork bomb cannot starve the agent.
+		// In a long-lived sandbox the agent is init; the workloads get a
+		// pids group of their own below the sandbox's (cgroup.SplitPids;
+		// threaded on cgroup v2), so a fork bomb cannot starve the agent.
 		{"PidsLimitStopsForkBomb", TestPidsLimitStopsForkBomb},
 		{"MemoryHogIsOOMKilledAndReported", TestMemoryHogIsOOMKilledAndReported},
 		{"TimeoutKillsTree", TestTimeoutKillsTree},

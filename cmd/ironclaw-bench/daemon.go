@@ -46,6 +46,7 @@ func daemonBench(args []string) error {
 	rateRounds := fs.Int("rate-rounds", 3, "rate rounds per contestant (median reported)")
 	memN := fs.Int("memory-n", 100, "idle sandboxes for the memory measurement")
 	manyN := fs.Int("many", 1000, "idle sandboxes alive at once")
+	baseline := fs.String("baseline", "", "an other ironclaw binary (such as a build of main) whose daemon the rate part measures too, in the same rounds, on a root of its own")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -76,7 +77,15 @@ func daemonBench(args []string) error {
 		}
 	}
 	if parts["rate"] {
-		if err := rateBench(ctx, &c, d, *rateN, *rateConc, *rateRounds); err != nil {
+		var base *serveProc
+		if *baseline != "" {
+			// Its own root, beside the measured one (same file system).
+			if base, err = startServe(*baseline, c.root+"-baseline", "--pool", "0", "--max-creates", strconv.Itoa(max(*rateConc, 8))); err != nil {
+				return fmt.Errorf("-baseline: %w", err)
+			}
+			defer base.stop()
+		}
+		if err := rateBench(ctx, &c, d, base, *rateN, *rateConc, *rateRounds); err != nil {
 			return err
 		}
 	}
@@ -281,14 +290,17 @@ func execBench(ctx context.Context, c *common, d *serveProc) error {
 
 // rateBench creates n sandboxes with conc creates in flight and reports
 // sandboxes per second (creates only; the destroys follow, timed apart).
-func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int) error {
+// With base, the daemon of the baseline binary runs the same creates in
+// the same rounds.
+func rateBench(ctx context.Context, c *common, d, base *serveProc, n, conc, rounds int) error {
 	no, zero := false, int64(0)
 	type contestant struct {
 		name string
+		d    *serveProc // whose sandboxes these are
 		one  func(ctx context.Context, i int) (string, error)
 	}
 	var seq atomic.Int64
-	create := func(req api.CreateRequest) func(context.Context, int) (string, error) {
+	create := func(d *serveProc, req api.CreateRequest) func(context.Context, int) (string, error) {
 		return func(ctx context.Context, i int) (string, error) {
 			r := req
 			r.ID = fmt.Sprintf("rate-%d", seq.Add(1))
@@ -299,21 +311,36 @@ func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int
 			return sb.ID, nil
 		}
 	}
+	cgroupReq := api.CreateRequest{Pool: &no}
+	noCgroupReq := api.CreateRequest{Pool: &no, Resources: &api.Resources{MemoryBytes: &zero, Pids: &zero}}
 	cs := []contestant{
-		{"daemon create, default limits (cgroup)", create(api.CreateRequest{Pool: &no})},
-		{"daemon create, --memory 0 --pids 0 (no cgroup)", create(api.CreateRequest{Pool: &no, Resources: &api.Resources{MemoryBytes: &zero, Pids: &zero}})},
-		{"ironclaw run --no-daemon -- true (same concurrency)", func(ctx context.Context, i int) (string, error) {
+		{"daemon create, default limits (cgroup)", d, create(d, cgroupReq)},
+		{"daemon create, --memory 0 --pids 0 (no cgroup)", d, create(d, noCgroupReq)},
+	}
+	if base != nil {
+		cs = append(cs,
+			contestant{"baseline daemon create, default limits", base, create(base, cgroupReq)},
+			contestant{"baseline daemon create, no cgroup", base, create(base, noCgroupReq)})
+	}
+	cs = append(cs,
+		contestant{"ironclaw run --no-daemon -- true (same concurrency)", d, func(ctx context.Context, i int) (string, error) {
 			out, err := exec.CommandContext(ctx, c.ironclaw, "--root", d.root, "run", "--no-daemon", "--", "true").CombinedOutput()
 			if err != nil {
 				return "", fmt.Errorf("%v: %s", err, out)
 			}
 			return "", nil
-		}},
-	}
+		}})
 	rates := make([][]float64, len(cs))
 	destroyRates := make([][]float64, len(cs))
+	// The daemon's own CPU time and minor faults per sandbox (create and
+	// destroy): far steadier than the rate on a machine shared with other
+	// work. Not for the embedded peer, whose processes are its own.
+	cpuPer := make([][]float64, len(cs))
+	faultsPer := make([][]float64, len(cs))
 	for r := 0; r < rounds; r++ {
 		for ci, ct := range cs {
+			embedded := ci == len(cs)-1
+			before, statErr := bench.ProcStat(ct.d.cmd.Process.Pid)
 			var made []string
 			var mu sync.Mutex
 			sem := make(chan struct{}, conc)
@@ -340,16 +367,20 @@ func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int
 			wg.Wait()
 			el := time.Since(t0)
 			if firstErr != nil {
-				d.destroyAll(ctx, made, conc)
+				ct.d.destroyAll(ctx, made, conc)
 				return fmt.Errorf("%s: %w", ct.name, firstErr)
 			}
 			rates[ci] = append(rates[ci], float64(n)/el.Seconds())
 			if len(made) > 0 {
 				t1 := time.Now()
-				if err := d.destroyAll(ctx, made, conc); err != nil {
+				if err := ct.d.destroyAll(ctx, made, conc); err != nil {
 					return err
 				}
 				destroyRates[ci] = append(destroyRates[ci], float64(len(made))/time.Since(t1).Seconds())
+			}
+			if after, err := bench.ProcStat(ct.d.cmd.Process.Pid); !embedded && statErr == nil && err == nil {
+				cpuPer[ci] = append(cpuPer[ci], (after.CPU-before.CPU).Seconds()*1000/float64(n))
+				faultsPer[ci] = append(faultsPer[ci], float64(after.MinFlt-before.MinFlt)/float64(n))
 			}
 		}
 	}
@@ -363,13 +394,17 @@ func rateBench(ctx context.Context, c *common, d *serveProc, n, conc, rounds int
 	}
 	peer := med(rates[len(cs)-1])
 	fmt.Printf("sustained sandbox creation, %d per round, %d in flight, median of %d rounds (peer: %s)\n", n, conc, rounds, cs[len(cs)-1].name)
-	fmt.Printf("%52s  %10s  %8s  %12s\n", "contestant", "created/s", "vs peer", "destroyed/s")
+	fmt.Printf("%52s  %10s  %8s  %12s  %17s  %18s\n", "contestant", "created/s", "vs peer", "destroyed/s", "daemon CPU/sandbox", "daemon faults/sb")
 	for i, ct := range cs {
-		ds := "-"
+		ds, cpu, flt := "-", "-", "-"
 		if len(destroyRates[i]) > 0 {
 			ds = fmt.Sprintf("%.1f", med(destroyRates[i]))
 		}
-		fmt.Printf("%52s  %10.1f  %7.2fx  %12s\n", ct.name, med(rates[i]), med(rates[i])/peer, ds)
+		if len(cpuPer[i]) > 0 {
+			cpu = fmt.Sprintf("%.2f ms", med(cpuPer[i]))
+			flt = fmt.Sprintf("%.0f", med(faultsPer[i]))
+		}
+		fmt.Printf("%52s  %10.1f  %7.2fx  %12s  %17s  %18s\n", ct.name, med(rates[i]), med(rates[i])/peer, ds, cpu, flt)
 	}
 	return nil
 }

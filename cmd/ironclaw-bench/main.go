@@ -49,6 +49,7 @@ type common struct {
 	json         bool
 	ironclaw     string
 	root         string
+	rootTmpfs    bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -57,6 +58,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.json, "json", false, "print JSON")
 	fs.StringVar(&c.ironclaw, "ironclaw", "", "ironclaw binary (default: next to this one, then PATH)")
 	fs.StringVar(&c.root, "root", "", "state root for the measured sandboxes (default: a fresh temporary one)")
+	fs.BoolVar(&c.rootTmpfs, "root-tmpfs", false, "put the fresh temporary state root on a tmpfs of its own, as the default root /run/ironclaw is on most hosts")
 }
 
 func (c *common) setup() (cleanup func(), err error) {
@@ -75,11 +77,23 @@ func (c *common) setup() (cleanup func(), err error) {
 		if err != nil {
 			return nil, err
 		}
+		unmount := func() error { return nil }
+		if c.rootTmpfs {
+			if unmount, err = bench.MountTmpfs(dir); err != nil {
+				os.RemoveAll(dir)
+				return nil, fmt.Errorf("-root-tmpfs: %w", err)
+			}
+		}
 		if err := os.Chmod(dir, 0o711); err != nil {
 			return nil, err
 		}
 		c.root = filepath.Join(dir, "state")
-		cleanup = func() { os.RemoveAll(dir) }
+		cleanup = func() {
+			if err := unmount(); err != nil {
+				fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
+			}
+			os.RemoveAll(dir)
+		}
 	}
 	return cleanup, nil
 }

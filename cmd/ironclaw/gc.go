@@ -3,11 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/vm"
 )
@@ -21,15 +24,28 @@ and files of sandboxes whose ironclaw process died (even by SIGKILL). Only
 objects named in IronClaw's own records under --root are touched, and, in
 IronClaw's own host table (inet ironclaw), the verdict maps and "ic-" chains
 of an earlier firewall layout that nothing uses any more. Every start runs
-the same collection of sandboxes first.`,
+the same collection of sandboxes first. Records of the reclaimed sandboxes in
+the daemon's store go too, unless a daemon serves the root (it drops them).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			root, err := state.Open(g.root)
 			if err != nil {
 				return err
 			}
-			n, err := root.Collect(g.reclaim)
+			var keys []sandbox.Key
+			n, err := root.Collect(func(dir string) error {
+				if err := g.reclaim(dir); err != nil {
+					return err
+				}
+				keys = append(keys, sandbox.Key(filepath.Base(dir)))
+				return nil
+			})
 			fmt.Printf("reclaimed %d sandbox(es)\n", n)
+			rows, ferr := daemon.ForgetReclaimed(cmd.Context(), root.Dir(), keys)
+			if rows > 0 {
+				fmt.Printf("removed %d daemon record(s) of reclaimed sandboxes\n", rows)
+			}
+			err = errors.Join(err, ferr)
 			cfg, cerr := netConfig(g)
 			if cerr != nil {
 				return errors.Join(err, cerr)

@@ -366,18 +366,13 @@ func (c *Client) Start(ctx context.Context, spec ExecSpec, stdio ExecIO) (*Proce
 func (p *Process) run(ctx context.Context, stdio ExecIO) {
 	defer close(p.done)
 	defer p.st.Close()
-	finished := make(chan struct{})
-	defer close(finished)
-	go func() {
-		select {
-		case <-ctx.Done():
-			kctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = p.Signal(kctx, syscall.SIGKILL)
-			cancel()
-			_ = p.st.SetDeadline(time.Unix(1, 0))
-		case <-finished:
-		}
-	}()
+	stopKill := context.AfterFunc(ctx, func() {
+		kctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = p.Signal(kctx, syscall.SIGKILL)
+		cancel()
+		_ = p.st.SetDeadline(time.Unix(1, 0))
+	})
+	defer stopKill()
 	go func() {
 		// Errors here end the exec stream from the read side too.
 		if err := sendData(p.st, FrameStdin, FrameStdinEOF, stdio.Stdin); err != nil && !isClosed(err) {

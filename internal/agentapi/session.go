@@ -101,26 +101,25 @@ func ServerHandshake(ctx context.Context, rw io.ReadWriteCloser, token func() []
 
 // watchCtx makes blocking I/O on rw return when ctx ends: through a past
 // deadline when rw supports deadlines, otherwise by closing rw. The returned
-// func stops watching and clears the deadline.
+// func stops watching and, if ctx had ended, clears the deadline. It costs
+// no goroutine unless ctx ends (context.AfterFunc): it runs on every request
+// to the agent.
 func watchCtx(ctx context.Context, rw io.ReadWriteCloser) func() {
 	d, hasDeadline := rw.(deadliner)
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		select {
-		case <-ctx.Done():
-			if hasDeadline {
-				_ = d.SetDeadline(time.Unix(1, 0))
-			} else {
-				_ = rw.Close()
-			}
-		case <-done:
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		if hasDeadline {
+			_ = d.SetDeadline(time.Unix(1, 0))
+		} else {
+			_ = rw.Close()
 		}
-	}()
+	})
 	return func() {
-		close(done)
-		<-finished
+		if stop() {
+			return // never fired
+		}
+		<-fired
 		if hasDeadline {
 			_ = d.SetDeadline(time.Time{})
 		}

@@ -156,14 +156,17 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{})
+	// The 101 and the start frame go out in one write: the client reads
+	// both before it sends anything.
 	hdr := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + ExecUpgrade + "\r\n\r\n"
-	if _, err := brw.WriteString(hdr); err == nil {
-		err = brw.Flush()
-	}
 	started, _ := json.Marshal(ExecStarted{ExecID: e.ID, PID: e.PID})
 	sw.conn = conn
+	_, err = brw.WriteString(hdr)
 	if err == nil {
-		err = agentapi.WriteFrame(conn, agentapi.FrameResponse, started)
+		err = agentapi.WriteFrame(brw, agentapi.FrameResponse, started)
+	}
+	if err == nil {
+		err = brw.Flush()
 	}
 	if err != nil {
 		sw.dead = true

@@ -196,6 +196,11 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		t0 := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
+		if sw.status != 0 && w.Header().Get("Content-Length") != "" {
+			// The answer is complete: send it before the log line is
+			// written, so a slow log never delays the client.
+			_ = http.NewResponseController(w).Flush()
+		}
 		route := r.Pattern
 		if route == "" {
 			route = "unmatched"
@@ -306,10 +311,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b, _ = json.Marshal(ErrorBody{&Error{Code: CodeInternal, Message: "encode response: " + err.Error()}})
 	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// A known length lets observe flush the whole answer before it logs.
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }
 
 func writeError(w http.ResponseWriter, e *Error) {

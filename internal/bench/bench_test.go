@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -45,5 +46,23 @@ func TestRunRejectsUnknownPeer(t *testing.T) {
 	c := Contestant{Name: "a", Run: func(context.Context) error { return nil }}
 	if _, err := Run(context.Background(), "t", "nobody", 1, 0, []Contestant{c}); err == nil {
 		t.Fatal("an unknown peer gave a report (with 0x ratios)")
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	// A name with a space and a parenthesis, as a process may choose.
+	line := "4242 (a b) c) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 9 0 100 0 0"
+	got, err := parseStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MinFlt != 1234 || got.CPU != 3250*time.Millisecond {
+		t.Errorf("parseStat = %+v, want 1234 faults and 3.25s", got)
+	}
+	if _, err := parseStat("4242 (x) S 1 2"); err == nil {
+		t.Error("parseStat accepted a short line")
+	}
+	if got, err := ProcStat(os.Getpid()); err != nil || got.CPU < 0 {
+		t.Errorf("ProcStat(self) = %+v, %v", got, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -317,12 +318,15 @@ func (g *Group) Paths() []string { return g.paths }
 const WorkloadHeadroom = 64
 
 // PidsChildPath returns the directory SplitPids makes for the group rel
-// with the limits r on this host, or "" where it makes none: the split
-// needs a pids limit and cgroup v1, where single threads can be moved
-// into their own group. Records keep it ahead of the group's own paths.
+// with the limits r on this host, or "" where it makes none (no pids
+// limit, or no pids controller). Records keep it ahead of the group's own
+// paths.
 func (h *Host) PidsChildPath(rel string, r sandbox.Resources, name string) string {
-	if h.Version != V1 || r.Pids <= 0 || !h.Available["pids"] {
+	if r.Pids <= 0 || !h.Available["pids"] {
 		return ""
+	}
+	if h.Version == V2 {
+		return filepath.Join(h.Mount, rel, name)
 	}
 	return filepath.Join(h.Mount, "pids", rel, name)
 }
@@ -331,9 +335,15 @@ func (h *Host) PidsChildPath(rel string, r sandbox.Resources, name string) strin
 // their own below the sandbox's group, with the sandbox's --pids limit,
 // and raises the sandbox's own limit by WorkloadHeadroom: a fork bomb then
 // fills the workloads' group and leaves the agent room for its threads.
-// It returns the child's tasks file, open for writing: the agent moves its
-// launcher threads there once, and every command they fork starts in it.
-// On cgroup v2, or without a pids limit, it returns nil.
+// It returns the file through which single threads join the child, open
+// for writing: the agent moves its launcher threads there once, and every
+// command they fork starts in it. Without a pids limit it returns nil.
+//
+// Cgroup v1 moves single threads through the child's tasks file. Cgroup v2
+// moves threads only inside a threaded subtree: the child is made
+// "threaded" (the sandbox's group becomes its threaded root and keeps the
+// domain limits, memory and cpu), pids is enabled for it, and threads join
+// through its cgroup.threads.
 func (g *Group) SplitPids(name string, r sandbox.Resources) (*os.File, error) {
 	child := g.host.PidsChildPath(g.rel, r, name)
 	if child == "" || !g.has("pids") {
@@ -344,24 +354,63 @@ func (g *Group) SplitPids(name string, r sandbox.Resources) (*os.File, error) {
 	}
 	g.paths = append([]string{child}, g.paths...)
 	parent := filepath.Dir(child)
+	joinFile := "tasks"
+	if g.host.Version == V2 {
+		if err := makeThreaded(parent, child, "pids"); err != nil {
+			return nil, err
+		}
+		joinFile = "cgroup.threads"
+	}
 	writes := []struct{ file, value string }{
 		{filepath.Join(parent, "pids.max"), strconv.FormatInt(r.Pids+WorkloadHeadroom, 10)},
 		{filepath.Join(child, "pids.max"), strconv.FormatInt(r.Pids, 10)},
 	}
 	for _, w := range writes {
-		if err := os.WriteFile(w.file, []byte(w.value), 0); err != nil {
-			return nil, fmt.Errorf("set %s: %w", w.file, err)
-		}
-		b, err := os.ReadFile(w.file)
-		if err != nil || strings.TrimSpace(string(b)) != w.value {
-			return nil, fmt.Errorf("verify %s: kernel has %q, want %q (%v)", w.file, strings.TrimSpace(string(b)), w.value, err)
+		if err := writeVerified(w.file, w.value); err != nil {
+			return nil, err
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(child, "tasks"), os.O_WRONLY|syscall.O_CLOEXEC, 0)
+	f, err := os.OpenFile(filepath.Join(child, joinFile), os.O_WRONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open workload cgroup: %w", err)
 	}
 	return f, nil
+}
+
+// makeThreaded turns the v2 group child into a threaded cgroup below
+// parent (which becomes a threaded root, or already is one) and enables
+// the threaded controllers ctls for it, reading each step back.
+func makeThreaded(parent, child string, ctls ...string) error {
+	if err := writeVerified(filepath.Join(child, "cgroup.type"), "threaded"); err != nil {
+		return err
+	}
+	if typ, err := os.ReadFile(filepath.Join(parent, "cgroup.type")); err != nil ||
+		(strings.TrimSpace(string(typ)) != "domain threaded" && strings.TrimSpace(string(typ)) != "threaded") {
+		return fmt.Errorf("verify %s: type %q, want a threaded root (%v)", parent, strings.TrimSpace(string(typ)), err)
+	}
+	for _, c := range ctls {
+		ctl := filepath.Join(parent, "cgroup.subtree_control")
+		if err := os.WriteFile(ctl, []byte("+"+c), 0); err != nil {
+			return fmt.Errorf("enable %s for %s: %w", c, child, err)
+		}
+		b, err := os.ReadFile(ctl)
+		if err != nil || !slices.Contains(strings.Fields(string(b)), c) {
+			return fmt.Errorf("verify %s: %q lacks %s (%v)", ctl, strings.TrimSpace(string(b)), c, err)
+		}
+	}
+	return nil
+}
+
+// writeVerified writes value to the cgroup file path and reads it back.
+func writeVerified(path, value string) error {
+	if err := os.WriteFile(path, []byte(value), 0); err != nil {
+		return fmt.Errorf("set %s: %w", path, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || strings.TrimSpace(string(b)) != value {
+		return fmt.Errorf("verify %s: kernel has %q, want %q (%v)", path, strings.TrimSpace(string(b)), value, err)
+	}
+	return nil
 }
 
 func (g *Group) has(ctl string) bool {

@@ -2,11 +2,14 @@ package cgroup
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -113,4 +116,146 @@ func TestCreateLimitsOOMAndRemove(t *testing.T) {
 	if err := Remove(g.Paths()); err != nil {
 		t.Errorf("second Remove = %v", err)
 	}
+}
+
+func TestPidsChildPath(t *testing.T) {
+	r := sandbox.Resources{Pids: 100}
+	for _, c := range []struct {
+		h    *Host
+		r    sandbox.Resources
+		want string
+	}{
+		{&Host{Version: V1, Mount: "/cg", Available: map[string]bool{"pids": true}}, r, "/cg/pids/ic/k/work"},
+		{&Host{Version: V2, Mount: "/cg", Available: map[string]bool{"pids": true}}, r, "/cg/ic/k/work"},
+		{&Host{Version: V2, Mount: "/cg", Available: map[string]bool{}}, r, ""},
+		{&Host{Version: V2, Mount: "/cg", Available: map[string]bool{"pids": true}}, sandbox.Resources{}, ""},
+	} {
+		if got := c.h.PidsChildPath("/ic/k", c.r, "work"); got != c.want {
+			t.Errorf("v%d %v pids %d: PidsChildPath = %q, want %q", c.h.Version, c.h.Available, c.r.Pids, got, c.want)
+		}
+	}
+}
+
+// TestThreadedSplitOnUnified drives the cgroup v2 half of SplitPids on a
+// real unified hierarchy (the hybrid host's has no pids controller, so the
+// limits themselves are shown on v1 only): the child becomes threaded, its
+// parent a threaded root; a thread that joins the child through
+// cgroup.threads leaves its process's other threads in the parent, and a
+// process it forks starts in the child.
+func TestThreadedSplitOnUnified(t *testing.T) {
+	testutil.RequireRoot(t)
+	mount := "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
+		mount = "/sys/fs/cgroup"
+	}
+	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
+	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
+	orig := v2CgroupOf(t, "/proc/self/cgroup")
+	rel := "/ironclaw-test-threaded-" + strconv.Itoa(os.Getpid())
+	parent := filepath.Join(mount, rel)
+	child := filepath.Join(parent, "work")
+	for _, d := range []string{parent, child} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		// Every thread goes back with the process; then the groups go.
+		if err := os.WriteFile(filepath.Join(mount, orig, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			t.Errorf("move the test process back to %s: %v", orig, err)
+		}
+		if err := Remove([]string{child, parent}); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(parent, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeThreaded(parent, child); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(parent, "cgroup.type")); strings.TrimSpace(string(b)) != "domain threaded" {
+		t.Errorf("parent type %q, want domain threaded", strings.TrimSpace(string(b)))
+	}
+	// A sandbox's init is cloned straight into the threaded root
+	// (clone3 CLONE_INTO_CGROUP), as the jail does on cgroup v2.
+	dirFD, err := os.Open(parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initLike := exec.Command("sleep", "10")
+	initLike.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dirFD.Fd())}
+	err = initLike.Start()
+	dirFD.Close()
+	if err != nil {
+		t.Fatalf("clone into the threaded root: %v", err)
+	}
+	t.Cleanup(func() { initLike.Process.Kill(); initLike.Wait() })
+	if got := v2CgroupOf(t, fmt.Sprintf("/proc/%d/cgroup", initLike.Process.Pid)); got != rel {
+		t.Errorf("process cloned into the threaded root is in %q, want %q", got, rel)
+	}
+	threads, err := os.OpenFile(filepath.Join(child, "cgroup.threads"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer threads.Close()
+	type result struct {
+		tid, forked int
+		err         error
+	}
+	res := make(chan result, 1)
+	checked := make(chan struct{})
+	defer close(checked)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		r := result{tid: syscall.Gettid()}
+		if _, r.err = threads.Write([]byte(strconv.Itoa(r.tid))); r.err == nil {
+			cmd := exec.Command("sleep", "10")
+			if r.err = cmd.Start(); r.err == nil {
+				r.forked = cmd.Process.Pid
+				t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			}
+		}
+		res <- r
+		<-checked // the thread stays until its cgroup was read
+	}()
+	r := <-res
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if got := v2CgroupOf(t, fmt.Sprintf("/proc/self/task/%d/cgroup", r.tid)); got != rel+"/work" {
+		t.Errorf("moved thread is in %q, want %q", got, rel+"/work")
+	}
+	ents, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	others := 0
+	for _, e := range ents {
+		if e.Name() != strconv.Itoa(r.tid) && v2CgroupOf(t, "/proc/self/task/"+e.Name()+"/cgroup") == rel {
+			others++
+		}
+	}
+	if others == 0 {
+		t.Errorf("no other thread of the process stayed in %q", rel)
+	}
+	if got := v2CgroupOf(t, fmt.Sprintf("/proc/%d/cgroup", r.forked)); got != rel+"/work" {
+		t.Errorf("process forked by the moved thread is in %q, want %q", got, rel+"/work")
+	}
+}
+
+// v2CgroupOf returns the unified-hierarchy path in a /proc cgroup file.
+func v2CgroupOf(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p
+		}
+	}
+	t.Fatalf("%s has no cgroup v2 line: %q", file, b)
+	return ""
 }

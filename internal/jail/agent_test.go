@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"strconv"
 
 	"sync"
+	"syscall"
 )
 
 func token(t *testing.T) []byte {
@@ -204,16 +206,17 @@ func TestForkBombLeavesTheAgentAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Close()
-	if sb.Group().Version() == cgroup.V1 {
-		paths := sb.Group().Paths()
-		work := paths[0]
-		for file, want := range map[string]string{
-			filepath.Join(work, "pids.max"):               "64",
-			filepath.Join(filepath.Dir(work), "pids.max"): strconv.Itoa(64 + cgroup.WorkloadHeadroom),
-		} {
-			if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
-				t.Errorf("%s = %q (%v), want %s", file, b, err, want)
-			}
+	// The workloads' group (threaded on cgroup v2) comes first.
+	work := sb.Group().Paths()[0]
+	if filepath.Base(work) != "work" {
+		t.Fatalf("no workload group: paths %v", sb.Group().Paths())
+	}
+	for file, want := range map[string]string{
+		filepath.Join(work, "pids.max"):               "64",
+		filepath.Join(filepath.Dir(work), "pids.max"): strconv.Itoa(64 + cgroup.WorkloadHeadroom),
+	} {
+		if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("%s = %q (%v), want %s", file, b, err, want)
 		}
 	}
 	c := connect(t, sb, tok)
@@ -262,4 +265,61 @@ func TestForkBombLeavesTheAgentAlive(t *testing.T) {
 	if _, err := c.Health(context.Background()); err != nil {
 		t.Fatalf("agent health after the fork bomb: %v", err)
 	}
+}
+
+// TestPersistentSandboxesHoldNoThread: a persistent sandbox without a
+// network to join keeps no OS thread of its host busy while it runs (the
+// wait for its init is in the netpoller), so a daemon with many sandboxes
+// does not grow a thread per sandbox; its exit is still noticed.
+func TestPersistentSandboxesHoldNoThread(t *testing.T) {
+	j, _ := newJail(t, nil)
+	tok := token(t)
+	const n = 12
+	before := threads(t)
+	var sbs []*Sandbox
+	for i := range n {
+		s := spec(fmt.Sprintf("threads-%d", i))
+		s.Resources = sandbox.Resources{}
+		sb, err := j.Start(context.Background(), s, Options{Agent: &AgentOptions{Token: tok}, Persistent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sbs = append(sbs, sb)
+	}
+	defer func() {
+		for _, sb := range sbs {
+			sb.Close()
+		}
+	}()
+	if grew := threads(t) - before; grew >= n/2 {
+		t.Errorf("the process grew %d threads for %d running sandboxes", grew, n)
+	}
+	if err := sbs[0].kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sbs[0].exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the exit of a killed init went unnoticed")
+	}
+}
+
+// threads returns the number of threads of this process.
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads in /proc/self/status")
+	return 0
 }

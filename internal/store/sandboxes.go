@@ -74,6 +74,16 @@ func specText(s json.RawMessage) string {
 	return string(s)
 }
 
+// The statements of the create and destroy path (prepared at Open).
+const (
+	insertSandboxSQL = `INSERT INTO sandboxes
+		(id, backend_id, backend, state, spec, labels, token, pool_class, ttl_ns, idle_ns, created_ns, started_ns, claimed_ns)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	setSandboxStateSQL = `UPDATE sandboxes SET state = ?,
+		started_ns = CASE WHEN ? = 0 THEN started_ns ELSE ? END WHERE id = ?`
+	deleteSandboxSQL = `DELETE FROM sandboxes WHERE id = ?`
+)
+
 // InsertSandbox records a new sandbox. It fails with ErrConflict when the
 // ID or the backend ID is taken.
 func (s *Store) InsertSandbox(ctx context.Context, r *SandboxRow) error {
@@ -84,9 +94,7 @@ func (s *Store) InsertSandbox(ctx context.Context, r *SandboxRow) error {
 	if err != nil {
 		return fmt.Errorf("insert sandbox record %q: labels: %w", r.ID, err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO sandboxes
-		(id, backend_id, backend, state, spec, labels, token, pool_class, ttl_ns, idle_ns, created_ns, started_ns, claimed_ns)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = s.insertSandbox.ExecContext(ctx,
 		r.ID, r.BackendID, r.Backend, r.State, specText(r.Spec), labels, r.Token, r.PoolClass,
 		int64(r.TTL), int64(r.Idle), unixNano(r.Created), unixNano(r.Started), unixNano(r.Claimed))
 	if err != nil {
@@ -105,9 +113,7 @@ func isConstraint(err error) bool {
 // SetSandboxState moves the sandbox id to state; a non-zero started is
 // recorded as its start time.
 func (s *Store) SetSandboxState(ctx context.Context, id, state string, started time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE sandboxes SET state = ?,
-		started_ns = CASE WHEN ? = 0 THEN started_ns ELSE ? END WHERE id = ?`,
-		state, unixNano(started), unixNano(started), id)
+	res, err := s.setSandboxState.ExecContext(ctx, state, unixNano(started), unixNano(started), id)
 	if err != nil {
 		return fmt.Errorf("set state of sandbox record %q: %w", id, err)
 	}
@@ -145,7 +151,7 @@ func (s *Store) BindSandbox(ctx context.Context, poolID string, r *SandboxRow) e
 
 // DeleteSandbox removes the record of id; a missing record is not an error.
 func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id); err != nil {
+	if _, err := s.deleteSandbox.ExecContext(ctx, id); err != nil {
 		return fmt.Errorf("delete sandbox record %q: %w", id, err)
 	}
 	return nil
@@ -169,7 +175,7 @@ func (s *Store) Sandboxes(ctx context.Context) ([]SandboxRow, error) {
 }
 
 func (s *Store) querySandboxes(ctx context.Context, where string, args ...any) ([]SandboxRow, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, backend_id, backend, state, spec, labels, token, pool_class,
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, backend_id, backend, state, spec, labels, token, pool_class,
 		ttl_ns, idle_ns, created_ns, started_ns, claimed_ns FROM sandboxes`+where+` ORDER BY created_ns, id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query sandbox records: %w", err)
@@ -266,7 +272,7 @@ func (s *Store) Events(ctx context.Context, sandbox string, after int64, limit i
 		q += ` LIMIT ?`
 		args = append(args, limit)
 	}
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query events: %w", err)
 	}
@@ -294,7 +300,7 @@ func (s *Store) Events(ctx context.Context, sandbox string, after int64, limit i
 // LastEventSeq returns the largest event sequence number, 0 when none.
 func (s *Store) LastEventSeq(ctx context.Context) (int64, error) {
 	var n sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT MAX(seq) FROM sandbox_events`).Scan(&n); err != nil {
+	if err := s.rdb.QueryRowContext(ctx, `SELECT MAX(seq) FROM sandbox_events`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("read last event: %w", err)
 	}
 	return n.Int64, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -92,5 +93,59 @@ func TestEventsAppendQueryTrim(t *testing.T) {
 	}
 	if last, _ := s.LastEventSeq(ctx); last != 10 {
 		t.Fatalf("last seq after trim: %d", last)
+	}
+}
+
+// TestConcurrentCreatesOneHandle runs the create path's statements from
+// many goroutines at once, with readers beside them, as a daemon's
+// concurrent creates do: one writer connection, no error, nothing lost.
+func TestConcurrentCreatesOneHandle(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 16; g++ {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				id := fmt.Sprintf("s-%d-%d", g, i)
+				r := &SandboxRow{ID: id, BackendID: id, Backend: "jail", State: StateCreating, Token: []byte("t"), Created: time.Now()}
+				if err := s.InsertSandbox(ctx, r); err != nil {
+					errs <- err
+					return
+				}
+				if err := s.SetSandboxState(ctx, id, StateRunning, time.Now()); err != nil {
+					errs <- err
+					return
+				}
+				if i%2 == 1 {
+					if err := s.DeleteSandbox(ctx, id); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if _, err := s.Sandboxes(ctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	rows, err := s.Sandboxes(ctx)
+	if err != nil || len(rows) != 16*5 {
+		t.Fatalf("%d rows, %v; want %d", len(rows), err, 16*5)
+	}
+	for _, r := range rows {
+		if r.State != StateRunning {
+			t.Errorf("%s is %s", r.ID, r.State)
+		}
 	}
 }

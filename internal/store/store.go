@@ -24,8 +24,20 @@ func Path(root string) string { return filepath.Join(root, FileName) }
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
+	// db writes, through one connection: SQLite has one writer at a time,
+	// and writers queued here hand over at once, where extra connections
+	// would sleep in SQLite's busy handler (1 ms and up) and, beyond
+	// database/sql's two idle ones, be closed and reopened (pragmas and
+	// schema parsed again) around every burst of concurrent creates.
 	db *sql.DB
+	// rdb reads: WAL readers run beside the writer and never hold it up.
+	rdb *sql.DB
+	// The statements every create and destroy runs, parsed once.
+	insertSandbox, setSandboxState, deleteSandbox *sql.Stmt
 }
+
+// maxReaders bounds the read connections of a Store.
+const maxReaders = 4
 
 // migration is one schema step. Applied migrations are never edited; new
 // steps are appended with the next version.
@@ -111,22 +123,45 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Set("_txlock", "immediate")
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-	db, err := sql.Open("sqlite", dsn)
+	file := "file:" + (&url.URL{Path: path}).EscapedPath() + "?"
+	db, err := sql.Open("sqlite", file+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
 	s := &Store{db: db}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{&s.insertSandbox, insertSandboxSQL},
+		{&s.setSandboxState, setSandboxStateSQL},
+		{&s.deleteSandbox, deleteSandboxSQL},
+	} {
+		if *p.stmt, err = db.PrepareContext(ctx, p.sql); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %s: prepare: %w", path, err)
+		}
+	}
+	q.Add("_pragma", "query_only(1)")
+	if s.rdb, err = sql.Open("sqlite", file+q.Encode()); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.rdb.SetMaxOpenConns(maxReaders)
+	s.rdb.SetMaxIdleConns(maxReaders)
 	return s, nil
 }
 
 // Close closes the store.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	if err := errors.Join(s.insertSandbox.Close(), s.setSandboxState.Close(), s.deleteSandbox.Close(),
+		s.db.Close(), s.rdb.Close()); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
@@ -135,7 +170,7 @@ func (s *Store) Close() error {
 // Version returns the schema version of the open file.
 func (s *Store) Version(ctx context.Context) (int, error) {
 	var v int
-	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+	if err := s.rdb.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
 	return v, nil

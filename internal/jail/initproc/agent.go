@@ -175,8 +175,9 @@ func startLauncherThread(cfg *Config, ll *landlockRules, root bool) (*launcherTh
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread is confined
 		if a := cfg.Agent; a != nil && a.WorkTasksFD > 0 {
-			// Into the workloads' pids group (cgroup v1 moves single
-			// threads): every command this thread forks starts there.
+			// Into the workloads' pids group (single threads move on
+			// cgroup v1, and within a threaded subtree on v2): every
+			// command this thread forks starts there.
 			if _, err := unix.Write(a.WorkTasksFD, []byte(strconv.Itoa(unix.Gettid()))); err != nil {
 				failed <- fmt.Errorf("move the launcher into the workload cgroup: %w", err)
 				return

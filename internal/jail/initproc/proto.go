@@ -95,8 +95,9 @@ type AgentInit struct {
 	ListenFD    int    `json:"listen_fd"`
 	Token       []byte `json:"token"`
 	MaxFileSize int64  `json:"max_file_size,omitempty"`
-	// WorkTasksFD, when not 0, is the tasks file of the workloads' own
-	// pids cgroup (cgroup v1): the launcher threads move themselves there
+	// WorkTasksFD, when not 0, is the file through which threads join the
+	// workloads' own pids cgroup (tasks on cgroup v1, cgroup.threads of a
+	// threaded group on v2): the launcher threads move themselves there
 	// before they are confined, so commands start in it and a fork bomb
 	// cannot take the agent's threads.
 	WorkTasksFD int `json:"work_tasks_fd,omitempty"`

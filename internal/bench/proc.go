@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ProcTimes is what a process has used so far.
+type ProcTimes struct {
+	CPU    time.Duration // user + system
+	MinFlt uint64        // minor page faults
+}
+
+// ProcStat reads the CPU time and minor faults of process pid (all its
+// threads, not its children) from /proc/PID/stat.
+func ProcStat(pid int) (ProcTimes, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ProcTimes{}, err
+	}
+	return parseStat(string(b))
+}
+
+func parseStat(s string) (ProcTimes, error) {
+	// The command name is in parentheses and may hold spaces and
+	// parentheses: the fields start after the last ')'. Counted from
+	// there: state is 0, minflt 7, utime 11, stime 12.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ProcTimes{}, errors.New("parse proc stat: no command name")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return ProcTimes{}, fmt.Errorf("parse proc stat: %d fields after the name, want 13 or more", len(f))
+	}
+	minflt, err1 := strconv.ParseUint(f[7], 10, 64)
+	ut, err2 := strconv.ParseUint(f[11], 10, 64)
+	st, err3 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return ProcTimes{}, fmt.Errorf("parse proc stat: %w", err)
+	}
+	const hz = 100 // USER_HZ, fixed on Linux
+	return ProcTimes{CPU: time.Duration(ut+st) * time.Second / hz, MinFlt: minflt}, nil
+}
+
+// MountTmpfs mounts a fresh tmpfs of mode 0711 on dir and returns its
+// unmount.
+func MountTmpfs(dir string) (unmount func() error, err error) {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0711"); err != nil {
+		return nil, fmt.Errorf("mount a tmpfs on %s: %w", dir, err)
+	}
+	return func() error {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+		return nil
+	}, nil
+}
