@@ -529,14 +529,17 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		<-s.exited
 		return nil
 	})
+	// Init's start time is read before it gets its config: with the
+	// config it may fail (a command not found) and be reaped at once, and
+	// its own report of why must win over "process gone".
+	rec.InitPID = s.initPID
+	if rec.InitStart, err = state.ProcStart(s.initPID); err != nil {
+		return nil, &StartError{Step: "record", Err: err}
+	}
 	// Init builds its root while the host records it and moves it into
 	// the cgroup; on cgroup v2 it was cloned straight into it.
 	if err := s.ctl.Send(initproc.HostMsg{Config: icfg}); err != nil {
 		return nil, &StartError{Step: "configure init", Err: err}
-	}
-	rec.InitPID = s.initPID
-	if rec.InitStart, err = state.ProcStart(s.initPID); err != nil {
-		return nil, &StartError{Step: "record", Err: err}
 	}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{Step: "record", Err: err}
@@ -547,7 +550,10 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 			return nil, &StartError{Step: "cgroup", Err: err}
 		}
 	}
-	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil {
+	// A closed control socket means init has ended: the handshake then
+	// reads the error init sent before it did (or reports its death).
+	if err := s.ctl.Send(initproc.HostMsg{Placed: true}); err != nil &&
+		!errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
 		return nil, &StartError{Step: "configure init", Err: err}
 	}
 	s.mark("placed")
