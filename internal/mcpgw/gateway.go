@@ -250,6 +250,15 @@ func (u *upstream) sync(ctx context.Context, cs *mcp.ClientSession) error {
 	if caps == nil {
 		caps = &mcp.ServerCapabilities{}
 	}
+	if caps.Logging != nil {
+		// Forward everything; each client session filters by its own
+		// level. Set before the tools are listed to clients: a server
+		// drops what it logs before a level is set, so a call racing
+		// this would lose its messages.
+		if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "debug"}); err != nil {
+			u.log.Debug("set the server's logging level", "err", err)
+		}
+	}
 	if caps.Tools != nil {
 		errs = append(errs, u.syncTools(ctx, cs))
 	}
@@ -258,12 +267,6 @@ func (u *upstream) sync(ctx context.Context, cs *mcp.ClientSession) error {
 	}
 	if caps.Resources != nil {
 		errs = append(errs, u.syncResources(ctx, cs))
-	}
-	if caps.Logging != nil {
-		// Forward everything; each client session filters by its own level.
-		if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "debug"}); err != nil {
-			u.log.Debug("set the server's logging level", "err", err)
-		}
 	}
 	return errors.Join(errs...)
 }
