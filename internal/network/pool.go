@@ -26,8 +26,9 @@ import (
 //   - Claim takes a free slot under its flock, which the sandbox holds for
 //     its whole life, writes "claimed KEY", and installs the sandbox's
 //     policy (a rule install, well under a millisecond).
-//   - When the sandbox ends its slot is marked "used" and is never given
-//     to another sandbox: a workload may have left state behind (conntrack
+//   - When the sandbox ends the host side of its link is set down (see
+//     shutSlot), and its slot is marked "used" and is never given to
+//     another sandbox: a workload may have left state behind (conntrack
 //     entries, neighbour entries, sockets of escaped processes), and no
 //     check can prove a namespace clean. Maintain destroys used slots, and
 //     claimed slots whose owner died (their flock is free), later: in a
@@ -70,24 +71,30 @@ func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 }
 
 // shutSlot closes the host side of a claimed slot's link as its sandbox
-// ends (BuildHostClosed): the slot, namespace and link stay until Maintain
-// destroys them, and until then nothing may pass, not even replies on
-// connections a process left behind in the namespace still holds. It is
-// one verified rule install, so it stays off the slow path that destroying
-// the slot would be.
+// ends: the slot, namespace and link stay until Maintain destroys them,
+// and until then nothing may pass, not even replies on connections a
+// process left behind in the namespace still holds (orphaned sockets
+// still send what they had queued). It sets the host side of the veth
+// pair down and reads it back: a veth pair with one side down carries
+// nothing either way. The host table keeps the slot's elements until the
+// slot is destroyed; they cannot match while the link is down, and
+// nothing else may set an IronClaw link up.
+//
+// It is not an nftables commit on purpose: the kernel destroys a commit's
+// transaction after an RCU grace period (about 10 ms here), and closing
+// any nftables socket before that waits for it (nft_rcv_nl_event). A
+// commit here, this close to a short-lived process's exit, would hold
+// the exit for most of a grace period.
 func (n *Net) shutSlot() error {
-	hc, err := n.hostConn()
+	host, err := netns.Current()
 	if err != nil {
-		return err
+		return fmt.Errorf("shut slot: %w", err)
 	}
-	part := firewall.BuildHostClosed(n.rec.Names.HostIf)
-	if err := firewall.ApplyHostChanges(hc, n.prevPart, &part); err != nil {
+	defer host.Close()
+	if err := netns.SetDown(host, n.rec.Names.HostIf); err != nil {
 		return fmt.Errorf("shut slot: %w", err)
 	}
 	n.prevInner, n.prevPart = nil, nil
-	if err := firewall.VerifyHostPart(hc, &part); err != nil {
-		return fmt.Errorf("shut slot: %w", err)
-	}
 	return nil
 }
 
