@@ -45,9 +45,12 @@ func (v *Veth) validate() error {
 	return nil
 }
 
-// Handle opens a netlink handle inside n.
+// Handle opens a route netlink handle (links, addresses, routes) inside n.
+// It opens no other netlink family: a handle's default set includes an
+// nftables socket, whose close waits for the kernel to finish destroying
+// the last nftables commit (an RCU grace period) whenever one is pending.
 func (n *NS) Handle() (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()))
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in %s: %w", n.path, err)
 	}
