@@ -667,4 +667,3 @@ func (n *Net) teardown() error {
 	}
 	return errors.Join(errs...)
 }
-
