@@ -3,7 +3,7 @@
 // README and docs comes from a run of this command.
 //
 //	ironclaw-bench jail [-runs N] [-json]    ironclaw run vs bwrap vs plain exec
-//	ironclaw-bench net  [-runs N] [-json]    ironclaw run --allow (pool slot) vs bwrap
+//	ironclaw-bench net  [-runs N] [-json] [-baseline OLD]  ironclaw run --allow (pool slot) vs bwrap
 //	ironclaw-bench daemon [-only PARTS]      the daemon: create/exec latency, create rate, memory, 1000 sandboxes
 //	ironclaw-bench vm   [-runs N] [-json]    micro-VM boot, run and snapshot restore vs the jail
 package main

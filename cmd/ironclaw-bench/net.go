@@ -16,11 +16,14 @@ import (
 // Network namespaces come from the pool (prepared before the timed runs,
 // as `ironclaw net pool fill` does); used slots are destroyed afterwards,
 // off the measured path. No packet is sent: the allowed address is a
-// documentation address and /bin/true opens no socket.
+// documentation address and /bin/true opens no socket. With -baseline, a
+// second ironclaw binary (an earlier build) runs the networked case in the
+// same interleaved run, on the same pool, for a before/after comparison.
 func netBench(args []string) error {
 	fs := flag.NewFlagSet("net", flag.ExitOnError)
 	var c common
 	c.register(fs)
+	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -33,6 +36,9 @@ func netBench(args []string) error {
 	}
 	ic := []string{c.ironclaw, "--root", c.root}
 	n := c.runs + c.warmup + 2
+	if *baseline != "" {
+		n *= 2
+	}
 	if out, err := exec.Command(ic[0], append(ic[1:], "net", "pool", "fill", strconv.Itoa(n))...).CombinedOutput(); err != nil {
 		return fmt.Errorf("fill the network pool: %v: %s", err, out)
 	}
@@ -41,13 +47,18 @@ func netBench(args []string) error {
 		exec.Command(ic[0], append(ic[1:], "net", "pool", "drain")...).Run()
 	}()
 	run := append(append([]string{}, ic...), "run")
-	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, []bench.Contestant{
+	cs := []bench.Contestant{
 		command("ironclaw --allow 203.0.113.10/32:443 (pool slot)", append(run, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
 		command("ironclaw (loopback only)", append(run, "--", "/bin/true")...),
 		command("bwrap", bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
 			"--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
 			"--proc", "/proc", "--dev", "/dev", "/bin/true"),
-	})
+	}
+	if *baseline != "" {
+		cs = append(cs, command("baseline --allow 203.0.113.10/32:443 (pool slot)",
+			*baseline, "--root", c.root, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
+	}
+	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ const (
 	// SetSources holds "link . address": the only source address
 	// forwarded from a link (anti-spoofing), and the only destination
 	// replies are forwarded to. A link without its source lets nothing
-	// through at all (a closed slot).
+	// through at all.
 	SetSources = "sources"
 	// SetServices holds "link . host address . protocol . port": the
 	// egress DNS stub and proxy a sandbox may reach on the host.
@@ -536,16 +536,6 @@ func services(t *Target) []service {
 		}
 	}
 	return out
-}
-
-// BuildHostClosed returns the host part of a link whose sandbox has ended
-// (a used pool slot, which stays until it is destroyed): the link is still
-// a sandbox link, so the base chains drop everything on it, replies to
-// earlier connections included, but it has no source address, no services
-// and no live version, so nothing passes, nothing is redirected and nothing
-// NATed. Its superseded elements stay until the link is removed.
-func BuildHostClosed(hostIf string) HostPart {
-	return HostPart{Iface: hostIf, Elements: []Element{{Set: SetLinks, Key: ifnameBytes(hostIf)}}}
 }
 
 // BuildHostBase returns the base chains of the shared host table. Their

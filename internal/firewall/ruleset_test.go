@@ -283,8 +283,9 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 			if got := fwdIn(other); got != "" {
 				t.Fatalf("non-sandbox IPv6 traffic: host forward decided %q", got)
 			}
-			// A closed link (ended sandbox in a used slot) passes nothing.
-			closed := BuildHostClosed(tg.HostIf).Elements
+			// A link with no source, services or live version passes
+			// nothing.
+			closed := closedPart(tg.HostIf).Elements
 			for _, q := range []packet{p, est(p), {nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}} {
 				if got := eval(t, fwd, q, closed...); got != "drop" {
 					t.Fatalf("closed link: host forward says %q for %+v", got, q)
@@ -299,10 +300,16 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 
 func est(p packet) packet { p.established = true; return p }
 
+// closedPart is the host part of a link that is in SetLinks but has no
+// source address, no services and no live version.
+func closedPart(hostIf string) HostPart {
+	return HostPart{Iface: hostIf, Elements: []Element{{Set: SetLinks, Key: ifnameBytes(hostIf)}}}
+}
+
 // TestHostServices checks the host's input and NAT chains: a sandbox
 // reaches its own egress services (redirected from the standard ports to
-// theirs) and nothing else on the host; a closed link reaches nothing and
-// is not NATed; other traffic is left alone.
+// theirs) and nothing else on the host; a link with no source reaches
+// nothing and is not NATed; other traffic is left alone.
 func TestHostServices(t *testing.T) {
 	tg := testTarget(t, "203.0.113.0/24")
 	part, err := BuildHost(tg, 1)
@@ -327,8 +334,8 @@ func TestHostServices(t *testing.T) {
 		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 22), "", "drop", part.Elements, "masquerade"},
 		{pkt(unix.IPPROTO_UDP, tg.HostAddr, 8443), "", "drop", part.Elements, "masquerade"},
 		{pkt(unix.IPPROTO_TCP, netip.MustParseAddr("198.51.100.1"), 8443), "", "drop", part.Elements, "masquerade"},
-		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 443), "", "drop", BuildHostClosed(tg.HostIf).Elements, ""},
-		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 8443), "", "drop", BuildHostClosed(tg.HostIf).Elements, ""},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 443), "", "drop", closedPart(tg.HostIf).Elements, ""},
+		{pkt(unix.IPPROTO_TCP, tg.HostAddr, 8443), "", "drop", closedPart(tg.HostIf).Elements, ""},
 	} {
 		if got := eval(t, pre, c.p, c.elements...); got != c.pre {
 			t.Errorf("prerouting %+v: %q, want %q", c.p, got, c.pre)

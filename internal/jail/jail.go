@@ -391,18 +391,6 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if err := state.WriteJSON(filepath.Join(claim.Dir, recordName), rec); err != nil {
 		return nil, &StartError{Step: "record", Err: err}
 	}
-	if policy.Networked() {
-		// The network's own record (net.json) is written before any of
-		// its objects exist; GC reclaims from it.
-		s.net, err = network.Acquire(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
-		if err != nil {
-			return nil, &StartError{Step: "network", Err: err}
-		}
-		undo = append(undo, func() error { return s.net.Close() })
-		opts.NetNS = s.net.File()
-		opts.ResolvConf = string(s.net.ResolvConf())
-		s.mark("network")
-	}
 	s.group, err = j.cfg.Cgroups.Create(rel, spec.Resources)
 	if err != nil {
 		return nil, &StartError{Step: "cgroup", Err: err}
@@ -414,6 +402,21 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	// the setup. (Not before Create: the waiting writer holds the
 	// cgroup_mutex that making a group needs.)
 	_ = j.cfg.Cgroups.PrimeMigration(spec.Resources)
+
+	if policy.Networked() {
+		// The network's own record (net.json) is written before any of
+		// its objects exist; GC reclaims from it. A pool slot's policy
+		// is installed while init starts (its namespace lets nothing
+		// out until then); handshake waits for it before the command.
+		s.net, err = network.Begin(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
+		if err != nil {
+			return nil, &StartError{Step: "network", Err: err}
+		}
+		undo = append(undo, func() error { return s.net.Close() })
+		opts.NetNS = s.net.File()
+		opts.ResolvConf = string(s.net.ResolvConf())
+		s.mark("network")
+	}
 
 	icfg, files, err := j.prepare(spec, opts, claim.Dir)
 	defer func() { initproc.CloseAll(files) }() // files grows below
@@ -722,6 +725,14 @@ func (s *Sandbox) handshake(ctx context.Context) error {
 	}
 	if err := verifyThread(s.initPID, m.Ready.TID); err != nil {
 		return &StartError{Step: "verify confinement", Err: err}
+	}
+	if s.net != nil {
+		// Fail closed: the command starts only once the network's
+		// rules are applied, read back and verified.
+		if err := s.net.Wait(ctx); err != nil {
+			return &StartError{Step: "network", Err: err}
+		}
+		s.mark("network ready")
 	}
 	if err := s.ctl.Send(initproc.HostMsg{Go: true}); err != nil {
 		return &StartError{Step: "start command", Err: err}

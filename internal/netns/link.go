@@ -45,9 +45,12 @@ func (v *Veth) validate() error {
 	return nil
 }
 
-// Handle opens a netlink handle inside n.
+// Handle opens a route netlink handle (links, addresses, routes) inside n.
+// It opens no other netlink family: a handle's default set includes an
+// nftables socket, whose close waits for the kernel to finish destroying
+// the last nftables commit (an RCU grace period) whenever one is pending.
 func (n *NS) Handle() (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()))
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in %s: %w", n.path, err)
 	}
@@ -168,6 +171,51 @@ func LoopbackUp(n *NS) error {
 		return fmt.Errorf("bring up lo in %s: %w", n.path, err)
 	}
 	return nil
+}
+
+// SetDown sets the link called name in n administratively down and reads
+// it back: a down link neither sends nor receives, and a veth whose one
+// side is down passes nothing in either direction (the kernel drops what
+// the other side sends to it). Unlike an nftables commit, it leaves no
+// transaction for the kernel to destroy after an RCU grace period, which
+// the next close of any nftables socket (a process exit included) would
+// wait for.
+func SetDown(n *NS, name string) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := h.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set link %s down: %w", name, err)
+	}
+	got, err := h.LinkByIndex(l.Attrs().Index)
+	if err != nil {
+		return fmt.Errorf("read link %s back: %w", name, err)
+	}
+	if got.Attrs().Name != name || got.Attrs().RawFlags&unix.IFF_UP != 0 {
+		return fmt.Errorf("set link %s down: it is still up (flags %v)", name, got.Attrs().Flags)
+	}
+	return nil
+}
+
+// IsDown reports whether the link called name in n is administratively
+// down.
+func IsDown(n *NS, name string) (bool, error) {
+	h, err := n.Handle()
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return false, fmt.Errorf("find link %s: %w", name, err)
+	}
+	return l.Attrs().RawFlags&unix.IFF_UP == 0, nil
 }
 
 // DeleteLink deletes the link called name in n, if it exists.

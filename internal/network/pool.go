@@ -26,8 +26,9 @@ import (
 //   - Claim takes a free slot under its flock, which the sandbox holds for
 //     its whole life, writes "claimed KEY", and installs the sandbox's
 //     policy (a rule install, well under a millisecond).
-//   - When the sandbox ends its slot is marked "used" and is never given
-//     to another sandbox: a workload may have left state behind (conntrack
+//   - When the sandbox ends the host side of its link is set down (see
+//     shutSlot), and its slot is marked "used" and is never given to
+//     another sandbox: a workload may have left state behind (conntrack
 //     entries, neighbour entries, sockets of escaped processes), and no
 //     check can prove a namespace clean. Maintain destroys used slots, and
 //     claimed slots whose owner died (their flock is free), later: in a
@@ -70,24 +71,30 @@ func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 }
 
 // shutSlot closes the host side of a claimed slot's link as its sandbox
-// ends (BuildHostClosed): the slot, namespace and link stay until Maintain
-// destroys them, and until then nothing may pass, not even replies on
-// connections a process left behind in the namespace still holds. It is
-// one verified rule install, so it stays off the slow path that destroying
-// the slot would be.
+// ends: the slot, namespace and link stay until Maintain destroys them,
+// and until then nothing may pass, not even replies on connections a
+// process left behind in the namespace still holds (orphaned sockets
+// still send what they had queued). It sets the host side of the veth
+// pair down and reads it back: a veth pair with one side down carries
+// nothing either way. The host table keeps the slot's elements until the
+// slot is destroyed; they cannot match while the link is down, and
+// nothing else may set an IronClaw link up.
+//
+// It is not an nftables commit on purpose: the kernel destroys a commit's
+// transaction after an RCU grace period (about 10 ms here), and closing
+// any nftables socket before that waits for it (nft_rcv_nl_event). A
+// commit here, this close to a short-lived process's exit, would hold
+// the exit for most of a grace period.
 func (n *Net) shutSlot() error {
-	hc, err := n.hostConn()
+	host, err := netns.Current()
 	if err != nil {
-		return err
+		return fmt.Errorf("shut slot: %w", err)
 	}
-	part := firewall.BuildHostClosed(n.rec.Names.HostIf)
-	if err := firewall.ApplyHostChanges(hc, n.prevPart, &part); err != nil {
+	defer host.Close()
+	if err := netns.SetDown(host, n.rec.Names.HostIf); err != nil {
 		return fmt.Errorf("shut slot: %w", err)
 	}
 	n.prevInner, n.prevPart = nil, nil
-	if err := firewall.VerifyHostPart(hc, &part); err != nil {
-		return fmt.Errorf("shut slot: %w", err)
-	}
 	return nil
 }
 
@@ -175,7 +182,7 @@ func prepareSlot(ctx context.Context, c Config) error {
 		return fmt.Errorf("prepare slot: lock: %w", err)
 	}
 	defer lock.Close()
-	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger}
+	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger, ready: readyNow()}
 	if err := n.setup(ctx, firewall.Policy{}); err != nil {
 		// teardown removes the record only once the objects are gone;
 		// a slot directory that still has one is left (not "free") for
@@ -215,6 +222,19 @@ func removeSlotDir(dir string) error {
 // is free (the caller then uses Setup). Policies that allow nothing need no
 // slot: use Setup.
 func Claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
+	n, err := claim(ctx, cfg, dir, key, policy)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("network claim: %w", errors.Join(err, n.Close()))
+	}
+	return n, nil
+}
+
+// claim takes a free slot and starts installing policy on it in the
+// background (see Begin).
+func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -228,6 +248,12 @@ func Claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	}
 	for _, e := range ents {
 		sdir := filepath.Join(c.slotsDir(), e.Name())
+		// The state is read before the flock is tried, so that used
+		// slots (most of the directory on a busy host) cost one read;
+		// it is read again under the flock.
+		if b, err := os.ReadFile(filepath.Join(sdir, slotState)); err != nil || string(b) != stateFree {
+			continue
+		}
 		lock, err := lockFile(filepath.Join(sdir, slotLock), false)
 		if err != nil {
 			continue // held: being prepared or in use
@@ -246,6 +272,9 @@ func Claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	return nil, ErrPoolEmpty
 }
 
+// claimSlot marks the slot claimed by key and opens its namespace, then
+// installs policy in the background. Until the installation is done the
+// slot's rules are the ones it was prepared with, which let nothing out.
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
@@ -266,7 +295,21 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	}
 	rec := *srec
 	rec.Key, rec.Slot = string(key), sdir
-	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key)), rec: &rec, ns: ns, slot: s}
+	lease := *srec.Lease
+	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key)), rec: &rec, ns: ns, slot: s,
+		ready:   make(chan struct{}),
+		pending: &firewall.Target{Policy: policy, SandboxAddr: lease.Sandbox.Addr(), HostAddr: lease.Host.Addr(), HostIf: rec.Names.HostIf},
+	}
+	go func() {
+		defer close(n.ready)
+		n.installErr = n.installSlot(ctx, srec, lease, policy)
+	}()
+	return n, nil
+}
+
+// installSlot installs policy on a claimed slot whose record, as prepared,
+// is srec.
+func (n *Net) installSlot(ctx context.Context, srec *record, lease netns.Lease, policy firewall.Policy) error {
 	// What the slot was prepared with, so the claim rewrites only the
 	// chains that differ (everything is verified afterwards).
 	n.ver = srec.version()
@@ -277,14 +320,11 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 		}
 	}
 	host, err := netns.Current()
-	if err == nil {
-		err = n.install(ctx, host, *srec.Lease, policy)
-		host.Close()
-	}
 	if err != nil {
-		return nil, errors.Join(err, n.teardown())
+		return err
 	}
-	return n, nil
+	defer host.Close()
+	return n.install(ctx, host, lease, policy)
 }
 
 // Maintain destroys used slots and claimed slots whose owner is gone, and
@@ -439,8 +479,26 @@ func destroySlot(sdir string, owner sandbox.Key) (bool, error) {
 // allows nothing, which needs no slot, or the network is a micro-VM's:
 // pool slots have no tap).
 func Acquire(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
+	n, err := Begin(ctx, cfg, dir, key, policy)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("network claim: %w", errors.Join(err, n.Close()))
+	}
+	return n, nil
+}
+
+// Begin is Acquire that returns as soon as the sandbox's namespace is
+// known. From a pool slot it returns before the policy is installed and
+// installs it in the background, while the caller starts the sandbox's
+// init in the namespace: the slot's rules, as prepared and verified, let
+// nothing out until the policy's are applied and verified. The caller
+// must not start the workload before Wait returned nil. Close waits for
+// the installation. Any other network is complete when Begin returns.
+func Begin(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	if policy.Networked() && cfg.Link == LinkVeth {
-		n, err := Claim(ctx, cfg, dir, key, policy)
+		n, err := claim(ctx, cfg, dir, key, policy)
 		if !errors.Is(err, ErrPoolEmpty) {
 			return n, err
 		}

@@ -1,14 +1,15 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -207,12 +208,94 @@ func TestUsedSlotIsShut(t *testing.T) {
 	if err := echo(left, "after"); err == nil {
 		t.Error("a connection left open in a used slot still works")
 	}
-	hc, err := nftables.New()
+	host, err := netns.Current()
 	if err != nil {
 		t.Fatal(err)
 	}
-	closed := firewall.BuildHostClosed(srec.Names.HostIf)
-	if err := firewall.VerifyHostPart(hc, &closed); err != nil {
-		t.Errorf("used slot's host chains: %v", err)
+	defer host.Close()
+	if down, err := netns.IsDown(host, srec.Names.HostIf); err != nil || !down {
+		t.Errorf("used slot's host link: down %v, %v", down, err)
 	}
+}
+
+// TestBeginWaitsForRules: Begin returns a pool slot's namespace before its
+// policy is installed; Wait does not return until the rules are applied
+// and verified, and reports a failed installation, after which Close
+// leaves nothing behind.
+func TestBeginWaitsForRules(t *testing.T) {
+	e := newEnv(t)
+	t.Cleanup(func() {
+		if err := Drain(t.Context(), e.cfg); err != nil {
+			t.Error(err)
+		}
+	})
+	if made, err := Fill(t.Context(), e.cfg, 2); err != nil || made != 2 {
+		t.Fatalf("fill: %d %v", made, err)
+	}
+	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
+
+	t.Run("held installation", func(t *testing.T) {
+		release := make(chan struct{})
+		cfg := e.cfg
+		cfg.step = func(name string) {
+			if name == "host-rules" {
+				<-release
+			}
+		}
+		dir, key := e.sandboxDir(t, "begin")
+		n, err := Begin(t.Context(), cfg, dir, key, p)
+		if err != nil {
+			close(release)
+			t.Fatal(err)
+		}
+		if n.File() == nil || !n.Addr().IsValid() || !strings.Contains(string(n.ResolvConf()), "no DNS") {
+			t.Errorf("a pending network has no namespace, address or resolv.conf: %v %v %q", n.File(), n.Addr(), n.ResolvConf())
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		err = n.Wait(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Wait returned %v while the installation was held, want a timeout", err)
+		}
+		close(release)
+		if err := n.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		runProbes(t, "installed", &testutil.Probe{NS: n.ns}, []probe{
+			tcp("allowed", peerA, 8080, true),
+			tcp("other host", peerB, 8080, false),
+		})
+		if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+			t.Fatal(err, rep.Err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("failed installation", func(t *testing.T) {
+		cfg := e.cfg
+		cfg.fail = failOnce("applied")
+		dir, key := e.sandboxDir(t, "begin-fails")
+		n, err := Begin(t.Context(), cfg, dir, key, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Wait(t.Context()); !errors.Is(err, errInjected) {
+			t.Fatalf("Wait: %v, want the injected failure", err)
+		}
+		if _, err := n.Verify(t.Context()); err == nil {
+			t.Error("Verify of a network whose installation failed succeeded")
+		}
+		slot := n.slot.dir
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if st := slotStates(t, e.cfg)[filepath.Base(slot)]; st != stateUsed {
+			t.Errorf("slot of a failed installation is %q, want %q", st, stateUsed)
+		}
+		if _, err := os.Stat(filepath.Join(dir, RecordFile)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("record left after Close: %v", err)
+		}
+	})
 }

@@ -50,7 +50,47 @@ type Net struct {
 	prunes  sync.WaitGroup
 	pruneMu sync.Mutex
 
+	// ready is closed once the policy the network was made with is
+	// applied and verified, or failed to be (installErr); pending is that
+	// policy's target (without services) until then. A Net from Begin
+	// installs in the background; every other Net is ready when made.
+	ready      chan struct{}
+	installErr error
+	pending    *firewall.Target
+
 	closed bool
+}
+
+// readyNow is the ready channel of a Net that installs nothing in the
+// background.
+func readyNow() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// Wait waits until the policy the network was made with is applied, read
+// back and verified, and returns what went wrong if it was not. The
+// workload must not start before Wait returned nil. For a Net not made by
+// Begin it returns at once.
+func (n *Net) Wait(ctx context.Context) error {
+	select {
+	case <-n.ready:
+		return n.installErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// target returns the applied target, or the pending one while the
+// installation runs. The caller holds n.mu.
+func (n *Net) target() *firewall.Target {
+	select {
+	case <-n.ready:
+		return n.tgt
+	default:
+		return n.pending
+	}
 }
 
 // File returns the sandbox's network namespace, for setns(2) by the jail
@@ -81,7 +121,7 @@ func (n *Net) Path() string {
 func (n *Net) ResolvConf() []byte {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return resolvConf(n.tgt)
+	return resolvConf(n.target())
 }
 
 func resolvConf(t *firewall.Target) []byte {
@@ -95,20 +135,22 @@ func resolvConf(t *firewall.Target) []byte {
 func (n *Net) Addr() netip.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.tgt == nil || n.ns == nil {
+	t := n.target()
+	if t == nil || n.ns == nil {
 		return netip.Addr{}
 	}
-	return n.tgt.SandboxAddr
+	return t.SandboxAddr
 }
 
 // Gateway returns the host side of the link (invalid when File is nil).
 func (n *Net) Gateway() netip.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.tgt == nil || n.ns == nil {
+	t := n.target()
+	if t == nil || n.ns == nil {
 		return netip.Addr{}
 	}
-	return n.tgt.HostAddr
+	return t.HostAddr
 }
 
 // Setup gives the sandbox key (state directory dir) its network for
@@ -124,7 +166,7 @@ func Setup(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	if !key.Valid() {
 		return nil, fmt.Errorf("network setup: invalid sandbox key %q", key)
 	}
-	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key))}
+	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger.With("sandbox_key", string(key)), ready: readyNow()}
 	if !policy.Networked() {
 		return n, nil
 	}
@@ -467,6 +509,9 @@ func DefaultResolver() (string, error) {
 //     were put back (if putting them back failed too, the error says so,
 //     and Verify reports what the kernel holds).
 func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
+	if err := n.Wait(ctx); err != nil {
+		return fmt.Errorf("network update: %w", err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -530,6 +575,9 @@ type Report struct {
 // Verify reads both rulesets back and checks them against the policy. The
 // returned error is about reading; a mismatch is in Report.Err.
 func (n *Net) Verify(ctx context.Context) (Report, error) {
+	if err := n.Wait(ctx); err != nil {
+		return Report{}, fmt.Errorf("network verify: %w", err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.ns == nil {
@@ -581,6 +629,7 @@ func (n *Net) Close() error {
 		return nil
 	}
 	n.closed = true
+	<-n.ready // the installation writes what teardown removes
 	n.prunes.Wait()
 	if n.rec == nil {
 		return nil
