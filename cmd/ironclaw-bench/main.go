@@ -120,6 +120,7 @@ func jail(args []string) error {
 	fs := flag.NewFlagSet("jail", flag.ExitOnError)
 	var c common
 	c.register(fs)
+	baseline := fs.String("baseline", "", "an earlier ironclaw binary (with its ironclaw-agent beside it) to run the default case with too")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -146,13 +147,17 @@ func jail(args []string) error {
 		"--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", work, "/workspace", "--chdir", "/workspace",
 		"--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--cap-drop", "ALL", "/bin/true"}
 	ic := []string{c.ironclaw, "--root", c.root, "run"}
-	rep, err := bench.Run(context.Background(), "ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, []bench.Contestant{
+	cs := []bench.Contestant{
 		command("ironclaw (default limits: cgroups + Landlock)", append(ic, "--", "/bin/true")...),
 		command("ironclaw --memory 0 --pids 0 (no cgroup)", append(ic, "--memory", "0", "--pids", "0", "--", "/bin/true")...),
 		command("bwrap", bw...),
 		command("ironclaw --version (the CLI's own start, no sandbox)", c.ironclaw, "--version"),
 		command("exec /bin/true", "/bin/true"),
-	})
+	}
+	if *baseline != "" {
+		cs = append(cs, command("baseline build, default limits", *baseline, "--root", c.root, "run", "--", "/bin/true"))
+	}
+	rep, err := bench.Run(context.Background(), "ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err
 	}
