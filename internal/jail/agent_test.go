@@ -95,6 +95,14 @@ func TestAgentExecsAreConfined(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// Init runs with one P: an idle agent then keeps fewer threads and
+	// less memory; its commands do not inherit the setting.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", sb.PID())); err != nil || !strings.Contains(string(env), "GOMAXPROCS=1\x00") {
+		t.Errorf("init's environment %q (%v) lacks GOMAXPROCS=1", env, err)
+	}
+	if out, _ := execOut(t, c, agentapi.ExecSpec{Argv: []string{"env"}}); strings.Contains(out, "GOMAXPROCS") {
+		t.Errorf("a command inherited init's GOMAXPROCS:\n%s", out)
+	}
 	// Files land in the workspace.
 	if _, err := c.WriteFile(context.Background(), "/workspace/hello.txt", strings.NewReader("hi"), 0o644, 0); err != nil {
 		t.Fatal(err)
