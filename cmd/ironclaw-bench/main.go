@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 
 	"github.com/ironclaw/ironclaw/internal/bench"
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/state"
 )
 
 func main() {
@@ -89,6 +91,15 @@ func (c *common) setup() (cleanup func(), err error) {
 		}
 		c.root = filepath.Join(dir, "state")
 		cleanup = func() {
+			// The roots' sandboxes are gone; their parent cgroups (made
+			// on first use, kept while a root lives) go with the roots.
+			if h, err := cgroup.Detect(); err == nil {
+				for _, r := range []string{c.root, c.root + "-baseline"} {
+					if err := h.RemoveParents(state.NameOf(r)); err != nil {
+						fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
+					}
+				}
+			}
 			if err := unmount(); err != nil {
 				fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
 			}

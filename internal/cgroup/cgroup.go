@@ -670,3 +670,27 @@ func threadCgroup(ctl string) (string, error) {
 	}
 	return "", fmt.Errorf("own cgroup: no v1 hierarchy with the %s controller in /proc/thread-self/cgroup", ctl)
 }
+
+// RemoveParents removes the empty parent groups named name (state.Root.Name)
+// that the sandboxes of one state root were made under, on every hierarchy
+// of this host: for a root that is done with, such as a benchmark's
+// temporary one. A parent that does not exist is skipped; one that still has
+// groups in it is an error.
+func (h *Host) RemoveParents(name string) error {
+	var dirs []string
+	switch h.Version {
+	case V1:
+		for _, c := range controllers {
+			dirs = append(dirs, filepath.Join(h.Mount, c, name))
+		}
+	default:
+		dirs = append(dirs, filepath.Join(h.Mount, name))
+	}
+	var errs []error
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove cgroup parent: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

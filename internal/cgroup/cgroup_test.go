@@ -268,3 +268,34 @@ func v2CgroupOf(t *testing.T, file string) string {
 	t.Fatalf("%s has no cgroup v2 line: %q", file, b)
 	return ""
 }
+
+func TestRemoveParents(t *testing.T) {
+	testutil.RequireRoot(t)
+	h, err := Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Require(t, h.Available["pids"], "needs the pids controller")
+	name := "ironclaw-cgparent-" + strconv.Itoa(os.Getpid())
+	g, err := h.Create("/"+name+"/g", sandbox.Resources{Pids: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RemoveParents(name); err == nil {
+		t.Error("RemoveParents removed (or claimed to) a parent that still holds a group")
+	}
+	if err := g.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RemoveParents(name); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range h.Paths("/"+name, sandbox.Resources{Pids: 10}) {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s remains (%v)", p, err)
+		}
+	}
+	if err := h.RemoveParents(name); err != nil {
+		t.Errorf("second RemoveParents = %v", err)
+	}
+}

@@ -83,11 +83,15 @@ func (r *Root) Dir() string { return r.dir }
 // "ironclaw" for the default root and "ironclaw-<hash>" for any other, so
 // that two IronClaw instances with different roots (two test suites, say)
 // never share a cgroup parent.
-func (r *Root) Name() string {
-	if r.dir == DefaultRoot {
+func (r *Root) Name() string { return NameOf(r.dir) }
+
+// NameOf is Root.Name of the state directory dir (absolute and clean), for
+// callers that clean up after a root without opening it.
+func NameOf(dir string) string {
+	if dir == DefaultRoot {
 		return "ironclaw"
 	}
-	sum := sha256.Sum256([]byte(r.dir))
+	sum := sha256.Sum256([]byte(dir))
 	return "ironclaw-" + hex.EncodeToString(sum[:4])
 }
 
