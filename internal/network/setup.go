@@ -221,9 +221,13 @@ func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 		}
 		n.cfg.at("tap")
 	}
-	// The link is new, so the host table holds nothing of it: the first
-	// install only adds elements (verification catches a stale one).
-	n.prevPart = &firewall.HostPart{Iface: names.HostIf}
+	// The link is new, but its name is a hash of the sandbox's key, and
+	// an earlier owner of that name (another root, a failed removal) may
+	// have left elements under it. Verification by key cannot see those,
+	// and this Net's versions start where that owner's did: so the first
+	// install reads the link's elements back, deletes what it would not
+	// have made, and verifies the host part in full.
+	n.prevPart = nil
 	return n.install(ctx, host, lease, policy)
 }
 
