@@ -532,11 +532,20 @@ func removeOne(dir string) error {
 	}
 }
 
+// killAll sends SIGKILL to every process in the group dir: through
+// cgroup.kill where the kernel has it, else to each process listed. A
+// threaded cgroup v2 group (the workloads' pids group of a long-lived
+// sandbox) supports neither cgroup.kill nor cgroup.procs; its
+// cgroup.threads lists thread IDs, and kill(2) of a thread ID kills the
+// thread's whole process.
 func killAll(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err == nil {
 		return nil
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if errors.Is(err, syscall.EOPNOTSUPP) {
+		b, err = os.ReadFile(filepath.Join(dir, "cgroup.threads"))
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil

@@ -299,3 +299,61 @@ func TestRemoveParents(t *testing.T) {
 		t.Errorf("second RemoveParents = %v", err)
 	}
 }
+
+// TestRemoveKillsInAThreadedGroup: Remove of a live group whose threaded
+// child holds a process's thread (the workloads' pids group of a long-lived
+// sandbox on cgroup v2) kills it, though a threaded group supports neither
+// cgroup.kill nor cgroup.procs.
+func TestRemoveKillsInAThreadedGroup(t *testing.T) {
+	testutil.RequireRoot(t)
+	mount := "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
+		mount = "/sys/fs/cgroup"
+	}
+	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
+	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
+	parent := filepath.Join(mount, "ironclaw-test-threadkill-"+strconv.Itoa(os.Getpid()))
+	child := filepath.Join(parent, "work")
+	for _, d := range []string{parent, child} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- sleeper.Wait() }()
+	t.Cleanup(func() {
+		sleeper.Process.Kill()
+		os.Remove(child)
+		os.Remove(parent)
+	})
+	pid := strconv.Itoa(sleeper.Process.Pid)
+	if err := os.WriteFile(filepath.Join(parent, "cgroup.procs"), []byte(pid), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeThreaded(parent, child); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(child, "cgroup.threads"), []byte(pid), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(child, "cgroup.kill"), []byte("1"), 0); err == nil {
+		t.Log("this kernel supports cgroup.kill in a threaded group; the fallback is not exercised")
+	}
+	if err := Remove([]string{child, parent}); err != nil {
+		t.Fatalf("Remove of a live threaded group: %v", err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the process in the threaded group survived Remove")
+	}
+	for _, d := range []string{child, parent} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s remains (%v)", d, err)
+		}
+	}
+}
