@@ -629,7 +629,7 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 			// A waitid blocked for init's whole life would hold an OS
 			// thread just the same: wait for the exit in the netpoller
 			// first, then reap.
-			waitExited(pidfd)
+			waitExited(cmd.Process.Pid)
 		}
 		s.initErr = cmd.Wait()
 		close(s.exited)
@@ -637,17 +637,16 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 	return <-started
 }
 
-// waitExited returns once the process of pidfd has exited (its pidfd
-// polls readable then), waiting in the runtime's netpoller rather than in
-// a blocked system call. On any error it returns at once, and the caller's
-// waitid blocks instead.
-func waitExited(pidfd int) {
-	fd, err := unix.FcntlInt(uintptr(pidfd), unix.F_DUPFD_CLOEXEC, 0)
+// waitExited returns once the child pid has exited (a pidfd of it polls
+// readable then), waiting in the runtime's netpoller rather than in a
+// blocked system call. On any error it returns at once, and the caller's
+// waitid blocks instead. The pidfd is a fresh one opened non-blocking
+// (pid is an unreaped child, so it cannot name another process): setting
+// O_NONBLOCK on a duplicate of the sandbox's pidfd would also make the
+// caller's waitid on that open file return EAGAIN early.
+func waitExited(pid int) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
-		return
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
 		return
 	}
 	f := os.NewFile(uintptr(fd), "pidfd")
