@@ -57,11 +57,16 @@ func ForgetReclaimed(ctx context.Context, dir string, keys []sandbox.Key) (int, 
 		if !gone[sandbox.KeyOf(r.BackendID)] {
 			continue
 		}
-		if err := st.DeleteSandbox(ctx, r.ID); err != nil {
+		// Guarded: a daemon may have started meanwhile, dropped this
+		// row and let a client re-create the ID.
+		deleted, err := st.DeleteSandboxRecord(ctx, &r)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		n++
+		if deleted {
+			n++
+		}
 	}
 	return n, errors.Join(errs...)
 }

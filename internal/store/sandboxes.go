@@ -157,6 +157,23 @@ func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
 	return nil
 }
 
+// DeleteSandboxRecord deletes the record r was read from, and not a newer
+// record that took the same ID since (a sandbox re-created under its ID):
+// it matches the backend ID and the creation time too. It reports whether
+// a record was deleted.
+func (s *Store) DeleteSandboxRecord(ctx context.Context, r *SandboxRow) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ? AND backend_id = ? AND created_ns = ?`,
+		r.ID, r.BackendID, unixNano(r.Created))
+	if err != nil {
+		return false, fmt.Errorf("delete sandbox record %q: %w", r.ID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("delete sandbox record %q: %w", r.ID, err)
+	}
+	return n > 0, nil
+}
+
 // Sandbox returns the record of id, or ErrNoRow.
 func (s *Store) Sandbox(ctx context.Context, id string) (*SandboxRow, error) {
 	rows, err := s.querySandboxes(ctx, " WHERE id = ?", id)

@@ -149,3 +149,34 @@ func TestConcurrentCreatesOneHandle(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteSandboxRecordSparesAReCreatedID: a record read before its
+// sandbox was dropped and its ID re-created deletes nothing of the new one.
+func TestDeleteSandboxRecordSparesAReCreatedID(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTemp(t)
+	now := time.Now().Truncate(time.Microsecond)
+	old := &SandboxRow{ID: "foo", BackendID: "foo", Backend: "jail", State: StateRunning, Token: []byte("t"), Created: now}
+	if err := s.InsertSandbox(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSandbox(ctx, "foo"); err != nil {
+		t.Fatal(err)
+	}
+	renewed := &SandboxRow{ID: "foo", BackendID: "foo", Backend: "jail", State: StateRunning, Token: []byte("t"), Created: now.Add(time.Second)}
+	if err := s.InsertSandbox(ctx, renewed); err != nil {
+		t.Fatal(err)
+	}
+	if deleted, err := s.DeleteSandboxRecord(ctx, old); err != nil || deleted {
+		t.Fatalf("DeleteSandboxRecord(stale row) = %v, %v; want nothing deleted", deleted, err)
+	}
+	if _, err := s.Sandbox(ctx, "foo"); err != nil {
+		t.Fatalf("the re-created record is gone: %v", err)
+	}
+	if deleted, err := s.DeleteSandboxRecord(ctx, renewed); err != nil || !deleted {
+		t.Fatalf("DeleteSandboxRecord(current row) = %v, %v; want deleted", deleted, err)
+	}
+	if _, err := s.Sandbox(ctx, "foo"); !errors.Is(err, ErrNoRow) {
+		t.Fatalf("after deleting the current record: %v, want ErrNoRow", err)
+	}
+}
