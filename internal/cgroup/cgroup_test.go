@@ -153,12 +153,7 @@ func TestPidsChildPath(t *testing.T) {
 // process it forks starts in the child.
 func TestThreadedSplitOnUnified(t *testing.T) {
 	testutil.RequireRoot(t)
-	mount := "/sys/fs/cgroup/unified"
-	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
-		mount = "/sys/fs/cgroup"
-	}
-	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
-	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
+	mount := v2Mount(t)
 	orig := v2CgroupOf(t, "/proc/self/cgroup")
 	rel := "/ironclaw-test-threaded-" + strconv.Itoa(os.Getpid())
 	parent := filepath.Join(mount, rel)
@@ -306,12 +301,7 @@ func TestRemoveParents(t *testing.T) {
 // cgroup.kill nor cgroup.procs.
 func TestRemoveKillsInAThreadedGroup(t *testing.T) {
 	testutil.RequireRoot(t)
-	mount := "/sys/fs/cgroup/unified"
-	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
-		mount = "/sys/fs/cgroup"
-	}
-	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
-	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
+	mount := v2Mount(t)
 	parent := filepath.Join(mount, "ironclaw-test-threadkill-"+strconv.Itoa(os.Getpid()))
 	child := filepath.Join(parent, "work")
 	for _, d := range []string{parent, child} {
@@ -356,4 +346,17 @@ func TestRemoveKillsInAThreadedGroup(t *testing.T) {
 			t.Errorf("%s remains (%v)", d, err)
 		}
 	}
+}
+
+// v2Mount returns where this host mounts a cgroup v2 hierarchy (the unified
+// mount of a hybrid host, or /sys/fs/cgroup), or skips the test.
+func v2Mount(t *testing.T) string {
+	t.Helper()
+	mount := "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err != nil {
+		mount = "/sys/fs/cgroup"
+	}
+	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
+	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
+	return mount
 }
