@@ -13,4 +13,8 @@ var (
 	// ErrVerify marks a ruleset read back from the kernel that differs from
 	// the one that was applied.
 	ErrVerify = errors.New("firewall verification failed")
+	// ErrOldLayoutInUse marks a host table that still dispatches live
+	// sandboxes of an earlier IronClaw through its old layout: rewriting
+	// its base chains would strip their host-side rules.
+	ErrOldLayoutInUse = errors.New("host firewall table in use by an earlier IronClaw's sandboxes")
 )

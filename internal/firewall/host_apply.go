@@ -21,6 +21,16 @@ func EnsureHostBase(c *nftables.Conn) error {
 	if verifyHostBase(c, base) == nil {
 		return nil
 	}
+	// A table of the earlier layout whose maps still name links would
+	// lose those sandboxes' host-side rules and NAT in the rewrite: fail
+	// closed until they are gone (their owner removes their entries, or
+	// gc removes the entries of links that no longer exist).
+	if links, err := OldLayoutLinks(c); err != nil {
+		return fmt.Errorf("apply host base: %w", err)
+	} else if len(links) > 0 {
+		return fmt.Errorf("apply host base: %w: links %s; let those sandboxes end, run `ironclaw gc`, and retry",
+			ErrOldLayoutInUse, strings.Join(links, ", "))
+	}
 	t := table()
 	c.AddTable(t)
 	for _, d := range hostSets {

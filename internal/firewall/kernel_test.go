@@ -371,6 +371,25 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	if err != nil || slices.Contains(first, "map fwd_in") || slices.Contains(first, "chain ic-abcdef-fwd-in") || !slices.Contains(first, "chain ic-abcdef-fwd-out") {
 		t.Fatalf("before the rewrite: removed %v, %v", first, err)
 	}
+	// fwd_in still dispatches link icabcdef: the rewrite is refused (it
+	// would strip that sandbox's host side) and changes nothing.
+	if links, err := OldLayoutLinks(c); err != nil || !slices.Equal(links, []string{"icabcdef"}) {
+		t.Fatalf("OldLayoutLinks = %v, %v; want [icabcdef]", links, err)
+	}
+	if err := EnsureHostBase(c); !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "icabcdef") {
+		t.Fatalf("EnsureHostBase over a live old layout = %v, want ErrOldLayoutInUse naming the link", err)
+	}
+	if rules, err := c.GetRules(tb, fwd); err != nil || len(rules) != 1 {
+		t.Fatalf("the refused rewrite touched the old base chain: %d rules, %v", len(rules), err)
+	}
+	// Once that link is gone, gc deletes its entries; then the rewrite
+	// goes ahead.
+	if err := DeleteOldLayoutLinks(c, []string{"icabcdef"}); err != nil {
+		t.Fatal(err)
+	}
+	if links, err := OldLayoutLinks(c); err != nil || len(links) != 0 {
+		t.Fatalf("OldLayoutLinks after deleting = %v, %v", links, err)
+	}
 	if err := EnsureHostBase(c); err != nil {
 		t.Fatal(err)
 	}

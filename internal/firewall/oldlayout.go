@@ -17,7 +17,10 @@ import (
 // maps (fwd_in, fwd_out, local_in, nat_pre, nat_post). EnsureHostBase
 // rewrites the base chains of such a table, after which nothing reaches
 // those chains and maps any more, but they stay. RemoveOldLayout removes
-// them.
+// them. While the old maps still hold entries (live sandboxes of the
+// earlier IronClaw, which would lose their host-side rules and NAT),
+// EnsureHostBase refuses the rewrite (ErrOldLayoutInUse); entries of links
+// that are gone are deleted by DeleteOldLayoutLinks (`ironclaw gc`).
 
 // oldHostMaps are the names of the earlier layout's verdict maps.
 var oldHostMaps = []string{"fwd_in", "fwd_out", "local_in", "nat_pre", "nat_post"}
@@ -153,4 +156,92 @@ func verdictChain(val []byte) string {
 		return ""
 	}
 	return chain
+}
+
+// OldLayoutLinks returns the interface names the earlier layout's verdict
+// maps in IronClaw's host table still hold entries for (sorted, without
+// duplicates); none without the table or the maps.
+func OldLayoutLinks(c *nftables.Conn) ([]string, error) {
+	maps, err := oldLayoutMaps(c)
+	if err != nil {
+		return nil, err
+	}
+	var links []string
+	for _, s := range maps {
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("old host layout: elements of %s: %w", s.Name, err)
+		}
+		for _, el := range els {
+			if n := strings.TrimRight(string(el.Key), "\x00"); n != "" {
+				links = append(links, n)
+			}
+		}
+	}
+	slices.Sort(links)
+	return slices.Compact(links), nil
+}
+
+// DeleteOldLayoutLinks deletes, in one transaction, the entries of the
+// earlier layout's verdict maps keyed by the interface names links (those
+// of sandboxes that no longer exist), so that EnsureHostBase may rewrite
+// the table and RemoveOldLayout remove what is left.
+func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
+	if len(links) == 0 {
+		return nil
+	}
+	maps, err := oldLayoutMaps(c)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, s := range maps {
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return fmt.Errorf("old host layout: elements of %s: %w", s.Name, err)
+		}
+		var del []nftables.SetElement
+		for _, el := range els {
+			if slices.Contains(links, strings.TrimRight(string(el.Key), "\x00")) {
+				del = append(del, nftables.SetElement{Key: el.Key})
+			}
+		}
+		if len(del) == 0 {
+			continue
+		}
+		if err := c.SetDeleteElements(s, del); err != nil {
+			return fmt.Errorf("old host layout: delete entries of %s: %w", s.Name, err)
+		}
+		n += len(del)
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("old host layout: delete entries of %s: %w", strings.Join(links, ", "), err)
+	}
+	return nil
+}
+
+// oldLayoutMaps returns the earlier layout's verdict maps present in
+// IronClaw's host table.
+func oldLayoutMaps(c *nftables.Conn) ([]*nftables.Set, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("old host layout: list tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == TableName }) {
+		return nil, nil
+	}
+	sets, err := c.GetSets(table())
+	if err != nil {
+		return nil, fmt.Errorf("old host layout: list sets: %w", err)
+	}
+	var maps []*nftables.Set
+	for _, s := range sets {
+		if slices.Contains(oldHostMaps, s.Name) && verdictMap(s) {
+			maps = append(maps, s)
+		}
+	}
+	return maps, nil
 }

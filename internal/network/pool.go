@@ -369,11 +369,42 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 }
 
 // removeOldLayout removes the unused objects of an earlier host firewall
-// layout and logs what it removed.
+// layout and logs what it removed. Entries of its maps for links that no
+// longer exist (sandboxes of an earlier IronClaw that died without cleaning
+// up) go first: while any entry is left, EnsureHostBase refuses to rewrite
+// the table (firewall.ErrOldLayoutInUse).
 func removeOldLayout(c Config) error {
 	hc, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("remove old host firewall layout: %w", err)
+	}
+	links, err := firewall.OldLayoutLinks(hc)
+	if err != nil {
+		return fmt.Errorf("remove old host firewall layout: %w", err)
+	}
+	if len(links) > 0 {
+		host, err := netns.Current()
+		if err != nil {
+			return fmt.Errorf("remove old host firewall layout: %w", err)
+		}
+		var dead []string
+		for _, l := range links {
+			ok, err := netns.LinkExists(host, l)
+			if err != nil {
+				host.Close()
+				return fmt.Errorf("remove old host firewall layout: %w", err)
+			}
+			if !ok {
+				dead = append(dead, l)
+			}
+		}
+		host.Close()
+		if err := firewall.DeleteOldLayoutLinks(hc, dead); err != nil {
+			return fmt.Errorf("remove old host firewall layout: %w", err)
+		}
+		if len(dead) > 0 {
+			c.Logger.Info("removed an earlier host firewall layout's entries of links that are gone", "links", dead)
+		}
 	}
 	removed, err := firewall.RemoveOldLayout(hc)
 	if len(removed) > 0 {
