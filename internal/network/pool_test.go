@@ -237,8 +237,10 @@ func TestBeginWaitsForRules(t *testing.T) {
 	t.Run("held installation", func(t *testing.T) {
 		release := make(chan struct{})
 		cfg := e.cfg
+		// Held before either ruleset is committed: the slot's prepared
+		// rules are all there is.
 		cfg.step = func(name string) {
-			if name == "host-rules" {
+			if name == "rules-built" {
 				<-release
 			}
 		}
@@ -257,6 +259,12 @@ func TestBeginWaitsForRules(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Wait returned %v while the installation was held, want a timeout", err)
 		}
+		// Nothing gets out of a pending network, not even to what the
+		// policy being installed allows.
+		runProbes(t, "pending", &testutil.Probe{NS: n.ns}, []probe{
+			tcp("allowed once installed", peerA, 8080, false),
+			tcp("other host", peerB, 8080, false),
+		})
 		close(release)
 		if err := n.Wait(t.Context()); err != nil {
 			t.Fatal(err)

@@ -302,6 +302,7 @@ func (n *Net) apply(t *firewall.Target) error {
 	}
 	prevInner, prevPart := n.prevInner, n.prevPart
 	n.prevInner, n.prevPart = nil, nil
+	n.cfg.at("rules-built")
 	err = n.applyRules(&inner, &part, prevInner, prevPart)
 	if err != nil && (prevInner != nil || prevPart != nil) {
 		// The kernel did not hold what was last applied (someone changed
