@@ -75,8 +75,8 @@ func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 // and until then nothing may pass, not even replies on connections a
 // process left behind in the namespace still holds (orphaned sockets
 // still send what they had queued). It sets the host side of the veth
-// pair down and reads it back: a veth pair with one side down carries
-// nothing either way. The host table keeps the slot's elements until the
+// pair down and reads it back, then the sandbox's side: a veth pair with
+// one side down carries nothing either way. The host table keeps the slot's elements until the
 // slot is destroyed; they cannot match while the link is down, and
 // nothing else may set an IronClaw link up.
 //
@@ -92,6 +92,12 @@ func (n *Net) shutSlot() error {
 	}
 	defer host.Close()
 	if err := netns.SetDown(host, n.rec.Names.HostIf); err != nil {
+		return fmt.Errorf("shut slot: %w", err)
+	}
+	// The sandbox's side too: a host agent that brings links up
+	// (networkd, NetworkManager, an admin) can reach the host side, not
+	// a link inside the slot's namespace.
+	if err := netns.SetDown(n.ns, SandboxIf); err != nil {
 		return fmt.Errorf("shut slot: %w", err)
 	}
 	n.prevInner, n.prevPart = nil, nil

@@ -216,6 +216,24 @@ func TestUsedSlotIsShut(t *testing.T) {
 	if down, err := netns.IsDown(host, srec.Names.HostIf); err != nil || !down {
 		t.Errorf("used slot's host link: down %v, %v", down, err)
 	}
+	// Set back up from the host (as a host agent could), the host side
+	// alone reopens nothing: the sandbox's side stays down.
+	if down, err := netns.IsDown(ns, SandboxIf); err != nil || !down {
+		t.Errorf("used slot's sandbox link: down %v, %v", down, err)
+	}
+	h, err := host.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(srec.Names.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	runProbes(t, "host side up again", &testutil.Probe{NS: ns}, []probe{tcp("allowed while claimed", peerA, 8080, false)})
 }
 
 // TestBeginWaitsForRules: Begin returns a pool slot's namespace before its
