@@ -135,9 +135,6 @@ func TestExecErrors(t *testing.T) {
 // TestExecStream100MB pushes 100 MB through `cat` and checks every byte
 // came back, in order.
 func TestExecStream100MB(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: 100 MB stream")
-	}
 	f := start(t, nil)
 	const size = 100 << 20
 	src := io.LimitReader(rand.NewChaCha8([32]byte{7}), size)

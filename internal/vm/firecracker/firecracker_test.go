@@ -19,7 +19,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/vm/firecracker/standin"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
-	"github.com/ironclaw/ironclaw/internal/vm/vmtest"
 )
 
 const specPath = "testdata/firecracker-api-v1.16.1.yaml"
@@ -302,29 +301,6 @@ func TestJailerArgvAndConfigFile(t *testing.T) {
 	if err := (&Jailer{ChrootBase: "/x", CgroupVersion: 2}).validate(); err == nil {
 		t.Error("uid 0 accepted for a jailed VM")
 	}
-}
-
-// TestRealFirecracker boots a real Firecracker when the host has one. It is
-// deliberately not behind testutil's privileged gate: a host without
-// Firecracker (or KVM) is a fact about the host, not a CI failure.
-func TestRealFirecracker(t *testing.T) {
-	bin := os.Getenv("IRONCLAW_FIRECRACKER_BIN")
-	if bin == "" || os.Getenv(image.KernelDirEnv) == "" {
-		t.Skip("skipping: set IRONCLAW_FIRECRACKER_BIN and " + image.KernelDirEnv + " to run against a real Firecracker (it needs a usable KVM, which this host lacks)")
-	}
-	img := vmtest.Image(t)
-	dir := t.TempDir()
-	ctx := context.Background()
-	v, err := Start(ctx, Config{Binary: bin, ID: "vm-real", Image: img, Dir: dir, Token: []byte("real-token")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	var out bytes.Buffer
-	if st, err := v.Agent.Exec(ctx, agentapi.ExecSpec{Argv: []string{"uname", "-a"}}, agentapi.ExecIO{Stdout: &out}); err != nil || st.Code != 0 {
-		t.Fatalf("uname: %+v %v", st, err)
-	}
-	t.Logf("guest: %s", out.String())
 }
 
 func TestConfigRejectsIDsThatLeaveTheChroot(t *testing.T) {
