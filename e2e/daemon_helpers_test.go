@@ -54,12 +54,7 @@ func newRoot(t *testing.T) string {
 	testutil.RequireRoot(t)
 	dir := filepath.Join(testutil.SearchableTempDir(t), "state")
 	t.Cleanup(func() {
-		r, err := state.Open(dir)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if err := testutil.Leaks(dir, r.Name()); err != nil {
+		if err := testutil.Leaks(dir, state.NameOf(dir)); err != nil {
 			t.Errorf("state root %s: %v", dir, err)
 		}
 	})

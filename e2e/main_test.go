@@ -31,29 +31,14 @@ func testMain(m *testing.M) int {
 		// IRONCLAW_TEST_PRIVILEGED=1) one by one.
 		return m.Run()
 	}
-	tmp, err := os.MkdirTemp("", "ironclaw-e2e-")
-	if err != nil {
+	var err error
+	if bin, root, err = testutil.BuildSuite("ironclaw-e2e-"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
-	if err := os.Chmod(tmp, 0o711); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	bin = filepath.Join(tmp, "ironclaw")
-	if err := testutil.BuildCommands(tmp, "ironclaw", "ironclaw-agent"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	root = filepath.Join(tmp, "state")
+	defer os.RemoveAll(filepath.Dir(root))
 	code := m.Run()
-	r, err := state.Open(root)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := testutil.Leaks(root, r.Name()); err != nil {
+	if err := testutil.Leaks(root, state.NameOf(root)); err != nil {
 		fmt.Fprintln(os.Stderr, "LEAK CHECK FAILED:", err)
 		return 1
 	}

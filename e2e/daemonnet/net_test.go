@@ -2,7 +2,6 @@ package daemonnet
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -23,17 +22,7 @@ var bin, root string
 
 func TestMain(m *testing.M) {
 	testutil.HostNetNSMain(m, func() error {
-		if root == "" {
-			return nil
-		}
-		r, err := state.Open(root)
-		if err != nil {
-			return err
-		}
-		if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
-			return fmt.Errorf("leaked links %v (%v)", links, err)
-		}
-		return testutil.Leaks(root, r.Name())
+		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
 	})
 }
 
@@ -43,15 +32,10 @@ func build(t *testing.T) {
 	if bin != "" {
 		return
 	}
-	keep, err := os.MkdirTemp("", "ironclaw-daemonnet-")
-	if err != nil {
+	var err error
+	if bin, root, err = testutil.BuildSuite("ironclaw-daemonnet-"); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(keep, 0o711)
-	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
-		t.Fatal(err)
-	}
-	bin, root = filepath.Join(keep, "ironclaw"), filepath.Join(keep, "state")
 }
 
 type daemon struct {

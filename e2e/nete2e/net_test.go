@@ -3,15 +3,14 @@ package nete2e
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -20,17 +19,7 @@ var bin, root string
 
 func TestMain(m *testing.M) {
 	testutil.HostNetNSMain(m, func() error {
-		if root == "" {
-			return nil
-		}
-		r, err := state.Open(root)
-		if err != nil {
-			return err
-		}
-		if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
-			return fmt.Errorf("leaked links %v (%v)", links, err)
-		}
-		return testutil.Leaks(root, r.Name())
+		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
 	})
 }
 
@@ -41,18 +30,10 @@ func build(t *testing.T) {
 	if bin != "" {
 		return
 	}
-	// The binaries and the state root must outlive this test: later tests
-	// use them, and TestMain's leak check reads the root.
-	keep, err := os.MkdirTemp("", "ironclaw-nete2e-")
-	if err != nil {
+	var err error
+	if bin, root, err = testutil.BuildSuite("ironclaw-nete2e-"); err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(keep, 0o711)
-	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
-		t.Fatal(err)
-	}
-	bin = filepath.Join(keep, "ironclaw")
-	root = filepath.Join(keep, "state")
 }
 
 // connect runs a python3 TCP/UDP client inside a fresh sandbox with the

@@ -39,45 +39,8 @@ var bin, root string
 
 func TestMain(m *testing.M) {
 	testutil.HostNetNSMain(m, func() error {
-		if root == "" {
-			return nil
-		}
-		var problems []string
-		if links, err := testutil.LeakedLinks(network.IfPrefix); err != nil || len(links) > 0 {
-			problems = append(problems, fmt.Sprintf("links %v (%v)", links, err))
-		}
-		if mounts, err := testutil.LeakedMounts(""); err != nil || len(mounts) > 0 {
-			problems = append(problems, fmt.Sprintf("netns mounts %v (%v)", mounts, err))
-		}
-		if procs := processesMentioning(root); len(procs) > 0 {
-			problems = append(problems, fmt.Sprintf("processes %v", procs))
-		}
-		r, err := state.Open(root)
-		if err == nil {
-			err = testutil.Leaks(root, r.Name())
-		}
-		if err != nil {
-			problems = append(problems, err.Error())
-		}
-		if len(problems) > 0 {
-			return errors.New(strings.Join(problems, "; "))
-		}
-		return nil
+		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
 	})
-}
-
-// processesMentioning lists processes whose command line names dir (a
-// QEMU's arguments name its sandbox directory).
-func processesMentioning(dir string) []string {
-	var out []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err == nil && bytes.Contains(b, []byte(dir+"/")) {
-			out = append(out, filepath.Base(filepath.Dir(p))+": "+string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
-		}
-	}
-	return out
 }
 
 // setup gates the test and builds ironclaw and ironclaw-agent once.
@@ -91,17 +54,10 @@ func setup(t *testing.T) {
 	if bin != "" {
 		return
 	}
-	keep, err := os.MkdirTemp("", "ironclaw-vme2e-")
-	if err != nil {
+	var err error
+	if bin, root, err = testutil.BuildSuite("ironclaw-vme2e-"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(keep, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	if err := testutil.BuildCommands(keep, "ironclaw", "ironclaw-agent"); err != nil {
-		t.Fatal(err)
-	}
-	bin, root = filepath.Join(keep, "ironclaw"), filepath.Join(keep, "state")
 }
 
 // env is the environment of every ironclaw run: the shared test image

@@ -22,3 +22,22 @@ func BuildCommands(dir string, names ...string) error {
 	}
 	return nil
 }
+
+// BuildSuite builds ironclaw and ironclaw-agent into a fresh directory
+// named after prefix, searchable by the sandboxes' unprivileged uids, for
+// an end-to-end test package whose tests share them. The directory
+// outlives the tests (the package's leak check reads the state root in
+// it). It returns the ironclaw binary and the state root to use.
+func BuildSuite(prefix string) (bin, root string, err error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", "", err
+	}
+	if err := BuildCommands(dir, "ironclaw", "ironclaw-agent"); err != nil {
+		return "", "", err
+	}
+	return filepath.Join(dir, "ironclaw"), filepath.Join(dir, "state"), nil
+}

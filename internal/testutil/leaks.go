@@ -69,3 +69,49 @@ func Leaks(dir, name string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// SuiteLeaks is the leak check of an end-to-end test package whose tests
+// share the state root dir, whose objects are grouped under name
+// (state.Root.Name): links named linkPrefix… and namespace bind mounts left
+// on this host, processes whose command line names a directory of the root
+// (a QEMU names its sandbox's), and what Leaks finds. When nothing leaked
+// it removes the suite's directory (BuildSuite's, the root's parent); on a
+// leak it keeps it for a look. A package that made no root (dir "") has
+// nothing to check.
+func SuiteLeaks(dir, name, linkPrefix string) error {
+	if dir == "" {
+		return nil
+	}
+	var problems []string
+	if links, err := LeakedLinks(linkPrefix); err != nil || len(links) > 0 {
+		problems = append(problems, fmt.Sprintf("links %v (%v)", links, err))
+	}
+	if mounts, err := LeakedMounts(""); err != nil || len(mounts) > 0 {
+		problems = append(problems, fmt.Sprintf("netns mounts %v (%v)", mounts, err))
+	}
+	if procs := processesMentioning(dir); len(procs) > 0 {
+		problems = append(problems, fmt.Sprintf("processes %v", procs))
+	}
+	if err := Leaks(dir, name); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	// Nothing leaked: the suite's directory (binaries, state root) goes.
+	return os.RemoveAll(filepath.Dir(dir))
+}
+
+// processesMentioning lists live processes whose command line names a
+// path below dir.
+func processesMentioning(dir string) []string {
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(dir+"/")) {
+			out = append(out, filepath.Base(filepath.Dir(p))+": "+string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
+		}
+	}
+	return out
+}
