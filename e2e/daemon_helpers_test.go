@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,9 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -121,6 +122,7 @@ func (d *daemon) stop() {
 		return
 	}
 	d.c.Close()
+	spawners := testutil.ChildrenRunning(d.cmd.Process.Pid, spawner.Arg0)
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:
@@ -129,14 +131,17 @@ func (d *daemon) stop() {
 		<-d.exited
 		d.t.Errorf("daemon did not stop on SIGTERM:\n%s", d.log.String())
 	}
+	testutil.RequireGone(d.t, spawners, 10*time.Second)
 	d.cmd = nil
 }
 
-// kill SIGKILLs the daemon.
+// kill SIGKILLs the daemon. Its spawner must end with it.
 func (d *daemon) kill() {
+	spawners := testutil.ChildrenRunning(d.cmd.Process.Pid, spawner.Arg0)
 	d.cmd.Process.Kill()
 	<-d.exited
 	d.c.Close()
+	testutil.RequireGone(d.t, spawners, 10*time.Second)
 	d.cmd = nil
 }
 

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"io"
 	"net"
 	"net/http"
@@ -27,10 +26,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -596,6 +598,11 @@ func TestDaemonKilledMidCreateRecovers(t *testing.T) {
 		if ents, _ := os.ReadDir(filepath.Join(root, "sandboxes")); len(ents) > 14 {
 			break
 		}
+	}
+	// Its sandboxes were forked by its one spawner, which dies with it
+	// (kill checks that).
+	if n := len(testutil.ChildrenRunning(d.cmd.Process.Pid, spawner.Arg0)); n != 1 {
+		t.Errorf("the daemon has %d spawners, want 1", n)
 	}
 	d.kill()
 	wg.Wait()

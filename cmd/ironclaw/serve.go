@@ -200,10 +200,13 @@ func serve(g *globals, f *serveFlags) error {
 		return err
 	}
 	defer st.Close()
-	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: network.Config{Root: root.Dir(), Logger: log}})
+	// The daemon's sandboxes are forked by a spawner: a fork of the
+	// daemon itself copies (and write-protects) its whole heap.
+	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: network.Config{Root: root.Dir(), Logger: log}, Spawner: true})
 	if err != nil {
 		return err
 	}
+	defer j.Close()
 	vmb, autoVM, err := f.vm.daemonBackend(root, log)
 	if err != nil {
 		return err

@@ -27,6 +27,42 @@ func ProcStat(pid int) (ProcTimes, error) {
 	return parseStat(string(b))
 }
 
+// ProcStatWith is ProcStat of pid plus that of each of its children
+// whose argv[0] is arg0 (a daemon and its spawner, whose forks it does).
+func ProcStatWith(pid int, arg0 string) (ProcTimes, error) {
+	t, err := ProcStat(pid)
+	if err != nil {
+		return t, err
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return t, err
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, f := range strings.Fields(string(b)) {
+			child, err := strconv.Atoi(f)
+			if err != nil {
+				return t, fmt.Errorf("parse children of %d: %w", pid, err)
+			}
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child))
+			if err != nil || !strings.HasPrefix(string(cmdline), arg0+"\x00") {
+				continue
+			}
+			ct, err := ProcStat(child)
+			if err != nil {
+				continue // it ended
+			}
+			t.CPU += ct.CPU
+			t.MinFlt += ct.MinFlt
+		}
+	}
+	return t, nil
+}
+
 func parseStat(s string) (ProcTimes, error) {
 	// The command name is in parentheses and may hold spaces and
 	// parentheses: the fields start after the last ')'. Counted from

@@ -9,20 +9,19 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
-
-	"github.com/ironclaw/ironclaw/internal/cgroup"
-	"path/filepath"
-	"strconv"
-
-	"sync"
-	"syscall"
 )
 
 func token(t *testing.T) []byte {
@@ -330,4 +329,79 @@ func threads(t *testing.T) int {
 	}
 	t.Fatal("no Threads in /proc/self/status")
 	return 0
+}
+
+// TestSpawnerStartsPersistentSandboxes: with Config.Spawner, a persistent
+// sandbox's init is a child of the spawner, not of this process, and is
+// confined, supervised and torn down exactly as one forked here.
+func TestSpawnerStartsPersistentSandboxes(t *testing.T) {
+	base, root := newJail(t, nil)
+	j, err := New(Config{Root: root, Exe: base.cfg.Exe, Spawner: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	tok := token(t)
+	var sbs []*Sandbox
+	for _, id := range []string{"spawned-1", "spawned-2"} {
+		sb, err := j.Start(context.Background(), spec(id), Options{Agent: &AgentOptions{Token: tok}, Persistent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Close()
+		sbs = append(sbs, sb)
+	}
+	sb := sbs[0]
+	ppid := statusField(t, sb.PID(), "PPid")
+	if ppid == strconv.Itoa(os.Getpid()) {
+		t.Fatal("init is a child of this process, not of the spawner")
+	}
+	if cmdline, err := os.ReadFile("/proc/" + ppid + "/cmdline"); err != nil || !strings.HasPrefix(string(cmdline), spawner.Arg0+"\x00") {
+		t.Errorf("init's parent %s runs %q (%v), want the spawner", ppid, cmdline, err)
+	}
+	if p2 := statusField(t, sbs[1].PID(), "PPid"); p2 != ppid {
+		t.Errorf("second sandbox's parent %s, want the same spawner %s", p2, ppid)
+	}
+	// Its cgroup holds it, and its commands are confined.
+	if cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", sb.PID())); err != nil || !strings.Contains(string(cg), "/"+root.Name()+"/"+string(sb.Key)) {
+		t.Errorf("init's cgroups %q (%v) are not its sandbox's", cg, err)
+	}
+	c := connect(t, sb, tok)
+	out, st := execOut(t, c, agentapi.ExecSpec{Argv: []string{"sh", "-c", "id -u; grep CapEff /proc/self/status; hostname"}})
+	if st.Code != 0 || out != "1000\nCapEff:\t0000000000000000\nspawned-1\n" {
+		t.Errorf("exec: %+v %q", st, out)
+	}
+	// An init killed from outside is seen to end, with the signal.
+	if err := sb.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the exit of a killed init went unnoticed")
+	}
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := sb.result; r.Signal != syscall.SIGKILL {
+		t.Errorf("result %+v, want SIGKILL", r)
+	}
+	if err := sbs[1].Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func statusField(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
 }

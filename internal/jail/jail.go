@@ -41,6 +41,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/jail/initproc"
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/seccomp"
@@ -71,6 +72,11 @@ type Config struct {
 	// Network configures networked sandboxes (--allow); its Root
 	// defaults to the state root.
 	Network network.Config
+	// Spawner makes the inits of persistent sandboxes be forked by a
+	// spawner process (package spawner) rather than by this one: for a
+	// daemon, whose large heap makes each of its own forks costly. Call
+	// Close to stop it.
+	Spawner bool
 }
 
 // Jail starts sandboxes. It is safe for concurrent use.
@@ -83,6 +89,8 @@ type Jail struct {
 	// Profile files are compiled at every start (their content may change).
 	progMu sync.Mutex
 	progs  map[string]*seccomp.Program
+
+	spawner *spawner.Client // with Config.Spawner
 }
 
 // New returns a jail backend.
@@ -112,7 +120,19 @@ func New(cfg Config) (*Jail, error) {
 		}
 		cfg.Cgroups = h
 	}
-	return &Jail{cfg: cfg}, nil
+	j := &Jail{cfg: cfg}
+	if cfg.Spawner {
+		j.spawner = spawner.New(cfg.Exe, cfg.Logger)
+	}
+	return j, nil
+}
+
+// Close stops the spawner (Config.Spawner). Sandboxes live on.
+func (j *Jail) Close() error {
+	if j.spawner == nil {
+		return nil
+	}
+	return j.spawner.Close()
 }
 
 // IO holds the command's standard streams. Nil means /dev/null. A stream
@@ -202,9 +222,10 @@ type Sandbox struct {
 	ctl     *initproc.Conn
 	master  *os.File // pty master, with TTY
 
-	copies     sync.WaitGroup // output copies to finish before Wait returns
-	exited     chan struct{}  // init has exited
-	initErr    error          // from waiting for init
+	copies     sync.WaitGroup      // output copies to finish before Wait returns
+	exited     chan struct{}       // init has exited
+	initErr    error               // from waiting for init
+	initStatus *syscall.WaitStatus // how init ended, when known (with initErr)
 	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
 	timedOut   chan struct{}
@@ -527,7 +548,11 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		cmd.SysProcAttr.CgroupFD = int(cgFD.Fd())
 	}
 	icfg.Epoch = time.Now().UnixNano()
-	if err := s.spawn(cmd, opts.NetNS); err != nil {
+	spawn := s.spawn
+	if j.spawner != nil && opts.Persistent {
+		spawn = func(cmd *exec.Cmd, netns *os.File) error { return s.spawnVia(j.spawner, cmd, netns) }
+	}
+	if err := spawn(cmd, opts.NetNS); err != nil {
 		return nil, &StartError{Step: "start init", Err: err}
 	}
 	s.mark("spawn")
@@ -632,9 +657,41 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 			waitExited(cmd.Process.Pid)
 		}
 		s.initErr = cmd.Wait()
+		if cmd.ProcessState != nil {
+			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+				s.initStatus = &ws
+			}
+		}
 		close(s.exited)
 	}()
 	return <-started
+}
+
+// spawnVia starts init through the spawner sp instead (a persistent
+// sandbox: no parent-death signal to keep).
+func (s *Sandbox) spawnVia(sp *spawner.Client, cmd *exec.Cmd, netns *os.File) error {
+	files := append([]*os.File{cmd.Stdin.(*os.File), cmd.Stdout.(*os.File), cmd.Stderr.(*os.File)}, cmd.ExtraFiles...)
+	child, err := sp.Spawn(spawner.Spec{Path: cmd.Path, Args: cmd.Args, Env: cmd.Env, Files: files, NetNS: netns, Sys: cmd.SysProcAttr})
+	if err != nil {
+		return err
+	}
+	s.initPID = child.PID
+	s.pidfd = child.PidFD
+	go func() {
+		<-child.Done()
+		if ws, ok := child.Status(); ok {
+			s.initStatus = &ws
+			if ws.Signaled() {
+				s.initErr = fmt.Errorf("signal: %v", ws.Signal())
+			} else if ws.ExitStatus() != 0 {
+				s.initErr = fmt.Errorf("exit status %d", ws.ExitStatus())
+			}
+		} else {
+			s.initErr = errors.New("ended (status unknown: its spawner ended first)")
+		}
+		close(s.exited)
+	}()
+	return nil
 }
 
 // waitExited returns once the child pid has exited (a pidfd of it polls
@@ -996,11 +1053,8 @@ func (s *Sandbox) collect() Result {
 		// Init died without reporting: it was killed (timeout, OOM,
 		// Close), which killed the whole sandbox.
 		r = Result{ExitCode: 128 + int(syscall.SIGKILL), Signal: syscall.SIGKILL}
-		var ee *exec.ExitError
-		if errors.As(s.initErr, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				r = Result{ExitCode: 128 + int(ws.Signal()), Signal: ws.Signal()}
-			}
+		if ws := s.initStatus; ws != nil && ws.Signaled() {
+			r = Result{ExitCode: 128 + int(ws.Signal()), Signal: ws.Signal()}
 		}
 	}
 	select {

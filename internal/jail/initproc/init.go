@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/seccomp"
 )
 
@@ -26,8 +27,11 @@ const Arg0 = "ironclaw-init"
 const ctlFD = 3
 
 // MaybeMain runs the sandbox init and never returns when this process was
-// started as one (argv[0] == Arg0); otherwise it returns at once.
+// started as one (argv[0] == Arg0), and likewise the spawner that forks
+// the inits of a daemon's sandboxes (spawner.Arg0); otherwise it returns
+// at once.
 func MaybeMain() {
+	spawner.MaybeMain()
 	if len(os.Args) == 0 || os.Args[0] != Arg0 {
 		return
 	}

@@ -1,0 +1,50 @@
+package testutil
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ChildrenRunning returns the PIDs of the live children of process pid
+// whose argv[0] is arg0.
+func ChildrenRunning(pid int, arg0 string) []int {
+	var pids []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			child, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child)); err == nil && strings.HasPrefix(string(cmdline), arg0+"\x00") {
+				pids = append(pids, child)
+			}
+		}
+	}
+	return pids
+}
+
+// RequireGone fails t unless every process in pids has ended (and been
+// reaped) within timeout. A zombie counts as not gone.
+func RequireGone(t testing.TB, pids []int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, pid := range pids {
+		for {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				t.Errorf("process %d (%q) is still there after %v", pid, cmdline, timeout)
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
