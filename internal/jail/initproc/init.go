@@ -52,12 +52,21 @@ func initMain() int {
 	if err != nil {
 		return 1
 	}
-	var msg HostMsg
-	files, err := c.Recv(&msg)
-	if err != nil || msg.Config == nil {
+	fail := func(step string, err error) int {
+		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
 		return 1
 	}
+	var msg HostMsg
+	files, err := c.Recv(&msg)
 	CloseAll(files)
+	switch {
+	case errors.Is(err, ErrProtocol):
+		return fail("init", fmt.Errorf("%w: rebuild ironclaw and ironclaw-agent from the same source", err))
+	case err != nil:
+		return fail("configure init", err)
+	case msg.Config == nil:
+		return fail("configure init", errors.New("the first control message has no config"))
+	}
 	cfg := msg.Config
 	if cfg.Epoch != 0 {
 		steps = append(steps, "main="+t0.Sub(time.Unix(0, cfg.Epoch)).Round(time.Microsecond).String()+"-after-spawn")
@@ -69,13 +78,6 @@ func initMain() int {
 	// The state directory's lock stays open in init (close-on-exec, so no
 	// command inherits it) for as long as the sandbox lives.
 	syscall.CloseOnExec(cfg.LockFD)
-	fail := func(step string, err error) int {
-		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
-		return 1
-	}
-	if cfg.Protocol != ProtocolVersion {
-		return fail("init", fmt.Errorf("the init binary speaks protocol %d, the host %d: rebuild ironclaw and ironclaw-agent from the same source", ProtocolVersion, cfg.Protocol))
-	}
 
 	// Signals are caught before anything can send one, and forwarded to
 	// the command once it runs. PID 1 only receives signals it handles.
@@ -166,9 +168,7 @@ func initMain() int {
 		}
 		pid = r.pid
 	}
-	if err := c.Send(InitMsg{Started: &struct {
-		PID int `json:"pid"`
-	}{pid}}); err != nil {
+	if err := c.Send(InitMsg{Started: &StartedMsg{PID: pid}}); err != nil {
 		return 1
 	}
 	if cfg.Agent != nil {
