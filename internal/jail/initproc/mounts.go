@@ -244,8 +244,9 @@ func (t *tree) mountpoint(p string, dir bool) error {
 func (t *tree) mounted(p string, empty bool) {
 	p = path.Clean("/" + p)
 	delete(t.dirs, p)
+	below := p + "/"
 	for q := range t.made {
-		if strings.HasPrefix(q, p+"/") {
+		if strings.HasPrefix(q, below) {
 			delete(t.made, q)
 			delete(t.dirs, q)
 		}
