@@ -1,6 +1,7 @@
 package seccomp
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -487,6 +488,38 @@ func FuzzCompileProfile(f *testing.F) {
 					t.Fatalf("compiled program does not run: %v", err)
 				}
 			}
+		}
+	})
+}
+
+// FuzzDecodeInstructions: any byte string either decodes to 1..4096
+// instructions that encode back to the same bytes, or is an error.
+func FuzzDecodeInstructions(f *testing.F) {
+	arch, err := NativeArch()
+	if err != nil {
+		f.Fatal(err)
+	}
+	p, err := CompileFor(ProfileDefault, Enforce, arch, KernelVersion{Major: 6, Minor: 1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(AppendInstructions(nil, p.Instructions))
+	f.Add([]byte{6, 0, 0, 0, 0, 0, 0xff, 0x7f})
+	f.Add([]byte{1, 2, 3})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ins, err := DecodeInstructions(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidProfile) {
+				t.Fatalf("%x: error %v is not ErrInvalidProfile", b, err)
+			}
+			return
+		}
+		if len(ins) == 0 || len(ins) > maxInstructions {
+			t.Fatalf("%x: decoded %d instructions", b, len(ins))
+		}
+		if got := AppendInstructions(nil, ins); !bytes.Equal(got, b) {
+			t.Fatalf("%x re-encodes as %x", b, got)
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,12 +57,21 @@ func initMain() int {
 	if err != nil {
 		return 1
 	}
-	var msg HostMsg
-	files, err := c.Recv(&msg)
-	if err != nil || msg.Config == nil {
+	fail := func(step string, err error) int {
+		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
 		return 1
 	}
+	var msg HostMsg
+	files, err := c.Recv(&msg)
 	CloseAll(files)
+	switch {
+	case errors.Is(err, ErrProtocol):
+		return fail("init", fmt.Errorf("%w: rebuild ironclaw and ironclaw-agent from the same source", err))
+	case err != nil:
+		return fail("configure init", err)
+	case msg.Config == nil:
+		return fail("configure init", errors.New("the first control message has no config"))
+	}
 	cfg := msg.Config
 	if cfg.Epoch != 0 {
 		steps = append(steps, "main="+t0.Sub(time.Unix(0, cfg.Epoch)).Round(time.Microsecond).String()+"-after-spawn")
@@ -73,13 +83,6 @@ func initMain() int {
 	// The state directory's lock stays open in init (close-on-exec, so no
 	// command inherits it) for as long as the sandbox lives.
 	syscall.CloseOnExec(cfg.LockFD)
-	fail := func(step string, err error) int {
-		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
-		return 1
-	}
-	if cfg.Protocol != ProtocolVersion {
-		return fail("init", fmt.Errorf("the init binary speaks protocol %d, the host %d: rebuild ironclaw and ironclaw-agent from the same source", ProtocolVersion, cfg.Protocol))
-	}
 
 	// Signals are caught before anything can send one, and forwarded to
 	// the command once it runs. PID 1 only receives signals it handles.
@@ -170,9 +173,7 @@ func initMain() int {
 		}
 		pid = r.pid
 	}
-	if err := c.Send(InitMsg{Started: &struct {
-		PID int `json:"pid"`
-	}{pid}}); err != nil {
+	if err := c.Send(InitMsg{Started: &StartedMsg{PID: pid}}); err != nil {
 		return 1
 	}
 	if cfg.Agent != nil {
@@ -361,16 +362,24 @@ func confineThread(cfg *Config, ll *landlockRules, placed <-chan struct{}) (stri
 	return "", listener, nil
 }
 
+// lastCap reads the highest capability number the kernel knows. (Raw
+// calls: os.ReadFile costs five more syscalls, for the poller.)
 func lastCap() (int, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	fd, err := unix.Open("/proc/sys/kernel/cap_last_cap", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("read cap_last_cap: %w", err)
 	}
-	var n int
-	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &n); err != nil {
-		return 0, fmt.Errorf("parse cap_last_cap: %w", err)
+	var buf [16]byte
+	n, err := unix.Read(fd, buf[:])
+	unix.Close(fd)
+	if err != nil {
+		return 0, fmt.Errorf("read cap_last_cap: %w", err)
 	}
-	return n, nil
+	v, err := strconv.Atoi(strings.TrimSpace(string(buf[:max(n, 0)])))
+	if err != nil || v < 0 || v > 63 {
+		return 0, fmt.Errorf("parse cap_last_cap %q: want 0..63", buf[:max(n, 0)])
+	}
+	return v, nil
 }
 
 // ErrCommandNotFound is reported when the command is not on the sandbox's PATH.

@@ -1,11 +1,12 @@
 package initproc
 
 import (
-	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,11 +21,23 @@ const (
 // sandbox cannot write kernel tunables or read kernel memory and keys.
 var (
 	procReadOnly = []string{"bus", "fs", "irq", "sys", "sysrq-trigger"}
-	procMasked   = []string{"acpi", "asound", "kcore", "keys", "latency_stats", "scsi", "sched_debug", "timer_list", "timer_stats"}
+	procMasked   = []struct {
+		name string
+		dir  bool // what it usually is; maskProc copes with the other
+	}{
+		{"acpi", true}, {"asound", true}, {"kcore", false}, {"keys", false}, {"latency_stats", false},
+		{"scsi", true}, {"sched_debug", false}, {"timer_list", false}, {"timer_stats", false},
+	}
 )
 
 // devNodes are the host device nodes bound into the sandbox's /dev.
 var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// devLinks are the symlinks of the sandbox's /dev.
+var devLinks = []struct{ name, target string }{
+	{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+	{"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
+}
 
 // buildRoot makes the sandbox's root file system in init's private mount
 // namespace and pivots into it. It returns the failing step on error.
@@ -37,39 +50,40 @@ func buildRoot(cfg *Config) (string, error) {
 	if err := unix.Mount("tmpfs", nr, "tmpfs", tmpfsFlags, "mode=0755,size=8m"); err != nil {
 		return "mount root", fmt.Errorf("tmpfs on %s: %w", nr, err)
 	}
+	t := newTree(nr)
 	names := make([]string, 0, len(cfg.Symlinks))
 	for name := range cfg.Symlinks {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if err := mkdirParents(nr, name); err != nil {
+		if err := t.mkdirParents(name); err != nil {
 			return "mount " + name, err
 		}
-		if err := os.Symlink(cfg.Symlinks[name], filepath.Join(nr, name)); err != nil {
-			return "mount " + name, fmt.Errorf("symlink: %w", err)
+		if err := t.symlink(cfg.Symlinks[name], name); err != nil {
+			return "mount " + name, err
 		}
 	}
-	if err := os.Mkdir(filepath.Join(nr, "etc"), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := t.mkdirAll("/etc"); err != nil {
 		return "mount /etc", err
 	}
 	for name, content := range cfg.Etc {
-		if err := os.WriteFile(filepath.Join(nr, "etc", name), []byte(content), 0o644); err != nil {
-			return "mount /etc", fmt.Errorf("write %s: %w", name, err)
+		if err := t.writeFile(path.Join("/etc", name), content); err != nil {
+			return "mount /etc", err
 		}
 	}
 	for _, s := range cfg.Sources {
-		if err := bindSourceMount(nr, s); err != nil {
+		if err := t.bindSource(s); err != nil {
 			return "mount " + s.Target, err
 		}
 	}
-	if err := mountProc(nr); err != nil {
+	if err := mountProc(t); err != nil {
 		return "mount /proc", err
 	}
-	if err := mountDev(nr); err != nil {
+	if err := mountDev(t); err != nil {
 		return "mount /dev", err
 	}
-	if err := mkdirMount(nr, "/tmp", "tmpfs", tmpfsFlags, "mode=1777"); err != nil {
+	if err := t.mkdirMount("/tmp", "tmpfs", tmpfsFlags, "mode=1777"); err != nil {
 		return "mount /tmp", err
 	}
 	// pivot_root(".", ".") stacks the old root on top of the new one; the
@@ -94,19 +108,179 @@ func buildRoot(cfg *Config) (string, error) {
 	return "", nil
 }
 
-// bindSourceMount attaches the detached mount s.FD at s.Target under nr.
-func bindSourceMount(nr string, s BindSource) error {
-	if err := mkdirParents(nr, s.Target); err != nil {
+// tree builds the new root on its fresh tmpfs. It remembers what it made
+// there, so that it neither stats a path it knows is free nor creates a
+// parent it knows exists: the kernel's path walks (and Go's open, which
+// costs an openat, two fcntls, an epoll_ctl and a close per file) were a
+// large part of init's start. Below anything it did not make itself — a
+// bind mount, a symlink — it asks the kernel, as before.
+type tree struct {
+	nr string
+	// dirs are the directories made here (sandbox paths, "/" for the
+	// tmpfs root) with nothing mounted on them: their every entry is in
+	// made.
+	dirs map[string]bool
+	// made is every entry created in a directory of dirs.
+	made map[string]bool
+}
+
+func newTree(nr string) *tree {
+	return &tree{nr: nr, dirs: map[string]bool{"/": true}, made: map[string]bool{"/": true}}
+}
+
+// host returns the path of sandbox path p during the build.
+func (t *tree) host(p string) string { return filepath.Join(t.nr, p) }
+
+// fresh reports whether p is free in a directory whose entries are all
+// known.
+func (t *tree) fresh(p string) bool {
+	return t.dirs[path.Dir(p)] && !t.made[p]
+}
+
+// mkdirAll creates directory p and its parents, as os.MkdirAll does.
+func (t *tree) mkdirAll(p string) error {
+	p = path.Clean("/" + p)
+	if t.dirs[p] {
+		return nil
+	}
+	if !t.made[p] {
+		if err := t.mkdirAll(path.Dir(p)); err != nil {
+			return err
+		}
+		if t.fresh(p) {
+			if err := unix.Mkdir(t.host(p), 0o755); err != nil {
+				return fmt.Errorf("mkdir %s: %w", p, err)
+			}
+			t.dirs[p], t.made[p] = true, true
+			return nil
+		}
+	}
+	if err := os.MkdirAll(t.host(p), 0o755); err != nil {
 		return err
 	}
-	dst := filepath.Join(nr, s.Target)
-	if err := mkMountpoint(dst, s.Dir); err != nil {
+	return nil
+}
+
+// mkdirParents creates the parents of target. They are created in the
+// sandbox's root tmpfs; a parent inside a read-only bind mount must
+// already exist there.
+func (t *tree) mkdirParents(target string) error {
+	if err := t.mkdirAll(path.Dir(path.Clean("/" + target))); err != nil {
+		return fmt.Errorf("create parent of %s: %w", target, err)
+	}
+	return nil
+}
+
+func (t *tree) symlink(target, p string) error {
+	p = path.Clean("/" + p)
+	if err := unix.Symlink(target, t.host(p)); err != nil {
+		return fmt.Errorf("symlink: %w", err)
+	}
+	if t.dirs[path.Dir(p)] {
+		t.made[p] = true
+	}
+	return nil
+}
+
+// writeFile writes content to the new file p (mode 0644), truncating
+// whatever is there, as os.WriteFile does.
+func (t *tree) writeFile(p, content string) error {
+	p = path.Clean("/" + p)
+	fd, err := unix.Open(t.host(p), unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if t.dirs[path.Dir(p)] {
+		t.made[p] = true
+	}
+	for b := []byte(content); len(b) > 0; {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+		b = b[n:]
+	}
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// mountpoint creates an empty directory or file at p to mount on, unless
+// something is already there.
+func (t *tree) mountpoint(p string, dir bool) error {
+	p = path.Clean("/" + p)
+	if !t.fresh(p) {
+		if t.made[p] {
+			return nil
+		}
+		if _, err := os.Lstat(t.host(p)); err == nil {
+			return nil
+		}
+	}
+	var err error
+	if dir {
+		err = unix.Mkdir(t.host(p), 0o755)
+	} else {
+		// mknod(S_IFREG) makes an empty file in one call, where an
+		// open and a close take two (and Go's os.OpenFile six).
+		err = unix.Mknod(t.host(p), unix.S_IFREG|0o644, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("create mount point: %w", err)
+	}
+	if t.dirs[path.Dir(p)] {
+		t.made[p] = true
+	}
+	return nil
+}
+
+// mounted records that something is mounted on p: what is below it is no
+// longer known. An empty new tmpfs (empty true) is known to be empty.
+func (t *tree) mounted(p string, empty bool) {
+	p = path.Clean("/" + p)
+	delete(t.dirs, p)
+	below := p + "/"
+	for q := range t.made {
+		if strings.HasPrefix(q, below) {
+			delete(t.made, q)
+			delete(t.dirs, q)
+		}
+	}
+	if empty {
+		t.dirs[p] = true
+	}
+}
+
+// bindSource attaches the detached mount s.FD at s.Target.
+func (t *tree) bindSource(s BindSource) error {
+	if err := t.mkdirParents(s.Target); err != nil {
 		return err
 	}
-	if err := unix.MoveMount(s.FD, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+	if err := t.mountpoint(s.Target, s.Dir); err != nil {
+		return err
+	}
+	if err := unix.MoveMount(s.FD, "", unix.AT_FDCWD, t.host(s.Target), unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
+	t.mounted(s.Target, false)
 	unix.Close(s.FD)
+	return nil
+}
+
+// mkdirMount mounts a new fstype instance on directory target.
+func (t *tree) mkdirMount(target, fstype string, flags uintptr, data string) error {
+	if err := t.mkdirAll(target); err != nil {
+		return err
+	}
+	if err := unix.Mount(fstype, t.host(target), fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", fstype, target, err)
+	}
+	t.mounted(target, fstype == "tmpfs")
 	return nil
 }
 
@@ -124,115 +298,87 @@ func setattr(path string, set uint64, recursive bool) error {
 	return nil
 }
 
-// mkdirParents creates the parents of target under root nr. They are
-// created in the sandbox's root tmpfs; a parent inside a read-only bind
-// mount must already exist there.
-func mkdirParents(nr, target string) error {
-	parent := filepath.Dir(filepath.Join(nr, target))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("create parent of %s: %w", target, err)
-	}
-	return nil
-}
-
-// mkMountpoint creates an empty directory or file to mount on, unless
-// something is already there.
-func mkMountpoint(dst string, dir bool) error {
-	if _, err := os.Lstat(dst); err == nil {
-		return nil
-	}
-	if dir {
-		if err := os.Mkdir(dst, 0o755); err != nil {
-			return fmt.Errorf("create mount point: %w", err)
-		}
-		return nil
-	}
-	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("create mount point: %w", err)
-	}
-	return f.Close()
-}
-
-func mkdirMount(nr, target, fstype string, flags uintptr, data string) error {
-	dst := filepath.Join(nr, target)
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return err
-	}
-	if err := unix.Mount(fstype, dst, fstype, flags, data); err != nil {
-		return fmt.Errorf("mount %s on %s: %w", fstype, target, err)
-	}
-	return nil
-}
-
 // mountProc mounts a procfs for the sandbox's PID namespace and hides the
-// kernel's sensitive files in it.
-func mountProc(nr string) error {
-	if err := mkdirMount(nr, "/proc", "proc", procFlags, ""); err != nil {
+// kernel's sensitive files in it. Which files exist depends on the
+// kernel: a mount on a missing one fails with ENOENT and is skipped (that
+// saves a stat of each), and a mask of the other kind than expected (a
+// file where a directory was expected, or the reverse) fails with ENOTDIR
+// and is retried with the other kind.
+func mountProc(t *tree) error {
+	if err := t.mkdirMount("/proc", "proc", procFlags, ""); err != nil {
 		return err
 	}
 	for _, name := range procReadOnly {
-		p := filepath.Join(nr, "proc", name)
-		if _, err := os.Lstat(p); err != nil {
-			continue
-		}
+		p := t.host(path.Join("/proc", name))
 		if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			if err == unix.ENOENT {
+				continue
+			}
 			return fmt.Errorf("bind /proc/%s: %w", name, err)
 		}
 		if err := setattr(p, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC, true); err != nil {
 			return err
 		}
 	}
-	for _, name := range procMasked {
-		p := filepath.Join(nr, "proc", name)
-		st, err := os.Lstat(p)
-		if err != nil {
-			continue
-		}
-		if st.IsDir() {
-			err = unix.Mount("tmpfs", p, "tmpfs", unix.MS_RDONLY|procFlags, "size=0")
-		} else {
-			err = unix.Mount("/dev/null", p, "", unix.MS_BIND, "")
-		}
-		if err != nil {
-			return fmt.Errorf("mask /proc/%s: %w", name, err)
+	for _, m := range procMasked {
+		if err := maskPath(t.host(path.Join("/proc", m.name)), m.dir); err != nil && err != unix.ENOENT {
+			return fmt.Errorf("mask /proc/%s: %w", m.name, err)
 		}
 	}
 	return nil
 }
 
+// maskPath hides p: an empty read-only tmpfs on a directory, /dev/null on
+// anything else. dir is what p is expected to be; when it is the other
+// kind, the mount fails with ENOTDIR and the other mask is used. A missing
+// p gives ENOENT.
+func maskPath(p string, dir bool) error {
+	err := mask(p, dir)
+	if err == unix.ENOTDIR {
+		err = mask(p, !dir)
+	}
+	return err
+}
+
+func mask(p string, dir bool) error {
+	if dir {
+		return unix.Mount("tmpfs", p, "tmpfs", unix.MS_RDONLY|procFlags, "size=0")
+	}
+	return unix.Mount("/dev/null", p, "", unix.MS_BIND, "")
+}
+
 // mountDev builds a minimal /dev: bound host nodes (a user namespace cannot
 // mknod), a private devpts instance, /dev/shm and the usual symlinks.
-func mountDev(nr string) error {
-	dev := filepath.Join(nr, "dev")
-	if err := mkdirMount(nr, "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+// Every mount below /dev gets nosuid and noexec in one recursive
+// mount_setattr at the end (the tmpfs, devpts and shm have them already).
+func mountDev(t *tree) error {
+	if err := t.mkdirMount("/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
 		return err
 	}
 	for _, n := range devNodes {
-		dst := filepath.Join(dev, n)
-		if err := mkMountpoint(dst, false); err != nil {
+		dst := path.Join("/dev", n)
+		if err := t.mountpoint(dst, false); err != nil {
 			return err
 		}
-		if err := unix.Mount("/dev/"+n, dst, "", unix.MS_BIND, ""); err != nil {
+		if err := unix.Mount("/dev/"+n, t.host(dst), "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind /dev/%s: %w", n, err)
 		}
-		if err := setattr(dst, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NOEXEC, false); err != nil {
-			return err
-		}
+		t.mounted(dst, false)
 	}
-	if err := mkdirMount(nr, "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
+	if err := t.mkdirMount("/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"); err != nil {
 		return err
 	}
-	if err := mkdirMount(nr, "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777"); err != nil {
+	if err := t.mkdirMount("/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777"); err != nil {
 		return err
 	}
-	for name, target := range map[string]string{
-		"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
-		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2",
-	} {
-		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
-			return fmt.Errorf("symlink /dev/%s: %w", name, err)
+	for _, l := range devLinks {
+		if err := t.symlink(l.target, path.Join("/dev", l.name)); err != nil {
+			return fmt.Errorf("symlink /dev/%s: %w", l.name, err)
 		}
+	}
+	dev := t.host("/dev")
+	if err := setattr(dev, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NOEXEC, true); err != nil {
+		return err
 	}
 	return setattr(dev, unix.MOUNT_ATTR_RDONLY, false)
 }

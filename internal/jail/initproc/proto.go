@@ -2,7 +2,6 @@ package initproc
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,14 +15,19 @@ import (
 
 // The host and the sandbox's init talk over a private Unix stream socket
 // pair (fd 3 in init). Each message is a 4-byte big-endian length and a
-// JSON document; file descriptors ride along as SCM_RIGHTS on the length.
+// body in the binary encoding of wire.go; file descriptors ride along as
+// SCM_RIGHTS on the length. (The JSON tags below name the fields; JSON is
+// not the wire format since protocol 2.)
 // The socket also ties the two lives together: when the host dies, init
 // reads EOF and takes the sandbox down with it.
 
 // ProtocolVersion is the version of the host↔init protocol. The host and
 // the init binary (the same ironclaw binary, or an ironclaw-agent built
 // from the same source) must agree; init refuses any other.
-const ProtocolVersion = 1
+//
+// Version 2 replaced the JSON bodies of version 1 with the binary encoding
+// of wire.go.
+const ProtocolVersion = 2
 
 // maxFrame bounds a control message. The largest is the init config, whose
 // size is dominated by the environment and the argument list.
@@ -127,9 +131,7 @@ type InitMsg struct {
 	// is its thread ID inside the sandbox's PID namespace.
 	Ready *ReadyMsg `json:"ready,omitempty"`
 	// Started carries the command's PID inside the sandbox.
-	Started *struct {
-		PID int `json:"pid"`
-	} `json:"started,omitempty"`
+	Started *StartedMsg `json:"started,omitempty"`
 	// Exited carries how the command ended.
 	Exited *ExitStatus `json:"exited,omitempty"`
 	// Error is a start failure: the step and the cause.
@@ -141,6 +143,11 @@ type ReadyMsg struct {
 	TID int `json:"tid"`
 	// Steps are init's step timings, with Trace.
 	Steps []string `json:"steps,omitempty"`
+}
+
+// StartedMsg says the command runs.
+type StartedMsg struct {
+	PID int `json:"pid"`
 }
 
 // ExitStatus is how the command of `ironclaw run` ended.
@@ -178,11 +185,22 @@ func NewConn(f *os.File) (*Conn, error) {
 	return &Conn{c: uc}, nil
 }
 
-// Send writes v as one frame, with files attached.
-func (c *Conn) Send(v any, files ...*os.File) error {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encode control message: %w", err)
+// Message is a control message: a HostMsg or an InitMsg.
+type Message interface {
+	AppendWire(b []byte) []byte
+}
+
+// Decoder is what a control message is received into: a *HostMsg or an
+// *InitMsg.
+type Decoder interface {
+	DecodeWire(b []byte) error
+}
+
+// Send writes m as one frame, with files attached.
+func (c *Conn) Send(m Message, files ...*os.File) error {
+	body := m.AppendWire(nil)
+	if len(body) > maxFrame {
+		return fmt.Errorf("encode control message: %d bytes exceeds the %d limit", len(body), maxFrame)
 	}
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
@@ -203,8 +221,8 @@ func (c *Conn) Send(v any, files ...*os.File) error {
 	return nil
 }
 
-// Recv reads one frame into v and returns the files attached to it.
-func (c *Conn) Recv(v any) ([]*os.File, error) {
+// Recv reads one frame into m and returns the files attached to it.
+func (c *Conn) Recv(m Decoder) ([]*os.File, error) {
 	var hdr [4]byte
 	oob := make([]byte, syscall.CmsgSpace(16*4))
 	n, oobn, _, _, err := c.c.ReadMsgUnix(hdr[:], oob)
@@ -234,7 +252,7 @@ func (c *Conn) Recv(v any) ([]*os.File, error) {
 		CloseAll(files)
 		return nil, fmt.Errorf("read control frame: %w", err)
 	}
-	if err := json.Unmarshal(body, v); err != nil {
+	if err := m.DecodeWire(body); err != nil {
 		CloseAll(files)
 		return nil, fmt.Errorf("decode control frame: %w", err)
 	}
