@@ -72,6 +72,8 @@ var rules = []struct {
 	{module + "/cmd/ironclaw-agent", hostSide, "the guest agent imports nothing host-side"},
 	{module + "/internal/agent", hostSide, "the guest agent imports nothing host-side"},
 	{module + "/internal/jail/initproc", hostSide, "a sandbox's init runs inside the sandbox and imports nothing host-side"},
+	{module + "/internal/jail/spawner", []string{module + "/"},
+		"the spawner is a mode of the init binary (the guest agent): the standard library and x/sys only"},
 }
 
 // hostSide are the packages that only make sense on the host. The jail's
@@ -84,9 +86,11 @@ var hostSide = []string{
 }
 
 // forbidden reports whether imp is the package f or one below it. The
-// sandbox side of the jail is allowed where the jail itself is not.
+// sandbox side of the jail, and the daemon's spawner (another mode of the
+// init binary, itself held to the standard library and x/sys), are
+// allowed where the jail itself is not.
 func forbidden(imp, f string) bool {
-	if imp == module+"/internal/jail/initproc" && f == module+"/internal/jail" {
+	if (imp == module+"/internal/jail/initproc" || imp == module+"/internal/jail/spawner") && f == module+"/internal/jail" {
 		return false
 	}
 	return imp == f || strings.HasPrefix(imp, f+"/")
