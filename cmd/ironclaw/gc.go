@@ -92,7 +92,7 @@ func removeParents(root *state.Root) error {
 		fmt.Printf("removed %d empty cgroup parent(s) %s\n", len(removed), root.Name())
 	}
 	if len(inUse) > 0 {
-		fmt.Printf("kept %d cgroup parent(s) %s: a sandbox started meanwhile\n", len(inUse), root.Name())
+		fmt.Printf("kept %d cgroup parent(s) %s: a group or process is in them\n", len(inUse), root.Name())
 	}
 	return err
 }
