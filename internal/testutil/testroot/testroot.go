@@ -2,8 +2,8 @@
 // the test ends, removes the parent cgroups the root's sandboxes were made
 // under (state.NameOf of the root, at the top of each cgroup hierarchy).
 // A parent that still holds a group or a process fails the test: a sandbox
-// of the root outlived it. Parents reports the parents a whole test binary
-// left behind.
+// of the root outlived it. Snapshot and Parents.Leaked find, for a whole
+// test binary, the parents of roots that are gone.
 //
 // It is a package of its own because it needs state and cgroup, whose
 // tests use testutil.
@@ -30,8 +30,9 @@ import (
 // make parents there through a v2 cgroup.Host of it.
 const unifiedMount = "/sys/fs/cgroup/unified"
 
-// busyWait is how long RemoveParents waits for a parent to empty: what the
-// kernel still tears down of groups removed just before.
+// busyWait is how long RemoveParents waits for a parent to empty: a
+// sandbox's teardown may still be under way in a process the test stopped
+// (a daemon, an `ironclaw run`).
 const busyWait = 5 * time.Second
 
 // New returns a fresh, empty state root directory for t, searchable by the
