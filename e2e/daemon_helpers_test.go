@@ -17,6 +17,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 // daemon is an `ironclaw serve` process under test.
@@ -49,11 +50,12 @@ func (s *syncBuffer) String() string {
 }
 
 // newRoot returns a fresh state root for one test, checked for leaks when
-// the test ends (after its daemons stopped).
+// the test ends (after its daemons stopped), its parent cgroups then
+// removed (testroot).
 func newRoot(t *testing.T) string {
 	t.Helper()
 	testutil.RequireRoot(t)
-	dir := filepath.Join(testutil.SearchableTempDir(t), "state")
+	dir := testroot.New(t)
 	t.Cleanup(func() {
 		if err := testutil.Leaks(dir, state.NameOf(dir)); err != nil {
 			t.Errorf("state root %s: %v", dir, err)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 // bin is the ironclaw binary under test, built once by TestMain.
@@ -31,6 +33,7 @@ func testMain(m *testing.M) int {
 		// IRONCLAW_TEST_PRIVILEGED=1) one by one.
 		return m.Run()
 	}
+	parents := testroot.Snapshot()
 	var err error
 	if bin, root, err = testutil.BuildSuite("ironclaw-e2e-"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -38,7 +41,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(filepath.Dir(root))
 	code := m.Run()
-	if err := testutil.Leaks(root, state.NameOf(root)); err != nil {
+	if err := errors.Join(testutil.Leaks(root, state.NameOf(root)), parents.Leaked()); err != nil {
 		fmt.Fprintln(os.Stderr, "LEAK CHECK FAILED:", err)
 		return 1
 	}

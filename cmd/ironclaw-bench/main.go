@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/ironclaw/ironclaw/internal/bench"
 	"github.com/ironclaw/ironclaw/internal/cgroup"
@@ -95,8 +96,12 @@ func (c *common) setup() (cleanup func(), err error) {
 			// on first use, kept while a root lives) go with the roots.
 			if h, err := cgroup.Detect(); err == nil {
 				for _, r := range []string{c.root, c.root + "-baseline"} {
-					if err := h.RemoveParents(state.NameOf(r)); err != nil {
+					_, inUse, err := h.RemoveParents(state.NameOf(r))
+					if err != nil {
 						fmt.Fprintln(os.Stderr, "ironclaw-bench:", err)
+					}
+					if len(inUse) > 0 {
+						fmt.Fprintln(os.Stderr, "ironclaw-bench: cgroup parents still hold groups:", strings.Join(inUse, ", "))
 					}
 				}
 			}

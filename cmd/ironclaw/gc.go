@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
@@ -25,7 +26,10 @@ objects named in IronClaw's own records under --root are touched, and, in
 IronClaw's own host table (inet ironclaw), the verdict maps and "ic-" chains
 of an earlier firewall layout that nothing uses any more. Every start runs
 the same collection of sandboxes first. Records of the reclaimed sandboxes in
-the daemon's store go too, unless a daemon serves the root (it drops them).`,
+the daemon's store go too, unless a daemon serves the root (it drops them).
+When no sandbox of the root is left, the root's empty parent cgroups go too
+(named "ironclaw" for the default root, "ironclaw-<hash>" for others, at the
+top of each cgroup hierarchy); the next start makes them again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			root, err := state.Open(g.root)
@@ -54,7 +58,7 @@ the daemon's store go too, unless a daemon serves the root (it drops them).`,
 			if slots > 0 {
 				fmt.Printf("destroyed %d used network pool slot(s)\n", slots)
 			}
-			return errors.Join(err, serr)
+			return errors.Join(err, serr, removeParents(root))
 		},
 	}
 }
@@ -65,4 +69,30 @@ the daemon's store go too, unless a daemon serves the root (it drops them).`,
 // what its own records name.
 func (g *globals) reclaim(dir string) error {
 	return errors.Join(vm.Reclaim(dir), jail.Reclaim(dir))
+}
+
+// removeParents removes the root's empty parent cgroups (one per hierarchy,
+// named root.Name()) when the root holds no sandbox directory. Only empty
+// groups of that name go: the kernel refuses to remove one that holds a
+// group or a process, and a sandbox starting meanwhile makes its parent
+// again if it went (cgroup.Host.Create).
+func removeParents(root *state.Root) error {
+	n, err := root.Sandboxes()
+	if err != nil || n > 0 {
+		return err
+	}
+	h, err := cgroup.Detect()
+	if errors.Is(err, sandbox.ErrUnsupported) {
+		return nil // no cgroup file system: no parents
+	} else if err != nil {
+		return err
+	}
+	removed, inUse, err := h.RemoveParents(root.Name())
+	if len(removed) > 0 {
+		fmt.Printf("removed %d empty cgroup parent(s) %s\n", len(removed), root.Name())
+	}
+	if len(inUse) > 0 {
+		fmt.Printf("kept %d cgroup parent(s) %s: a group or process is in them\n", len(inUse), root.Name())
+	}
+	return err
 }

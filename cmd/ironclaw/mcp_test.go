@@ -16,6 +16,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -39,7 +40,7 @@ func TestMCPGatewayEndToEnd(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	root := testutil.SearchableTempDir(t) // short: holds Unix sockets; sandboxes' uids search it
+	root := testroot.New(t) // short: holds Unix sockets; sandboxes' uids search it
 	cfg := filepath.Join(dir, "mcp.json")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
 		"ironclaw":{"backend":"none","trust_hints":true,"approval":{"rules":[{"tool":"echo","args":{"message":{"any_word":["danger"]}},"class":"red"}]}}}}}`, entry)), 0o600)
@@ -203,11 +204,12 @@ func TestMCPServeCreatesItsRoot(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	probeRoot := testutil.SearchableTempDir(t)
+	probeRoot := testroot.New(t)
 	out, err := exec.Command(bin, "--root", probeRoot, "run", "--", "/bin/true").CombinedOutput()
 	testutil.Require(t, err == nil, fmt.Sprintf("needs a working `ironclaw run` jail (probe: %v %s)", err, out))
 
 	root := filepath.Join(testutil.SearchableTempDir(t), "fresh", "root")
+	testroot.Track(t, root)
 	const guest = "/opt/mcp/node_modules"
 	cfg := filepath.Join(dir, "mcp.json")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],

@@ -2,6 +2,7 @@ package daemonnet
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,13 +17,15 @@ import (
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 var bin, root string
 
 func TestMain(m *testing.M) {
+	parents := testroot.Snapshot()
 	testutil.HostNetNSMain(m, func() error {
-		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
+		return errors.Join(testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix), parents.Leaked())
 	})
 }
 

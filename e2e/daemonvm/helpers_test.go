@@ -3,6 +3,7 @@ package daemonvm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 	"github.com/ironclaw/ironclaw/internal/vm/vmtest"
 )
@@ -32,8 +34,9 @@ import (
 var bin, root string
 
 func TestMain(m *testing.M) {
+	parents := testroot.Snapshot()
 	testutil.HostNetNSMain(m, func() error {
-		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
+		return errors.Join(testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix), parents.Leaked())
 	})
 }
 

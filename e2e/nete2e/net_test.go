@@ -3,6 +3,7 @@ package nete2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,13 +14,15 @@ import (
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 var bin, root string
 
 func TestMain(m *testing.M) {
+	parents := testroot.Snapshot()
 	testutil.HostNetNSMain(m, func() error {
-		return testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix)
+		return errors.Join(testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix), parents.Leaked())
 	})
 }
 

@@ -176,9 +176,39 @@ func (h *Host) LoadPaths(rel string, r sandbox.Resources, paths []string) *Group
 	return &Group{host: h, rel: rel, ctls: controllersFor(r), paths: paths}
 }
 
+// makeDirsTimeout bounds how long makeDirs keeps making a group's parent
+// again while something removes it as fast as it is made.
+const makeDirsTimeout = 5 * time.Second
+
+// makeDirs makes the group directories dirs and the parents on their way.
+// A parent removed between its mkdir and its child's (`ironclaw gc`
+// removes a root's empty parents; a start never finds its group's parent
+// busy until the group exists) is made again: a start racing gc must not
+// fail.
+func makeDirs(dirs []string) error {
+	deadline := time.Now().Add(makeDirsTimeout)
+	for _, d := range dirs {
+		for {
+			err := os.Mkdir(d, 0o755)
+			if err == nil || errors.Is(err, os.ErrExist) {
+				break
+			}
+			if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Create makes the group rel (such as "/ironclaw/<key>") with the limits
 // r, reads every limit back from the kernel, and removes what it made on
-// any failure.
+// any failure. The parents on rel's way are made as needed; one removed
+// while Create makes the group below it (`ironclaw gc` removes a root's
+// empty parents) is made again.
 func (h *Host) Create(rel string, r sandbox.Resources) (_ *Group, err error) {
 	if err := h.Check(r); err != nil {
 		return nil, err
@@ -192,6 +222,11 @@ func (h *Host) Create(rel string, r sandbox.Resources) (_ *Group, err error) {
 			_ = Remove(g.paths)
 		}
 	}()
+	// The group's directories first, each in one mkdir: once they exist
+	// their parents hold a group and cannot be removed under the rest.
+	if err := makeDirs(g.paths); err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", rel, err)
+	}
 	switch h.Version {
 	case V1:
 		g.v1, err = cgroup1.New(cgroup1.StaticPath(rel), v1Resources(r), cgroup1.WithHierarchy(g.v1Hierarchy))
@@ -680,26 +715,61 @@ func threadCgroup(ctl string) (string, error) {
 	return "", fmt.Errorf("own cgroup: no v1 hierarchy with the %s controller in /proc/thread-self/cgroup", ctl)
 }
 
-// RemoveParents removes the empty parent groups named name (state.Root.Name)
-// that the sandboxes of one state root were made under, on every hierarchy
-// of this host: for a root that is done with, such as a benchmark's
-// temporary one. A parent that does not exist is skipped; one that still has
-// groups in it is an error.
-func (h *Host) RemoveParents(name string) error {
-	var dirs []string
-	switch h.Version {
-	case V1:
-		for _, c := range controllers {
-			dirs = append(dirs, filepath.Join(h.Mount, c, name))
+// IsParentName reports whether name is one that state.NameOf gives a state
+// root's parent groups: "ironclaw", or "ironclaw-" and 8 lowercase hex
+// digits. RemoveParents touches no other name.
+func IsParentName(name string) bool {
+	if name == "ironclaw" {
+		return true
+	}
+	hex, ok := strings.CutPrefix(name, "ironclaw-")
+	if !ok || len(hex) != 8 {
+		return false
+	}
+	for _, c := range hex {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
-	default:
-		dirs = append(dirs, filepath.Join(h.Mount, name))
+	}
+	return true
+}
+
+// ParentDirs returns where the parent groups named name live on this host:
+// at the top of each v1 hierarchy IronClaw uses, or of the v2 hierarchy.
+func (h *Host) ParentDirs(name string) []string {
+	if h.Version == V2 {
+		return []string{filepath.Join(h.Mount, name)}
+	}
+	dirs := make([]string, len(controllers))
+	for i, c := range controllers {
+		dirs[i] = filepath.Join(h.Mount, c, name)
+	}
+	return dirs
+}
+
+// RemoveParents removes the empty parent groups named name (state.Root.Name)
+// that the sandboxes of one state root are made under, on every hierarchy
+// of this host, and returns the directories it removed. A parent that does
+// not exist is skipped. One that still holds a group or a process is kept
+// (the kernel refuses to remove it, so a sandbox starting meanwhile keeps
+// its own) and returned in inUse. A name that is not a parent name
+// (IsParentName) is refused: nothing else is IronClaw's to remove. A start
+// that finds its parent gone makes it again (Create).
+func (h *Host) RemoveParents(name string) (removed, inUse []string, err error) {
+	if !IsParentName(name) {
+		return nil, nil, fmt.Errorf("remove cgroup parent %q: not an IronClaw parent name", name)
 	}
 	var errs []error
-	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove cgroup parent: %w", err))
+	for _, d := range h.ParentDirs(name) {
+		switch err := syscall.Rmdir(d); {
+		case err == nil:
+			removed = append(removed, d)
+		case errors.Is(err, syscall.ENOENT):
+		case errors.Is(err, syscall.EBUSY) || errors.Is(err, syscall.ENOTEMPTY):
+			inUse = append(inUse, d)
+		default:
+			errs = append(errs, fmt.Errorf("remove cgroup parent %s: %w", d, err))
 		}
 	}
-	return errors.Join(errs...)
+	return removed, inUse, errors.Join(errs...)
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
@@ -271,27 +273,122 @@ func TestRemoveParents(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Require(t, h.Available["pids"], "needs the pids controller")
-	name := "ironclaw-cgparent-" + strconv.Itoa(os.Getpid())
+	name := state.NameOf(t.TempDir())
 	g, err := h.Create("/"+name+"/g", sandbox.Resources{Pids: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.RemoveParents(name); err == nil {
-		t.Error("RemoveParents removed (or claimed to) a parent that still holds a group")
+	removed, inUse, err := h.RemoveParents(name)
+	want := h.Paths("/"+name, sandbox.Resources{Pids: 10})
+	if err != nil || len(inUse) != 1 || inUse[0] != want[0] {
+		t.Errorf("RemoveParents of a parent holding a group: in use %v, %v; want %v in use", inUse, err, want)
+	}
+	if _, err := os.Stat(want[0]); err != nil {
+		t.Errorf("the parent holding a group went: %v", err)
 	}
 	if err := g.Destroy(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.RemoveParents(name); err != nil {
-		t.Fatal(err)
+	removed, inUse, err = h.RemoveParents(name)
+	if err != nil || len(inUse) != 0 || !slices.Contains(removed, want[0]) {
+		t.Fatalf("RemoveParents of an empty parent: removed %v, in use %v, %v; want %s removed", removed, inUse, err, want[0])
 	}
-	for _, p := range h.Paths("/"+name, sandbox.Resources{Pids: 10}) {
+	for _, p := range h.ParentDirs(name) {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s remains (%v)", p, err)
 		}
 	}
-	if err := h.RemoveParents(name); err != nil {
-		t.Errorf("second RemoveParents = %v", err)
+	if removed, inUse, err := h.RemoveParents(name); err != nil || len(removed)+len(inUse) != 0 {
+		t.Errorf("second RemoveParents = %v %v %v, want nothing to do", removed, inUse, err)
+	}
+}
+
+// TestRemoveParentsRefusesOtherNames: only names state.NameOf gives are
+// removed, whatever exists under other names.
+func TestRemoveParentsRefusesOtherNames(t *testing.T) {
+	h := &Host{Version: V1, Mount: t.TempDir()}
+	for _, name := range []string{"", ".", "..", "/", "system.slice", "user.slice", "ironclaw-", "ironclaw-1234567", "ironclaw-123456789",
+		"ironclaw-0123456G", "ironclaw-0123ABCD", "ironclaw/x", "ironclaw-01234567/..", "../ironclaw"} {
+		if IsParentName(name) {
+			t.Errorf("IsParentName(%q) = true", name)
+		}
+		if _, _, err := h.RemoveParents(name); err == nil || !strings.Contains(err.Error(), "not an IronClaw parent name") {
+			t.Errorf("RemoveParents(%q) = %v, want a refusal", name, err)
+		}
+	}
+	for _, dir := range []string{state.DefaultRoot, "/tmp/x", "/var/lib/ironclaw"} {
+		if name := state.NameOf(dir); !IsParentName(name) {
+			t.Errorf("IsParentName(state.NameOf(%q) = %q) = false", dir, name)
+		}
+	}
+}
+
+// TestCreateRacesRemoveParents: starts keep making groups below a root's
+// parents while another loop removes the parents whenever they are empty,
+// as `ironclaw gc` does; every Create succeeds, making a parent again when
+// it went between the mkdirs of its path, and the parents did go.
+func TestCreateRacesRemoveParents(t *testing.T) {
+	testutil.RequireRoot(t)
+	h, err := Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r sandbox.Resources
+	if h.Available["memory"] {
+		r.MemoryBytes = 64 << 20
+	}
+	if h.Available["pids"] {
+		r.Pids = 20
+	}
+	if h.Available["cpu"] {
+		r.CPUs = 0.5
+	}
+	testutil.Require(t, r != (sandbox.Resources{}), "needs a cgroup controller")
+	name := state.NameOf(t.TempDir())
+	t.Cleanup(func() {
+		if _, inUse, err := h.RemoveParents(name); err != nil || len(inUse) > 0 {
+			t.Errorf("remove parents after the race: in use %v, %v", inUse, err)
+		}
+	})
+	stop := make(chan struct{})
+	done := make(chan error)
+	var gone int
+	go func() {
+		var errs []error
+		for {
+			select {
+			case <-stop:
+				done <- errors.Join(errs...)
+				return
+			default:
+			}
+			removed, _, err := h.RemoveParents(name)
+			gone += len(removed)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}()
+	deadline := time.Now().Add(3 * time.Second)
+	n := 0
+	for ; n < 2000 && time.Now().Before(deadline); n++ {
+		g, err := h.Create(fmt.Sprintf("/%s/s%d", name, n), r)
+		if err != nil {
+			close(stop)
+			<-done
+			t.Fatalf("create %d racing RemoveParents: %v", n, err)
+		}
+		if err := g.Destroy(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Errorf("RemoveParents racing Create: %v", err)
+	}
+	t.Logf("%d groups made, %d parent directories removed between them", n, gone)
+	if gone == 0 {
+		t.Errorf("no parent was removed in %d starts: the race did not happen", n)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 func TestMain(m *testing.M) {
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 func newJail(t testing.TB, cg *cgroup.Host) (*Jail, *state.Root) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	root, err := state.Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
+	root, err := state.Open(testroot.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}

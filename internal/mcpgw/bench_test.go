@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -93,7 +93,7 @@ func BenchmarkMCPGateway(b *testing.B) {
 }
 
 func benchRoot(b *testing.B) string {
-	return testutil.SearchableTempDir(b) // `mcp serve` refuses a root sandboxes cannot search
+	return testroot.New(b) // `mcp serve` refuses a root sandboxes cannot search
 }
 
 func connectCmd(b *testing.B, cmd *exec.Cmd) *mcp.ClientSession {

@@ -21,6 +21,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -49,10 +50,11 @@ func (l *lockedBuffer) String() string {
 }
 
 // daemonRoot returns a fresh state root, checked for leaked sandboxes when
-// the test ends (after the daemon stopped).
+// the test ends (after the daemon stopped), its parent cgroups then removed
+// (testroot).
 func daemonRoot(t *testing.T) string {
 	t.Helper()
-	dir := filepath.Join(testutil.SearchableTempDir(t), "state")
+	dir := testroot.New(t)
 	t.Cleanup(func() {
 		if err := testutil.Leaks(dir, state.NameOf(dir)); err != nil {
 			t.Errorf("state root %s: %v", dir, err)

@@ -18,6 +18,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/approval"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -283,7 +284,7 @@ func ironclawBinary(t testing.TB) string {
 func requireJail(t testing.TB) string {
 	t.Helper()
 	bin := ironclawBinary(t)
-	root := testutil.SearchableTempDir(t)
+	root := testroot.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--root", root, "run", "--", "/bin/true").CombinedOutput()

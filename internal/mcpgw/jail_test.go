@@ -16,7 +16,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
 // These tests run the servers inside the real `ironclaw run` jail, built
@@ -33,8 +33,9 @@ func withJail(bin, root string) harnessOpt {
 	}
 }
 
-// shortRoot is a state root the sandboxes' unprivileged uids can search.
-func shortRoot(t *testing.T) string { return testutil.SearchableTempDir(t) }
+// shortRoot is a state root the sandboxes' unprivileged uids can search,
+// its parent cgroups removed when the test ends.
+func shortRoot(t *testing.T) string { return testroot.New(t) }
 
 func TestSandboxedEverything(t *testing.T) {
 	nm := nodeModules(t)

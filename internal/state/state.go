@@ -258,6 +258,22 @@ func (r *Root) Leaked() ([]*Claim, error) {
 	return out, nil
 }
 
+// Sandboxes returns how many sandbox directories the root holds: live
+// sandboxes', ones being made, and ones a GC could not reclaim.
+func (r *Root) Sandboxes() (int, error) {
+	ents, err := os.ReadDir(filepath.Join(r.dir, "sandboxes"))
+	if err != nil {
+		return 0, fmt.Errorf("list sandboxes: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() && sandbox.Key(e.Name()).Valid() {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // Live returns the records of sandboxes whose owner is alive.
 func (r *Root) Live() ([]Record, error) {
 	ents, err := os.ReadDir(filepath.Join(r.dir, "sandboxes"))

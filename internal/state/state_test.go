@@ -298,3 +298,28 @@ func TestOpenKeepsLiveOwnersOnABootMismatch(t *testing.T) {
 		}
 	}
 }
+
+// TestSandboxes counts the sandbox directories of a root, live or not, and
+// nothing else in its sandboxes directory.
+func TestSandboxes(t *testing.T) {
+	r := tempRoot(t)
+	if n, err := r.Sandboxes(); n != 0 || err != nil {
+		t.Fatalf("empty root: %d %v", n, err)
+	}
+	c, _, err := r.Claim("counted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(r.Dir(), "sandboxes", "not-a-key"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Sandboxes(); n != 1 || err != nil {
+		t.Errorf("one claimed sandbox: %d %v", n, err)
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.Sandboxes(); n != 0 || err != nil {
+		t.Errorf("after release: %d %v", n, err)
+	}
+}

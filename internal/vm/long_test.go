@@ -11,7 +11,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
-	"github.com/ironclaw/ironclaw/internal/testutil"
+	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
 )
 
@@ -19,7 +19,7 @@ import (
 // before anything is claimed or resolved (the image resolver fails the
 // test if it is asked), naming the field.
 func TestLaunchValidates(t *testing.T) {
-	root, err := state.Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
+	root, err := state.Open(testroot.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestLaunchValidates(t *testing.T) {
 // TestAttachWithoutSandbox: attaching to a sandbox that has no VM record
 // is ErrNotFound; to one whose record is not a persistent VM's, an error.
 func TestAttachWithoutSandbox(t *testing.T) {
-	root, err := state.Open(filepath.Join(testutil.SearchableTempDir(t), "state"))
+	root, err := state.Open(testroot.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
