@@ -283,6 +283,7 @@ func setupSlot(ctx context.Context, c Config, dir string, key sandbox.Key, polic
 		return nil, fmt.Errorf("network setup: new slot: %w", err)
 	}
 	s := &slot{dir: sdir, lock: lock}
+	c.at("slot-dir")
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
 		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
 	}
@@ -290,6 +291,7 @@ func setupSlot(ctx context.Context, c Config, dir string, key sandbox.Key, polic
 	if err := writeRecord(dir, RecordFile, rec); err != nil {
 		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
 	}
+	c.at("slot-claimed")
 	n := &Net{cfg: c, dir: sdir, key: skey, log: c.Logger.With("sandbox_key", string(key)), ready: readyNow()}
 	if err := n.setup(ctx, policy); err != nil {
 		rerr := n.teardown()
@@ -385,6 +387,7 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 // slot's rules are the ones it was prepared with, which let nothing out.
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
+	c.at("slot-dir")
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
 		lock.Close()
 		return nil, err
