@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -64,7 +63,7 @@ func spawnMaintainer(g *globals, free int) {
 		g.logger.Warn("start network pool maintainer", "err", err)
 		return
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "maintain.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	logf, err := os.OpenFile(filepath.Join(dir, "maintain.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		g.logger.Warn("start network pool maintainer", "err", err)
 		return
