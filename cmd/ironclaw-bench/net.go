@@ -7,8 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/ironclaw/ironclaw/internal/bench"
+	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/state"
 )
 
 // netBench measures a networked `ironclaw run --allow ... -- /bin/true`
@@ -24,6 +28,7 @@ func netBench(args []string) error {
 	var c common
 	c.register(fs)
 	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
+	selfPool := fs.Bool("self-pool", false, "also measure back-to-back networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own)")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -47,8 +52,10 @@ func netBench(args []string) error {
 		exec.Command(ic[0], append(ic[1:], "net", "pool", "drain")...).Run()
 	}()
 	run := append(append([]string{}, ic...), "run")
+	// The prefilled case measures a claimed slot only: no maintainer
+	// (--net-pool 0), as with an earlier binary that has none.
 	cs := []bench.Contestant{
-		command("ironclaw --allow 203.0.113.10/32:443 (pool slot)", append(run, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
+		command("ironclaw --allow 203.0.113.10/32:443 (pool slot)", append(run, "--net-pool", "0", "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
 		command("ironclaw (loopback only)", append(run, "--", "/bin/true")...),
 		command("bwrap", bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
 			"--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -58,10 +65,47 @@ func netBench(args []string) error {
 		cs = append(cs, command("baseline --allow 203.0.113.10/32:443 (pool slot)",
 			*baseline, "--root", c.root, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
 	}
+	if *selfPool {
+		// Roots of their own, never filled by hand: the runs of the
+		// new binary keep their pool themselves (the default
+		// --net-pool, its maintainer running between and during the
+		// runs); an earlier binary makes and removes a network per run.
+		self := c.root + "-self"
+		defer cleanRoot(c.ironclaw, self)
+		cs = append(cs, command("ironclaw --allow (self-maintained pool, starts empty)",
+			c.ironclaw, "--root", self, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
+		if *baseline != "" {
+			old := c.root + "-baseline-self"
+			defer cleanRoot(c.ironclaw, old)
+			cs = append(cs, command("baseline --allow (no pool filled)",
+				*baseline, "--root", old, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
+		}
+	}
 	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "pool slots prepared before the timed runs:", n)
 	return c.print(rep)
+}
+
+// cleanRoot waits for a root's pool maintainer to finish (a maintainer
+// turned away says so), then destroys what is left of its pool and
+// removes the root.
+func cleanRoot(ironclaw, root string) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		out, err := exec.Command(ironclaw, "--root", root, "net", "pool", "maintain", "--free", "0").Output()
+		if err != nil || !strings.Contains(string(out), "another maintainer") {
+			break
+		}
+	}
+	exec.Command(ironclaw, "--root", root, "gc").Run()
+	exec.Command(ironclaw, "--root", root, "net", "pool", "drain").Run()
+	// An earlier build's gc may leave the root's empty cgroup parents.
+	if h, err := cgroup.Detect(); err == nil {
+		if _, inUse, err := h.RemoveParents(state.NameOf(root)); err != nil || len(inUse) > 0 {
+			fmt.Fprintln(os.Stderr, "ironclaw-bench: remove cgroup parents:", err, strings.Join(inUse, ", "))
+		}
+	}
+	os.RemoveAll(root)
 }

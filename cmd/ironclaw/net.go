@@ -103,6 +103,13 @@ func newNetPoolCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pool",
 		Short: "Maintain the pool of prepared sandbox networks",
+		Long: `Networked sandboxes (--allow) take a prepared network slot (namespace, veth
+pair, address, a firewall that lets nothing out) from the pool under
+<root>/net/slots, and leave it used when they end: a used slot is never
+reused. By default (--net-pool, IRONCLAW_NET_POOL) the pool maintains
+itself: after a networked run a background 'net pool maintain' destroys used
+slots and refills the pool, and the daemon does the same in the background.
+These commands do it by hand.`,
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "fill N",
@@ -110,8 +117,8 @@ func newNetPoolCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 0 || n > 1024 {
-				return fmt.Errorf("%w: pool size %q: want a number from 0 to 1024", sandbox.ErrInvalid, args[0])
+			if err != nil || n < 0 || n > maxNetPool {
+				return fmt.Errorf("%w: pool size %q: want a number from 0 to %d", sandbox.ErrInvalid, args[0], maxNetPool)
 			}
 			cfg, err := netConfig(g)
 			if err != nil {
@@ -136,6 +143,6 @@ func newNetPoolCmd(g *globals) *cobra.Command {
 			}
 			return network.Drain(cmd.Context(), cfg)
 		},
-	})
+	}, newNetPoolMaintainCmd(g), newNetPoolStatusCmd(g))
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ironclaw/ironclaw/internal/jail"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
@@ -42,6 +44,7 @@ type runFlags struct {
 	seccompReport string
 	allow         []string
 	net           string
+	netPool       string
 
 	vm vmRunFlags // --backend and the micro-VM's flags (run_vm.go)
 }
@@ -68,6 +71,10 @@ could not be executed or found.`,
 			if err != nil {
 				return err
 			}
+			netPool, err := netPoolSize(f.netPool)
+			if err != nil {
+				return err
+			}
 			// A micro-VM (--backend vm, or auto on a KVM host) runs
 			// embedded: the daemon serves jails.
 			if ran, err := f.vm.dispatch(g, spec); ran {
@@ -80,7 +87,7 @@ could not be executed or found.`,
 					return runViaDaemon(g, c, spec, f.name != "")
 				}
 			}
-			return runSandbox(g, spec, f.seccompReport)
+			return runSandbox(g, spec, f.seccompReport, netPool)
 		},
 	}
 	fl := cmd.Flags()
@@ -102,6 +109,7 @@ could not be executed or found.`,
 	fl.BoolVar(&f.noDaemon, "no-daemon", false, "run embedded even when a daemon (ironclaw serve) is running")
 	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress: CIDR[:PORT[-PORT]][/tcp|/udp], DOMAIN[:PORT] or '*.example.com' (repeatable; everything else is dropped)")
 	fl.StringVar(&f.net, "net", "", "network: none (loopback only, the default without --allow)")
+	netPoolFlag(fl, &f.netPool)
 	fl.StringVar(&f.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")
 	fl.StringVar(&f.seccompMode, "seccomp-mode", "enforce", "enforce, or audit: log what the profile would block instead of blocking it")
 	f.vm.register(fl)
@@ -177,7 +185,12 @@ func (f *runFlags) spec(args []string) (sandbox.Spec, error) {
 
 // runSandbox runs spec in a jail with the caller's terminal and signals
 // wired through, and exits with the command's status.
-func runSandbox(g *globals, spec sandbox.Spec, reportFile string) error {
+//
+// With netPool > 0, a networked sandbox's network is left to the pool as
+// a used slot when it ends, and a detached maintainer (spawnMaintainer)
+// destroys it and refills the pool to netPool free slots once the sandbox
+// is gone.
+func runSandbox(g *globals, spec sandbox.Spec, reportFile string, netPool int) error {
 	root, err := state.Open(g.root)
 	if err != nil {
 		return err
@@ -187,7 +200,18 @@ func runSandbox(g *globals, spec sandbox.Spec, reportFile string) error {
 	} else if n > 0 {
 		g.logger.Info("reclaimed leftovers of dead sandboxes", "count", n)
 	}
-	j, err := jail.New(jail.Config{Root: root, Logger: g.logger})
+	netCfg := network.Config{Root: root.Dir(), Logger: g.logger}
+	if netPool > 0 {
+		var wanted atomic.Bool
+		netCfg.DeferRemoval = true
+		netCfg.Wake = func() { wanted.Store(true) }
+		defer func() {
+			if wanted.Load() {
+				spawnMaintainer(g, netPool)
+			}
+		}()
+	}
+	j, err := jail.New(jail.Config{Root: root, Logger: g.logger, Network: netCfg})
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ type serveFlags struct {
 	pool           int
 	poolConfig     string
 	sweep          time.Duration
+	netPool        string
 	vm             vmRunFlags
 }
 
@@ -72,7 +73,9 @@ Sandboxes outlive the daemon: a restarted daemon re-attaches every sandbox
 that still runs and reclaims every other one (sandboxes with network allow
 rules die with the daemon: their egress servers live in it). With --pool N
 it keeps N prepared sandboxes of the default shape ready, so that a matching
-create takes one instead of starting cold.
+create takes one instead of starting cold. Networked sandboxes take prepared
+network slots; once the first one has been asked for, the daemon keeps
+--net-pool of them free in the background and destroys used ones.
 
 A create may ask for backend "vm": a micro-VM (QEMU microvm, KVM when this
 boot's probe saw a guest boot under it, else TCG; IRONCLAW_VM_ACCEL=kvm|tcg
@@ -92,6 +95,7 @@ create if missing. Backend "auto" is a VM only where KVM works, else the jail.`,
 	fl.DurationVar(&f.requestTimeout, "request-timeout", api.DefaultRequestTimeout, "timeout of each API request (not exec or event streams)")
 	fl.IntVar(&f.pool, "pool", 0, "warm pool size for sandboxes of the default shape")
 	fl.StringVar(&f.poolConfig, "pool-config", "", `JSON file of warm pools: [{"name": N, "size": N, "template": <create request>}]`)
+	netPoolFlag(fl, &f.netPool)
 	fl.DurationVar(&f.sweep, "sweep-interval", daemon.DefaultSweepInterval, "how often time-to-live and idle timeouts are checked")
 	fl.StringVar(&f.vm.image, "image", os.Getenv("IRONCLAW_IMAGE"),
 		"micro-VM image directory from `ironclaw image build` (default: the default image, built at the first VM create) (env IRONCLAW_IMAGE)")
@@ -173,6 +177,10 @@ func serve(g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
+	netPool, err := netPoolSize(f.netPool)
+	if err != nil {
+		return err
+	}
 	gid, perm := -1, os.FileMode(0o600)
 	if f.group != "" {
 		grp, err := user.LookupGroup(f.group)
@@ -202,7 +210,28 @@ func serve(g *globals, f *serveFlags) error {
 	defer st.Close()
 	// The daemon's sandboxes are forked by a spawner: a fork of the
 	// daemon itself copies (and write-protects) its whole heap.
-	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: network.Config{Root: root.Dir(), Logger: log}, Spawner: true})
+	// Networked sandboxes keep the network pool filled: a Keeper
+	// destroys used slots and prepares free ones in the background.
+	netCfg := network.Config{Root: root.Dir(), Logger: log}
+	if netPool > 0 {
+		keeper := network.NewKeeper(netCfg, netPool)
+		netCfg.DeferRemoval, netCfg.Wake = true, keeper.Wake
+		kctx, kcancel := context.WithCancel(context.Background())
+		kdone := make(chan struct{})
+		go func() { defer close(kdone); keeper.Run(kctx) }()
+		// Runs after the sandboxes are closed (deferred first): their
+		// used slots go too, not the free ones.
+		defer func() {
+			kcancel()
+			<-kdone
+			mctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := network.Maintain(mctx, network.Config{Root: root.Dir(), Logger: log}); err != nil {
+				log.Warn("network pool maintenance at shutdown", "err", err)
+			}
+		}()
+	}
+	j, err := jail.New(jail.Config{Root: root, Logger: log, Network: netCfg, Spawner: true})
 	if err != nil {
 		return err
 	}

@@ -47,9 +47,9 @@ type daemon struct {
 	done chan struct{}
 }
 
-func startDaemon(t *testing.T) *daemon {
+func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(bin, "--root", root, "serve"), done: make(chan struct{})}
+	d := &daemon{cmd: exec.Command(bin, append([]string{"--root", root, "serve"}, args...)...), done: make(chan struct{})}
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -113,7 +113,8 @@ func TestDaemonNetworkPolicy(t *testing.T) {
 	inet := testutil.NewInternet(t, peer)
 	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
 	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:9090"))
-	d := startDaemon(t)
+	// No network pool here: every link must go with its sandbox.
+	d := startDaemon(t, "--net-pool", "0")
 	ctx := context.Background()
 	sb, err := d.c.Create(ctx, api.CreateRequest{ID: "netbox", Network: &api.Network{Allow: []string{"203.0.113.10/32:8080/tcp"}}})
 	if err != nil {
@@ -160,12 +161,77 @@ func TestDaemonNetworkPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.stop(syscall.SIGKILL)
-	d = startDaemon(t)
+	d = startDaemon(t, "--net-pool", "0")
 	defer d.stop(syscall.SIGTERM)
 	if sb, err := d.c.Get(ctx, "netbox2"); err == nil && sb.State == "running" {
 		t.Errorf("a networked sandbox is running after its daemon was killed: %+v", sb)
 	}
 	if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
 		t.Errorf("links left after the restart reclaimed a networked sandbox: %v %v", links, err)
+	}
+}
+
+// TestDaemonKeepsNetworkPool: the daemon keeps --net-pool free network
+// slots once networked sandboxes are asked for: the first one, on an
+// empty pool, makes its network as a slot of its own, the pool fills in
+// the background while it runs, a destroyed sandbox's used slot is
+// destroyed in the background, and a stopped daemon leaves free slots
+// only, which a drain removes.
+func TestDaemonKeepsNetworkPool(t *testing.T) {
+	build(t)
+	peer := netip.MustParseAddr("203.0.113.10")
+	inet := testutil.NewInternet(t, peer)
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
+	cfg := network.Config{Root: root}
+	pool := func() network.PoolState {
+		st, err := network.Pool(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	waitPool := func(want network.PoolState) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); pool() != want; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pool %+v, want %+v", pool(), want)
+			}
+		}
+	}
+	if st := pool(); st != (network.PoolState{}) {
+		t.Fatalf("pool not empty at the start: %+v", st)
+	}
+	d := startDaemon(t, "--net-pool", "2")
+	ctx := context.Background()
+	if _, err := d.c.Create(ctx, api.CreateRequest{ID: "pooled-net", Network: &api.Network{Allow: []string{"203.0.113.10/32:8080/tcp"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(network.PoolState{Free: 2, Claimed: 1})
+	if got := probe(t, d.c, "pooled-net", "203.0.113.10:8080"); !got["203.0.113.10:8080"] {
+		t.Fatalf("the allowed peer is not reachable: %v", got)
+	}
+	// The next one takes a free slot; the keeper refills.
+	if _, err := d.c.Create(ctx, api.CreateRequest{ID: "pooled-net-2", Network: &api.Network{Allow: []string{"203.0.113.10/32:8080/tcp"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(network.PoolState{Free: 2, Claimed: 2})
+	if got := probe(t, d.c, "pooled-net-2", "203.0.113.10:8080"); !got["203.0.113.10:8080"] {
+		t.Fatalf("the allowed peer is not reachable from a pool slot: %v", got)
+	}
+	for _, id := range []string{"pooled-net", "pooled-net-2"} {
+		if err := d.c.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitPool(network.PoolState{Free: 2})
+	d.stop(syscall.SIGTERM)
+	if st := pool(); st != (network.PoolState{Free: 2}) {
+		t.Fatalf("pool after the daemon stopped: %+v, want 2 free slots only", st)
+	}
+	if out, err := exec.Command(bin, "--root", root, "net", "pool", "drain").CombinedOutput(); err != nil {
+		t.Fatalf("drain: %v %s", err, out)
+	}
+	if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
+		t.Errorf("links left after a drain: %v %v", links, err)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,8 +24,36 @@ var bin, root string
 func TestMain(m *testing.M) {
 	parents := testroot.Snapshot()
 	testutil.HostNetNSMain(m, func() error {
+		if root != "" {
+			// Networked runs keep the network pool filled (--net-pool):
+			// its maintainers must have ended, and it may hold free
+			// slots only (no used, claimed or orphaned one), which a
+			// drain then removes before the strict check.
+			if err := settlePool(); err != nil {
+				return err
+			}
+		}
 		return errors.Join(testutil.SuiteLeaks(root, state.NameOf(root), network.IfPrefix), parents.Leaked())
 	})
+}
+
+// settlePool waits for the pool's maintainers to end, requires that only
+// free slots are left, and drains them.
+func settlePool() error {
+	if !testutil.WaitMaintainers(root, 30*time.Second) {
+		return fmt.Errorf("network pool maintainers still running: %v", testutil.Maintainers(root))
+	}
+	st, err := network.Pool(network.Config{Root: root})
+	if err != nil {
+		return err
+	}
+	if st.Claimed+st.Used+st.Orphaned > 0 {
+		return fmt.Errorf("network pool left with slots that are not free: %+v", st)
+	}
+	if out, err := exec.Command(bin, "--root", root, "net", "pool", "drain").CombinedOutput(); err != nil {
+		return fmt.Errorf("net pool drain: %v: %s", err, out)
+	}
+	return nil
 }
 
 // build compiles ironclaw and ironclaw-agent once per test binary.
@@ -127,6 +157,9 @@ func TestNetShowVerifiesLiveRules(t *testing.T) {
 
 func TestKilledRunLeavesNothingAfterGC(t *testing.T) {
 	build(t)
+	if err := settlePool(); err != nil {
+		t.Fatal(err)
+	}
 	testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
 	cmd := exec.Command(bin, "--root", root, "run", "--name", "killed-net", "--allow", "203.0.113.10/32:80", "--", "sh", "-c", "echo ready; sleep 60")
 	out, _ := cmd.StdoutPipe()
@@ -157,4 +190,137 @@ func lineFor(out, target string) string {
 		}
 	}
 	return "(no output for " + target + ")"
+}
+
+// poolState reads the suite root's network pool.
+func poolState(t *testing.T) network.PoolState {
+	t.Helper()
+	st, err := network.Pool(network.Config{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// runTrue runs /bin/true in a networked sandbox with extra environment.
+func runTrue(t *testing.T, env ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, "--root", root, "run", "--allow", "203.0.113.10/32:8080", "--", "true")
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+}
+
+// TestPoolMaintainsItself: a networked run on an empty pool, with no
+// manual command, leads to --net-pool free slots and no used slot, and
+// its maintainer ends; the next run takes a free slot; with --net-pool 0
+// nothing is prepared and no maintainer starts.
+func TestPoolMaintainsItself(t *testing.T) {
+	build(t)
+	testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
+	if err := settlePool(); err != nil {
+		t.Fatal(err)
+	}
+	if st := poolState(t); st != (network.PoolState{}) {
+		t.Fatalf("pool not empty after a drain: %+v", st)
+	}
+	waitFree := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st := poolState(t)
+			gone := len(testutil.Maintainers(root)) == 0
+			if st == (network.PoolState{Free: want}) && gone {
+				return
+			}
+			if time.Now().After(deadline) {
+				log, _ := os.ReadFile(root + "/net/maintain.log")
+				t.Fatalf("pool %+v, maintainers %v; want %d free slots, nothing else, no maintainer\nlog:\n%s", st, testutil.Maintainers(root), want, log)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	runTrue(t, "IRONCLAW_NET_POOL=")
+	waitFree(2)
+	// The next run takes a free slot; its maintainer refills the pool
+	// to the size it is given.
+	runTrue(t, "IRONCLAW_NET_POOL=3")
+	waitFree(3)
+	if log, err := os.ReadFile(root + "/net/maintain.log"); err != nil || len(log) > 0 {
+		t.Errorf("maintainers logged (or no log): %v\n%s", err, log)
+	}
+
+	// Maintenance off: the run makes and removes its own network, and
+	// leaves the pool as it was.
+	if err := settlePool(); err != nil {
+		t.Fatal(err)
+	}
+	runTrue(t, "IRONCLAW_NET_POOL=0")
+	if m := testutil.Maintainers(root); len(m) > 0 {
+		t.Fatalf("--net-pool 0 started maintainers %v", m)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if st := poolState(t); st != (network.PoolState{}) || len(testutil.Maintainers(root)) > 0 {
+		t.Fatalf("--net-pool 0: pool %+v, maintainers %v; want nothing", st, testutil.Maintainers(root))
+	}
+	if links, err := testutil.LeakedLinks(network.IfPrefix); err != nil || len(links) > 0 {
+		t.Fatalf("--net-pool 0 left links %v %v", links, err)
+	}
+	if r, err := exec.Command(bin, "--root", root, "run", "--net-pool", "x", "--", "true").CombinedOutput(); err == nil || !strings.Contains(string(r), "--net-pool") {
+		t.Errorf("a bad --net-pool was not refused by name: %v %s", err, r)
+	}
+}
+
+// TestConcurrentMaintainers: two maintainers started at once prepare the
+// pool once between them (one flock per root); one started while the
+// lock is held does nothing.
+func TestConcurrentMaintainers(t *testing.T) {
+	build(t)
+	if err := settlePool(); err != nil {
+		t.Fatal(err)
+	}
+	maintain := func() *exec.Cmd {
+		return exec.Command(bin, "--root", root, "net", "pool", "maintain", "--free", "2")
+	}
+	a, b := maintain(), maintain()
+	var oa, ob bytes.Buffer
+	a.Stdout, b.Stdout = &oa, &ob
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(a.Wait(), b.Wait()); err != nil {
+		t.Fatalf("%v\n%s%s", err, oa.String(), ob.String())
+	}
+	made := 0
+	for _, out := range []string{oa.String(), ob.String()} {
+		var d, m int
+		if _, err := fmt.Sscanf(out, "destroyed %d used slots, prepared %d", &d, &m); err == nil {
+			made += m
+		} else if !strings.Contains(out, "another maintainer") {
+			t.Fatalf("maintainer said %q", out)
+		}
+	}
+	if st := poolState(t); made != 2 || st != (network.PoolState{Free: 2}) {
+		t.Fatalf("two maintainers prepared %d slots between them, pool %+v; want 2 and 2 free\n%s%s", made, st, oa.String(), ob.String())
+	}
+	// While the lock is held, a maintainer does nothing, at once.
+	lock, err := os.OpenFile(root+"/net/"+network.MaintainLock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "--root", root, "net", "pool", "maintain", "--free", "4").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "another maintainer") {
+		t.Fatalf("maintainer while the lock is held: %v %s", err, out)
+	}
+	if st := poolState(t); st != (network.PoolState{Free: 2}) {
+		t.Fatalf("a maintainer turned away changed the pool: %+v", st)
+	}
 }

@@ -49,6 +49,18 @@ type Config struct {
 	Link LinkKind
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// DeferRemoval makes a network that Begin has to make itself (no
+	// free slot in the pool) a pool slot of its own, claimed by the
+	// sandbox: at Close it is shut and left used, and a pool maintainer
+	// (KeepPool) destroys it, off the sandbox's exit path, instead of
+	// Close removing it (about 30 ms here). Set it only where a
+	// maintainer runs after the sandbox (Wake starts one); otherwise used
+	// slots wait for `ironclaw gc`.
+	DeferRemoval bool
+	// Wake, if set, is called when the pool needs maintenance: Begin
+	// took a slot from it or found none, or Close left a used slot. It
+	// must not block.
+	Wake func()
 
 	// step, when set (by tests), is called at each step of setup, so a
 	// test can kill the process there.
@@ -62,6 +74,12 @@ type Config struct {
 func (c *Config) at(name string) {
 	if c.step != nil {
 		c.step(name)
+	}
+}
+
+func (c *Config) wake() {
+	if c.Wake != nil {
+		c.Wake()
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
@@ -174,18 +175,9 @@ func countFree(c Config) (int, error) {
 }
 
 func prepareSlot(ctx context.Context, c Config) error {
-	var rb [16]byte
-	if _, err := rand.Read(rb[:]); err != nil {
-		return fmt.Errorf("prepare slot: %w", err)
-	}
-	key := sandbox.KeyOf("slot:" + hex.EncodeToString(rb[:]))
-	dir := filepath.Join(c.slotsDir(), string(key))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("prepare slot: %w", err)
-	}
-	lock, err := lockFile(filepath.Join(dir, slotLock), true)
+	dir, key, lock, err := newSlotDir(c)
 	if err != nil {
-		return fmt.Errorf("prepare slot: lock: %w", err)
+		return fmt.Errorf("prepare slot: %w", err)
 	}
 	defer lock.Close()
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger, ready: readyNow()}
@@ -213,6 +205,118 @@ func prepareSlot(ctx context.Context, c Config) error {
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
 	return writeState(filepath.Join(dir, slotState), stateFree)
+}
+
+// newSlotPrefix starts the name of a slot directory that is still being
+// made; Maintain removes one whose maker died (it holds no object).
+const newSlotPrefix = ".new-"
+
+// newSlotDir makes a slot directory with a fresh key and returns it with
+// its flock held. The directory is made and locked under a temporary name
+// and then renamed into place, so no other process ever sees a slot
+// directory whose flock is free while its maker still works on it (a
+// maintainer would destroy it). It holds nothing yet: the slot's record
+// is written before any of its objects is made (see setup).
+func newSlotDir(c Config) (string, sandbox.Key, *os.File, error) {
+	var rb [16]byte
+	if _, err := rand.Read(rb[:]); err != nil {
+		return "", "", nil, err
+	}
+	key := sandbox.KeyOf("slot:" + hex.EncodeToString(rb[:]))
+	if err := os.MkdirAll(c.slotsDir(), 0o700); err != nil {
+		return "", "", nil, err
+	}
+	tmp, err := os.MkdirTemp(c.slotsDir(), newSlotPrefix)
+	if err != nil {
+		return "", "", nil, err
+	}
+	lock, err := lockFile(filepath.Join(tmp, slotLock), false)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", "", nil, fmt.Errorf("lock: %w", err)
+	}
+	dir := filepath.Join(c.slotsDir(), string(key))
+	if err := os.Rename(tmp, dir); err != nil {
+		lock.Close()
+		os.RemoveAll(tmp)
+		return "", "", nil, err
+	}
+	return dir, key, lock, nil
+}
+
+// removeStaleNew removes a slot directory still under its temporary name
+// (newSlotDir) whose maker is gone: its flock is free. Such a directory
+// holds at most the lock file, never a record or an object.
+func removeStaleNew(dir string) error {
+	lock, err := lockFile(filepath.Join(dir, slotLock), false)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil // its maker is still at work
+		}
+		return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
+	}
+	defer lock.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// setupSlot is Setup for a network that becomes a pool slot of its own
+// (Config.DeferRemoval): Begin found no free slot, so it makes one for
+// this sandbox, claimed by it from the start and installed with its policy
+// directly. At Close it is shut and left used, like any claimed slot, and
+// a maintainer destroys it off the sandbox's exit path.
+//
+// Order, so that a SIGKILL at any point leaves nothing gc cannot reclaim:
+// the slot directory appears locked; its state says "claimed KEY" (never
+// "free", so no claim takes it; Maintain destroys it once the flock is
+// free); the sandbox's record points at the slot (Reclaim destroys it
+// through reclaimSlot); then the slot's own record is written before each
+// of its objects (setup).
+func setupSlot(ctx context.Context, c Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
+	sdir, skey, lock, err := newSlotDir(c)
+	if err != nil {
+		return nil, fmt.Errorf("network setup: new slot: %w", err)
+	}
+	s := &slot{dir: sdir, lock: lock}
+	c.at("slot-dir")
+	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
+		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
+	}
+	rec := &record{Version: 1, Key: string(key), Names: NamesOf(skey), NetnsDir: c.NetnsDir, Slot: sdir}
+	if err := writeRecord(dir, RecordFile, rec); err != nil {
+		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
+	}
+	c.at("slot-claimed")
+	n := &Net{cfg: c, dir: sdir, key: skey, log: c.Logger.With("sandbox_key", string(key)), ready: readyNow()}
+	if err := n.setup(ctx, policy); err != nil {
+		rerr := n.teardown()
+		if rerr == nil {
+			rerr = errors.Join(lock.Close(), removeSlotDir(sdir), removeRecord(dir))
+		} else {
+			// Left for Maintain (the slot is not free and its flock
+			// goes) and for Reclaim (the sandbox's record stays).
+			rerr = errors.Join(rerr, writeState(filepath.Join(sdir, slotState), stateUsed), lock.Close())
+		}
+		if rerr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
+		}
+		return nil, fmt.Errorf("network setup: %w", err)
+	}
+	// From here on the network is the sandbox's claimed slot: its record
+	// (the slot's names, the applied target) goes to the sandbox's
+	// directory, as a claim's does.
+	srec := *n.rec
+	srec.Key, srec.Slot = string(key), sdir
+	n.rec, n.dir, n.key, n.slot = &srec, dir, key, s
+	if err := writeRecord(dir, RecordFile, n.rec); err != nil {
+		return nil, fmt.Errorf("network setup: %w", errors.Join(err, n.teardown()))
+	}
+	return n, nil
 }
 
 // removeSlotDir removes a slot directory whose objects are all gone.
@@ -283,6 +387,7 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 // slot's rules are the ones it was prepared with, which let nothing out.
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
+	c.at("slot-dir")
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
 		lock.Close()
 		return nil, err
@@ -358,6 +463,12 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 			break
 		}
 		sdir := filepath.Join(c.slotsDir(), e.Name())
+		if strings.HasPrefix(e.Name(), newSlotPrefix) {
+			if err := removeStaleNew(sdir); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		b, _ := os.ReadFile(filepath.Join(sdir, slotState))
 		if string(b) == stateFree {
 			continue
@@ -435,6 +546,12 @@ func Drain(ctx context.Context, cfg Config) error {
 	}
 	var errs []error
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), newSlotPrefix) {
+			if err := removeStaleNew(filepath.Join(c.slotsDir(), e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), ""); err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
@@ -535,9 +652,21 @@ func Acquire(ctx context.Context, cfg Config, dir string, key sandbox.Key, polic
 // the installation. Any other network is complete when Begin returns.
 func Begin(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	if policy.Networked() && cfg.Link == LinkVeth {
+		// The pool has one slot fewer, or none: time to maintain it.
+		cfg.wake()
 		n, err := claim(ctx, cfg, dir, key, policy)
 		if !errors.Is(err, ErrPoolEmpty) {
 			return n, err
+		}
+		if cfg.DeferRemoval {
+			c, err := cfg.withDefaults()
+			if err != nil {
+				return nil, err
+			}
+			if !key.Valid() {
+				return nil, fmt.Errorf("network setup: invalid sandbox key %q", key)
+			}
+			return setupSlot(ctx, c, dir, key, policy)
 		}
 	}
 	return Setup(ctx, cfg, dir, key, policy)

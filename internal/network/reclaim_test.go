@@ -22,6 +22,9 @@ const helperEnv = "IRONCLAW_TEST_NET_HELPER"
 type helperSpec struct {
 	Root, NetnsDir, Resolver, Dir, Key, KillAt string
 	Rules                                      []string
+	// Deferred runs Begin with Config.DeferRemoval on an empty pool
+	// (the network becomes a slot of its own) instead of Setup.
+	Deferred bool
 }
 
 // TestNetHelperProcess is not a test: it is the body of the helper process
@@ -46,7 +49,12 @@ func TestNetHelperProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Setup(t.Context(), cfg, s.Dir, sandbox.Key(s.Key), p); err != nil {
+	if s.Deferred {
+		cfg.DeferRemoval = true
+		if _, err := Begin(t.Context(), cfg, s.Dir, sandbox.Key(s.Key), p); err != nil {
+			t.Fatal(err)
+		}
+	} else if _, err := Setup(t.Context(), cfg, s.Dir, sandbox.Key(s.Key), p); err != nil {
 		t.Fatal(err)
 	}
 	kill() // "done": killed with a complete network

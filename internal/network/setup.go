@@ -659,6 +659,7 @@ func (n *Net) teardown() error {
 	}
 	if n.slot != nil {
 		errs = append(errs, n.slot.release(n.dir, n.key, shutErr == nil))
+		n.cfg.wake()
 		return errors.Join(errs...)
 	}
 	if n.rec != nil {

@@ -109,7 +109,7 @@ func processesMentioning(dir string) []string {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err == nil && bytes.Contains(b, []byte(dir+"/")) {
+		if err == nil && (bytes.Contains(b, []byte(dir+"/")) || bytes.Contains(b, []byte("\x00"+dir+"\x00"))) {
 			out = append(out, filepath.Base(filepath.Dir(p))+": "+string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
 		}
 	}

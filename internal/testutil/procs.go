@@ -48,3 +48,36 @@ func RequireGone(t testing.TB, pids []int, timeout time.Duration) {
 		}
 	}
 }
+
+// Maintainers returns the PIDs of `ironclaw --root root net pool maintain`
+// processes (the network pool's detached maintainers).
+func Maintainers(root string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		c := string(b)
+		if strings.Contains(c, "\x00--root\x00"+root+"\x00") && strings.Contains(c, "\x00pool\x00maintain\x00") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// WaitMaintainers waits up to timeout for every network pool maintainer
+// of root to end and reports whether none is left.
+func WaitMaintainers(root string, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); len(Maintainers(root)) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
