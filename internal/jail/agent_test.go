@@ -22,6 +22,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 func token(t *testing.T) []byte {
@@ -352,14 +353,14 @@ func TestSpawnerStartsPersistentSandboxes(t *testing.T) {
 		sbs = append(sbs, sb)
 	}
 	sb := sbs[0]
-	ppid := statusField(t, sb.PID(), "PPid")
+	ppid := testutil.ProcStatus(t, sb.PID(), "PPid")
 	if ppid == strconv.Itoa(os.Getpid()) {
 		t.Fatal("init is a child of this process, not of the spawner")
 	}
 	if cmdline, err := os.ReadFile("/proc/" + ppid + "/cmdline"); err != nil || !strings.HasPrefix(string(cmdline), spawner.Arg0+"\x00") {
 		t.Errorf("init's parent %s runs %q (%v), want the spawner", ppid, cmdline, err)
 	}
-	if p2 := statusField(t, sbs[1].PID(), "PPid"); p2 != ppid {
+	if p2 := testutil.ProcStatus(t, sbs[1].PID(), "PPid"); p2 != ppid {
 		t.Errorf("second sandbox's parent %s, want the same spawner %s", p2, ppid)
 	}
 	// Its cgroup holds it, and its commands are confined.
@@ -389,19 +390,4 @@ func TestSpawnerStartsPersistentSandboxes(t *testing.T) {
 	if err := sbs[1].Close(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func statusField(t *testing.T, pid int, key string) string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", key, pid)
-	return ""
 }

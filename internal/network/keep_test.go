@@ -1,13 +1,10 @@
 package network
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
@@ -191,15 +188,8 @@ func TestKillDuringDeferredSetup(t *testing.T) {
 	for _, step := range []string{"slot-dir", "slot-claimed", "record", "lease", "netns", "veth", "sandbox-rules", "host-rules", "done"} {
 		t.Run(step, func(t *testing.T) {
 			dir, key := e.sandboxDir(t, "deferred-killed-at-"+step)
-			spec, _ := json.Marshal(helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
+			runKilledHelper(t, helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
 				Dir: dir, Key: string(key), KillAt: step, Rules: []string{"203.0.113.0/24"}, Deferred: true})
-			cmd := exec.Command("/proc/self/exe", "-test.run=^TestNetHelperProcess$")
-			cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
-			out, err := cmd.CombinedOutput()
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
-			}
 			if st := poolNow(t, e.cfg); st.Orphaned != 1 {
 				t.Fatalf("after a kill at %s: pool %+v, want one orphaned slot", step, st)
 			}

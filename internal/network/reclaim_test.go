@@ -67,15 +67,8 @@ func TestKillDuringSetup(t *testing.T) {
 	for _, step := range []string{"record", "lease", "netns", "veth", "uplink-recorded", "uplink-guarded", "egress", "sandbox-rules", "host-rules", "done"} {
 		t.Run(step, func(t *testing.T) {
 			dir, key := e.sandboxDir(t, "killed-at-"+step)
-			spec, _ := json.Marshal(helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
+			runKilledHelper(t, helperSpec{Root: e.cfg.Root, NetnsDir: e.cfg.NetnsDir, Resolver: e.cfg.Resolver,
 				Dir: dir, Key: string(key), KillAt: step, Rules: []string{"203.0.113.0/24", "allowed.test"}})
-			cmd := exec.Command("/proc/self/exe", "-test.run=^TestNetHelperProcess$")
-			cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
-			out, err := cmd.CombinedOutput()
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
-			}
 			names := NamesOf(key)
 			left := leftovers(t, e, dir, names)
 			if step == "done" && len(left) < 4 {
@@ -219,5 +212,22 @@ func TestSetupRollsBack(t *testing.T) {
 	}
 	if left := leftovers(t, e, dir, NamesOf(key)); len(left) > 0 {
 		t.Fatalf("left behind after a failed Setup: %v", left)
+	}
+}
+
+// runKilledHelper runs TestNetHelperProcess with spec in a child process
+// and requires it to have been SIGKILLed at spec.KillAt.
+func runKilledHelper(t *testing.T, spec helperSpec) {
+	t.Helper()
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/proc/self/exe", "-test.run=^TestNetHelperProcess$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(b))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("helper was not killed at %s: %v\n%s", spec.KillAt, err, out)
 	}
 }

@@ -29,6 +29,23 @@ func ChildrenRunning(pid int, arg0 string) []int {
 	return pids
 }
 
+// ProcStatus returns the value of field key in /proc/PID/status (trimmed),
+// failing t if the process or the field is not there.
+func ProcStatus(t testing.TB, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return ""
+}
+
 // RequireGone fails t unless every process in pids has ended (and been
 // reaped) within timeout. A zombie counts as not gone.
 func RequireGone(t testing.TB, pids []int, timeout time.Duration) {

@@ -80,21 +80,6 @@ func stdio(t *testing.T) (files []*os.File, out *os.File) {
 	return []*os.File{null, w, null}, r
 }
 
-func procStatus(t *testing.T, pid int, key string) string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && k == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", key, pid)
-	return ""
-}
-
 func waitDone(t *testing.T, ch *Child) {
 	t.Helper()
 	select {
@@ -120,7 +105,7 @@ func TestSpawnReportsOutputAndExit(t *testing.T) {
 	}
 	defer unix.Close(ch.PidFD)
 	// It waits for its line, so it is there to be looked at.
-	if ppid := procStatus(t, ch.PID, "PPid"); ppid != fmt.Sprint(spawnerPID(c)) {
+	if ppid := testutil.ProcStatus(t, ch.PID, "PPid"); ppid != fmt.Sprint(spawnerPID(c)) {
 		t.Errorf("parent of the child = %s, want the spawner %d", ppid, spawnerPID(c))
 	}
 	if _, err := inW.WriteString("it\n"); err != nil {
@@ -169,7 +154,7 @@ func TestSpawnUserNamespaceAndPidfd(t *testing.T) {
 		t.Errorf("uid inside = %q, want 0", line)
 	}
 	// From the host: mapped to base, in its own session and namespaces.
-	if uid := procStatus(t, ch.PID, "Uid"); !strings.HasPrefix(uid, fmt.Sprint(base)) {
+	if uid := testutil.ProcStatus(t, ch.PID, "Uid"); !strings.HasPrefix(uid, fmt.Sprint(base)) {
 		t.Errorf("host Uid = %q, want %d", uid, base)
 	}
 	if m, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", ch.PID)); err != nil || strings.Fields(string(m))[1] != fmt.Sprint(base) {
@@ -182,7 +167,7 @@ func TestSpawnUserNamespaceAndPidfd(t *testing.T) {
 			t.Errorf("%s namespace not new: %s vs %s (%v, %v)", ns, mine, its, err1, err2)
 		}
 	}
-	if sid := procStatus(t, ch.PID, "NSsid"); !strings.HasPrefix(sid, fmt.Sprint(ch.PID)) {
+	if sid := testutil.ProcStatus(t, ch.PID, "NSsid"); !strings.HasPrefix(sid, fmt.Sprint(ch.PID)) {
 		t.Errorf("NSsid = %q, want a session of its own", sid)
 	}
 	// The pidfd names it: a SIGKILL through it ends it, and the spawner
