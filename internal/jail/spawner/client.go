@@ -1,6 +1,7 @@
 package spawner
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,8 +9,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
 	"sync"
 	"syscall"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -94,12 +98,17 @@ func (c *Client) Spawn(s Spec) (*Child, error) {
 		Path: s.Path, Args: s.Args, Env: s.Env, Files: len(s.Files), NetNS: s.NetNS != nil,
 	}
 	if a := s.Sys; a != nil {
-		if a.Pdeathsig != 0 || a.PidFD != nil {
-			return nil, errors.New("spawn: Pdeathsig and PidFD are not supported")
-		}
 		req.Cloneflags, req.UidMappings, req.GidMappings = a.Cloneflags, a.UidMappings, a.GidMappings
 		req.GidMappingsEnableSetgroups, req.Credential, req.Setsid = a.GidMappingsEnableSetgroups, a.Credential, a.Setsid
 		req.CgroupFD = a.UseCgroupFD
+		// Anything else set would be dropped on the way, and the child
+		// would differ from one forked here: refuse it.
+		rest := *a
+		rest.Cloneflags, rest.UidMappings, rest.GidMappings, rest.GidMappingsEnableSetgroups = 0, nil, nil, false
+		rest.Credential, rest.Setsid, rest.UseCgroupFD, rest.CgroupFD = nil, false, false, 0
+		if !reflect.ValueOf(rest).IsZero() {
+			return nil, fmt.Errorf("spawn: unsupported process attributes %+v (only clone flags, ID maps, credential, setsid and a cgroup)", rest)
+		}
 	}
 	fds := make([]int, 0, req.fds())
 	for i, f := range s.Files {
@@ -135,9 +144,24 @@ func (c *Client) Spawn(s Spec) (*Child, error) {
 		c.unregister(p, seq)
 		return nil, fmt.Errorf("spawn: send request: %w", err)
 	}
-	r := <-ch
-	return r.child, r.err
+	select {
+	case r := <-ch:
+		return r.child, r.err
+	case <-time.After(spawnTimeout):
+		// A spawner that does not answer is replaced: killing it ends
+		// its read loop, which fails every request still waiting.
+		_ = p.cmd.Process.Kill()
+		r := <-ch
+		if r.err == nil {
+			return r.child, nil // it answered just in time
+		}
+		return nil, fmt.Errorf("spawn: no answer from the spawner in %v (killed it): %w", spawnTimeout, r.err)
+	}
 }
+
+// spawnTimeout bounds the wait for the spawner's answer to one request; a
+// fork and exec take milliseconds.
+const spawnTimeout = 30 * time.Second
 
 // register returns the running spawner (starting one if needed), a
 // request number and the channel its reply arrives on.
@@ -230,11 +254,14 @@ func (c *Client) readLoop(p *proc) {
 		}
 		c.dispatch(p, rep, files)
 	}
+	// No new request may pick this spawner from now on.
+	c.mu.Lock()
+	p.dead = true
+	c.mu.Unlock()
 	p.conn.Close()
 	werr := p.cmd.Wait()
 	c.log.Warn("spawner ended", "pid", p.cmd.Process.Pid, "read", err, "wait", werr)
 	c.mu.Lock()
-	p.dead = true
 	for seq, ch := range p.pending {
 		ch <- result{err: fmt.Errorf("spawn: spawner ended: %v", err)}
 		delete(p.pending, seq)
@@ -271,7 +298,10 @@ func (c *Client) dispatch(p *proc, rep reply, files []*os.File) {
 		for _, f := range files {
 			f.Close()
 		}
-		c.log.Warn("spawner reply to no request", "seq", rep.Seq)
+		// Some request will never get its answer: replace the spawner,
+		// which fails every request still waiting.
+		c.log.Error("spawner reply to no request; killing it", "seq", rep.Seq, "err", rep.Err)
+		_ = p.cmd.Process.Kill()
 		return
 	}
 	delete(p.pending, rep.Seq)
@@ -304,6 +334,8 @@ func (c *Client) dispatch(p *proc, rep reply, files []*os.File) {
 }
 
 // watch closes ch.done once its process has ended, as its pidfd tells.
+// When the spawner died, its children were reparented: to this process
+// if it is their subreaper (or PID 1), which must then reap them.
 func watch(ch *Child) {
 	fds := []unix.PollFd{{Fd: int32(ch.PidFD), Events: unix.POLLIN}}
 	for {
@@ -311,7 +343,31 @@ func watch(ch *Child) {
 			break
 		}
 	}
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PIDFD, ch.PidFD, &info, unix.WEXITED|unix.WNOHANG, nil); err == nil {
+		ch.status, ch.known = siginfoStatus(&info)
+	}
 	close(ch.done)
+}
+
+// siginfoStatus converts a waitid result into a wait status.
+func siginfoStatus(info *unix.Siginfo) (syscall.WaitStatus, bool) {
+	// The siginfo of a reaped child: si_code, then si_pid, si_uid and
+	// si_status (the exit code or the signal).
+	const (
+		cldExited = 1 // CLD_EXITED
+		cldKilled = 2 // CLD_KILLED
+		cldDumped = 3 // CLD_DUMPED
+	)
+	b := (*[unsafe.Sizeof(*info)]byte)(unsafe.Pointer(info))
+	status := int32(binary.NativeEndian.Uint32(b[24:]))
+	switch info.Code {
+	case cldExited:
+		return syscall.WaitStatus(uint32(status&0xff) << 8), true
+	case cldKilled, cldDumped:
+		return syscall.WaitStatus(uint32(status & 0x7f)), true
+	}
+	return 0, false
 }
 
 // Close stops the spawner: it exits once it reads the end of its
@@ -321,9 +377,13 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	p := c.cur
+	dead := p != nil && p.dead
 	c.mu.Unlock()
-	if p == nil {
+	if p == nil || dead {
 		return nil
 	}
-	return p.conn.CloseWrite()
+	if err := p.conn.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("close spawner: %w", err)
+	}
+	return nil
 }

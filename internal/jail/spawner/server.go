@@ -85,15 +85,21 @@ func read(conn *net.UnixConn, reqs chan<- incoming) {
 		if err != nil || n == 0 {
 			return
 		}
+		// The request is decoded first, whatever else is wrong with the
+		// message, so that the refusal carries its number: the daemon
+		// would otherwise wait for an answer forever.
 		var in incoming
-		in.files, in.err = parseRights(oob[:oobn])
-		if in.err == nil && flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		derr := decode(buf[:n], &in.req)
+		var ferr error
+		in.files, ferr = parseRights(oob[:oobn])
+		switch {
+		case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
 			in.err = errors.New("request truncated")
-		}
-		if in.err == nil {
-			in.err = decode(buf[:n], &in.req)
-		}
-		if in.err == nil {
+		case ferr != nil:
+			in.err = ferr
+		case derr != nil:
+			in.err = derr
+		default:
 			in.err = in.req.validate(len(in.files))
 		}
 		reqs <- in

@@ -229,6 +229,10 @@ func TestSpawnFailures(t *testing.T) {
 		Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}}); err == nil {
 		t.Error("Pdeathsig: no error")
 	}
+	if _, err := c.Spawn(Spec{Path: "/bin/true", Args: []string{"true"}, Files: files,
+		Sys: &syscall.SysProcAttr{Setpgid: true}}); err == nil || !strings.Contains(err.Error(), "unsupported") {
+		t.Errorf("Setpgid (not forwarded): err = %v, want unsupported", err)
+	}
 	// The spawner keeps serving after refusals.
 	ch, err := c.Spawn(Spec{Path: "/bin/true", Args: []string{"true"}, Files: files})
 	if err != nil {
@@ -348,4 +352,37 @@ func FuzzRequest(f *testing.F) {
 			t.Errorf("validate accepted %+v with %d descriptors", r, nfds)
 		}
 	})
+}
+
+// When this process is the children's subreaper, the orphans of a dead
+// spawner are reparented to it: it must reap them, and so it learns how
+// they ended.
+func TestSpawnerDeathReapsOrphansAsSubreaper(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	c := newClient(t)
+	files, _ := stdio(t)
+	ch, err := c.Spawn(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Files: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ch.PidFD)
+	first := spawnerPID(c)
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, first)
+	if ppid := testutil.ProcStatus(t, ch.PID, "PPid"); ppid != fmt.Sprint(os.Getpid()) {
+		t.Fatalf("orphan's parent is %s, want this process %d", ppid, os.Getpid())
+	}
+	if err := unix.PidfdSendSignal(ch.PidFD, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, ch)
+	if ws, known := ch.Status(); !known || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("status = %v (known %t), want SIGKILL", ws, known)
+	}
+	waitGone(t, ch.PID) // reaped, not a zombie
 }
