@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -83,14 +84,13 @@ func keepPasses(ctx context.Context, c Config, free int, k *Kept) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		destroyed, err := Maintain(ctx, c)
+		// A slot Maintain cannot destroy must not stop the refill: the
+		// pool would stay empty for every later sandbox.
+		destroyed, merr := Maintain(ctx, c)
 		k.Destroyed += destroyed
-		if err != nil {
-			return fmt.Errorf("keep pool: %w", err)
-		}
-		made, err := Fill(ctx, c, free)
+		made, ferr := Fill(ctx, c, free)
 		k.Made += made
-		if err != nil {
+		if err := errors.Join(merr, ferr); err != nil {
 			return fmt.Errorf("keep pool: %w", err)
 		}
 		if destroyed == 0 && made == 0 {
@@ -146,6 +146,9 @@ func poolState(c Config) (PoolState, error) {
 		return st, fmt.Errorf("list pool slots: %w", err)
 	}
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), newSlotPrefix) {
+			continue // still being made: not a slot yet
+		}
 		sdir := filepath.Join(c.slotsDir(), e.Name())
 		b, _ := os.ReadFile(filepath.Join(sdir, slotState))
 		if string(b) == stateFree {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
@@ -236,6 +237,18 @@ func TestStaleNewSlotDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Old enough to be a dead maker's; a fresh unlocked one (a maker
+	// between its mkdir and its lock) must stay.
+	old := time.Now().Add(-2 * staleNewAge)
+	for _, d := range []string{dead, live} {
+		if err := os.Chtimes(d, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := filepath.Join(c.slotsDir(), newSlotPrefix+"fresh")
+	if err := os.Mkdir(fresh, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Maintain(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -244,6 +257,15 @@ func TestStaleNewSlotDir(t *testing.T) {
 	}
 	if _, err := os.Stat(live); err != nil {
 		t.Errorf("Maintain removed a slot directory its maker still holds: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("Maintain removed a fresh slot directory its maker may still be making: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(fresh, slotLock)); !os.IsNotExist(err) {
+		t.Errorf("Maintain created a lock file in a slot directory being made: %v", err)
+	}
+	if err := os.Chtimes(fresh, old, old); err != nil {
+		t.Fatal(err)
 	}
 	lock.Close()
 	if err := Drain(t.Context(), cfg); err != nil {

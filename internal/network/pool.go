@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 	"strings"
 
 	"github.com/google/nftables"
@@ -230,7 +231,9 @@ func newSlotDir(c Config) (string, sandbox.Key, *os.File, error) {
 	if err != nil {
 		return "", "", nil, err
 	}
-	lock, err := lockFile(filepath.Join(tmp, slotLock), false)
+	// Blocking: a maintainer may hold this lock for a moment to see
+	// whether the directory's maker is alive (removeStaleNew, lockHeld).
+	lock, err := lockFile(filepath.Join(tmp, slotLock), true)
 	if err != nil {
 		os.RemoveAll(tmp)
 		return "", "", nil, fmt.Errorf("lock: %w", err)
@@ -244,21 +247,42 @@ func newSlotDir(c Config) (string, sandbox.Key, *os.File, error) {
 	return dir, key, lock, nil
 }
 
+// staleNewAge is how old a slot directory still under its temporary name
+// must be before removeStaleNew takes it for a dead maker's: a live maker
+// renames it within milliseconds.
+const staleNewAge = time.Minute
+
 // removeStaleNew removes a slot directory still under its temporary name
-// (newSlotDir) whose maker is gone: its flock is free. Such a directory
-// holds at most the lock file, never a record or an object.
+// (newSlotDir) whose maker is gone: it is older than staleNewAge and its
+// flock, if it has a lock file yet, is free. Such a directory holds at
+// most the lock file, never a record or an object. The lock file is
+// never created here: a maker between its mkdir and its open must find
+// its directory as it left it.
 func removeStaleNew(dir string) error {
-	lock, err := lockFile(filepath.Join(dir, slotLock), false)
+	st, err := os.Stat(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil // its maker is still at work
-		}
 		return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
 	}
-	defer lock.Close()
+	if time.Since(st.ModTime()) < staleNewAge {
+		return nil // its maker may be at work
+	}
+	f, err := os.OpenFile(filepath.Join(dir, slotLock), os.O_RDWR|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
+	default:
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil // its maker is still at work
+			}
+			return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
+		}
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove unfinished slot directory %s: %w", dir, err)
 	}
