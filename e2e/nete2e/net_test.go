@@ -324,3 +324,53 @@ func TestConcurrentMaintainers(t *testing.T) {
 		t.Fatalf("a maintainer turned away changed the pool: %+v", st)
 	}
 }
+
+// TestMaintainerHoldsNoInheritedDescriptor: a descriptor the run inherited
+// without close-on-exec (a harness's pipe) is not held open by the
+// maintainer the run leaves behind, so whoever reads the pipe sees its end
+// when the run exits.
+func TestMaintainerHoldsNoInheritedDescriptor(t *testing.T) {
+	build(t)
+	testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
+	if err := settlePool(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := settlePool(); err != nil {
+			t.Error(err)
+		}
+	}()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(pw.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	pipe := fmt.Sprintf("pipe:[%d]", st.Ino)
+	// A large pool keeps the maintainer at work long enough to be seen.
+	cmd := exec.Command(bin, "--root", root, "run", "--allow", "203.0.113.10/32:8080", "--", "true")
+	cmd.Env = append(os.Environ(), "IRONCLAW_NET_POOL=40")
+	cmd.ExtraFiles = []*os.File{pw} // fd 3 in the run, not close-on-exec
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	pw.Close()
+	ms := testutil.Maintainers(root)
+	if len(ms) == 0 {
+		t.Fatal("no maintainer seen right after the run (40 slots to prepare)")
+	}
+	for _, pid := range ms {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == pipe {
+				t.Errorf("maintainer %d holds the run's inherited pipe as fd %s", pid, fd.Name())
+			}
+		}
+	}
+	if !testutil.WaitMaintainers(root, 60*time.Second) {
+		t.Fatalf("maintainers still running: %v", testutil.Maintainers(root))
+	}
+}
