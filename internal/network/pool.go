@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/ironclaw/ironclaw/internal/firewall"
