@@ -275,3 +275,34 @@ func TestStaleNewSlotDir(t *testing.T) {
 		t.Errorf("Drain left %v", ents)
 	}
 }
+
+// TestMaintainLeavesASlotFreedMeanwhile: Maintain reads a slot's state
+// before it takes the slot's lock; a slot that is free by the time it
+// holds the lock (its maker finished in between) is left alone.
+func TestMaintainLeavesASlotFreedMeanwhile(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg
+	defer func() {
+		if err := Drain(t.Context(), cfg); err != nil {
+			t.Error(err)
+		}
+	}()
+	if made, err := Fill(t.Context(), cfg, 1); err != nil || made != 1 {
+		t.Fatalf("fill: %d %v", made, err)
+	}
+	c, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(c.slotsDir())
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("slots %v %v", ents, err)
+	}
+	sdir := filepath.Join(c.slotsDir(), ents[0].Name())
+	if destroyed, err := destroySlot(sdir, "", true); destroyed || err != nil {
+		t.Fatalf("Maintain's destroy of a free slot: destroyed %t, %v", destroyed, err)
+	}
+	if st := poolNow(t, cfg); st != (PoolState{Free: 1}) {
+		t.Errorf("pool %+v, want the one free slot", st)
+	}
+}

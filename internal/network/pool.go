@@ -64,7 +64,7 @@ func (s *slot) release(sandboxDir string, key sandbox.Key, shut bool) error {
 	err := writeState(filepath.Join(s.dir, slotState), stateUsed)
 	err = errors.Join(err, s.lock.Close())
 	if err == nil && !shut {
-		_, err = destroySlot(s.dir, key)
+		_, err = destroySlot(s.dir, key, false)
 	}
 	if err != nil {
 		return err
@@ -497,7 +497,7 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 		if string(b) == stateFree {
 			continue
 		}
-		destroyed, err := destroySlot(sdir, "")
+		destroyed, err := destroySlot(sdir, "", true)
 		if err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
@@ -576,7 +576,7 @@ func Drain(ctx context.Context, cfg Config) error {
 			}
 			continue
 		}
-		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), ""); err != nil && !errors.Is(err, errSlotBusy) {
+		if _, err := destroySlot(filepath.Join(c.slotsDir(), e.Name()), "", false); err != nil && !errors.Is(err, errSlotBusy) {
 			errs = append(errs, err)
 		}
 	}
@@ -598,7 +598,7 @@ func reclaimSlot(dir string, rec *record) error {
 	if sdir != filepath.Join(root, "net", "slots", filepath.Base(sdir)) {
 		return fmt.Errorf("reclaim slot %q: not a slot directory of the pool under %s", rec.Slot, root)
 	}
-	_, err := destroySlot(sdir, sandbox.Key(rec.Key))
+	_, err := destroySlot(sdir, sandbox.Key(rec.Key), false)
 	return err
 }
 
@@ -609,8 +609,9 @@ var errSlotBusy = errors.New("slot in use")
 // (errSlotBusy if not). It reports whether it destroyed the slot: false
 // and no error when the slot no longer exists. sdir must be
 // Root/net/slots/<valid key>. A non-empty owner restricts it to a slot
-// claimed by owner, or used.
-func destroySlot(sdir string, owner sandbox.Key) (bool, error) {
+// claimed by owner, or used. With skipFree it leaves a slot that is free
+// by the time it holds the lock.
+func destroySlot(sdir string, owner sandbox.Key, skipFree bool) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
 	}
@@ -625,6 +626,13 @@ func destroySlot(sdir string, owner sandbox.Key) (bool, error) {
 		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
 	}
 	defer lock.Close()
+	if skipFree {
+		// Read again under the lock: the caller read the state before
+		// taking it, and a maker may have finished the slot since.
+		if b, _ := os.ReadFile(filepath.Join(sdir, slotState)); string(b) == stateFree {
+			return false, nil
+		}
+	}
 	if owner != "" {
 		b, err := os.ReadFile(filepath.Join(sdir, slotState))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
