@@ -84,9 +84,12 @@ func keepPasses(ctx context.Context, c Config, free int, k *Kept) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// A slot Maintain cannot destroy must not stop the refill: the
-		// pool would stay empty for every later sandbox.
-		destroyed, merr := Maintain(ctx, c)
+		// A slot it cannot destroy must not stop the refill: the pool
+		// would stay empty for every later sandbox. Slots only: removing
+		// an earlier IronClaw's firewall layout (a one-time migration, a
+		// dozen netlink dumps) is left to Maintain, which `ironclaw gc`
+		// runs; this runs after every networked run.
+		destroyed, merr := destroyUnused(ctx, c)
 		k.Destroyed += destroyed
 		made, ferr := Fill(ctx, c, free)
 		k.Made += made
@@ -94,7 +97,14 @@ func keepPasses(ctx context.Context, c Config, free int, k *Kept) error {
 			return fmt.Errorf("keep pool: %w", err)
 		}
 		if destroyed == 0 && made == 0 {
-			return nil
+			break
+		}
+	}
+	// With slots kept, forwarding stays on; with none (--free 0) the
+	// root may have no network left.
+	if free == 0 {
+		if err := restoreForwarding(c.Root); err != nil {
+			return fmt.Errorf("keep pool: %w", err)
 		}
 	}
 	return nil

@@ -473,9 +473,17 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n, err := destroyUnused(ctx, c)
+	return n, errors.Join(err, restoreForwarding(c.Root), removeOldLayout(c))
+}
+
+// destroyUnused is Maintain's slot part: it destroys used slots and
+// claimed slots whose owner is gone, and unfinished slot directories of
+// dead makers.
+func destroyUnused(ctx context.Context, c Config) (int, error) {
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, errors.Join(restoreForwarding(c.Root), removeOldLayout(c))
+		return 0, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("pool maintenance: %w", err)
@@ -505,7 +513,6 @@ func Maintain(ctx context.Context, cfg Config) (int, error) {
 			n++
 		}
 	}
-	errs = append(errs, restoreForwarding(c.Root), removeOldLayout(c))
 	return n, errors.Join(errs...)
 }
 
