@@ -84,10 +84,7 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			if err != nil {
 				return err
 			}
-			if storePath == "" {
-				storePath = store.Path(root.Dir())
-			}
-			st, err := store.Open(ctx, storePath)
+			st, err := g.openStore(ctx, storePath, false)
 			if err != nil {
 				return err
 			}
@@ -160,7 +157,7 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 	f.StringVar(&tokenFile, "token-file", "", "file holding the bearer token HTTP clients must send (env IRONCLAW_MCP_TOKEN)")
 	f.StringVar(&name, "name", "", "gateway name for the audit log and approvals socket (default gw-PID)")
 	f.StringVar(&binary, "ironclaw", "", "ironclaw binary that runs sandboxes (default: this one)")
-	f.StringVar(&storePath, "store", "", "store file (default ROOT/"+store.FileName+")")
+	f.StringVar(&storePath, "store", "", "store file, for the audit log (default DATA_DIR/"+store.FileName+", see --data-dir)")
 	f.DurationVar(&approvalTimeout, "approval-timeout", approval.DefaultTimeout, "how long a held call waits before it is denied")
 	cmd.MarkFlagRequired("config")
 	return cmd

@@ -27,7 +27,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
-	"github.com/ironclaw/ironclaw/internal/store"
 )
 
 // socketName is the daemon's socket in the state root.
@@ -203,7 +202,12 @@ func serve(g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, store.Path(root.Dir()))
+	// The store lives in the data directory (durable), not the root.
+	dataDir, err := g.dataDirectory()
+	if err != nil {
+		return err
+	}
+	st, err := g.openStore(ctx, "", true)
 	if err != nil {
 		return err
 	}
@@ -243,7 +247,7 @@ func serve(g *globals, f *serveFlags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := daemon.New(ctx, daemon.Config{
-		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, Reclaim: g.reclaim, Logger: log, Registry: reg,
+		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, DataDir: dataDir, Reclaim: g.reclaim, Logger: log, Registry: reg,
 		MaxSandboxes: f.maxSandboxes, MaxConcurrentCreates: f.maxCreates, MaxFileSize: maxFile,
 		Pools: pools, SweepInterval: f.sweep,
 	})
