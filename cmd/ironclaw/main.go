@@ -49,7 +49,7 @@ func newRootCmd(g *globals) *cobra.Command {
 			g.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 		},
 	}
-	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "runtime state directory, emptied at every boot (env IRONCLAW_ROOT)")
+	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "runtime state directory: sandboxes, sockets, locks; need not outlive a reboot (env IRONCLAW_ROOT)")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", os.Getenv("IRONCLAW_DATA_DIR"),
 		"durable data directory: the store with the audit log and the daemon's records (env IRONCLAW_DATA_DIR; default "+store.DefaultDir+" with the default --root, else the --root directory)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "log debug messages to stderr")

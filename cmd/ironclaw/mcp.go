@@ -42,7 +42,8 @@ under "ironclaw", starts every stdio server in its own sandbox, and serves one M
 server on stdio, or over streamable HTTP with --http. Listening on TCP requires a
 bearer token (--token-file or IRONCLAW_MCP_TOKEN); "unix:/path" listens on a Unix
 socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is recorded for
-` + "`ironclaw audit`" + `.`,
+` + "`ironclaw audit`" + ` in the store in --data-dir (default /var/lib/ironclaw with the
+default --root), which outlives a reboot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

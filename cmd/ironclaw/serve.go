@@ -76,6 +76,13 @@ create takes one instead of starting cold. Networked sandboxes take prepared
 network slots; once the first one has been asked for, the daemon keeps
 --net-pool of them free in the background and destroys used ones.
 
+The daemon's records of its sandboxes and their events are kept in the store
+in --data-dir (default /var/lib/ironclaw with the default --root), which
+outlives a reboot; the sandboxes do not, and the daemon after a reboot drops
+their records. One daemon serves a root and a data directory. It refuses to
+start while a store of an earlier version is left in the root, and says how
+to move it.
+
 A create may ask for backend "vm": a micro-VM (QEMU microvm, KVM when this
 boot's probe saw a guest boot under it, else TCG; IRONCLAW_VM_ACCEL=kvm|tcg
 forces one) booting --image, or the default image, built at the first VM
