@@ -673,10 +673,21 @@ func TestDaemonKilledMidCreateRecovers(t *testing.T) {
 // TestGCForgetsDaemonRecords: with the daemon SIGKILLed and one of its
 // sandboxes dead too, `ironclaw gc` reclaims that sandbox and removes its
 // record from the daemon's store; the record of the sandbox still alive
-// stays, and a restarted daemon re-attaches it.
+// stays, and a restarted daemon re-attaches it. The store is the root's
+// (a custom root is its own data directory) or in a --data-dir.
 func TestGCForgetsDaemonRecords(t *testing.T) {
+	t.Run("root", func(t *testing.T) { testGCForgetsDaemonRecords(t, "") })
+	t.Run("data-dir", func(t *testing.T) { testGCForgetsDaemonRecords(t, filepath.Join(t.TempDir(), "data")) })
+}
+
+func testGCForgetsDaemonRecords(t *testing.T, data string) {
 	root := newRoot(t)
-	d := startDaemon(t, root)
+	var dataArgs []string
+	storeDir := root
+	if data != "" {
+		dataArgs, storeDir = []string{"--data-dir", data}, data
+	}
+	d := startDaemon(t, root, dataArgs...)
 	ctx := ctxT(t)
 	var victim api.Sandbox
 	for _, id := range []string{"victim", "survivor"} {
@@ -701,11 +712,11 @@ func TestGCForgetsDaemonRecords(t *testing.T) {
 	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, 10_000); n != 1 || err != nil {
 		t.Fatalf("init of victim did not exit: %d %v", n, err)
 	}
-	gc := ironclaw(t, nil, "--root", root, "gc")
+	gc := ironclaw(t, nil, append([]string{"--root", root, "gc"}, dataArgs...)...)
 	if gc.code != 0 || !strings.Contains(gc.stdout, "reclaimed 1 sandbox") || !strings.Contains(gc.stdout, "removed 1 daemon record") {
 		t.Fatalf("gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
 	}
-	st, err := store.Open(ctx, store.Path(root))
+	st, err := store.Open(ctx, store.Path(storeDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -717,8 +728,11 @@ func TestGCForgetsDaemonRecords(t *testing.T) {
 	if len(rows) != 1 || rows[0].ID != "survivor" {
 		t.Errorf("store rows after gc: %+v, want survivor's only", rows)
 	}
+	if _, err := os.Stat(store.Path(root)); data != "" && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a store in the root although --data-dir is %s: %v", data, err)
+	}
 	// A second gc finds nothing more to do.
-	if gc := ironclaw(t, nil, "--root", root, "gc"); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
+	if gc := ironclaw(t, nil, append([]string{"--root", root, "gc"}, dataArgs...)...); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
 		t.Errorf("second gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
 	}
 	d.start()
@@ -730,7 +744,7 @@ func TestGCForgetsDaemonRecords(t *testing.T) {
 		t.Errorf("after the restart: %+v", l)
 	}
 	// While a daemon serves the root, gc leaves its records alone.
-	if gc := ironclaw(t, nil, "--root", root, "gc"); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
+	if gc := ironclaw(t, nil, append([]string{"--root", root, "gc"}, dataArgs...)...); gc.code != 0 || strings.Contains(gc.stdout, "daemon record") {
 		t.Errorf("gc beside a daemon: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
 	}
 	if _, err := d.c.Get(ctx, "survivor"); err != nil {

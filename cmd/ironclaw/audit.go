@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,7 +33,23 @@ with no outcome after it is a call whose end the gateway did not record.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if storePath == "" {
-				storePath = store.Path(g.root)
+				dir, err := g.dataDirectory()
+				if err != nil {
+					return err
+				}
+				storePath = store.Path(dir)
+				// A store an earlier IronClaw left in the state root
+				// holds the records written before the upgrade.
+				se, err := store.Stranded(filepath.Clean(g.root), dir)
+				if err != nil {
+					return err
+				}
+				if se != nil {
+					if _, err := os.Stat(storePath); err != nil {
+						return fmt.Errorf("no audit log in %s: %w", dir, se)
+					}
+					fmt.Fprintln(cmd.ErrOrStderr(), "ironclaw: warning:", se)
+				}
 			}
 			if _, err := os.Stat(storePath); err != nil {
 				return fmt.Errorf("no audit log: %w", err)
@@ -84,7 +101,7 @@ with no outcome after it is a call whose end the gateway did not record.`,
 	fl.StringVar(&since, "since", "", "only records since a duration ago (1h) or a time (RFC 3339)")
 	fl.IntVar(&f.Limit, "limit", 0, "only the newest N records")
 	fl.BoolVar(&asJSON, "json", false, "print one JSON object per line")
-	fl.StringVar(&storePath, "store", "", "store file (default ROOT/"+store.FileName+")")
+	fl.StringVar(&storePath, "store", "", "store file (default DATA_DIR/"+store.FileName+", see --data-dir)")
 	return cmd
 }
 

@@ -26,12 +26,17 @@ objects named in IronClaw's own records under --root are touched, and, in
 IronClaw's own host table (inet ironclaw), the verdict maps and "ic-" chains
 of an earlier firewall layout that nothing uses any more. Every start runs
 the same collection of sandboxes first. Records of the reclaimed sandboxes in
-the daemon's store go too, unless a daemon serves the root (it drops them).
+the daemon's store (in --data-dir) go too, unless a daemon serves the root or
+the data directory (it drops them).
 When no sandbox of the root is left, the root's empty parent cgroups go too
 (named "ironclaw" for the default root, "ironclaw-<hash>" for others, at the
 top of each cgroup hierarchy); the next start makes them again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			dataDir, err := g.dataDirectory()
+			if err != nil {
+				return err
+			}
 			root, err := state.Open(g.root)
 			if err != nil {
 				return err
@@ -45,7 +50,7 @@ top of each cgroup hierarchy); the next start makes them again.`,
 				return nil
 			})
 			fmt.Printf("reclaimed %d sandbox(es)\n", n)
-			rows, ferr := daemon.ForgetReclaimed(cmd.Context(), root.Dir(), keys)
+			rows, ferr := daemon.ForgetReclaimed(cmd.Context(), root.Dir(), dataDir, keys)
 			if rows > 0 {
 				fmt.Printf("removed %d daemon record(s) of reclaimed sandboxes\n", rows)
 			}

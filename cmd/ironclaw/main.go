@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/store"
 )
 
 // exitError carries a process exit status out of a subcommand without
@@ -26,9 +28,10 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 // globals are the settings every subcommand shares.
 type globals struct {
-	root   string // state directory
-	logger *slog.Logger
-	debug  bool
+	root    string // state directory
+	dataDir string // data directory flag; "" resolves from root (see dataDirectory)
+	logger  *slog.Logger
+	debug   bool
 }
 
 func newRootCmd(g *globals) *cobra.Command {
@@ -46,7 +49,9 @@ func newRootCmd(g *globals) *cobra.Command {
 			g.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 		},
 	}
-	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "state directory (env IRONCLAW_ROOT)")
+	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "runtime state directory: sandboxes, sockets, locks; need not outlive a reboot (env IRONCLAW_ROOT)")
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", os.Getenv("IRONCLAW_DATA_DIR"),
+		"durable data directory: the store with the audit log and the daemon's records (env IRONCLAW_DATA_DIR; default "+store.DefaultDir+" with the default --root, else the --root directory)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 	for _, sub := range subcommands {
 		root.AddCommand(sub(g))
@@ -90,6 +95,45 @@ var subcommands = []func(*globals) *cobra.Command{
 }
 
 const defaultRoot = state.DefaultRoot
+
+// dataDirectory returns the data directory the store lives in: --data-dir,
+// or store.DirFor(--root).
+func (g *globals) dataDirectory() (string, error) {
+	d, err := store.ResolveDir(g.dataDir, g.root)
+	if err != nil {
+		return "", fmt.Errorf("--data-dir: %w", err)
+	}
+	return d, nil
+}
+
+// openStore opens the store at path (a --store flag) or, when path is
+// empty, in the data directory, which it creates (0700) if missing. With
+// refuseStranded, a store an earlier IronClaw left in the state root fails
+// the open (the daemon: its records of live sandboxes may be in it);
+// otherwise it is logged as a warning.
+func (g *globals) openStore(ctx context.Context, path string, refuseStranded bool) (*store.Store, error) {
+	if path == "" {
+		dir, err := g.dataDirectory()
+		if err != nil {
+			return nil, err
+		}
+		se, err := store.Stranded(filepath.Clean(g.root), dir)
+		if err != nil {
+			return nil, err
+		}
+		if se != nil && refuseStranded {
+			return nil, se
+		}
+		if se != nil {
+			g.logger.Warn(se.Error())
+		}
+		if err := store.MakeDir(dir); err != nil {
+			return nil, err
+		}
+		path = store.Path(dir)
+	}
+	return store.Open(ctx, path)
+}
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {

@@ -42,7 +42,8 @@ under "ironclaw", starts every stdio server in its own sandbox, and serves one M
 server on stdio, or over streamable HTTP with --http. Listening on TCP requires a
 bearer token (--token-file or IRONCLAW_MCP_TOKEN); "unix:/path" listens on a Unix
 socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is recorded for
-` + "`ironclaw audit`" + `.`,
+` + "`ironclaw audit`" + ` in the store in --data-dir (default /var/lib/ironclaw with the
+default --root), which outlives a reboot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -84,10 +85,7 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 			if err != nil {
 				return err
 			}
-			if storePath == "" {
-				storePath = store.Path(root.Dir())
-			}
-			st, err := store.Open(ctx, storePath)
+			st, err := g.openStore(ctx, storePath, false)
 			if err != nil {
 				return err
 			}
@@ -160,7 +158,7 @@ socket. Red tool calls wait for ` + "`ironclaw approvals`" + `; every call is re
 	f.StringVar(&tokenFile, "token-file", "", "file holding the bearer token HTTP clients must send (env IRONCLAW_MCP_TOKEN)")
 	f.StringVar(&name, "name", "", "gateway name for the audit log and approvals socket (default gw-PID)")
 	f.StringVar(&binary, "ironclaw", "", "ironclaw binary that runs sandboxes (default: this one)")
-	f.StringVar(&storePath, "store", "", "store file (default ROOT/"+store.FileName+")")
+	f.StringVar(&storePath, "store", "", "store file, for the audit log (default DATA_DIR/"+store.FileName+", see --data-dir)")
 	f.DurationVar(&approvalTimeout, "approval-timeout", approval.DefaultTimeout, "how long a held call waits before it is denied")
 	cmd.MarkFlagRequired("config")
 	return cmd

@@ -27,7 +27,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
-	"github.com/ironclaw/ironclaw/internal/store"
 )
 
 // socketName is the daemon's socket in the state root.
@@ -76,6 +75,13 @@ it keeps N prepared sandboxes of the default shape ready, so that a matching
 create takes one instead of starting cold. Networked sandboxes take prepared
 network slots; once the first one has been asked for, the daemon keeps
 --net-pool of them free in the background and destroys used ones.
+
+The daemon's records of its sandboxes and their events are kept in the store
+in --data-dir (default /var/lib/ironclaw with the default --root), which
+outlives a reboot; the sandboxes do not, and the daemon after a reboot drops
+their records. One daemon serves a root and a data directory. It refuses to
+start while a store of an earlier version is left in the root, and says how
+to move it.
 
 A create may ask for backend "vm": a micro-VM (QEMU microvm, KVM when this
 boot's probe saw a guest boot under it, else TCG; IRONCLAW_VM_ACCEL=kvm|tcg
@@ -203,7 +209,12 @@ func serve(g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, store.Path(root.Dir()))
+	// The store lives in the data directory (durable), not the root.
+	dataDir, err := g.dataDirectory()
+	if err != nil {
+		return err
+	}
+	st, err := g.openStore(ctx, "", true)
 	if err != nil {
 		return err
 	}
@@ -243,7 +254,7 @@ func serve(g *globals, f *serveFlags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := daemon.New(ctx, daemon.Config{
-		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, Reclaim: g.reclaim, Logger: log, Registry: reg,
+		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, DataDir: dataDir, Reclaim: g.reclaim, Logger: log, Registry: reg,
 		MaxSandboxes: f.maxSandboxes, MaxConcurrentCreates: f.maxCreates, MaxFileSize: maxFile,
 		Pools: pools, SweepInterval: f.sweep,
 	})

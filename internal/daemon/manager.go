@@ -37,7 +37,9 @@ const (
 // tokenLen is the size of each sandbox's agent token, in random bytes.
 const tokenLen = 32
 
-// lockName is the daemon's lock file in the state root: one daemon per root.
+// lockName is the daemon's lock file in the state root: one daemon per
+// root. A daemon whose store is in a data directory other than the root
+// holds the same lock there too: one daemon per store.
 const lockName = "daemon.lock"
 
 // Config wires a Manager.
@@ -55,6 +57,10 @@ type Config struct {
 	AutoVM func(ctx context.Context) (bool, string)
 	// Store holds the durable sandbox records and event log.
 	Store *store.Store
+	// DataDir is the directory of Store when it is not the root's (see
+	// store.DirFor); the daemon locks it as it locks the root, so two
+	// daemons never share one store's records. Empty means the root.
+	DataDir string
 	// Reclaim removes the kernel objects recorded in a dead sandbox's
 	// state directory (backend first, then network); used by GC.
 	Reclaim func(dir string) error
@@ -85,9 +91,12 @@ type Manager struct {
 	cfg  Config
 	log  *slog.Logger
 	lock *os.File
-	bus  *bus
-	met  *metrics
-	sem  chan struct{}
+	// dataLock is the daemon lock of Config.DataDir, nil when that is the
+	// root.
+	dataLock *os.File
+	bus      *bus
+	met      *metrics
+	sem      chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -163,10 +172,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, lock: lock, sem: make(chan struct{}, cfg.MaxConcurrentCreates),
+	var dataLock *os.File
+	if cfg.DataDir != "" && filepath.Clean(cfg.DataDir) != cfg.Root.Dir() {
+		if dataLock, err = lockRoot(cfg.DataDir); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, lock: lock, dataLock: dataLock, sem: make(chan struct{}, cfg.MaxConcurrentCreates),
 		boxes: map[string]*box{}, pools: map[string]*pool{}}
 	fail := func(err error) (*Manager, error) {
-		lock.Close()
+		m.unlock()
 		return nil, err
 	}
 	if m.bus, err = newBus(ctx, cfg.Store, cfg.Logger, cfg.EventsKeep); err != nil {
@@ -201,7 +217,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// lockRoot takes the root's daemon lock without blocking.
+// unlock releases the daemon locks.
+func (m *Manager) unlock() error {
+	err := m.lock.Close()
+	if m.dataLock != nil {
+		err = errors.Join(err, m.dataLock.Close())
+	}
+	return err
+}
+
+// lockRoot takes the daemon lock of dir (the root or the data directory)
+// without blocking.
 func lockRoot(dir string) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -242,7 +268,7 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()
 	m.closeClients()
-	return m.lock.Close()
+	return m.unlock()
 }
 
 func (m *Manager) closeClients() {

@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDirFor(t *testing.T) {
+	// The real defaults: resolution only, nothing is written.
+	if got := DirFor("/run/ironclaw"); got != DefaultDir {
+		t.Errorf("DirFor(default root) = %q, want %q", got, DefaultDir)
+	}
+	if got := DirFor("/run/ironclaw/"); got != DefaultDir {
+		t.Errorf("DirFor(default root with a slash) = %q, want %q", got, DefaultDir)
+	}
+	for _, tc := range []struct{ root, defRoot, defDir, want string }{
+		{"/r", "/r", "/d", "/d"},
+		{"/r/./", "/r", "/d", "/d"},
+		{"/other", "/r", "/d", "/other"},
+		{"/other/", "/r", "/d", "/other"},
+		{"/r/sub", "/r", "/d", "/r/sub"},
+	} {
+		if got := dirFor(tc.root, tc.defRoot, tc.defDir); got != tc.want {
+			t.Errorf("dirFor(%q, %q, %q) = %q, want %q", tc.root, tc.defRoot, tc.defDir, got, tc.want)
+		}
+	}
+}
+
+func TestResolveDir(t *testing.T) {
+	for _, tc := range []struct{ flag, root, want, err string }{
+		{"", "/run/ironclaw", DefaultDir, ""},
+		{"", "/tmp/root", "/tmp/root", ""},
+		{"/data/ic/", "/run/ironclaw", "/data/ic", ""},
+		{"/data/ic", "/tmp/root", "/data/ic", ""},
+		{"data", "/tmp/root", "", "not an absolute path"},
+	} {
+		got, err := ResolveDir(tc.flag, tc.root)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ResolveDir(%q, %q) = %q, %v; want an error with %q", tc.flag, tc.root, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ResolveDir(%q, %q) = %q, %v; want %q", tc.flag, tc.root, got, err, tc.want)
+		}
+	}
+}
+
+func TestMakeDir(t *testing.T) {
+	base := t.TempDir()
+	d := filepath.Join(base, "a", "data")
+	if err := MakeDir(d); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(d)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir: %v %v; want a 0700 directory", fi, err)
+	}
+	// An existing directory keeps its mode (a custom root is 0711).
+	if err := os.Chmod(d, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := MakeDir(d); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(d); fi.Mode().Perm() != 0o711 {
+		t.Errorf("MakeDir changed an existing directory's mode to %v", fi.Mode().Perm())
+	}
+	if err := MakeDir("rel"); err == nil {
+		t.Error("relative data directory accepted")
+	}
+}
+
+// TestStrandedMove writes a record into a store in a state root, finds it
+// stranded once the data directory is elsewhere, runs the move command it
+// suggests (on paths with a space and a quote), and reads the record back
+// from the data directory.
+func TestStrandedMove(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	root := filepath.Join(base, "run ic")
+	data := filepath.Join(base, "var lib's", "ironclaw")
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if se, err := Stranded(root, root); se != nil || err != nil {
+		t.Fatalf("Stranded(root, root) = %v, %v; want nothing", se, err)
+	}
+	if se, err := Stranded(root, data); se != nil || err != nil {
+		t.Fatalf("Stranded with no store = %v, %v; want nothing", se, err)
+	}
+	st, err := Open(ctx, Path(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AppendAudit(ctx, &AuditRecord{Time: time.Now(), Server: "s", Tool: "before-upgrade", Decision: DecisionAllowed}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	se, err := Stranded(root, data)
+	if err != nil || se == nil || se.Path != Path(root) || se.Both {
+		t.Fatalf("Stranded = %+v, %v; want the root's store", se, err)
+	}
+	msg := se.Error()
+	for _, want := range []string{Path(root), "stop every ironclaw daemon and gateway", se.MoveCommand(), "--data-dir"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
+		}
+	}
+	if out, err := exec.Command("sh", "-c", se.MoveCommand()).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", se.MoveCommand(), err, out)
+	}
+	if se, err := Stranded(root, data); se != nil || err != nil {
+		t.Fatalf("after the move: %+v, %v; want nothing stranded", se, err)
+	}
+	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data dir after the move: %v %v", fi, err)
+	}
+	st, err = Open(ctx, Path(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := st.Audit(ctx, AuditFilter{})
+	st.Close()
+	if err != nil || len(recs) != 1 || recs[0].Tool != "before-upgrade" {
+		t.Fatalf("moved store holds %+v, %v", recs, err)
+	}
+
+	// A store in both places: the old one is moved aside, never over
+	// the current one.
+	st, err = Open(ctx, Path(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	se, err = Stranded(root, data)
+	if err != nil || se == nil || !se.Both {
+		t.Fatalf("Stranded with two stores = %+v, %v", se, err)
+	}
+	if out, err := exec.Command("sh", "-c", se.MoveCommand()).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", se.MoveCommand(), err, out)
+	}
+	if _, err := os.Stat(filepath.Join(data, "earlier", FileName)); err != nil {
+		t.Errorf("old store not moved aside: %v", err)
+	}
+	st, err = Open(ctx, Path(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if recs, err := st.Audit(ctx, AuditFilter{}); err != nil || len(recs) != 1 {
+		t.Errorf("current store after moving the old one aside: %+v, %v", recs, err)
+	}
+}
