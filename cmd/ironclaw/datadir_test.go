@@ -14,7 +14,6 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/ironclaw/ironclaw/internal/store"
-	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
 
@@ -25,21 +24,7 @@ import (
 // recreated root (data directory given by IRONCLAW_DATA_DIR this time)
 // appends to it.
 func TestMCPAuditSurvivesRootRemoval(t *testing.T) {
-	nm := os.Getenv("IRONCLAW_MCP_NODE_MODULES")
-	if nm == "" {
-		nm = filepath.Join("..", "..", ".cache", "npm", "node_modules")
-	}
-	nm, _ = filepath.Abs(nm)
-	entry := filepath.Join(nm, "@modelcontextprotocol", "server-everything", "dist", "index.js")
-	_, err := os.Stat(entry)
-	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
-	testutil.RequireCommand(t, "node")
-
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "ironclaw")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	dir, bin, _, entry := mcpFixture(t)
 	root := testroot.New(t)
 	data := filepath.Join(dir, "var", "lib", "ironclaw")
 	cfg := filepath.Join(dir, "mcp.json")

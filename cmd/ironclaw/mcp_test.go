@@ -25,21 +25,7 @@ import (
 // an MCP client calling through it, `ironclaw approvals approve` releasing
 // a held call, and `ironclaw audit --json` showing the records.
 func TestMCPGatewayEndToEnd(t *testing.T) {
-	nm := os.Getenv("IRONCLAW_MCP_NODE_MODULES")
-	if nm == "" {
-		nm = filepath.Join("..", "..", ".cache", "npm", "node_modules")
-	}
-	nm, _ = filepath.Abs(nm)
-	entry := filepath.Join(nm, "@modelcontextprotocol", "server-everything", "dist", "index.js")
-	_, err := os.Stat(entry)
-	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
-	testutil.RequireCommand(t, "node")
-
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "ironclaw")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	dir, bin, _, entry := mcpFixture(t)
 	root := testroot.New(t) // short: holds Unix sockets; sandboxes' uids search it
 	cfg := filepath.Join(dir, "mcp.json")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`{"mcpServers":{"ev":{"command":"node","args":[%q],
@@ -189,21 +175,8 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // can search it (the jail refuses a root they cannot), and the jailed
 // server must answer.
 func TestMCPServeCreatesItsRoot(t *testing.T) {
-	nm := os.Getenv("IRONCLAW_MCP_NODE_MODULES")
-	if nm == "" {
-		nm = filepath.Join("..", "..", ".cache", "npm", "node_modules")
-	}
-	nm, _ = filepath.Abs(nm)
-	_, err := os.Stat(filepath.Join(nm, "@modelcontextprotocol", "server-everything", "dist", "index.js"))
-	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
-	testutil.RequireCommand(t, "node")
 	testutil.RequireRoot(t)
-
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "ironclaw")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	dir, bin, nm, _ := mcpFixture(t)
 	probeRoot := testroot.New(t)
 	out, err := exec.Command(bin, "--root", probeRoot, "run", "--", "/bin/true").CombinedOutput()
 	testutil.Require(t, err == nil, fmt.Sprintf("needs a working `ironclaw run` jail (probe: %v %s)", err, out))
@@ -248,4 +221,26 @@ func mustText(r *mcp.CallToolResult) string {
 		}
 	}
 	return strings.Join(parts, "\n")
+}
+
+// mcpFixture requires the npm server-everything and node, builds this
+// command into a fresh directory, and returns that directory, the binary,
+// the node_modules directory and the server's entry script.
+func mcpFixture(t *testing.T) (dir, bin, nm, entry string) {
+	t.Helper()
+	nm = os.Getenv("IRONCLAW_MCP_NODE_MODULES")
+	if nm == "" {
+		nm = filepath.Join("..", "..", ".cache", "npm", "node_modules")
+	}
+	nm, _ = filepath.Abs(nm)
+	entry = filepath.Join(nm, "@modelcontextprotocol", "server-everything", "dist", "index.js")
+	_, err := os.Stat(entry)
+	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
+	testutil.RequireCommand(t, "node")
+	dir = t.TempDir()
+	bin = filepath.Join(dir, "ironclaw")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return dir, bin, nm, entry
 }
