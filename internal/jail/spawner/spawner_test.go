@@ -247,16 +247,7 @@ func TestSpawnFailures(t *testing.T) {
 func TestSpawnerDeath(t *testing.T) {
 	c := newClient(t)
 	files, _ := stdio(t)
-	ch, err := c.Spawn(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Files: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ch.PidFD)
-	first := spawnerPID(c)
-	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitGone(t, first)
+	ch, first := orphanSleeper(t, c, files)
 	if err := unix.PidfdSendSignal(ch.PidFD, 0, nil, 0); err != nil {
 		t.Fatalf("child died with its spawner: %v", err)
 	}
@@ -268,6 +259,7 @@ func TestSpawnerDeath(t *testing.T) {
 		t.Error("status known though the spawner died first")
 	}
 	var ch2 *Child
+	var err error
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		// Until the client has seen the death, a Spawn may still go to
 		// the dead spawner and fail.
@@ -364,16 +356,7 @@ func TestSpawnerDeathReapsOrphansAsSubreaper(t *testing.T) {
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	c := newClient(t)
 	files, _ := stdio(t)
-	ch, err := c.Spawn(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Files: files})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ch.PidFD)
-	first := spawnerPID(c)
-	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	waitGone(t, first)
+	ch, _ := orphanSleeper(t, c, files)
 	if ppid := testutil.ProcStatus(t, ch.PID, "PPid"); ppid != fmt.Sprint(os.Getpid()) {
 		t.Fatalf("orphan's parent is %s, want this process %d", ppid, os.Getpid())
 	}
@@ -385,4 +368,22 @@ func TestSpawnerDeathReapsOrphansAsSubreaper(t *testing.T) {
 		t.Errorf("status = %v (known %t), want SIGKILL", ws, known)
 	}
 	waitGone(t, ch.PID) // reaped, not a zombie
+}
+
+// orphanSleeper starts a sleep through c's spawner, then SIGKILLs the
+// spawner and waits for it to be gone. It returns the orphaned child
+// (its pidfd closed at the end of the test) and the dead spawner's PID.
+func orphanSleeper(t *testing.T, c *Client, files []*os.File) (*Child, int) {
+	t.Helper()
+	ch, err := c.Spawn(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Files: files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(ch.PidFD) })
+	first := spawnerPID(c)
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, first)
+	return ch, first
 }
