@@ -97,11 +97,15 @@ var subcommands = []func(*globals) *cobra.Command{
 const defaultRoot = state.DefaultRoot
 
 // dataDirectory returns the data directory the store lives in: --data-dir,
-// or store.DirFor(--root).
+// or store.DirFor(--root) — or the root itself while a store an earlier
+// IronClaw left there has not been moved (logged with how to move it).
 func (g *globals) dataDirectory() (string, error) {
-	d, err := store.ResolveDir(g.dataDir, g.root)
+	d, kept, err := store.ResolveDir(g.dataDir, g.root)
 	if err != nil {
 		return "", fmt.Errorf("--data-dir: %w", err)
+	}
+	if kept != nil {
+		g.logger.Warn("using the store in the state root until it is moved", "why", kept.Error())
 	}
 	return d, nil
 }

@@ -32,14 +32,32 @@ func dirFor(root, defaultRoot, defaultDir string) string {
 
 // ResolveDir returns the data directory given by flag (absolute, cleaned),
 // or DirFor(root) when flag is empty.
-func ResolveDir(flag, root string) (string, error) {
+//
+// With no flag, a store an earlier IronClaw left in the state root is used
+// where it is as long as the data directory has none (an upgrade then
+// loses no record and stops nothing; the StrandedError returned says how
+// to move it). An explicit --data-dir is always taken as given.
+func ResolveDir(flag, root string) (string, *StrandedError, error) {
+	return resolveDir(flag, root, state.DefaultRoot, DefaultDir)
+}
+
+// resolveDir is ResolveDir with the defaults as parameters.
+func resolveDir(flag, root, defaultRoot, defaultDir string) (string, *StrandedError, error) {
 	if flag == "" {
-		return DirFor(root), nil
+		dir := dirFor(root, defaultRoot, defaultDir)
+		se, err := Stranded(root, dir)
+		if err != nil {
+			return "", nil, err
+		}
+		if se != nil && !se.Both {
+			return filepath.Clean(root), se, nil
+		}
+		return dir, nil, nil
 	}
 	if !filepath.IsAbs(flag) {
-		return "", fmt.Errorf("data directory %q: not an absolute path", flag)
+		return "", nil, fmt.Errorf("data directory %q: not an absolute path", flag)
 	}
-	return filepath.Clean(flag), nil
+	return filepath.Clean(flag), nil, nil
 }
 
 // MakeDir creates the data directory dir with mode 0700 (its parents too)

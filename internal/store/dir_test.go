@@ -32,23 +32,56 @@ func TestDirFor(t *testing.T) {
 }
 
 func TestResolveDir(t *testing.T) {
+	base := t.TempDir()
+	defRoot, defDir, other := filepath.Join(base, "run"), filepath.Join(base, "lib"), filepath.Join(base, "other")
 	for _, tc := range []struct{ flag, root, want, err string }{
-		{"", "/run/ironclaw", DefaultDir, ""},
-		{"", "/tmp/root", "/tmp/root", ""},
-		{"/data/ic/", "/run/ironclaw", "/data/ic", ""},
-		{"/data/ic", "/tmp/root", "/data/ic", ""},
-		{"data", "/tmp/root", "", "not an absolute path"},
+		{"", defRoot, defDir, ""},
+		{"", other, other, ""},
+		{"/data/ic/", defRoot, "/data/ic", ""},
+		{"/data/ic", other, "/data/ic", ""},
+		{"data", other, "", "not an absolute path"},
 	} {
-		got, err := ResolveDir(tc.flag, tc.root)
+		got, kept, err := resolveDir(tc.flag, tc.root, defRoot, defDir)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ResolveDir(%q, %q) = %q, %v; want an error with %q", tc.flag, tc.root, got, err, tc.err)
+				t.Errorf("resolveDir(%q, %q) = %q, %v; want an error with %q", tc.flag, tc.root, got, err, tc.err)
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
-			t.Errorf("ResolveDir(%q, %q) = %q, %v; want %q", tc.flag, tc.root, got, err, tc.want)
+		if err != nil || got != tc.want || kept != nil {
+			t.Errorf("resolveDir(%q, %q) = %q, %v, %v; want %q", tc.flag, tc.root, got, kept, err, tc.want)
 		}
+	}
+	// The real defaults: the default root's data directory is DefaultDir
+	// unless a store was left in the root (not so on a test machine).
+	if got, kept, err := ResolveDir("", "/run/ironclaw"); err != nil || (kept == nil && got != DefaultDir) || (kept != nil && got != "/run/ironclaw") {
+		t.Errorf("ResolveDir for the default root = %q, %v, %v", got, kept, err)
+	}
+
+	// A store an earlier IronClaw left in the default root is kept there
+	// while the data directory has none, and said so; an explicit
+	// --data-dir is taken as given; once the data directory has a store
+	// too, the data directory wins.
+	if err := os.MkdirAll(defRoot, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(Path(defRoot), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, kept, err := resolveDir("", defRoot, defRoot, defDir); err != nil || got != filepath.Clean(defRoot) || kept == nil || kept.Both {
+		t.Errorf("with a store left in the root: %q, %+v, %v; want the root, kept", got, kept, err)
+	}
+	if got, kept, err := resolveDir(defDir, defRoot, defRoot, defDir); err != nil || got != defDir || kept != nil {
+		t.Errorf("explicit --data-dir beside a store left in the root: %q, %+v, %v", got, kept, err)
+	}
+	if err := os.MkdirAll(defDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(Path(defDir), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, kept, err := resolveDir("", defRoot, defRoot, defDir); err != nil || got != defDir || kept != nil {
+		t.Errorf("with stores in both: %q, %+v, %v; want the data directory", got, kept, err)
 	}
 }
 
