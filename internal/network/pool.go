@@ -649,6 +649,12 @@ func destroySlot(sdir string, owner sandbox.Key, skipFree bool) (bool, error) {
 			return false, fmt.Errorf("destroy slot %s: it is %q, not claimed by %s", sdir, st, owner)
 		}
 	}
+	// The state goes first: a claim that locks the path of this slot's
+	// lock file once RemoveAll below has unlinked it (a new file, so an
+	// uncontended lock) must not find the slot free.
+	if err := os.Remove(filepath.Join(sdir, slotState)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
+	}
 	rec, err := readRecord(sdir, RecordFile)
 	if err != nil {
 		return false, fmt.Errorf("destroy slot: %w", err)
