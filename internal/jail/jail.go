@@ -621,35 +621,38 @@ func (j *Jail) claim(id string) (*state.Claim, error) {
 	return c, err
 }
 
-// spawn starts init from a goroutine locked to its OS thread for init's
-// whole life when that matters: the parent-death signal is tied to the
-// thread that forked, and a network namespace joined for the fork stays
-// confined to it. Without either (a persistent sandbox with no network of
-// its own to join) the thread goes back to the runtime once init runs: a
-// daemon would otherwise keep, create and destroy one OS thread per
-// sandbox.
+// spawn starts init from a goroutine locked to its OS thread, for init's
+// whole life when there is a parent-death signal (it is tied to the thread
+// that forked). Without one (a persistent sandbox) the thread goes back to
+// the runtime once init runs: a daemon would otherwise keep, create and
+// destroy one OS thread per sandbox. A network namespace joined for the
+// fork is left right after it.
 func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 	started := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // unlocked only below: the thread may be in the sandbox's netns
+		runtime.LockOSThread()
+		// The thread joins the sandbox's network namespace for the fork
+		// only, and goes back at once: a thread left in it would keep
+		// the namespace alive (the runtime cannot end the process's main
+		// thread, which may well be this one; it parks it for good). One
+		// that cannot go back is never unlocked, and the runtime discards
+		// it when this goroutine ends.
+		back := true
+		var err error
 		if netns != nil {
-			if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
-				started <- fmt.Errorf("join network namespace: %w", err)
-				return
-			}
+			back, err = s.forkIn(cmd, netns)
+		} else {
+			err = s.start(cmd)
 		}
-		// A pidfd names init for every later signal: its PID may be
-		// reused once init is reaped, the pidfd cannot be.
-		pidfd := -1
-		cmd.SysProcAttr.PidFD = &pidfd
-		if err := cmd.Start(); err != nil {
+		if err != nil {
+			if back {
+				runtime.UnlockOSThread()
+			}
 			started <- err
 			return
 		}
-		s.initPID = cmd.Process.Pid
-		s.pidfd = pidfd
 		started <- nil
-		if netns == nil && cmd.SysProcAttr.Pdeathsig == 0 {
+		if back && cmd.SysProcAttr.Pdeathsig == 0 {
 			runtime.UnlockOSThread()
 			// A waitid blocked for init's whole life would hold an OS
 			// thread just the same: wait for the exit in the netpoller
@@ -663,8 +666,40 @@ func (s *Sandbox) spawn(cmd *exec.Cmd, netns *os.File) error {
 			}
 		}
 		close(s.exited)
+		if back {
+			runtime.UnlockOSThread() // a no-op if already unlocked above
+		}
 	}()
 	return <-started
+}
+
+// start starts init from the calling (locked) thread, with a pidfd.
+func (s *Sandbox) start(cmd *exec.Cmd) error {
+	// A pidfd names init for every later signal: its PID may be
+	// reused once init is reaped, the pidfd cannot be.
+	pidfd := -1
+	cmd.SysProcAttr.PidFD = &pidfd
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.initPID = cmd.Process.Pid
+	s.pidfd = pidfd
+	return nil
+}
+
+// forkIn starts init from the calling (locked) thread moved into netns for
+// the fork. It reports whether the thread is back in its own namespace.
+func (s *Sandbox) forkIn(cmd *exec.Cmd, netns *os.File) (back bool, err error) {
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return true, fmt.Errorf("open this thread's network namespace: %w", err)
+	}
+	defer unix.Close(orig)
+	if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
+		return true, fmt.Errorf("join network namespace: %w", err)
+	}
+	err = s.start(cmd)
+	return unix.Setns(orig, unix.CLONE_NEWNET) == nil, err
 }
 
 // spawnVia starts init through the spawner sp instead (a persistent

@@ -79,23 +79,19 @@ func Create(dir, name string) (*NS, error) {
 		return nil, fmt.Errorf("create netns %s: %w", path, err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		// The thread is never unlocked: it ends with the goroutine, so
-		// its new namespace can never leak into other goroutines.
-		runtime.LockOSThread()
+	err = onThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
+			return fmt.Errorf("unshare: %w", err)
 		}
+		return nil
+	}, func() error {
 		src := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
 		if err := unix.Mount(src, path, "", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount %s: %w", src, err)
-			return
+			return fmt.Errorf("bind mount %s: %w", src, err)
 		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		os.Remove(path)
 		return nil, fmt.Errorf("create netns %s: %w", path, err)
 	}
@@ -131,17 +127,46 @@ func Mounted(path string) bool {
 	return st.Type == unix.NSFS_MAGIC
 }
 
-// Do runs fn on a fresh OS thread that has entered n. The thread is
-// discarded afterwards. Sockets fn creates stay in n when used elsewhere.
+// Do runs fn on an OS thread that has entered n (see onThread). Sockets
+// fn creates stay in n when used elsewhere.
 func (n *NS) Do(fn func() error) error {
+	return onThread(func() error {
+		if err := unix.Setns(n.Fd(), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("enter netns %s: %w", n.path, err)
+		}
+		return nil
+	}, fn)
+}
+
+// onThread runs enter (which moves the thread into another network
+// namespace) and then fn on an OS thread locked to them, and afterwards
+// returns the thread to the namespace it started in and to the runtime.
+// A thread that cannot be returned stays locked: its goroutine ends and
+// the runtime discards it. (Leaving that to the runtime alone is not
+// enough: the process's main thread cannot end, and the runtime parks it
+// for good instead — in the other namespace, which it then keeps alive.)
+func onThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Setns(n.Fd(), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.path, err)
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open this thread's netns: %w", err)
 			return
 		}
-		errc <- fn()
+		defer unix.Close(orig)
+		if err := enter(); err != nil {
+			if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
+			errc <- err
+			return
+		}
+		err = fn()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

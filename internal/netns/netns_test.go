@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -186,5 +187,43 @@ func TestAddrPool(t *testing.T) {
 	}
 	if err := (netns.AddrPool{Prefix: netip.MustParsePrefix("10.0.0.1/31"), Dir: "x"}).Validate(); err == nil {
 		t.Error("a /31 pool was accepted")
+	}
+}
+
+// TestNoThreadLeftInANamespace: Create and Do hand their threads back in
+// the namespace they started in. With one P the goroutines they start
+// mostly run on the main thread, which the runtime cannot end: left in a
+// sandbox's namespace, it would keep that namespace alive for the
+// process's whole life.
+func TestNoThreadLeftInANamespace(t *testing.T) {
+	testutil.RequireHostNetNS(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	home, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		ns, err := netns.Create(t.TempDir(), fmt.Sprintf("n%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			if err := ns.Do(func() error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ns.Close()
+		if err := netns.Remove(ns.Path()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		if l, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && l != home {
+			t.Errorf("thread %s is in %s, not in the test's own %s", task.Name(), l, home)
+		}
 	}
 }

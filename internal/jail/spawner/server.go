@@ -164,18 +164,30 @@ func start(in incoming) (reply, *os.File) {
 	return rep, os.NewFile(uintptr(pidfd), "pidfd")
 }
 
-// startIn starts cmd from a thread in the network namespace netns. The
-// thread is never handed back to the runtime (its goroutine exits while
-// locked, which ends the thread): it is in another namespace.
+// startIn starts cmd from a thread in the network namespace netns, then
+// returns the thread to its own namespace and to the runtime. A thread
+// that cannot go back stays locked, and the runtime discards it when its
+// goroutine ends (or, the main thread, parks it for good: with one P the
+// spawner's goroutines often run there).
 func startIn(cmd *exec.Cmd, netns *os.File) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("join network namespace: %w", err)
 			return
 		}
-		errc <- cmd.Start()
+		err = cmd.Start()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }
