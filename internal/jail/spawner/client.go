@@ -337,17 +337,43 @@ func (c *Client) dispatch(p *proc, rep reply, files []*os.File) {
 // When the spawner died, its children were reparented: to this process
 // if it is their subreaper (or PID 1), which must then reap them.
 func watch(ch *Child) {
-	fds := []unix.PollFd{{Fd: int32(ch.PidFD), Events: unix.POLLIN}}
-	for {
-		if _, err := unix.Poll(fds, -1); err != unix.EINTR {
-			break
-		}
-	}
+	waitReadable(ch.PidFD)
 	var info unix.Siginfo
 	if err := unix.Waitid(unix.P_PIDFD, ch.PidFD, &info, unix.WEXITED|unix.WNOHANG, nil); err == nil {
 		ch.status, ch.known = siginfoStatus(&info)
 	}
 	close(ch.done)
+}
+
+// waitReadable returns once pidfd polls readable (its process ended),
+// waiting in the runtime's netpoller, so that the orphans of a dead spawner
+// do not hold an OS thread each. The wait uses a non-blocking duplicate;
+// the flag is shared with pidfd, which is only ever used for signals and
+// for waitid with WNOHANG, where it changes nothing. If that cannot be set
+// up it falls back to a blocking poll.
+func waitReadable(pidfd int) {
+	if fd, err := unix.FcntlInt(uintptr(pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+		} else {
+			f := os.NewFile(uintptr(fd), "pidfd")
+			defer f.Close()
+			if rc, err := f.SyscallConn(); err == nil {
+				if err := rc.Read(func(fd uintptr) bool {
+					n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+					return n > 0 || (err != nil && err != unix.EINTR)
+				}); err == nil {
+					return
+				}
+			}
+		}
+	}
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+			return
+		}
+	}
 }
 
 // siginfoStatus converts a waitid result into a wait status.

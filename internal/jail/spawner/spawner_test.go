@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -386,4 +387,48 @@ func orphanSleeper(t *testing.T, c *Client, files []*os.File) (*Child, int) {
 	}
 	waitGone(t, first)
 	return ch, first
+}
+
+// The orphans of a dead spawner are watched without an OS thread each.
+func TestOrphansHoldNoThread(t *testing.T) {
+	c := newClient(t)
+	files, _ := stdio(t)
+	const n = 24
+	var kids []*Child
+	for range n {
+		ch, err := c.Spawn(Spec{Path: "/bin/sleep", Args: []string{"sleep", "60"}, Files: files})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(ch.PidFD) })
+		kids = append(kids, ch)
+	}
+	before := threads(t)
+	first := spawnerPID(c)
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, first)
+	time.Sleep(200 * time.Millisecond) // the client has seen the death and watches the orphans
+	if grew := threads(t) - before; grew >= n/2 {
+		t.Errorf("watching %d orphans grew %d threads", n, grew)
+	}
+	for _, ch := range kids {
+		if err := unix.PidfdSendSignal(ch.PidFD, unix.SIGKILL, nil, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ch := range kids {
+		waitDone(t, ch)
+	}
+}
+
+// threads returns the number of threads of this process.
+func threads(t *testing.T) int {
+	t.Helper()
+	n, err := strconv.Atoi(testutil.ProcStatus(t, os.Getpid(), "Threads"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
