@@ -245,3 +245,17 @@ func lookup(ns *netns.NS, server, name string) (*dns.Msg, error) {
 	r, _, err := (&dns.Client{}).ExchangeWithConn(q, &dns.Conn{Conn: conn})
 	return r, err
 }
+
+// fillPool prepares n pool slots for the test and drains the pool at its
+// end.
+func (e *testEnv) fillPool(t *testing.T, n int) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := Drain(context.Background(), e.cfg); err != nil {
+			t.Error(err)
+		}
+	})
+	if made, err := Fill(t.Context(), e.cfg, n); err != nil || made != n {
+		t.Fatalf("fill: %d %v", made, err)
+	}
+}

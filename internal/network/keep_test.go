@@ -1,6 +1,7 @@
 package network
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ func poolNow(t testing.TB, cfg Config) PoolState {
 func TestDeferredRemoval(t *testing.T) {
 	e := newEnv(t)
 	t.Cleanup(func() {
-		if err := Drain(t.Context(), e.cfg); err != nil {
+		if err := Drain(context.Background(), e.cfg); err != nil {
 			t.Error(err)
 		}
 	})
@@ -140,7 +141,7 @@ func TestDeferredRemoval(t *testing.T) {
 func TestKeepPoolOneAtATime(t *testing.T) {
 	e := newEnv(t)
 	t.Cleanup(func() {
-		if err := Drain(t.Context(), e.cfg); err != nil {
+		if err := Drain(context.Background(), e.cfg); err != nil {
 			t.Error(err)
 		}
 	})
@@ -282,14 +283,7 @@ func TestStaleNewSlotDir(t *testing.T) {
 func TestMaintainLeavesASlotFreedMeanwhile(t *testing.T) {
 	e := newEnv(t)
 	cfg := e.cfg
-	defer func() {
-		if err := Drain(t.Context(), cfg); err != nil {
-			t.Error(err)
-		}
-	}()
-	if made, err := Fill(t.Context(), cfg, 1); err != nil || made != 1 {
-		t.Fatalf("fill: %d %v", made, err)
-	}
+	e.fillPool(t, 1)
 	c, err := cfg.withDefaults()
 	if err != nil {
 		t.Fatal(err)

@@ -32,14 +32,7 @@ func slotStates(t testing.TB, cfg Config) map[string]string {
 // by Maintain, and that a crashed owner's slot is reclaimed.
 func TestPool(t *testing.T) {
 	e := newEnv(t)
-	t.Cleanup(func() {
-		if err := Drain(t.Context(), e.cfg); err != nil {
-			t.Error(err)
-		}
-	})
-	if made, err := Fill(t.Context(), e.cfg, 2); err != nil || made != 2 {
-		t.Fatalf("fill: %d %v", made, err)
-	}
+	e.fillPool(t, 2)
 	// A free slot lets nothing out.
 	for name := range slotStates(t, e.cfg) {
 		rec, err := readRecord(filepath.Join(e.cfg.Root, "net", "slots", name), RecordFile)
@@ -168,15 +161,8 @@ func TestLoopbackOnly(t *testing.T) {
 // connections from its namespace nor one a process left open.
 func TestUsedSlotIsShut(t *testing.T) {
 	e := newEnv(t)
-	t.Cleanup(func() {
-		if err := Drain(t.Context(), e.cfg); err != nil {
-			t.Error(err)
-		}
-	})
 	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerA, 7000))
-	if made, err := Fill(t.Context(), e.cfg, 1); err != nil || made != 1 {
-		t.Fatalf("fill: %d %v", made, err)
-	}
+	e.fillPool(t, 1)
 	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp", "203.0.113.10:7000/tcp"})
 	dir, key := e.sandboxDir(t, "shut")
 	n, err := Claim(t.Context(), e.cfg, dir, key, p)
@@ -242,14 +228,7 @@ func TestUsedSlotIsShut(t *testing.T) {
 // leaves nothing behind.
 func TestBeginWaitsForRules(t *testing.T) {
 	e := newEnv(t)
-	t.Cleanup(func() {
-		if err := Drain(t.Context(), e.cfg); err != nil {
-			t.Error(err)
-		}
-	})
-	if made, err := Fill(t.Context(), e.cfg, 2); err != nil || made != 2 {
-		t.Fatalf("fill: %d %v", made, err)
-	}
+	e.fillPool(t, 2)
 	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
 
 	t.Run("held installation", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -161,7 +162,13 @@ func TestIsolation(t *testing.T) {
 				t.Fatal(out, err)
 			}
 		}
-		t.Cleanup(func() { testutil.RunCommand(t.Context(), host, "iptables", "-F") })
+		t.Cleanup(func() {
+			// Not t.Context(): it is cancelled before cleanups run, and
+			// the command would never start.
+			if out, err := testutil.RunCommand(context.Background(), host, "iptables", "-F"); err != nil {
+				t.Error(out, err)
+			}
+		})
 		if err := a.Update(t.Context(), a.tgt.Policy); err != nil { // reinstall the table removed above
 			t.Fatal(err)
 		}
