@@ -152,35 +152,26 @@ func queueElements(c *nftables.Conn, del, add []Element) error {
 // queueSetElements is queueElements for the sets defs.
 func queueSetElements(c *nftables.Conn, defs []setDef, del, add []Element) error {
 	t := table()
-	for _, d := range defs {
-		s := d.nft(t)
-		var els []nftables.SetElement
-		for _, e := range del {
-			if e.Set == d.name {
-				els = append(els, setElement(e, false))
+	queue := func(els []Element, adding bool, op func(*nftables.Set, []nftables.SetElement) error) error {
+		for _, d := range defs {
+			var batch []nftables.SetElement
+			for _, e := range els {
+				if e.Set == d.name {
+					batch = append(batch, setElement(e, adding))
+				}
+			}
+			if len(batch) > 0 {
+				if err := op(d.nft(t), batch); err != nil {
+					return fmt.Errorf("set %s: %w", d.name, err)
+				}
 			}
 		}
-		if len(els) > 0 {
-			if err := c.SetDeleteElements(s, els); err != nil {
-				return fmt.Errorf("set %s: %w", d.name, err)
-			}
-		}
+		return nil
 	}
-	for _, d := range defs {
-		s := d.nft(t)
-		var els []nftables.SetElement
-		for _, e := range add {
-			if e.Set == d.name {
-				els = append(els, setElement(e, true))
-			}
-		}
-		if len(els) > 0 {
-			if err := c.SetAddElements(s, els); err != nil {
-				return fmt.Errorf("set %s: %w", d.name, err)
-			}
-		}
+	if err := queue(del, false, c.SetDeleteElements); err != nil {
+		return err
 	}
-	return nil
+	return queue(add, true, c.SetAddElements)
 }
 
 // ApplyHost adds or replaces one sandbox's part of the shared host table
