@@ -121,6 +121,23 @@ func (c *common) print(rep *bench.Report) error {
 	return rep.Print(os.Stdout)
 }
 
+// floorContestants returns the Go floor (see internal/bench/gofloor),
+// when its binary ironclaw-gofloor is next to this one (scripts/bench
+// builds it): a Go process's start, and a Go host plus a Go init in fresh
+// namespaces running /bin/true with nothing else done.
+func floorContestants() []bench.Contestant {
+	self, _ := os.Executable()
+	floor := filepath.Join(filepath.Dir(self), "ironclaw-gofloor")
+	if _, err := os.Stat(floor); err != nil {
+		fmt.Fprintf(os.Stderr, "ironclaw-bench: %s not found (build it from ./internal/bench/gofloor): Go floor not measured\n", floor)
+		return nil
+	}
+	return []bench.Contestant{
+		command("Go floor: a static Go program starting", floor),
+		command("Go floor: Go host + Go init in 7 namespaces, exec /bin/true, nothing else", floor, "jail", "/proc/self/exe", "init", "/bin/true"),
+	}
+}
+
 // command returns a contestant that runs argv and requires success.
 func command(name string, argv ...string) bench.Contestant {
 	return bench.Contestant{Name: name, Run: func(ctx context.Context) error {
@@ -173,6 +190,7 @@ func jail(args []string) error {
 	if *baseline != "" {
 		cs = append(cs, command("baseline build, default limits", *baseline, "--root", c.root, "run", "--", "/bin/true"))
 	}
+	cs = append(cs, floorContestants()...)
 	rep, err := bench.Run(context.Background(), "ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err

@@ -81,6 +81,7 @@ func netBench(args []string) error {
 				*baseline, "--root", old, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
 		}
 	}
+	cs = append(cs, floorContestants()...)
 	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err
