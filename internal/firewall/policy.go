@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"fmt"
+	"golang.org/x/net/publicsuffix"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -216,6 +217,9 @@ func parseRule(raw string) (CIDRRule, DomainRule, bool, error) {
 			return CIDRRule{}, DomainRule{}, false, ruleErr(raw, "contains a space, control or non-ASCII character (write international names in their xn-- form)")
 		}
 	}
+	if i := strings.Index(s, "://"); i > 0 {
+		return CIDRRule{}, DomainRule{}, false, ruleErr(raw, "looks like a URL: write the host name or network, with :PORT if needed (example.com:443)")
+	}
 	proto := ProtoAny
 	low := strings.ToLower(s)
 	switch {
@@ -283,6 +287,11 @@ func parseRule(raw string) (CIDRRule, DomainRule, bool, error) {
 	}
 	if err := validateDomain(name); err != nil {
 		return CIDRRule{}, DomainRule{}, false, ruleErr(raw, "%v", err)
+	}
+	if d.Wildcard {
+		if err := checkWildcardScope(name); err != nil {
+			return CIDRRule{}, DomainRule{}, false, ruleErr(raw, "%v", err)
+		}
 	}
 	d.Name = name
 	return CIDRRule{}, d, false, nil
@@ -384,6 +393,23 @@ func validateDomain(name string) error {
 	}
 	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
 		return fmt.Errorf("domain %q ends in an all-numeric label", name)
+	}
+	return nil
+}
+
+// checkWildcardScope refuses a wildcard rule "*.name" whose name is a
+// top-level domain or a public suffix under which anyone can register
+// names (com, co.uk, from the public suffix list's ICANN section): such a
+// rule lets the sandbox reach every site under it, which is never a
+// narrow allowance and almost always a typo for "*.example.com".
+// Suffixes of the list's private section (github.io and the like) are
+// allowed: naming one is a deliberate choice of a platform.
+func checkWildcardScope(name string) error {
+	if !strings.Contains(name, ".") {
+		return fmt.Errorf("*.%s would allow every name under the top-level domain %q; name a domain under it (*.example.%s)", name, name, name)
+	}
+	if suffix, icann := publicsuffix.PublicSuffix(name); icann && suffix == name {
+		return fmt.Errorf("*.%s would allow every name under the public suffix %q; name a domain under it (*.example.%s)", name, name, name)
 	}
 	return nil
 }

@@ -53,6 +53,15 @@ func TestParsePolicy(t *testing.T) {
 		{"a..b", "", ErrInvalidRule},
 		{strings.Repeat("a", 64) + ".com", "", ErrInvalidRule},
 		{"exam ple.com", "", ErrInvalidRule},
+		{"*.com", "", ErrInvalidRule},
+		{"*.co.uk", "", ErrInvalidRule},
+		{"*.CO.UK.", "", ErrInvalidRule},
+		{"*.internal", "", ErrInvalidRule},
+		{"*.example.co.uk", "*.example.co.uk", nil},
+		{"*.github.io", "*.github.io", nil},
+		{"*.wild.test", "*.wild.test", nil},
+		{"https://example.com", "", ErrInvalidRule},
+		{"http://example.com:80", "", ErrInvalidRule},
 	} {
 		p, err := ParsePolicy([]string{c.in})
 		if c.err != nil {
