@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
+)
+
+// TestInheritedDescriptorsDoNotReachTheSandbox starts ironclaw with an
+// extra open descriptor that is not close-on-exec, as a shell, a CI runner
+// or a supervisor may leave one: a host file opened for writing. The
+// workload must not find it among its descriptors nor write through it.
+func TestInheritedDescriptorsDoNotReachTheSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	hostFile := filepath.Join(t.TempDir(), "host-file")
+	f, err := os.OpenFile(hostFile, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// ExtraFiles become descriptors of ironclaw without close-on-exec;
+	// the low numbers are likely to be reused by ironclaw's own, so the
+	// file and a pipe's write end get 40 and 41.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	script := `for p in /proc/self/fd/*; do
+		fd=${p##*/}
+		case $fd in 0|1|2) continue;; esac
+		if l=$(readlink $p); then echo "fd $fd -> $l"; fi
+	done
+	python3 -c 'import os
+for fd in (40, 41):
+    try: os.write(fd, b"escaped")
+    except OSError: pass'
+	exit 0`
+	cmd := exec.CommandContext(ctx, bin, "--root", root, "run", "--", "sh", "-c", script)
+	cmd.ExtraFiles = make([]*os.File, 37)
+	cmd.ExtraFiles = append(cmd.ExtraFiles, f, pw)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	pw.Close()
+	if err != nil {
+		t.Fatalf("ironclaw run: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	if out.Len() != 0 {
+		t.Errorf("the workload holds descriptors it was not given:\n%s", out.String())
+	}
+	if b, err := os.ReadFile(hostFile); err != nil || len(b) != 0 {
+		t.Errorf("the workload wrote %q to a host file through an inherited descriptor (%v)", b, err)
+	}
+	pr.SetReadDeadline(time.Now().Add(time.Second))
+	if b, _ := pr.Read(make([]byte, 64)); b != 0 {
+		t.Errorf("the workload wrote %d bytes to a host pipe through an inherited descriptor", b)
+	}
+}
