@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ironclaw/ironclaw/internal/firewall"
 )
 
 // maxHead bounds the HTTP request head the proxy reads before deciding.
@@ -145,6 +147,27 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 		}
 		return nil, nil
 	}
+	// The policy may have changed while the name was resolved (which
+	// takes up to Timeout): what is dialled, and then tracked, is what
+	// the policy in force allows. The check before the dial keeps a
+	// revoked name from being connected to at all; the one under the
+	// lock, with the tracking, leaves no gap for a SetPolicy to miss.
+	refusedNow := func() bool {
+		return !s.policy.AllowsDomain(host, port) || firewall.Denied(ip, s.cfg.Deny, s.policy)
+	}
+	revoked := func() {
+		s.log.Info("proxy refused", "host", host, "port", port, "reason", "policy changed while resolving")
+		if port == 80 {
+			writeStatus(c, http.StatusForbidden, "ironclaw egress: "+host+" is not allowed")
+		}
+	}
+	s.mu.Lock()
+	stale := s.closed || refusedNow()
+	s.mu.Unlock()
+	if stale {
+		revoked()
+		return nil, nil
+	}
 	up, err := s.dialer(ctx, "tcp4", net.JoinHostPort(ip.String(), strconv.Itoa(int(port))))
 	if err != nil {
 		s.log.Info("proxy: dial failed", "host", host, "addr", ip, "err", err)
@@ -155,9 +178,13 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 	}
 	pc = &proxyConn{host: host, port: port, a: c, b: up}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || refusedNow() {
+		closed := s.closed
 		s.mu.Unlock()
 		up.Close()
+		if !closed {
+			revoked()
+		}
 		return nil, nil
 	}
 	s.conns[pc] = struct{}{}

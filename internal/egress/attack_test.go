@@ -1,0 +1,188 @@
+package egress
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/miekg/dns"
+)
+
+// recordingResolver answers every A query with 203.0.113.10 on the
+// loopback and records the questions, in wire form decoded to labels.
+// While hold is non-nil, each query is announced on asked and answered
+// only once hold is closed.
+type recordingResolver struct {
+	addr  string
+	mu    sync.Mutex
+	names [][]string
+	asked chan struct{}
+	hold  chan struct{}
+}
+
+func newRecordingResolver(t *testing.T, hold bool) *recordingResolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recordingResolver{addr: pc.LocalAddr().String(), asked: make(chan struct{}, 16)}
+	if hold {
+		r.hold = make(chan struct{})
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		// The labels as they travel on the wire: a label may hold a
+		// dot, which the presentation form escapes.
+		wire, _ := q.Pack()
+		var labels []string
+		if len(wire) > 12 {
+			for off := 12; off < len(wire) && wire[off] != 0; off += int(wire[off]) + 1 {
+				end := off + 1 + int(wire[off])
+				if end > len(wire) {
+					break
+				}
+				labels = append(labels, string(wire[off+1:end]))
+			}
+		}
+		r.mu.Lock()
+		r.names = append(r.names, labels)
+		r.mu.Unlock()
+		r.asked <- struct{}{}
+		if r.hold != nil {
+			<-r.hold
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.ParseIP("203.0.113.10")})
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return r
+}
+
+func (r *recordingResolver) questions() [][]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]string(nil), r.names...)
+}
+
+// startDialing starts a proxy for rules that resolves through r and whose
+// upstream dials go to the loopback listener up, whatever address they
+// name; every dial is counted.
+func startDialing(t *testing.T, r *recordingResolver, up net.Listener, rules ...string) (*Server, *atomic.Int64) {
+	t.Helper()
+	p, err := firewall.ParsePolicy(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dials := new(atomic.Int64)
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		if network == "tcp4" {
+			dials.Add(1)
+			return d.DialContext(ctx, "tcp", up.Addr().String())
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	s, err := Start(t.Context(), Config{Listen: netip.MustParseAddr("127.0.0.1"), Resolver: r.addr, Dial: dial, Timeout: 5 * time.Second}, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s, dials
+}
+
+// acceptAll accepts connections on a loopback listener and reports each
+// on the channel; it reads nothing.
+func acceptAll(t *testing.T) (net.Listener, chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan net.Conn, 16)
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			select {
+			case ch <- c:
+			default:
+			}
+		}
+	}()
+	return ln, ch
+}
+
+// TestPolicyRevokedDuringResolveIsHonoured: a policy update that removes
+// a name while a connection to it is being resolved must keep that
+// connection from being made. The proxy checked the old policy before it
+// resolved; a connection set up after SetPolicy returned, to a name the
+// policy in force no longer allows, is a revoked rule still in effect
+// (and SetPolicy never cuts it, having run before it was tracked).
+func TestPolicyRevokedDuringResolveIsHonoured(t *testing.T) {
+	for _, port := range []string{"http", "https"} {
+		t.Run(port, func(t *testing.T) {
+			r := newRecordingResolver(t, true)
+			up, accepted := acceptAll(t)
+			s, _ := startDialing(t, r, up, "allowed.test")
+			svc := s.Services().HTTP
+			if port == "https" {
+				svc = s.Services().HTTPS
+			}
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", svc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if port == "https" {
+				c.Write(clientHello(t, "allowed.test"))
+			} else {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+			}
+			select {
+			case <-r.asked:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the proxy never resolved allowed.test")
+			}
+			s.SetPolicy(firewall.Policy{}) // allowed.test is revoked
+			close(r.hold)
+			select {
+			case <-accepted:
+				t.Fatal("the proxy connected to allowed.test after its rule was revoked")
+			case <-time.After(500 * time.Millisecond):
+			}
+			if got := s.tracked(); len(got) != 0 {
+				t.Errorf("after the revocation the proxy tracks %v", got)
+			}
+		})
+	}
+}
