@@ -1,10 +1,13 @@
 package egress
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -185,4 +188,82 @@ func TestPolicyRevokedDuringResolveIsHonoured(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNamesThatAreNotHostNamesAreRefused: the policy matches names as
+// text (a wildcard is a suffix), but the proxy resolves them through a
+// DNS library that reads presentation-form escapes: in "x\.a.wild.test"
+// the escaped dot joins "x.a" into one label, so the name the resolver
+// is asked about lies in wild.test, outside "*.a.wild.test", although the
+// text ends in ".a.wild.test". An SNI (any bytes) or Host that is not a
+// plain host name must be refused before anything is resolved.
+func TestNamesThatAreNotHostNamesAreRefused(t *testing.T) {
+	r := newRecordingResolver(t, false)
+	up, _ := acceptAll(t)
+	s, dials := startDialing(t, r, up, "*.a.wild.test")
+	for _, sni := range []string{`x\.a.wild.test`, `x\046a.wild.test`, "x\x00.a.wild.test", "x y.a.wild.test", "é.a.wild.test"} {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Services().HTTPS))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(rawClientHello(t, sni))
+		io.ReadAll(c) // until the proxy closes
+		c.Close()
+	}
+	// A Host header cannot carry a backslash (net/http refuses it), but a
+	// CONNECT's authority is checked by the same rule.
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Services().HTTP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "CONNECT x!.a.wild.test:443 HTTP/1.1\r\nHost: x!.a.wild.test:443\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect}); err == nil && resp.StatusCode == 200 {
+		t.Errorf("CONNECT x!.a.wild.test:443 answered %d", resp.StatusCode)
+	}
+	c.Close()
+	if q := r.questions(); len(q) != 0 {
+		t.Errorf("the resolver was asked about %q", q)
+	}
+	if dials.Load() != 0 {
+		t.Errorf("the proxy dialed upstream %d times", dials.Load())
+	}
+	// A plain name below the wildcard still goes through.
+	c, err = net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Services().HTTPS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(rawClientHello(t, "x.a.wild.test"))
+	deadline := time.Now().Add(5 * time.Second)
+	for dials.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if dials.Load() != 1 {
+		t.Errorf("x.a.wild.test: %d dials, want 1", dials.Load())
+	}
+}
+
+// rawClientHello is a minimal TLS 1.2 ClientHello record whose SNI is the
+// bytes of sni, unvalidated (crypto/tls refuses to send most of them).
+func rawClientHello(t testing.TB, sni string) []byte {
+	t.Helper()
+	name := []byte(sni)
+	entry := append([]byte{0, byte(len(name) >> 8), byte(len(name))}, name...)
+	list := append([]byte{byte(len(entry) >> 8), byte(len(entry))}, entry...)
+	ext := append([]byte{0, 0, byte(len(list) >> 8), byte(len(list))}, list...)
+	body := []byte{3, 3}
+	body = append(body, make([]byte, 32)...) // random
+	body = append(body, 0)                   // session id
+	body = append(body, 0, 2, 0xc0, 0x2f)    // one cipher suite
+	body = append(body, 1, 0)                // null compression
+	body = append(body, byte(len(ext)>>8), byte(len(ext)))
+	body = append(body, ext...)
+	hs := append([]byte{1, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+	rec := append([]byte{22, 3, 1, byte(len(hs) >> 8), byte(len(hs))}, hs...)
+	if _, got, err := readClientHello(bytes.NewReader(rec)); err != nil || got != lowerASCII(sni) {
+		t.Fatalf("rawClientHello(%q) reads back as %q, %v", sni, got, err)
+	}
+	return rec
 }

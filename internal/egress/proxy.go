@@ -137,6 +137,13 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 		}
 		return nil, nil
 	}
+	if !validHostName(host) {
+		s.log.Info("proxy refused", "host", host, "port", port, "reason", "not a host name")
+		if port == 80 {
+			writeStatus(c, http.StatusForbidden, "ironclaw egress: not a host name")
+		}
+		return nil, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	ip, err := s.resolve(ctx, host, p)
@@ -433,7 +440,7 @@ func splitHost(hp string, def uint16) (string, uint16, error) {
 		host, portStr = h, p
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "" || net.ParseIP(host) != nil || strings.ContainsAny(host, "/[] ") {
+	if net.ParseIP(host) != nil || !validHostName(host) {
 		return "", 0, fmt.Errorf("bad host %q", hp)
 	}
 	port := def
@@ -448,6 +455,33 @@ func splitHost(hp string, def uint16) (string, uint16, error) {
 		return "", 0, fmt.Errorf("no port in %q", hp)
 	}
 	return host, port, nil
+}
+
+// validHostName reports whether host (lower-case, without a trailing
+// dot) is a plain host name: dot-separated labels of 1 to 63 letters,
+// digits, '-' and '_', 253 characters at most. The policy matches names
+// as text, and the proxy then asks a DNS library to resolve them, which
+// reads presentation-form escapes ("\.", "\046"): a name with any other
+// character could be read as other labels than the ones checked (the
+// escaped dot in "x\.a.example.com" makes "x.a" one label, outside
+// "*.a.example.com"), so it is never resolved. IDNs travel as their
+// ASCII (xn--) form.
+func validHostName(host string) bool {
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(host, ".") {
+		if l == "" || len(l) > 63 {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func writeStatus(c net.Conn, code int, msg string) {
