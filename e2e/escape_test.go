@@ -65,3 +65,42 @@ for fd in (40, 41):
 		t.Errorf("the workload wrote %d bytes to a host pipe through an inherited descriptor", b)
 	}
 }
+
+// TestMountTargetsStayInTheSandbox: a workload that can write a
+// persistent workspace (--workdir) may leave symlinks there for the next
+// sandbox on it. A --mount target below such a symlink must not make
+// that sandbox's init create anything on the host: the guest path is the
+// sandbox's, resolved inside its root, never a host path. The symlink
+// here points at a world-writable host directory, where init's host uid
+// could create entries.
+func TestMountTargetsStayInTheSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	work, src := t.TempDir(), t.TempDir()
+	// Not t.TempDir: its parent is searchable by root only.
+	outside, err := os.MkdirTemp("", "ironclaw-outside-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(outside)
+	if err := os.Chmod(outside, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("source"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// What an earlier sandbox on this workspace could have left.
+	if err := os.Symlink(outside, filepath.Join(work, "planted")); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{src + ":/workspace/planted/dir", filepath.Join(src, "f") + ":/workspace/planted/file", src + ":/workspace/planted/a/b"} {
+		r := ironclaw(t, nil, "run", "--workdir", work, "--mount", m, "--", "true")
+		ents, err := os.ReadDir(outside)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			t.Errorf("--mount %s: the sandbox's init created %s on the host (exit %d, stderr %q)", m, filepath.Join(outside, e.Name()), r.code, r.stderr)
+			os.RemoveAll(filepath.Join(outside, e.Name()))
+		}
+	}
+}
