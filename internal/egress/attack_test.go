@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -266,4 +268,64 @@ func rawClientHello(t testing.TB, sni string) []byte {
 		t.Fatalf("rawClientHello(%q) reads back as %q, %v", sni, got, err)
 	}
 	return rec
+}
+
+// TestIdleConnectionsAreBounded: a sandbox may open connections to the
+// proxy and the stub's TCP port and send nothing. Each accepted one costs
+// the host process (the daemon, shared by every sandbox) a descriptor and
+// a goroutine until headTimeout; the sandbox's own limits (nofile per
+// process, times pids) allow it about a million. What the proxy and the
+// stub accept at once must be bounded, and excess connections must wait
+// in the kernel's backlog, costing the host process nothing.
+func TestIdleConnectionsAreBounded(t *testing.T) {
+	s := start(t, testResolver(t, "203.0.113.10"), "allowed.test")
+	const n = 1500
+	before := runtime.NumGoroutine()
+	fdsBefore := openFDs(t)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range n {
+		port := []uint16{s.Services().HTTP, s.Services().HTTPS, s.Services().DNS}[i%3]
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(500 * time.Millisecond) // let the accept loops catch up
+	goroutines := runtime.NumGoroutine() - before
+	serverFDs := openFDs(t) - fdsBefore - n // the test's own ends are n
+	t.Logf("%d idle connections: the server holds %d descriptors and %d goroutines", n, serverFDs, goroutines)
+	if limit := MaxConns + maxDNSConns; serverFDs > limit || goroutines > limit+16 {
+		t.Errorf("%d idle connections cost the server %d descriptors and %d goroutines, want at most %d", n, serverFDs, goroutines, limit)
+	}
+	// Once they are gone, the proxy serves again.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", s.Services().HTTP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("after the flood: %v %v, want 403", resp, err)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
