@@ -87,6 +87,10 @@ type Gateway struct {
 }
 
 type progressRoute struct {
+	// u is the server the call went to: only its notifications take
+	// this route (the tokens are guessable, and another server's
+	// progress would speak in this call under this server's name).
+	u     *upstream
 	ss    *mcp.ServerSession
 	token any
 	// ctx is the client's call: notifications sent in it travel on that
@@ -653,6 +657,10 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 			r, ok := g.progress[tok]
 			g.mu.Unlock()
 			if !ok {
+				return
+			}
+			if r.u != u {
+				u.log.Warn("progress dropped: the token belongs to a call to another server", "token", tok, "owner", r.u.cfg.Name)
 				return
 			}
 			p := *req.Params

@@ -425,3 +425,47 @@ func TestServerHintsUntrustedByDefault(t *testing.T) {
 		t.Errorf("trusted record %+v", r)
 	}
 }
+
+// TestProgressStaysWithItsServer: the gateway gives each forwarded call
+// a token of its own ("ironclaw-N"). A server that sends progress under
+// a token it was not given — another server's call, another client's —
+// must not reach that call's client: it would speak there in the other
+// server's name.
+func TestProgressStaysWithItsServer(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"a":%s,"b":%s}}`, fixtureServer(t, marker), fixtureServer(t, marker)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := &mcp.CallToolParams{Name: "b__slow", Arguments: map[string]any{"seconds": 1.5}}
+	p.SetProgressToken("victim-token")
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.client.CallTool(ctx, p)
+		done <- err
+	}()
+	// Wait until b's call is forwarded (its own progress arrives).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		h.mu.Lock()
+		n := len(h.prog)
+		h.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no progress from b__slow")
+		}
+	}
+	if res, err := h.call(t, "a__forge_progress", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("a__forge_progress: %v %v", err, res)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, n := range h.prog {
+		if n.Message == "forged" {
+			t.Fatalf("server a's forged progress reached the client of b__slow under %v", n.ProgressToken)
+		}
+	}
+}
