@@ -34,11 +34,7 @@ func TestInheritedDescriptorsDoNotReachTheSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	script := `for p in /proc/self/fd/*; do
-		fd=${p##*/}
-		case $fd in 0|1|2) continue;; esac
-		if l=$(readlink $p); then echo "fd $fd -> $l"; fi
-	done
+	script := fdScript + `
 	python3 -c 'import os
 for fd in (40, 41):
     try: os.write(fd, b"escaped")
@@ -104,3 +100,26 @@ func TestMountTargetsStayInTheSandbox(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonExecHoldsOnlyStdio: a command exec'd in a long-lived sandbox
+// holds its three standard streams and nothing of init's (such as the
+// workload cgroup's tasks file init places its launchers with).
+func TestDaemonExecHoldsOnlyStdio(t *testing.T) {
+	d := startDaemon(t, newRoot(t))
+	if r := d.cli(nil, "sandbox", "create", "--name", "fds"); r.code != 0 {
+		t.Fatalf("sandbox create: %d %s", r.code, r.stderr)
+	}
+	for _, user := range []string{"sandbox", "root"} {
+		r := d.cli(nil, "sandbox", "exec", "--user", user, "fds", "--", "sh", "-c", fdScript)
+		if r.code != 0 || r.stdout != "" {
+			t.Errorf("exec as %s: the command holds descriptors it was not given (exit %d):\n%s%s", user, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+// fdScript prints every descriptor of a command beyond 0, 1 and 2.
+const fdScript = `for p in /proc/self/fd/*; do
+	fd=${p##*/}
+	case $fd in 0|1|2) continue;; esac
+	if l=$(readlink $p); then echo "fd $fd -> $l"; fi
+done`
