@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,3 +124,32 @@ const fdScript = `for p in /proc/self/fd/*; do
 	case $fd in 0|1|2) continue;; esac
 	if l=$(readlink $p); then echo "fd $fd -> $l"; fi
 done`
+
+// TestPlantedSymlinkCannotReplaceReservedPaths: a user mount may not
+// replace what IronClaw builds (/etc, /proc, /dev, /tmp, /workspace). A
+// symlink left in a persistent workspace ("planted -> ../etc") must not
+// let a --mount target below /workspace land on the sandbox's /etc and
+// hide its generated passwd, hosts and resolv.conf; the start fails,
+// naming the mount.
+func TestPlantedSymlinkCannotReplaceReservedPaths(t *testing.T) {
+	testutil.RequireRoot(t)
+	work, src := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "passwd"), []byte("mallory:x:0:0::/:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"../etc", "/etc", "../tmp", "../../dev"} {
+		link := filepath.Join(work, "planted")
+		os.Remove(link)
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		r := ironclaw(t, nil, "run", "--workdir", work, "--mount", src+":/workspace/planted", "--", "sh", "-c",
+			"cat /etc/passwd; test -e /etc/hosts && test -e /etc/resolv.conf && echo generated-etc-present; mount | grep -c ' /etc \\| /tmp \\| /dev ' || true")
+		if r.code == 0 && (strings.Contains(r.stdout, "mallory") || !strings.Contains(r.stdout, "generated-etc-present")) {
+			t.Errorf("planted -> %s: a user mount replaced the sandbox's /etc:\n%s", target, r.stdout)
+		}
+		if r.code != 0 && !strings.Contains(r.stderr, "mount /workspace/planted:") {
+			t.Errorf("planted -> %s: exit %d without saying why: %s", target, r.code, r.stderr)
+		}
+	}
+}

@@ -2,12 +2,15 @@ package initproc
 
 import (
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
 
 // Mount flags of the pieces of a sandbox's root.
@@ -127,6 +130,8 @@ func buildRoot(cfg *Config) (string, error) {
 type tree struct {
 	nr   string
 	root int // O_PATH descriptor of nr
+	// canon is nr as the kernel names it (symlinks resolved).
+	canon string
 	// links are the symlinks made here.
 	links map[string]bool
 	// dirs are the directories made here (sandbox paths, "/" for the
@@ -142,7 +147,28 @@ func newTree(nr string) (*tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", nr, err)
 	}
-	return &tree{nr: nr, root: fd, links: map[string]bool{}, dirs: map[string]bool{"/": true}, made: map[string]bool{"/": true}}, nil
+	canon, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("read the path of %s: %w", nr, err)
+	}
+	return &tree{nr: nr, root: fd, canon: canon, links: map[string]bool{}, dirs: map[string]bool{"/": true}, made: map[string]bool{"/": true}}, nil
+}
+
+// guestPath returns the sandbox path of fd, a descriptor from resolve.
+func (t *tree) guestPath(fd int) (string, error) {
+	l, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", err
+	}
+	if l == t.canon {
+		return "/", nil
+	}
+	rel, ok := strings.CutPrefix(l, t.canon+"/")
+	if !ok {
+		return "", fmt.Errorf("%s is outside the new root %s", l, t.canon)
+	}
+	return "/" + rel, nil
 }
 
 func (t *tree) close() { unix.Close(t.root) }
@@ -355,6 +381,18 @@ func (t *tree) bindSource(s BindSource) error {
 		fd, err := t.resolve(s.Target, 0)
 		if err != nil {
 			return fmt.Errorf("attach: open %s: %w", s.Target, err)
+		}
+		if !s.System {
+			// A user mount may not replace what init builds, even
+			// when a symlink on the way leads there.
+			g, err := t.guestPath(fd)
+			if err == nil && g != s.Target {
+				err = sandbox.CheckMountTarget(g)
+			}
+			if err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("attach: %s leads to %s: %w", s.Target, g, err)
+			}
 		}
 		err = unix.MoveMount(s.FD, "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
 		unix.Close(fd)
