@@ -632,6 +632,12 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 			}()
 		},
 		ResourceUpdatedHandler: func(ctx context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			// A server speaks for its own resources only: clients
+			// subscribe through the URI's owner (see subscribe).
+			if owner := g.ownerOfURI(req.Params.URI); owner != u {
+				u.log.Warn("resource update dropped: the URI is not this server's", "uri", req.Params.URI)
+				return
+			}
 			if err := g.server.ResourceUpdated(ctx, req.Params); err != nil {
 				u.log.Debug("forward resource update", "err", err)
 			}

@@ -469,3 +469,52 @@ func TestProgressStaysWithItsServer(t *testing.T) {
 		}
 	}
 }
+
+// TestResourceUpdatesStayWithTheirServer: a server may announce updates
+// of its own resources only. Server a announcing b's resource as updated
+// must not reach b's subscribers in b's name (a client re-reads what it
+// is told changed; a hostile server could steer that, or flood it).
+func TestResourceUpdatesStayWithTheirServer(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"a":%s,"b":%s}}`,
+		namedFixtureServer(t, marker, "a", "FIXTURE_FORGE_URI", "fixture://b/doc"), namedFixtureServer(t, marker, "b")))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, uri := range []string{"fixture://a/doc", "fixture://b/doc"} {
+		if err := h.client.Subscribe(ctx, &mcp.SubscribeParams{URI: uri}); err != nil {
+			t.Fatalf("subscribe %s: %v", uri, err)
+		}
+	}
+	// b's own announcement arrives: the route works.
+	if res, err := h.call(t, "b__touch_doc", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("b__touch_doc: %v %v", err, res)
+	}
+	waitFor := func(what string, ok func([]string) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			h.mu.Lock()
+			got := slices.Clone(h.upd)
+			h.mu.Unlock()
+			if ok(got) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: updates %v", what, got)
+			}
+		}
+	}
+	waitFor("b's own update", func(u []string) bool { return slices.Contains(u, "fixture://b/doc") })
+	h.mu.Lock()
+	h.upd = nil
+	h.mu.Unlock()
+	// a announces b's resource.
+	if res, err := h.call(t, "a__touch_doc", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("a__touch_doc: %v %v", err, res)
+	}
+	time.Sleep(300 * time.Millisecond)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slices.Contains(h.upd, "fixture://b/doc") {
+		t.Fatalf("server a's announcement of fixture://b/doc reached b's subscribers: %v", h.upd)
+	}
+}
