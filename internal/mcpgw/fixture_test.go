@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,6 +122,31 @@ func runFixture() {
 			})
 		}
 	}
+	// go_endless makes every later tools/list answer one new tool and a
+	// next cursor, forever, as a hostile server could, and announces a
+	// change of the tool list; each page served is noted.
+	var endless atomic.Bool
+	var pages atomic.Int64
+	s.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if method != "tools/list" || !endless.Load() {
+				return next(ctx, method, req)
+			}
+			n := pages.Add(1)
+			note("page")
+			return &mcp.ListToolsResult{
+				Tools:      []*mcp.Tool{{Name: fmt.Sprintf("endless_%d", n), InputSchema: map[string]any{"type": "object"}}},
+				NextCursor: strconv.FormatInt(n, 10),
+			}, nil
+		}
+	})
+	mcp.AddTool(s, &mcp.Tool{Name: "go_endless", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		endless.Store(true)
+		mcp.AddTool(s, &mcp.Tool{Name: "trigger", Annotations: ro}, func(context.Context, *mcp.CallToolRequest, emptyIn) (*mcp.CallToolResult, any, error) {
+			return fixtureText("trigger"), nil, nil
+		})
+		return fixtureText("endless"), nil, nil
+	})
 	mcp.AddTool(s, &mcp.Tool{Name: "crash", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
 		note("crash")
 		os.Exit(3)

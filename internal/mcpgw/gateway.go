@@ -291,11 +291,14 @@ func safely(f func()) (err error) {
 func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	tools, err := listPages(ctx, "tools", func(ctx context.Context, c string) (*mcp.ListToolsResult, error) {
+		return cs.ListTools(ctx, &mcp.ListToolsParams{Cursor: c})
+	}, func(r *mcp.ListToolsResult) ([]*mcp.Tool, string) { return r.Tools, r.NextCursor })
+	if err != nil {
+		return err
+	}
 	want := map[string]*mcp.Tool{}
-	for t, err := range cs.Tools(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list tools: %w", err)
-		}
+	for _, t := range tools {
 		if !u.cfg.Tools.Permits(t.Name) {
 			u.log.Debug("tool hidden by the tools filter", "tool", t.Name)
 			continue
@@ -339,6 +342,42 @@ func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	return nil
 }
 
+// maxListPages and maxListItems bound one listing of a server's tools,
+// prompts, resources or resource templates. The gateway is a host process
+// outside every sandbox; a server that always offers another page would
+// otherwise have it fetch and hold pages for as long as it runs (a resync
+// after a list_changed notification has no deadline).
+const (
+	maxListPages = 1000
+	maxListItems = 10000
+)
+
+// listPages fetches every page of a listing (list gets the cursor, split
+// returns a page's items and next cursor), refusing a listing beyond
+// maxListPages pages or maxListItems items.
+func listPages[R any, T any](ctx context.Context, what string, list func(context.Context, string) (R, error), split func(R) ([]T, string)) ([]T, error) {
+	var out []T
+	cursor := ""
+	for page := 1; ; page++ {
+		if page > maxListPages {
+			return nil, fmt.Errorf("list %s: more than %d pages; the server's listing is refused", what, maxListPages)
+		}
+		res, err := list(ctx, cursor)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		items, next := split(res)
+		out = append(out, items...)
+		if len(out) > maxListItems {
+			return nil, fmt.Errorf("list %s: more than %d; the server's listing is refused", what, maxListItems)
+		}
+		if next == "" {
+			return out, nil
+		}
+		cursor = next
+	}
+}
+
 func checkInputSchema(s any) error {
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -357,11 +396,14 @@ func checkInputSchema(s any) error {
 func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	prompts, err := listPages(ctx, "prompts", func(ctx context.Context, c string) (*mcp.ListPromptsResult, error) {
+		return cs.ListPrompts(ctx, &mcp.ListPromptsParams{Cursor: c})
+	}, func(r *mcp.ListPromptsResult) ([]*mcp.Prompt, string) { return r.Prompts, r.NextCursor })
+	if err != nil {
+		return err
+	}
 	want := map[string]*mcp.Prompt{}
-	for p, err := range cs.Prompts(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list prompts: %w", err)
-		}
+	for _, p := range prompts {
 		want[Qualify(u.cfg.Name, p.Name)] = p
 	}
 	u.mu.Lock()
@@ -407,18 +449,26 @@ func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error
 func (u *upstream) syncResources(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	resources, err := listPages(ctx, "resources", func(ctx context.Context, c string) (*mcp.ListResourcesResult, error) {
+		return cs.ListResources(ctx, &mcp.ListResourcesParams{Cursor: c})
+	}, func(r *mcp.ListResourcesResult) ([]*mcp.Resource, string) { return r.Resources, r.NextCursor })
+	if err != nil {
+		return err
+	}
+	templates, err := listPages(ctx, "resource templates", func(ctx context.Context, c string) (*mcp.ListResourceTemplatesResult, error) {
+		return cs.ListResourceTemplates(ctx, &mcp.ListResourceTemplatesParams{Cursor: c})
+	}, func(r *mcp.ListResourceTemplatesResult) ([]*mcp.ResourceTemplate, string) {
+		return r.ResourceTemplates, r.NextCursor
+	})
+	if err != nil {
+		return err
+	}
 	wantR := map[string]*mcp.Resource{}
-	for r, err := range cs.Resources(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list resources: %w", err)
-		}
+	for _, r := range resources {
 		wantR[r.URI] = r
 	}
 	wantT := map[string]*mcp.ResourceTemplate{}
-	for t, err := range cs.ResourceTemplates(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list resource templates: %w", err)
-		}
+	for _, t := range templates {
 		wantT[t.URITemplate] = t
 	}
 	u.g.mu.Lock()

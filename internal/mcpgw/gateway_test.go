@@ -518,3 +518,40 @@ func TestResourceUpdatesStayWithTheirServer(t *testing.T) {
 		t.Fatalf("server a's announcement of fixture://b/doc reached b's subscribers: %v", h.upd)
 	}
 }
+
+// TestEndlessListingIsBounded: a server whose tools/list always offers
+// another page (a new tool and a next cursor) must not keep the gateway
+// — an unsandboxed host process — fetching and storing pages forever.
+// The resync its tools/list_changed starts runs without a deadline.
+func TestEndlessListingIsBounded(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"fx":%s}}`, fixtureServer(t, marker)))
+	if res, err := h.call(t, "fx__go_endless", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("fx__go_endless: %v %v", err, res)
+	}
+	pages := func() int {
+		b, _ := os.ReadFile(marker)
+		return strings.Count(string(b), "page\n")
+	}
+	// Wait until the listing has stopped growing for a while.
+	last, still := -1, 0
+	for deadline := time.Now().Add(20 * time.Second); still < 10; time.Sleep(100 * time.Millisecond) {
+		n := pages()
+		if n == last && n > 0 {
+			still++
+		} else {
+			still = 0
+		}
+		last = n
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s the gateway is still listing the endless server's tools: %d pages so far", n)
+		}
+	}
+	if last > maxListPages+1 {
+		t.Errorf("the gateway fetched %d pages, more than the bound of %d", last, maxListPages)
+	}
+	// The tools it had stay callable.
+	if res, err := h.call(t, "fx__pid", map[string]any{}); err != nil || res.IsError {
+		t.Errorf("fx__pid after the endless listing: %v %v", err, res)
+	}
+}
