@@ -147,6 +147,15 @@ func runFixture() {
 		})
 		return fixtureText("endless"), nil, nil
 	})
+	// flood_changed writes a burst of list_changed notifications straight
+	// to stdout, as a hostile server could (the SDK would debounce them).
+	mcp.AddTool(s, &mcp.Tool{Name: "flood_changed", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
+		line := []byte(`{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}` + "\n")
+		for range 5000 {
+			os.Stdout.Write(line)
+		}
+		return fixtureText("flooded"), nil, nil
+	})
 	mcp.AddTool(s, &mcp.Tool{Name: "crash", Annotations: ro}, func(ctx context.Context, req *mcp.CallToolRequest, _ emptyIn) (*mcp.CallToolResult, any, error) {
 		note("crash")
 		os.Exit(3)

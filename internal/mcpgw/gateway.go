@@ -291,6 +291,7 @@ func safely(f func()) (err error) {
 func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listTools].Store(false) // from here on, a change needs another resync
 	tools, err := listPages(ctx, "tools", func(ctx context.Context, c string) (*mcp.ListToolsResult, error) {
 		return cs.ListTools(ctx, &mcp.ListToolsParams{Cursor: c})
 	}, func(r *mcp.ListToolsResult) ([]*mcp.Tool, string) { return r.Tools, r.NextCursor })
@@ -340,6 +341,31 @@ func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	u.mu.Unlock()
 	u.log.Debug("tools synced", "count", len(registered))
 	return nil
+}
+
+// The listings a server's list_changed notifications resync.
+const (
+	listTools = iota
+	listPrompts
+	listResources
+)
+
+var listNames = [...]string{listTools: "tools", listPrompts: "prompts", listResources: "resources"}
+
+// scheduleSync resyncs listing kind after a list_changed notification,
+// unless a resync of it is already scheduled and has not started
+// listing: that one will see the change. A server can send notifications
+// far faster than a listing takes; one goroutine each would pile up in
+// the gateway without bound.
+func (u *upstream) scheduleSync(ctx context.Context, kind int, cs *mcp.ClientSession, sync func(context.Context, *mcp.ClientSession) error) {
+	if !u.pending[kind].CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		if err := sync(context.WithoutCancel(ctx), cs); err != nil {
+			u.log.Warn("resync "+listNames[kind], "err", err)
+		}
+	}()
 }
 
 // maxListPages and maxListItems bound one listing of a server's tools,
@@ -396,6 +422,7 @@ func checkInputSchema(s any) error {
 func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listPrompts].Store(false) // from here on, a change needs another resync
 	prompts, err := listPages(ctx, "prompts", func(ctx context.Context, c string) (*mcp.ListPromptsResult, error) {
 		return cs.ListPrompts(ctx, &mcp.ListPromptsParams{Cursor: c})
 	}, func(r *mcp.ListPromptsResult) ([]*mcp.Prompt, string) { return r.Prompts, r.NextCursor })
@@ -449,6 +476,7 @@ func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error
 func (u *upstream) syncResources(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listResources].Store(false) // from here on, a change needs another resync
 	resources, err := listPages(ctx, "resources", func(ctx context.Context, c string) (*mcp.ListResourcesResult, error) {
 		return cs.ListResources(ctx, &mcp.ListResourcesParams{Cursor: c})
 	}, func(r *mcp.ListResourcesResult) ([]*mcp.Resource, string) { return r.Resources, r.NextCursor })
@@ -661,25 +689,13 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 		// forward), not to handlers here.
 		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
 		ToolListChangedHandler: func(ctx context.Context, req *mcp.ToolListChangedRequest) {
-			go func() {
-				if err := u.syncTools(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync tools", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listTools, req.Session, u.syncTools)
 		},
 		PromptListChangedHandler: func(ctx context.Context, req *mcp.PromptListChangedRequest) {
-			go func() {
-				if err := u.syncPrompts(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync prompts", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listPrompts, req.Session, u.syncPrompts)
 		},
 		ResourceListChangedHandler: func(ctx context.Context, req *mcp.ResourceListChangedRequest) {
-			go func() {
-				if err := u.syncResources(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync resources", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listResources, req.Session, u.syncResources)
 		},
 		ResourceUpdatedHandler: func(ctx context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
 			// A server speaks for its own resources only: clients

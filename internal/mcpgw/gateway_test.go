@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -553,5 +554,29 @@ func TestEndlessListingIsBounded(t *testing.T) {
 	// The tools it had stay callable.
 	if res, err := h.call(t, "fx__pid", map[string]any{}); err != nil || res.IsError {
 		t.Errorf("fx__pid after the endless listing: %v %v", err, res)
+	}
+}
+
+// TestListChangedFloodIsCoalesced: every tools/list_changed a server
+// sends used to start a resync goroutine of its own, each waiting for the
+// one before: a server writing notifications faster than a listing takes
+// piles goroutines up in the gateway without bound. Notifications that
+// arrive while a resync is pending must fold into it.
+func TestListChangedFloodIsCoalesced(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"fx":%s}}`, fixtureServer(t, marker)))
+	before := runtime.NumGoroutine()
+	if res, err := h.call(t, "fx__flood_changed", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("fx__flood_changed: %v %v", err, res)
+	}
+	peak := 0
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		peak = max(peak, runtime.NumGoroutine()-before)
+	}
+	if peak > 100 {
+		t.Errorf("5000 list_changed notifications raised the gateway's goroutines by up to %d", peak)
+	}
+	if res, err := h.call(t, "fx__pid", map[string]any{}); err != nil || res.IsError {
+		t.Errorf("fx__pid after the flood: %v %v", err, res)
 	}
 }
