@@ -12,8 +12,10 @@
 // never forwards a query, so DNS cannot carry data out of the sandbox, and
 // neither /etc/hosts nor DNS tricks inside the sandbox change where the
 // proxy connects. Names that resolve into internal ranges (see
-// firewall.Denied) and a CONNECT whose TLS SNI names another host are
-// refused.
+// firewall.Denied), names that are not plain host names, and a CONNECT
+// whose TLS SNI names another host are refused; the policy in force when
+// a connection is set up, not only when its name was checked, decides.
+// A sandbox gets at most MaxConns proxy connections at once.
 //
 // A Server runs as goroutines in the process that owns the sandbox,
 // listening on the host side of the sandbox's link; the host firewall
