@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Card kinds.
@@ -238,7 +240,9 @@ func firstLine(s string, max int) string {
 }
 
 // Render formats the card for a terminal. Control characters other than
-// newline and tab are shown escaped, so a card cannot drive the terminal.
+// newline and tab, and invisible format characters, are shown escaped
+// (see SanitizeTerminal), so a card cannot drive the terminal nor show
+// its text in another order than it runs.
 func (c Card) Render() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%s\n", c.Title)
@@ -260,15 +264,24 @@ func (c Card) Render() string {
 }
 
 // SanitizeTerminal escapes control characters (ESC and friends) except
-// newline and tab.
+// newline and tab, and the invisible format characters (Unicode Cf, and
+// the line and paragraph separators): bidi overrides and isolates, which
+// make a terminal that applies the bidi algorithm show text in another
+// order than it runs ("Trojan Source"), zero-width characters and the
+// like, which hide what is there.
 func SanitizeTerminal(s string) string {
 	var sb strings.Builder
 	for _, r := range s {
-		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f && !(r >= 0x80 && r < 0xa0)) {
-			sb.WriteRune(r)
+		switch {
+		case r == '\n' || r == '\t':
+		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			fmt.Fprintf(&sb, "\\x%02x", r)
+			continue
+		case unicode.Is(unicode.Cf, r) || r == 0x2028 || r == 0x2029 || r == utf8.RuneError:
+			fmt.Fprintf(&sb, "\\u%04x", r)
 			continue
 		}
-		fmt.Fprintf(&sb, "\\x%02x", r)
+		sb.WriteRune(r)
 	}
 	return sb.String()
 }

@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -187,6 +188,26 @@ func TestBuildCard(t *testing.T) {
 		c := BuildCard(ctx, "x__y", Call{Tool: "y", Arguments: map[string]any{"a": "\x1b[2Jboom"}}, red, nil)
 		if r := c.Render(); strings.ContainsRune(r, 0x1b) {
 			t.Errorf("ESC reached the terminal: %q", r)
+		}
+	})
+	t.Run("render escapes bidi and invisible format characters", func(t *testing.T) {
+		// "Trojan Source": a right-to-left override makes a terminal that
+		// applies the bidi algorithm show text in another order than it
+		// runs; zero-width characters hide what is there.
+		cmd := "echo ok \u202e; rm -rf ~ #\u202c\u2066\u200b\u2028x"
+		var sh string
+		if err := json.Unmarshal([]byte(`"`+cmd+`"`), &sh); err != nil {
+			t.Fatal(err)
+		}
+		c := BuildCard(ctx, "x__run", Call{Tool: "run", Arguments: map[string]any{"command": []any{"sh", "-c", sh}}}, red, nil)
+		r := c.Render()
+		for _, bad := range []rune{0x202e, 0x202c, 0x2066, 0x200b, 0x2028} {
+			if strings.ContainsRune(r, bad) {
+				t.Errorf("U+%04X reached the terminal: %q", bad, r)
+			}
+		}
+		if !strings.Contains(r, `\u202e`) {
+			t.Errorf("the override is not shown escaped: %q", r)
 		}
 	})
 	_ = errors.New

@@ -12,8 +12,10 @@
 // never forwards a query, so DNS cannot carry data out of the sandbox, and
 // neither /etc/hosts nor DNS tricks inside the sandbox change where the
 // proxy connects. Names that resolve into internal ranges (see
-// firewall.Denied) and a CONNECT whose TLS SNI names another host are
-// refused.
+// firewall.Denied), names that are not plain host names, and a CONNECT
+// whose TLS SNI names another host are refused; the policy in force when
+// a connection is set up, not only when its name was checked, decides.
+// A sandbox gets at most MaxConns proxy connections at once.
 //
 // A Server runs as goroutines in the process that owns the sandbox,
 // listening on the host side of the sandbox's link; the host firewall
@@ -33,6 +35,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 )
 
 // DialFunc dials network connections (the proxy's upstream connections and
@@ -70,7 +73,24 @@ type Server struct {
 	wg      sync.WaitGroup
 	svc     firewall.Services
 	closed  bool
+	// slots bounds the proxy connections being served (see MaxConns);
+	// done is closed by Close, to stop an accept loop waiting for one.
+	slots chan struct{}
+	done  chan struct{}
 }
+
+// MaxConns bounds the connections the proxy serves at once, HTTP and
+// HTTPS together; maxDNSConns bounds the stub's TCP connections. Each
+// costs the host process a descriptor and goroutines (and, while it waits
+// for its request head, up to headTimeout): without a bound, a sandbox
+// could open as many as its own limits allow (about a million) at the
+// expense of the process that serves every sandbox. Connections beyond
+// the bound wait in the kernel's accept queue, costing that process
+// nothing, until one ends.
+const (
+	MaxConns    = 512
+	maxDNSConns = 64
+)
 
 // ErrRefused marks a request the policy does not allow.
 var ErrRefused = errors.New("refused by egress policy")
@@ -91,7 +111,8 @@ func Start(ctx context.Context, cfg Config, p firewall.Policy) (*Server, error) 
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, policy: p, conns: map[*proxyConn]struct{}{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, policy: p, conns: map[*proxyConn]struct{}{},
+		slots: make(chan struct{}, MaxConns), done: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -126,7 +147,7 @@ func Start(ctx context.Context, cfg Config, p firewall.Policy) (*Server, error) 
 	s.svc.HTTPS = uint16(httpsLn.Addr().(*net.TCPAddr).Port)
 
 	udpSrv := &dns.Server{PacketConn: udp, Handler: dns.HandlerFunc(s.serveDNS)}
-	tcpSrv := &dns.Server{Listener: tcpDNS, Handler: dns.HandlerFunc(s.serveDNS)}
+	tcpSrv := &dns.Server{Listener: netutil.LimitListener(tcpDNS, maxDNSConns), Handler: dns.HandlerFunc(s.serveDNS)}
 	for _, srv := range []*dns.Server{udpSrv, tcpSrv} {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); _ = srv.ActivateAndServe() }()
@@ -195,6 +216,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.done)
 	var errs []error
 	for _, c := range s.closers {
 		if err := c(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -218,12 +240,22 @@ func (s *Server) serve(ln net.Listener, handle func(net.Conn)) {
 	go func() {
 		defer s.wg.Done()
 		for {
+			select {
+			case s.slots <- struct{}{}:
+			case <-s.done:
+				return
+			}
 			c, err := ln.Accept()
 			if err != nil {
+				<-s.slots
 				return
 			}
 			s.wg.Add(1)
-			go func() { defer s.wg.Done(); handle(c) }()
+			go func() {
+				defer s.wg.Done()
+				defer func() { <-s.slots }()
+				handle(c)
+			}()
 		}
 	}()
 }

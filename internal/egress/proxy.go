@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ironclaw/ironclaw/internal/firewall"
 )
 
 // maxHead bounds the HTTP request head the proxy reads before deciding.
@@ -135,6 +137,13 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 		}
 		return nil, nil
 	}
+	if !validHostName(host) {
+		s.log.Info("proxy refused", "host", host, "port", port, "reason", "not a host name")
+		if port == 80 {
+			writeStatus(c, http.StatusForbidden, "ironclaw egress: not a host name")
+		}
+		return nil, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	ip, err := s.resolve(ctx, host, p)
@@ -143,6 +152,27 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 		if port == 80 {
 			writeStatus(c, http.StatusForbidden, "ironclaw egress: "+err.Error())
 		}
+		return nil, nil
+	}
+	// The policy may have changed while the name was resolved (which
+	// takes up to Timeout): what is dialled, and then tracked, is what
+	// the policy in force allows. The check before the dial keeps a
+	// revoked name from being connected to at all; the one under the
+	// lock, with the tracking, leaves no gap for a SetPolicy to miss.
+	refusedNow := func() bool {
+		return !s.policy.AllowsDomain(host, port) || firewall.Denied(ip, s.cfg.Deny, s.policy)
+	}
+	revoked := func() {
+		s.log.Info("proxy refused", "host", host, "port", port, "reason", "policy changed while resolving")
+		if port == 80 {
+			writeStatus(c, http.StatusForbidden, "ironclaw egress: "+host+" is not allowed")
+		}
+	}
+	s.mu.Lock()
+	stale := s.closed || refusedNow()
+	s.mu.Unlock()
+	if stale {
+		revoked()
 		return nil, nil
 	}
 	up, err := s.dialer(ctx, "tcp4", net.JoinHostPort(ip.String(), strconv.Itoa(int(port))))
@@ -155,9 +185,13 @@ func (s *Server) dial(c net.Conn, host string, port uint16) (pc *proxyConn, done
 	}
 	pc = &proxyConn{host: host, port: port, a: c, b: up}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || refusedNow() {
+		closed := s.closed
 		s.mu.Unlock()
 		up.Close()
+		if !closed {
+			revoked()
+		}
 		return nil, nil
 	}
 	s.conns[pc] = struct{}{}
@@ -406,7 +440,7 @@ func splitHost(hp string, def uint16) (string, uint16, error) {
 		host, portStr = h, p
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "" || net.ParseIP(host) != nil || strings.ContainsAny(host, "/[] ") {
+	if net.ParseIP(host) != nil || !validHostName(host) {
 		return "", 0, fmt.Errorf("bad host %q", hp)
 	}
 	port := def
@@ -421,6 +455,33 @@ func splitHost(hp string, def uint16) (string, uint16, error) {
 		return "", 0, fmt.Errorf("no port in %q", hp)
 	}
 	return host, port, nil
+}
+
+// validHostName reports whether host (lower-case, without a trailing
+// dot) is a plain host name: dot-separated labels of 1 to 63 letters,
+// digits, '-' and '_', 253 characters at most. The policy matches names
+// as text, and the proxy then asks a DNS library to resolve them, which
+// reads presentation-form escapes ("\.", "\046"): a name with any other
+// character could be read as other labels than the ones checked (the
+// escaped dot in "x\.a.example.com" makes "x.a" one label, outside
+// "*.a.example.com"), so it is never resolved. IDNs travel as their
+// ASCII (xn--) form.
+func validHostName(host string) bool {
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(host, ".") {
+		if l == "" || len(l) > 63 {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func writeStatus(c net.Conn, code int, msg string) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // maxHello bounds how much of a TLS ClientHello the proxy buffers.
@@ -14,8 +15,8 @@ var errNotTLS = errors.New("not a TLS handshake")
 
 // readClientHello reads TLS records from r until it holds a whole
 // ClientHello handshake message and returns every byte read (to replay
-// upstream) and the SNI host name (lower-case; empty if the hello has
-// none).
+// upstream) and the SNI host name (lower-case, without a trailing dot;
+// empty if the hello has none).
 func readClientHello(r io.Reader) (raw []byte, sni string, err error) {
 	var hs []byte // handshake bytes, reassembled across records
 	for {
@@ -82,7 +83,7 @@ func parseSNI(b []byte) (string, error) {
 		for names.len() > 0 && names.err == nil {
 			kind, name := names.u8(), names.bytes(int(names.u16()))
 			if names.err == nil && kind == 0 {
-				return lowerASCII(string(name)), nil
+				return strings.TrimSuffix(lowerASCII(string(name)), "."), nil
 			}
 		}
 		if list.err != nil || names.err != nil {

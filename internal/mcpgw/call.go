@@ -218,7 +218,7 @@ func (g *Gateway) forward(ctx context.Context, req *mcp.CallToolRequest, t callT
 		// Mint our own token: tokens of different clients may collide.
 		gt := fmt.Sprintf("ironclaw-%d", g.token.Add(1))
 		g.mu.Lock()
-		g.progress[gt] = progressRoute{ss: req.Session, token: tok, ctx: ctx}
+		g.progress[gt] = progressRoute{u: t.u, ss: req.Session, token: tok, ctx: ctx}
 		g.mu.Unlock()
 		defer func() {
 			g.mu.Lock()

@@ -87,6 +87,10 @@ type Gateway struct {
 }
 
 type progressRoute struct {
+	// u is the server the call went to: only its notifications take
+	// this route (the tokens are guessable, and another server's
+	// progress would speak in this call under this server's name).
+	u     *upstream
 	ss    *mcp.ServerSession
 	token any
 	// ctx is the client's call: notifications sent in it travel on that
@@ -287,11 +291,15 @@ func safely(f func()) (err error) {
 func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listTools].Store(false) // from here on, a change needs another resync
+	tools, err := listPages(ctx, "tools", func(ctx context.Context, c string) (*mcp.ListToolsResult, error) {
+		return cs.ListTools(ctx, &mcp.ListToolsParams{Cursor: c})
+	}, func(r *mcp.ListToolsResult) ([]*mcp.Tool, string) { return r.Tools, r.NextCursor })
+	if err != nil {
+		return err
+	}
 	want := map[string]*mcp.Tool{}
-	for t, err := range cs.Tools(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list tools: %w", err)
-		}
+	for _, t := range tools {
 		if !u.cfg.Tools.Permits(t.Name) {
 			u.log.Debug("tool hidden by the tools filter", "tool", t.Name)
 			continue
@@ -335,6 +343,67 @@ func (u *upstream) syncTools(ctx context.Context, cs *mcp.ClientSession) error {
 	return nil
 }
 
+// The listings a server's list_changed notifications resync.
+const (
+	listTools = iota
+	listPrompts
+	listResources
+)
+
+var listNames = [...]string{listTools: "tools", listPrompts: "prompts", listResources: "resources"}
+
+// scheduleSync resyncs listing kind after a list_changed notification,
+// unless a resync of it is already scheduled and has not started
+// listing: that one will see the change. A server can send notifications
+// far faster than a listing takes; one goroutine each would pile up in
+// the gateway without bound.
+func (u *upstream) scheduleSync(ctx context.Context, kind int, cs *mcp.ClientSession, sync func(context.Context, *mcp.ClientSession) error) {
+	if !u.pending[kind].CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		if err := sync(context.WithoutCancel(ctx), cs); err != nil {
+			u.log.Warn("resync "+listNames[kind], "err", err)
+		}
+	}()
+}
+
+// maxListPages and maxListItems bound one listing of a server's tools,
+// prompts, resources or resource templates. The gateway is a host process
+// outside every sandbox; a server that always offers another page would
+// otherwise have it fetch and hold pages for as long as it runs (a resync
+// after a list_changed notification has no deadline).
+const (
+	maxListPages = 1000
+	maxListItems = 10000
+)
+
+// listPages fetches every page of a listing (list gets the cursor, split
+// returns a page's items and next cursor), refusing a listing beyond
+// maxListPages pages or maxListItems items.
+func listPages[R any, T any](ctx context.Context, what string, list func(context.Context, string) (R, error), split func(R) ([]T, string)) ([]T, error) {
+	var out []T
+	cursor := ""
+	for page := 1; ; page++ {
+		if page > maxListPages {
+			return nil, fmt.Errorf("list %s: more than %d pages; the server's listing is refused", what, maxListPages)
+		}
+		res, err := list(ctx, cursor)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		items, next := split(res)
+		out = append(out, items...)
+		if len(out) > maxListItems {
+			return nil, fmt.Errorf("list %s: more than %d; the server's listing is refused", what, maxListItems)
+		}
+		if next == "" {
+			return out, nil
+		}
+		cursor = next
+	}
+}
+
 func checkInputSchema(s any) error {
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -353,11 +422,15 @@ func checkInputSchema(s any) error {
 func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listPrompts].Store(false) // from here on, a change needs another resync
+	prompts, err := listPages(ctx, "prompts", func(ctx context.Context, c string) (*mcp.ListPromptsResult, error) {
+		return cs.ListPrompts(ctx, &mcp.ListPromptsParams{Cursor: c})
+	}, func(r *mcp.ListPromptsResult) ([]*mcp.Prompt, string) { return r.Prompts, r.NextCursor })
+	if err != nil {
+		return err
+	}
 	want := map[string]*mcp.Prompt{}
-	for p, err := range cs.Prompts(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list prompts: %w", err)
-		}
+	for _, p := range prompts {
 		want[Qualify(u.cfg.Name, p.Name)] = p
 	}
 	u.mu.Lock()
@@ -403,18 +476,27 @@ func (u *upstream) syncPrompts(ctx context.Context, cs *mcp.ClientSession) error
 func (u *upstream) syncResources(ctx context.Context, cs *mcp.ClientSession) error {
 	u.syncMu.Lock()
 	defer u.syncMu.Unlock()
+	u.pending[listResources].Store(false) // from here on, a change needs another resync
+	resources, err := listPages(ctx, "resources", func(ctx context.Context, c string) (*mcp.ListResourcesResult, error) {
+		return cs.ListResources(ctx, &mcp.ListResourcesParams{Cursor: c})
+	}, func(r *mcp.ListResourcesResult) ([]*mcp.Resource, string) { return r.Resources, r.NextCursor })
+	if err != nil {
+		return err
+	}
+	templates, err := listPages(ctx, "resource templates", func(ctx context.Context, c string) (*mcp.ListResourceTemplatesResult, error) {
+		return cs.ListResourceTemplates(ctx, &mcp.ListResourceTemplatesParams{Cursor: c})
+	}, func(r *mcp.ListResourceTemplatesResult) ([]*mcp.ResourceTemplate, string) {
+		return r.ResourceTemplates, r.NextCursor
+	})
+	if err != nil {
+		return err
+	}
 	wantR := map[string]*mcp.Resource{}
-	for r, err := range cs.Resources(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list resources: %w", err)
-		}
+	for _, r := range resources {
 		wantR[r.URI] = r
 	}
 	wantT := map[string]*mcp.ResourceTemplate{}
-	for t, err := range cs.ResourceTemplates(ctx, nil) {
-		if err != nil {
-			return fmt.Errorf("list resource templates: %w", err)
-		}
+	for _, t := range templates {
 		wantT[t.URITemplate] = t
 	}
 	u.g.mu.Lock()
@@ -607,27 +689,21 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 		// forward), not to handlers here.
 		MultiRoundTrip: &mcp.MultiRoundTripOptions{Disabled: true},
 		ToolListChangedHandler: func(ctx context.Context, req *mcp.ToolListChangedRequest) {
-			go func() {
-				if err := u.syncTools(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync tools", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listTools, req.Session, u.syncTools)
 		},
 		PromptListChangedHandler: func(ctx context.Context, req *mcp.PromptListChangedRequest) {
-			go func() {
-				if err := u.syncPrompts(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync prompts", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listPrompts, req.Session, u.syncPrompts)
 		},
 		ResourceListChangedHandler: func(ctx context.Context, req *mcp.ResourceListChangedRequest) {
-			go func() {
-				if err := u.syncResources(context.WithoutCancel(ctx), req.Session); err != nil {
-					u.log.Warn("resync resources", "err", err)
-				}
-			}()
+			u.scheduleSync(ctx, listResources, req.Session, u.syncResources)
 		},
 		ResourceUpdatedHandler: func(ctx context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			// A server speaks for its own resources only: clients
+			// subscribe through the URI's owner (see subscribe).
+			if owner := g.ownerOfURI(req.Params.URI); owner != u {
+				u.log.Warn("resource update dropped: the URI is not this server's", "uri", req.Params.URI)
+				return
+			}
 			if err := g.server.ResourceUpdated(ctx, req.Params); err != nil {
 				u.log.Debug("forward resource update", "err", err)
 			}
@@ -653,6 +729,10 @@ func (u *upstream) clientOptions() *mcp.ClientOptions {
 			r, ok := g.progress[tok]
 			g.mu.Unlock()
 			if !ok {
+				return
+			}
+			if r.u != u {
+				u.log.Warn("progress dropped: the token belongs to a call to another server", "token", tok, "owner", r.u.cfg.Name)
 				return
 			}
 			p := *req.Params

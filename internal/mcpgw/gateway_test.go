@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -423,5 +424,157 @@ func TestServerHintsUntrustedByDefault(t *testing.T) {
 	}
 	if r := recs[1]; r.Server != "evt" || r.Decision != store.DecisionAllowed || !strings.Contains(r.Reason, "readOnlyHint") {
 		t.Errorf("trusted record %+v", r)
+	}
+}
+
+// TestProgressStaysWithItsServer: the gateway gives each forwarded call
+// a token of its own ("ironclaw-N"). A server that sends progress under
+// a token it was not given — another server's call, another client's —
+// must not reach that call's client: it would speak there in the other
+// server's name.
+func TestProgressStaysWithItsServer(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"a":%s,"b":%s}}`, fixtureServer(t, marker), fixtureServer(t, marker)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := &mcp.CallToolParams{Name: "b__slow", Arguments: map[string]any{"seconds": 1.5}}
+	p.SetProgressToken("victim-token")
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.client.CallTool(ctx, p)
+		done <- err
+	}()
+	// Wait until b's call is forwarded (its own progress arrives).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		h.mu.Lock()
+		n := len(h.prog)
+		h.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no progress from b__slow")
+		}
+	}
+	if res, err := h.call(t, "a__forge_progress", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("a__forge_progress: %v %v", err, res)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, n := range h.prog {
+		if n.Message == "forged" {
+			t.Fatalf("server a's forged progress reached the client of b__slow under %v", n.ProgressToken)
+		}
+	}
+}
+
+// TestResourceUpdatesStayWithTheirServer: a server may announce updates
+// of its own resources only. Server a announcing b's resource as updated
+// must not reach b's subscribers in b's name (a client re-reads what it
+// is told changed; a hostile server could steer that, or flood it).
+func TestResourceUpdatesStayWithTheirServer(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"a":%s,"b":%s}}`,
+		namedFixtureServer(t, marker, "a", "FIXTURE_FORGE_URI", "fixture://b/doc"), namedFixtureServer(t, marker, "b")))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, uri := range []string{"fixture://a/doc", "fixture://b/doc"} {
+		if err := h.client.Subscribe(ctx, &mcp.SubscribeParams{URI: uri}); err != nil {
+			t.Fatalf("subscribe %s: %v", uri, err)
+		}
+	}
+	// b's own announcement arrives: the route works. (A subscription
+	// can take a moment to hold on b: announce until one arrives.)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if res, err := h.call(t, "b__touch_doc", map[string]any{}); err != nil || res.IsError {
+			t.Fatalf("b__touch_doc: %v %v", err, res)
+		}
+		time.Sleep(100 * time.Millisecond)
+		h.mu.Lock()
+		got := slices.Contains(h.upd, "fixture://b/doc")
+		h.mu.Unlock()
+		if got {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("b's own update of fixture://b/doc never reached its subscriber")
+		}
+	}
+	h.mu.Lock()
+	h.upd = nil
+	h.mu.Unlock()
+	// a announces b's resource.
+	if res, err := h.call(t, "a__touch_doc", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("a__touch_doc: %v %v", err, res)
+	}
+	time.Sleep(300 * time.Millisecond)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if slices.Contains(h.upd, "fixture://b/doc") {
+		t.Fatalf("server a's announcement of fixture://b/doc reached b's subscribers: %v", h.upd)
+	}
+}
+
+// TestEndlessListingIsBounded: a server whose tools/list always offers
+// another page (a new tool and a next cursor) must not keep the gateway
+// — an unsandboxed host process — fetching and storing pages forever.
+// The resync its tools/list_changed starts runs without a deadline.
+func TestEndlessListingIsBounded(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"fx":%s}}`, fixtureServer(t, marker)))
+	if res, err := h.call(t, "fx__go_endless", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("fx__go_endless: %v %v", err, res)
+	}
+	pages := func() int {
+		b, _ := os.ReadFile(marker)
+		return strings.Count(string(b), "page\n")
+	}
+	// Wait until the listing has stopped growing for a while.
+	last, still := -1, 0
+	for deadline := time.Now().Add(20 * time.Second); still < 10; time.Sleep(100 * time.Millisecond) {
+		n := pages()
+		if n == last && n > 0 {
+			still++
+		} else {
+			still = 0
+		}
+		last = n
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20s the gateway is still listing the endless server's tools: %d pages so far", n)
+		}
+	}
+	if last > maxListPages+1 {
+		t.Errorf("the gateway fetched %d pages, more than the bound of %d", last, maxListPages)
+	}
+	// The tools it had stay callable.
+	if res, err := h.call(t, "fx__pid", map[string]any{}); err != nil || res.IsError {
+		t.Errorf("fx__pid after the endless listing: %v %v", err, res)
+	}
+}
+
+// TestListChangedFloodIsCoalesced: every tools/list_changed a server
+// sends used to start a resync goroutine of its own, each waiting for the
+// one before: a server writing notifications faster than a listing takes
+// piles goroutines up in the gateway without bound. Notifications that
+// arrive while a resync is pending must fold into it.
+func TestListChangedFloodIsCoalesced(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	h := startGateway(t, fmt.Sprintf(`{"mcpServers":{"fx":%s}}`, fixtureServer(t, marker)))
+	before := runtime.NumGoroutine()
+	if res, err := h.call(t, "fx__flood_changed", map[string]any{}); err != nil || res.IsError {
+		t.Fatalf("fx__flood_changed: %v %v", err, res)
+	}
+	peak := 0
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		peak = max(peak, runtime.NumGoroutine()-before)
+	}
+	if peak > 100 {
+		t.Errorf("5000 list_changed notifications raised the gateway's goroutines by up to %d", peak)
+	}
+	if res, err := h.call(t, "fx__pid", map[string]any{}); err != nil || res.IsError {
+		t.Errorf("fx__pid after the flood: %v %v", err, res)
 	}
 }

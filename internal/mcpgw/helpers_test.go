@@ -66,6 +66,7 @@ type harness struct {
 	mu     sync.Mutex
 	logs   []*mcp.LoggingMessageParams
 	prog   []*mcp.ProgressNotificationParams
+	upd    []string // URIs of resources/updated notifications
 	tlc    int
 }
 
@@ -119,6 +120,11 @@ func startGateway(t *testing.T, cfgJSON string, opts ...harnessOpt) *harness {
 		ProgressNotificationHandler: func(_ context.Context, r *mcp.ProgressNotificationClientRequest) {
 			h.mu.Lock()
 			h.prog = append(h.prog, r.Params)
+			h.mu.Unlock()
+		},
+		ResourceUpdatedHandler: func(_ context.Context, r *mcp.ResourceUpdatedNotificationRequest) {
+			h.mu.Lock()
+			h.upd = append(h.upd, r.Params.URI)
 			h.mu.Unlock()
 		},
 		CreateMessageHandler: func(_ context.Context, r *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
@@ -32,7 +33,11 @@ type upstream struct {
 
 	// syncMu serializes re-listing (list_changed notifications can
 	// arrive in bursts); mu guards the fields below.
-	syncMu    sync.Mutex
+	syncMu sync.Mutex
+	// pending marks, per listing (tools, prompts, resources), a resync
+	// that was scheduled and has not started listing yet: notifications
+	// arriving meanwhile fold into it (see scheduleSync).
+	pending   [3]atomic.Bool
 	mu        sync.Mutex
 	cs        *mcp.ClientSession
 	up        chan struct{} // closed while cs != nil

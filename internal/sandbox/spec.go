@@ -198,14 +198,25 @@ func (m Mount) validate() error {
 	case strings.IndexByte(m.Source, 0) >= 0 || strings.IndexByte(m.Target, 0) >= 0:
 		return fmt.Errorf("%w: mount: path contains a NUL byte", ErrInvalid)
 	}
+	if err := CheckMountTarget(m.Target); err != nil {
+		return fmt.Errorf("%w: mount: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// CheckMountTarget refuses a clean absolute sandbox path that a user mount
+// may not take: one IronClaw builds itself, or a path inside /proc or
+// /dev. The jail's init applies it again to where a target resolves in
+// the sandbox, since a symlink on the way can lead elsewhere.
+func CheckMountTarget(p string) error {
 	for _, r := range reservedTargets {
-		if m.Target == r {
-			return fmt.Errorf("%w: mount: sandbox path %s is reserved", ErrInvalid, m.Target)
+		if p == r {
+			return fmt.Errorf("sandbox path %s is reserved", p)
 		}
 	}
 	for _, r := range []string{"/proc/", "/dev/"} {
-		if strings.HasPrefix(m.Target, r) {
-			return fmt.Errorf("%w: mount: sandbox path %s is inside reserved %s", ErrInvalid, m.Target, strings.TrimSuffix(r, "/"))
+		if strings.HasPrefix(p, r) {
+			return fmt.Errorf("sandbox path %s is inside reserved %s", p, strings.TrimSuffix(r, "/"))
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package initproc
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -52,6 +53,13 @@ func initMain() int {
 	mark := func(step string) {
 		steps = append(steps, step+"="+time.Since(t0).Round(time.Microsecond).String())
 	}
+	// Whatever descriptor init was started with beyond 0, 1 and 2 — its
+	// own (the control socket, the lock, the binds), the runtime's, and
+	// any the host process inherited without close-on-exec from its own
+	// parent (a shell, a CI runner) — must not reach a command: a leaked
+	// descriptor is a door out of every namespace. Init uses its own in
+	// place; nothing is passed on across exec but stdio.
+	cloexecErr := closeOnExecFrom(ctlFD)
 	syscall.CloseOnExec(ctlFD)
 	c, err := NewConn(os.NewFile(ctlFD, "ctl"))
 	if err != nil {
@@ -60,6 +68,9 @@ func initMain() int {
 	fail := func(step string, err error) int {
 		_ = c.Send(InitMsg{Error: &StepError{Step: step, Message: err.Error(), Errno: errnoOf(err)}})
 		return 1
+	}
+	if cloexecErr != nil {
+		return fail("init", cloexecErr)
 	}
 	var msg HostMsg
 	files, err := c.Recv(&msg)
@@ -300,6 +311,37 @@ func closeOnce(ch chan struct{}) {
 	default:
 		close(ch)
 	}
+}
+
+// closeOnExecFrom marks every descriptor from first on close-on-exec.
+func closeOnExecFrom(first int) error {
+	err := unix.CloseRange(uint(first), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	if err != unix.ENOSYS && err != unix.EINVAL {
+		return fmt.Errorf("mark descriptors close-on-exec: %w", err)
+	}
+	// Before Linux 5.11: one fcntl per open descriptor.
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("mark descriptors close-on-exec: %w", err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("mark descriptors close-on-exec: %w", err)
+	}
+	for _, n := range names {
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd < first {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return fmt.Errorf("mark descriptor %d close-on-exec: %w", fd, err)
+		}
+	}
+	return nil
 }
 
 func commandAttr(cfg *Config) *syscall.SysProcAttr {

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
 
 // Mount flags of the pieces of a sandbox's root.
@@ -50,7 +52,11 @@ func buildRoot(cfg *Config) (string, error) {
 	if err := unix.Mount("tmpfs", nr, "tmpfs", tmpfsFlags, "mode=0755,size=8m"); err != nil {
 		return "mount root", fmt.Errorf("tmpfs on %s: %w", nr, err)
 	}
-	t := newTree(nr)
+	t, err := newTree(nr)
+	if err != nil {
+		return "mount root", err
+	}
+	defer t.close()
 	names := make([]string, 0, len(cfg.Symlinks))
 	for name := range cfg.Symlinks {
 		names = append(names, name)
@@ -114,8 +120,20 @@ func buildRoot(cfg *Config) (string, error) {
 // costs an openat, two fcntls, an epoll_ctl and a close per file) were a
 // large part of init's start. Below anything it did not make itself — a
 // bind mount, a symlink — it asks the kernel, as before.
+//
+// Below anything it did not make, a path is resolved inside the new root
+// (openat2 RESOLVE_IN_ROOT from root), as the sandbox will resolve it: a
+// bind mount's content is the host's, and a symlink a workload left in a
+// persistent workspace ("planted -> /var/tmp") must lead a mount target
+// to the sandbox's /var/tmp, never to the host's, where init would create
+// mount points outside the sandbox.
 type tree struct {
-	nr string
+	nr   string
+	root int // O_PATH descriptor of nr
+	// canon is nr as the kernel names it (symlinks resolved).
+	canon string
+	// links are the symlinks made here.
+	links map[string]bool
 	// dirs are the directories made here (sandbox paths, "/" for the
 	// tmpfs root) with nothing mounted on them: their every entry is in
 	// made.
@@ -124,8 +142,92 @@ type tree struct {
 	made map[string]bool
 }
 
-func newTree(nr string) *tree {
-	return &tree{nr: nr, dirs: map[string]bool{"/": true}, made: map[string]bool{"/": true}}
+func newTree(nr string) (*tree, error) {
+	fd, err := unix.Open(nr, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", nr, err)
+	}
+	canon, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("read the path of %s: %w", nr, err)
+	}
+	return &tree{nr: nr, root: fd, canon: canon, links: map[string]bool{}, dirs: map[string]bool{"/": true}, made: map[string]bool{"/": true}}, nil
+}
+
+// guestPath returns the sandbox path of fd, a descriptor from resolve.
+func (t *tree) guestPath(fd int) (string, error) {
+	l, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", err
+	}
+	if l == t.canon {
+		return "/", nil
+	}
+	rel, ok := strings.CutPrefix(l, t.canon+"/")
+	if !ok {
+		return "", fmt.Errorf("%s is outside the new root %s", l, t.canon)
+	}
+	return "/" + rel, nil
+}
+
+func (t *tree) close() { unix.Close(t.root) }
+
+// known reports whether p is an entry made here, other than a symlink,
+// in a directory made here: its host path leads nowhere else.
+func (t *tree) known(p string) bool {
+	return t.dirs[path.Dir(p)] && t.made[p] && !t.links[p]
+}
+
+// resolve opens sandbox path p (O_PATH, plus flags) inside the new root:
+// symlinks and ".." resolve as they will in the sandbox, and never lead
+// out of it.
+func (t *tree) resolve(p string, flags uint64) (int, error) {
+	rel := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if rel == "" {
+		rel = "."
+	}
+	return unix.Openat2(t.root, rel, &unix.OpenHow{
+		Flags:   flags | unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// create makes p (a directory or an empty file) in its parent, resolved
+// inside the new root; the parent must exist. It reports EEXIST when
+// something is there already (a dangling symlink among others).
+func (t *tree) create(p string, dir bool) error {
+	pfd, err := t.resolve(path.Dir(p), unix.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("open parent of %s: %w", p, err)
+	}
+	defer unix.Close(pfd)
+	if dir {
+		err = unix.Mkdirat(pfd, path.Base(p), 0o755)
+	} else {
+		err = unix.Mknodat(pfd, path.Base(p), unix.S_IFREG|0o644, 0)
+	}
+	return err
+}
+
+// mkdirInRoot creates directory p and its missing parents inside the new
+// root, as os.MkdirAll does on the host.
+func (t *tree) mkdirInRoot(p string) error {
+	fd, err := t.resolve(p, unix.O_DIRECTORY)
+	if err == nil {
+		unix.Close(fd)
+		return nil
+	}
+	if err != unix.ENOENT || p == "/" {
+		return fmt.Errorf("mkdir %s: %w", p, err)
+	}
+	if err := t.mkdirInRoot(path.Dir(p)); err != nil {
+		return err
+	}
+	if err := t.create(p, true); err != nil {
+		return fmt.Errorf("mkdir %s: %w", p, err)
+	}
+	return nil
 }
 
 // host returns the path of sandbox path p during the build.
@@ -155,10 +257,7 @@ func (t *tree) mkdirAll(p string) error {
 			return nil
 		}
 	}
-	if err := os.MkdirAll(t.host(p), 0o755); err != nil {
-		return err
-	}
-	return nil
+	return t.mkdirInRoot(p)
 }
 
 // mkdirParents creates the parents of target. They are created in the
@@ -173,12 +272,13 @@ func (t *tree) mkdirParents(target string) error {
 
 func (t *tree) symlink(target, p string) error {
 	p = path.Clean("/" + p)
+	if !t.dirs[path.Dir(p)] {
+		return fmt.Errorf("symlink %s: its directory was not made by init", p)
+	}
 	if err := unix.Symlink(target, t.host(p)); err != nil {
 		return fmt.Errorf("symlink: %w", err)
 	}
-	if t.dirs[path.Dir(p)] {
-		t.made[p] = true
-	}
+	t.made[p], t.links[p] = true, true
 	return nil
 }
 
@@ -215,12 +315,21 @@ func (t *tree) writeFile(p, content string) error {
 func (t *tree) mountpoint(p string, dir bool) error {
 	p = path.Clean("/" + p)
 	if !t.fresh(p) {
-		if t.made[p] {
+		if t.known(p) {
 			return nil
 		}
-		if _, err := os.Lstat(t.host(p)); err == nil {
+		fd, err := t.resolve(p, 0)
+		if err == nil {
+			unix.Close(fd)
 			return nil
 		}
+		if err != unix.ENOENT {
+			return fmt.Errorf("create mount point %s: %w", p, err)
+		}
+		if err := t.create(p, dir); err != nil {
+			return fmt.Errorf("create mount point %s: %w", p, err)
+		}
+		return nil
 	}
 	var err error
 	if dir {
@@ -264,8 +373,32 @@ func (t *tree) bindSource(s BindSource) error {
 	if err := t.mountpoint(s.Target, s.Dir); err != nil {
 		return err
 	}
-	if err := unix.MoveMount(s.FD, "", unix.AT_FDCWD, t.host(s.Target), unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("attach: %w", err)
+	if t.known(path.Clean("/" + s.Target)) {
+		if err := unix.MoveMount(s.FD, "", unix.AT_FDCWD, t.host(s.Target), unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
+	} else {
+		fd, err := t.resolve(s.Target, 0)
+		if err != nil {
+			return fmt.Errorf("attach: open %s: %w", s.Target, err)
+		}
+		if !s.System {
+			// A user mount may not replace what init builds, even
+			// when a symlink on the way leads there.
+			g, err := t.guestPath(fd)
+			if err == nil && g != s.Target {
+				err = sandbox.CheckMountTarget(g)
+			}
+			if err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("attach: %s leads to %s: %w", s.Target, g, err)
+			}
+		}
+		err = unix.MoveMount(s.FD, "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("attach: %w", err)
+		}
 	}
 	t.mounted(s.Target, false)
 	unix.Close(s.FD)
