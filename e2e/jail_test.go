@@ -172,6 +172,65 @@ print(n)
 	}
 }
 
+// TestInitOutlivesExhaustedPids: init shares the sandbox's pids limit
+// with the command. Once the command has used it up, init must still
+// forward signals and report the exit: signals make init's Go runtime
+// hand work between threads, and a runtime that cannot create a thread
+// aborts (init then died and the run ended with 137, six times in ten
+// before init kept spare threads).
+func TestInitOutlivesExhaustedPids(t *testing.T) {
+	testRequireRoot(t)
+	script := `
+import os, signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *a: None)
+n = 0
+while True:
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(20)
+        os._exit(0)
+    n += 1
+print(n, flush=True)
+time.sleep(2)
+print("done", flush=True)
+`
+	for i := range 3 {
+		cmd := exec.Command(bin, "--root", root, "run", "--pids", "24", "--", "python3", "-c", script)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(out)
+		if line, err := br.ReadString('\n'); err != nil {
+			t.Fatalf("run %d: no fork count: %q %v (stderr %q)", i, line, err, errb.String())
+		}
+		// The limit is used up; init forwards each signal to the command.
+		for range 200 {
+			_ = cmd.Process.Signal(syscall.SIGUSR1)
+			time.Sleep(2 * time.Millisecond)
+		}
+		rest, _ := io.ReadAll(br)
+		err = cmd.Wait()
+		if err != nil || string(rest) != "done\n" {
+			t.Fatalf("run %d: %v, output %q; stderr %q", i, err, rest, lastLines(errb.String(), 3))
+		}
+	}
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 func TestMemoryHogIsOOMKilledAndReported(t *testing.T) {
 	r := ironclaw(t, nil, "run", "--memory", "48m", "--", "python3", "-c", "x = bytearray(400 << 20); print('survived')")
 	if r.code != 137 {

@@ -136,6 +136,15 @@ func initMain() int {
 	// launcher; EOF means the host is gone, and the sandbox goes with it
 	// unless it is persistent.
 	l := startLauncher(cfg, path, ll)
+	// Threads for init's own later needs are made now, while the host
+	// places init, not once the command may have used up the pids limit.
+	spares := make(chan struct{})
+	go func() {
+		if cfg.Agent == nil {
+			spareThreads(spareThreadCount)
+		}
+		close(spares)
+	}()
 	hostGone := make(chan struct{})
 	go func() {
 		for {
@@ -162,6 +171,7 @@ func initMain() int {
 	case err := <-l.failed:
 		return fail(l.step, err)
 	}
+	<-spares
 	mark("confined")
 	if !cfg.Trace {
 		steps = nil
@@ -208,6 +218,36 @@ func initMain() int {
 			}
 		}
 	}
+}
+
+// spareThreadCount is how many idle OS threads init keeps for itself
+// before the command starts: enough for its blocking receive on the
+// control socket, the signal loop and a thread to run goroutines while
+// those block, with one to spare.
+const spareThreadCount = 2
+
+// spareThreads leaves n OS threads idle in the Go runtime, which keeps
+// idle threads for reuse and never ends them. Init shares the sandbox's
+// pids limit with the command; the launcher's thread ends once the
+// command is started, and a fork bomb that has used up the limit would
+// then make the runtime's next thread creation fail, which aborts init
+// (the sandbox then dies with 137 instead of being reported as it ends).
+// With spares made first, the runtime reuses them instead.
+func spareThreads(n int) {
+	locked := make(chan struct{})
+	release := make(chan struct{})
+	for range n {
+		go func() {
+			runtime.LockOSThread()
+			locked <- struct{}{}
+			<-release
+			runtime.UnlockOSThread()
+		}()
+	}
+	for range n {
+		<-locked
+	}
+	close(release)
 }
 
 // forwarded are the signals init passes on to the command's process group.
