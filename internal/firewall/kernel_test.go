@@ -152,7 +152,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 		}
 	}
 	// An element no part knows of goes too.
-	stray := Element{Set: SetAllowPublic, Key: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1"))), KeyEnd: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1")))}
+	stray := Element{Set: SetAllowPublicB, Key: cat(ifnameBytes(a.HostIf), kAddr(netip.MustParseAddr("192.0.2.1"))), KeyEnd: cat(ifnameBytes(a.HostIf), kAddr(netip.MustParseAddr("192.0.2.1")))}
 	withStray := HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), stray)}
 	if err := ApplyHostChanges(c, &pa, &withStray); err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	if err := VerifyHost(c, &pb); err != nil {
 		t.Fatalf("the other sandbox was disturbed: %v", err)
 	}
-	// A policy change switches b's version without deleting the old
+	// A policy change switches b's generation without deleting the old
 	// elements; PruneHost deletes them, and only them.
 	b2 := *b
 	b2.Policy, _ = ParsePolicy([]string{"203.0.113.7:80/tcp"})
@@ -302,14 +302,14 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		return i
 	}
 	mutate("element not in the kernel", func(p *HostPart) {
-		e := p.Elements[idx(SetAllowPublic)]
+		e := p.Elements[idx(SetAllowPublicA)]
 		e.Key = slices.Clone(e.Key)
 		e.Key[len(e.Key)-2] = 7 // 198.51.7.0
 		e.KeyEnd = slices.Clone(e.Key)
 		p.Elements = append(p.Elements, e)
 	})
 	mutate("range ends elsewhere", func(p *HostPart) {
-		i := idx(SetAllowPublic)
+		i := idx(SetAllowPublicA)
 		p.Elements[i].KeyEnd = slices.Clone(p.Elements[i].KeyEnd)
 		p.Elements[i].KeyEnd[len(p.Elements[i].KeyEnd)-1] = 0x7f
 	})
@@ -317,7 +317,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		i := idx(MapRedirect)
 		p.Elements[i].Val = []byte{0, 1}
 	})
-	mutate("not the live version", func(p *HostPart) {
+	mutate("not the live generation", func(p *HostPart) {
 		pa2, _ := BuildHost(a, 4)
 		*p = pa2
 	})
@@ -326,6 +326,20 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		p.Elements[len(p.Elements)-1].Key = slices.Clone(pb.Elements[0].Key)
 		copy(p.Elements[len(p.Elements)-1].Key, ifnameBytes("icnobody"))
 	})
+	// The link in the other generation's set too (both policies would
+	// apply): the kernel is changed, not the part.
+	both := &HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), Element{Set: SetGenerationB, Key: ifnameBytes(a.HostIf)})}
+	if err := ApplyHostChanges(c, &pa, both); err != nil {
+		t.Fatal(err)
+	}
+	err := VerifyHostElements(reader(), &pa)
+	t.Logf("in both generations: %v", err)
+	if !errors.Is(err, ErrVerify) {
+		t.Errorf("in both generations: verified (%v)", err)
+	}
+	if err := VerifyHostPart(c, &pa); !errors.Is(err, ErrVerify) {
+		t.Errorf("in both generations: VerifyHostPart passed (%v)", err)
+	}
 }
 
 // TestRemoveOldLayoutKernel builds a host table of the earlier layout
@@ -417,7 +431,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 		left = append(left, ch.Table.Name+"/"+ch.Name)
 	}
 	slices.Sort(left)
-	want := []string{"ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
+	want := []string{"ironclaw/allow_a", "ironclaw/allow_b", "ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
 	if !slices.Equal(left, want) {
 		t.Fatalf("chains left %v, want %v", left, want)
 	}

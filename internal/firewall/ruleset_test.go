@@ -134,15 +134,36 @@ func eval(t *testing.T, rules []Rule, p packet, els ...Element) string {
 			case *expr.Masq:
 				return "masquerade"
 			case *expr.Verdict:
-				if matched {
-					return verdictName(e)
+				if !matched {
+					break exprs
 				}
+				if e.Kind == expr.VerdictJump {
+					// The chain's verdict, or on to the next rule
+					// when it falls through (returns).
+					if v := eval(t, hostChain(t, e.Chain), p, els...); v != "" {
+						return v
+					}
+					break exprs
+				}
+				return verdictName(e)
 			default:
 				t.Fatalf("expression %T not modelled", e)
 			}
 		}
 	}
 	return ""
+}
+
+// hostChain returns the rules of the host table's chain name.
+func hostChain(t *testing.T, name string) []Rule {
+	t.Helper()
+	for _, c := range BuildHostBase() {
+		if c.Name == name {
+			return c.Rules
+		}
+	}
+	t.Fatalf("jump to unknown chain %s", name)
+	return nil
 }
 
 func keyLen(d setDef) int {
@@ -366,11 +387,13 @@ func TestHostServices(t *testing.T) {
 	}
 }
 
-// TestVersionSwitch checks that a link's superseded elements are inert:
-// with a wide policy's elements (version 1) still in the sets and the
-// narrow one's (version 2) live, the forward chain decides as the narrow
-// policy says; and that version 0 is refused.
-func TestVersionSwitch(t *testing.T) {
+// TestGenerationSwitch checks that a link's superseded elements are inert:
+// with a wide policy's elements (generation a, version 1) still in the
+// sets and the narrow one's (generation b, version 2) live, the forward
+// chain decides as the narrow policy says, and then as the wide one says
+// once version 3 (generation a again) replaces them; a link in no
+// generation set is denied everything; and version 0 is refused.
+func TestGenerationSwitch(t *testing.T) {
 	wide, narrow := testTarget(t, "0.0.0.0/0", "10.0.0.0/8"), testTarget(t, "203.0.113.10:443/tcp")
 	pw, err := BuildHost(wide, 1)
 	if err != nil {
@@ -380,32 +403,44 @@ func TestVersionSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var els []Element
-	for _, e := range pw.Elements {
-		if _, ok := elementVersion(e); ok {
-			els = append(els, e)
-		}
+	if GenerationOf(1) != 0 || GenerationOf(2) != 1 || GenerationOf(3) != 0 {
+		t.Fatalf("generations of 1, 2, 3: %d %d %d", GenerationOf(1), GenerationOf(2), GenerationOf(3))
 	}
-	els = append(els, pn.Elements...)
+	els := append(slices.Clone(pn.Elements), (&HostPart{Iface: pw.Iface, Version: 2, Elements: pw.Elements}).Superseded()...)
 	fwd := BuildHostBase()[0].Rules
-	for _, c := range []struct {
-		dst   string
-		proto byte
-		port  uint16
-	}{{"203.0.113.10", unix.IPPROTO_TCP, 443}, {"203.0.113.10", unix.IPPROTO_TCP, 80}, {"8.8.8.8", unix.IPPROTO_UDP, 53}, {"10.1.2.3", unix.IPPROTO_TCP, 443}} {
-		dst := netip.MustParseAddr(c.dst)
-		want := "drop"
-		if narrow.Allows(dst, c.proto, c.port) {
-			want = "accept"
-		}
-		p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: c.proto, saddr: narrow.SandboxAddr, daddr: dst, dport: c.port, iif: narrow.HostIf, oif: "eth0"}
-		if got := eval(t, fwd, p, els...); got != want {
-			t.Errorf("%s %d:%d with version 1 superseded: %s, want %s", c.dst, c.proto, c.port, got, want)
+	check := func(what string, allows func(netip.Addr, byte, uint16) bool, els []Element) {
+		t.Helper()
+		for _, c := range []struct {
+			dst   string
+			proto byte
+			port  uint16
+		}{{"203.0.113.10", unix.IPPROTO_TCP, 443}, {"203.0.113.10", unix.IPPROTO_TCP, 80}, {"8.8.8.8", unix.IPPROTO_UDP, 53}, {"10.1.2.3", unix.IPPROTO_TCP, 443}} {
+			dst := netip.MustParseAddr(c.dst)
+			want := "drop"
+			if allows(dst, c.proto, c.port) {
+				want = "accept"
+			}
+			p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: c.proto, saddr: narrow.SandboxAddr, daddr: dst, dport: c.port, iif: narrow.HostIf, oif: "eth0"}
+			if got := eval(t, fwd, p, els...); got != want {
+				t.Errorf("%s: %s %d:%d: %s, want %s", what, c.dst, c.proto, c.port, got, want)
+			}
 		}
 	}
+	check("generation b live, a superseded", narrow.Allows, els)
 	if live := (HostPart{Iface: narrow.HostIf, Version: 2, Elements: els}).Live(); len(live.Elements) != len(pn.Elements) {
 		t.Errorf("Live kept %d elements, want %d", len(live.Elements), len(pn.Elements))
 	}
+	pw3, err := BuildHost(wide, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.EqualFunc(pw3.Elements, pw.Elements, func(a, b Element) bool { return a.id() == b.id() }) {
+		t.Errorf("versions 1 and 3 (both generation a) built different elements")
+	}
+	els3 := append(slices.Clone(pw3.Elements), (&HostPart{Iface: pw.Iface, Version: 3, Elements: pn.Elements}).Superseded()...)
+	check("generation a live again, b superseded", wide.Allows, els3)
+	none := slices.DeleteFunc(slices.Clone(els3), func(e Element) bool { return e.Set == SetGenerationA })
+	check("no generation", func(netip.Addr, byte, uint16) bool { return false }, none)
 	if _, err := BuildHost(narrow, 0); err == nil {
 		t.Error("BuildHost accepted version 0")
 	}
