@@ -223,39 +223,27 @@ func decodeElements(b []byte) ([]Element, error) {
 
 // VerifyHostElements checks, through r (a reader in the host's
 // namespace), that the host table holds every element of part exactly (the
-// same range, the same value), and that the link is in the set of part's
-// generation and not in the other's. Unlike VerifyHostPart it does not
-// dump the shared sets, so its cost does not grow with the number of
-// sandboxes; the price is that it cannot see elements part does not have.
-// In the allow sets of part's generation there are none as long as the
-// caller's prev for ApplyHostHeld was true: that apply deleted every
-// element of the link there that part does not have. Elements that no
-// apply put there are found by VerifyHostPart (the first install, a
-// reapply, Net.Verify, `ironclaw net show`).
+// same range, the same value), the link's entry in the set of part's
+// generation included. Unlike VerifyHostPart it does not dump the shared
+// sets, so its cost does not grow with the number of sandboxes; the price
+// is that it cannot see elements part does not have. There are none that
+// matter as long as the caller's prev for ApplyHostHeld was true: that
+// apply deleted every element of the link in part's generation that part
+// does not have, and left the link out of the other generation's set
+// whatever the kernel held. Elements that no apply put there are found by
+// VerifyHostPart (the first install, a reapply, Net.Verify, `ironclaw net
+// show`).
 func VerifyHostElements(r *ElementReader, part *HostPart) error {
 	got, err := r.Get(part.Elements)
 	if err != nil {
 		return fmt.Errorf("%w: host elements of %s: %v", ErrVerify, part.Iface, err)
 	}
-	if err := compareElements("host "+part.Iface, got, part.Elements); err != nil {
-		return err
-	}
-	if part.Version == 0 {
-		return nil
-	}
-	other := generations[1-GenerationOf(part.Version)].set
-	in, err := r.Has(Element{Set: other, Key: ifnameBytes(part.Iface)})
-	switch {
-	case err != nil:
-		return fmt.Errorf("%w: host elements of %s: %v", ErrVerify, part.Iface, err)
-	case in:
-		return fmt.Errorf("%w: host elements of %s: the link is in %s too", ErrVerify, part.Iface, other)
-	}
-	return nil
+	return compareElements("host "+part.Iface, got, part.Elements)
 }
 
 // Has reports whether the kernel holds e (by set and key; for an interval
-// set, a range that starts at the key).
+// set, a range that starts at the key). Unlike Get, a missing element
+// leaves the reader usable.
 func (r *ElementReader) Has(e Element) (bool, error) {
 	_, err := r.get([]Element{e})
 	if err == nil {
@@ -264,7 +252,7 @@ func (r *ElementReader) Has(e Element) (bool, error) {
 	var oe *netlink.OpError
 	if errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT) {
 		// One request, answered by one error: the socket holds nothing
-		// more, so the reader stays usable.
+		// more.
 		return false, nil
 	}
 	r.Close()

@@ -200,12 +200,17 @@ func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
 // adds part's missing elements and deletes the link's other elements,
 // except the allow elements of the generation that is not part's, which
 // are left for PruneHost (no packet reaches them once the link is in
-// part's generation set). A nil prev is read from the kernel. It returns
-// what the kernel then holds for the link, for the next call. The caller
-// verifies afterwards, which catches a prev that was not true, except for
-// an allow element of part's generation that prev does not name: only a
-// full verification (VerifyHostPart) sees that.
+// part's generation set). A nil prev is read from the kernel, and then
+// every element of the link that part does not have is deleted, of both
+// generations: what the kernel holds then is what the link's owner knows
+// of, whoever wrote the rest (an earlier owner of the link's name, a
+// change that failed). It returns what the kernel then holds for the
+// link, for the next call. The caller verifies afterwards, which catches a
+// prev that was not true, except for an allow element of part's
+// generation that prev does not name: only a full verification
+// (VerifyHostPart) sees that.
 func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
+	keepSuperseded := prev != nil
 	if prev == nil {
 		cur, err := ReadHostPart(c, part.Iface)
 		if err != nil {
@@ -214,7 +219,7 @@ func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
 		prev = &cur
 	}
 	held := HostPart{Iface: part.Iface, Version: part.Version, Elements: slices.Clone(part.Elements)}
-	if part.Version != 0 {
+	if keepSuperseded && part.Version != 0 {
 		held.Elements = append(held.Elements, (&HostPart{Iface: part.Iface, Version: part.Version, Elements: prev.Elements}).Superseded()...)
 		sortElements(held.Elements)
 	}
@@ -224,6 +229,22 @@ func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
 	}
 	if err := queueElements(c, del, add); err != nil {
 		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
+	}
+	// The link must be in part's generation set alone once this commits.
+	// Deleting it from the other set is part of the difference when prev
+	// has it there (and fails the transaction if the kernel does not);
+	// otherwise it is added and deleted again, which leaves it out
+	// whatever the kernel held, so a verification by key need not look.
+	if part.Version != 0 {
+		other := Element{Set: generations[1-GenerationOf(part.Version)].set, Key: ifnameBytes(part.Iface)}
+		if !slices.ContainsFunc(del, func(e Element) bool { return e.id() == other.id() }) {
+			if err := queueElements(c, nil, []Element{other}); err != nil {
+				return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
+			}
+			if err := queueElements(c, []Element{other}, nil); err != nil {
+				return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
+			}
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)

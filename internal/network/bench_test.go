@@ -131,8 +131,8 @@ func BenchmarkSetupTeardown(b *testing.B) {
 // do; and, for comparison, by dumping the shared sets), checking the host
 // table's base chains and sets (EnsureHostBase, which every apply runs
 // first), and a whole Update (install, verify, record, conntrack
-// sweep), and the background deletion of superseded host elements that
-// follows an update. The peer is an empty nftables transaction: the
+// sweep), and the background deletion of the superseded generation's host
+// elements that follows an update. The peer is an empty nftables transaction: the
 // netlink round-trip floor. The host table holds the elements of 1 and then
 // of 500 sandboxes.
 func BenchmarkRuleInstall(b *testing.B) {
