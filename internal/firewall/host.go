@@ -30,10 +30,9 @@ import (
 // Deleting an element of an interval set costs the kernel milliseconds
 // once the set is large (about 7 ms with 500 sandboxes on 6.18), while
 // adding one costs microseconds. So the policy's elements (the allow sets)
-// come in two generations, a and b, each with its own allow sets and its
-// own regular chain (ChainAllowA, ChainAllowB) of tier rules looking them
-// up; the forward chain jumps to a link's generation chain when the link
-// is in that generation's set (SetGenerationA, SetGenerationB). A policy
+// come in two generations, a and b, each with its own allow sets, and each
+// allow rule of the forward chain looks up one generation's set for links
+// in that generation's set (SetGenerationA, SetGenerationB). A policy
 // change writes the generation that is not live, and moves the link from
 // the live generation's set to the other's, in one transaction, without
 // deleting any interval element of the live generation. The superseded
@@ -75,9 +74,9 @@ const (
 	// does not change.
 	SetDenyLocal = "deny_local"
 	// SetGenerationA and SetGenerationB hold the links whose live policy
-	// elements are generation a's or b's: the forward chain jumps to
-	// ChainAllowA or ChainAllowB for them. A link is in one of them at
-	// most.
+	// elements are generation a's or b's: the forward chain's allow rules
+	// of a generation apply to the links in its set. A link is in one of
+	// them at most.
 	SetGenerationA = "generation_a"
 	SetGenerationB = "generation_b"
 	// The allow sets, one pair per deny tier (see tierRules) and
@@ -99,12 +98,11 @@ const (
 	SetAllowPublicPortsB   = "allow_public_ports_b"
 )
 
-// The regular chains of the two generations: a link's packets go through
-// the one of its live generation (see BuildHostBase).
-const (
-	ChainAllowA = "allow_a"
-	ChainAllowB = "allow_b"
-)
+// SetDenyInternal holds InternalRanges as "address range . any protocol":
+// the second deny tier, the same for every link, so one lookup replaces a
+// rule per range. Its elements are the table's (EnsureHostBase writes and
+// checks them), not any sandbox's.
+const SetDenyInternal = "deny_internal"
 
 // SetUplinks is the host table's set of guarded uplinks: interfaces on
 // which IPv4 forwarding is on only because sandboxes need it (see
@@ -131,19 +129,19 @@ var (
 	fVer   = nftables.TypeMark
 )
 
-// generation describes the objects of one generation.
+// generation names the sets of one generation.
 type generation struct {
-	set, chain string
-	tiers      [3]tier
+	set   string
+	tiers [3]tier
 }
 
 var generations = [2]generation{
-	{SetGenerationA, ChainAllowA, [3]tier{
+	{SetGenerationA, [3]tier{
 		{SetAllowLocalA, SetAllowLocalPortsA},
 		{SetAllowInternalA, SetAllowInternalPortsA},
 		{SetAllowPublicA, SetAllowPublicPortsA},
 	}},
-	{SetGenerationB, ChainAllowB, [3]tier{
+	{SetGenerationB, [3]tier{
 		{SetAllowLocalB, SetAllowLocalPortsB},
 		{SetAllowInternalB, SetAllowInternalPortsB},
 		{SetAllowPublicB, SetAllowPublicPortsB},
@@ -173,12 +171,27 @@ var hostSets = func() []setDef {
 				setDef{name: tr.ports, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}, interval: true, gen: g + 1})
 		}
 	}
-	return append(defs, setDef{name: SetUplinks, fields: []nftables.SetDatatype{fIf}})
+	return append(defs,
+		setDef{name: SetDenyInternal, fields: []nftables.SetDatatype{fAddr, fProto}, interval: true},
+		setDef{name: SetUplinks, fields: []nftables.SetDatatype{fIf}})
 }()
 
 // sandboxSets are the sets that hold sandboxes' elements (all but
-// uplinks). Appending to the result copies.
-func sandboxSets() []setDef { n := len(hostSets) - 1; return hostSets[:n:n] }
+// deny_internal and uplinks). Appending to the result copies.
+func sandboxSets() []setDef { n := len(hostSets) - 2; return hostSets[:n:n] }
+
+// hostBaseElements are the elements of SetDenyInternal.
+func hostBaseElements() []Element {
+	var spans []span
+	for _, p := range InternalRanges {
+		spans = append(spans, addrSpan(p))
+	}
+	var out []Element
+	for _, s := range mergeSpans(spans) {
+		out = append(out, Element{Set: SetDenyInternal, Key: cat(kAddr(u32Addr(s.lo)), kProto(0)), KeyEnd: cat(kAddr(u32Addr(s.hi)), kProto(255))})
+	}
+	return out
+}
 
 func setDefOf(name string) (setDef, bool) {
 	for _, defs := range [][]setDef{hostSets, sandboxTableSets, oldVersionedSets} {
@@ -610,18 +623,18 @@ func services(t *Target) []service {
 	return out
 }
 
-// BuildHostBase returns the fixed chains of the shared host table: the
-// base chains, then the two generations' regular chains. The base chains'
+// BuildHostBase returns the base chains of the shared host table. Their
 // policy is accept and every rule first matches a sandbox link (through
 // the sets), so traffic that is no sandbox's is left to the host's other
-// rules. A link's forwarded packets that are no replies jump to the chain
-// of its live generation, whose rules allow and deny tier by tier (see
-// tierRules) and otherwise return to the default deny; a link in no
-// generation set gets the default deny at once. One rule is not a
-// sandbox's: IPv4 forwarding is decided by the input interface, so turning
-// it on for an uplink (for replies to sandboxes) would make the host route
-// anything arriving there to any interface. A packet from an uplink in
-// SetUplinks that was not accepted as a reply to a sandbox is dropped.
+// rules. A link's forwarded packets that are no replies meet the allow
+// rules and denials tier by tier (see tierRules), each allow rule once per
+// generation and bound to the links of that generation, then the default
+// deny; a link in neither generation set is allowed nothing. One rule is
+// not a sandbox's: IPv4 forwarding is decided by the input interface, so
+// turning it on for an uplink (for replies to sandboxes) would make the
+// host route anything arriving there to any interface. A packet from an
+// uplink in SetUplinks that was not accepted as a reply to a sandbox is
+// dropped.
 func BuildHostBase() []Chain {
 	fromLink := lookup(expr.MetaKeyIIFNAME, SetLinks)
 	fwd := []Rule{
@@ -629,8 +642,20 @@ func BuildHostBase() []Chain {
 		rule("from sandboxes: own source only", fromLink, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 12, SetSources, true), drop()),
 		rule("from sandboxes: replies", fromLink, ctEstablished(), accept()),
 	}
-	for _, g := range generations {
-		fwd = append(fwd, rule("policy of generation "+g.chain[len(g.chain)-1:], fromLink, lookup(expr.MetaKeyIIFNAME, g.set), jump(g.chain)))
+	for i := range generations[0].tiers {
+		for _, g := range generations {
+			tr := g.tiers[i]
+			fwd = append(fwd,
+				rule("allow: "+tr.ports, ipv4(), lookup(expr.MetaKeyIIFNAME, g.set), ifAddrProtoPortLookup(tr.ports), accept()),
+				rule("allow: "+tr.any, ipv4(), lookup(expr.MetaKeyIIFNAME, g.set), ifAddrLookup(expr.MetaKeyIIFNAME, 16, tr.any, false), accept()),
+			)
+		}
+		switch i {
+		case 0:
+			fwd = append(fwd, rule("deny: "+SetDenyLocal, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 16, SetDenyLocal, false), drop()))
+		case 1:
+			fwd = append(fwd, rule("deny: "+SetDenyInternal, fromLink, ipv4(), outLookup(SetDenyInternal, false), drop()))
+		}
 	}
 	fwd = append(fwd,
 		rule("from sandboxes: default deny", fromLink, drop()),
@@ -653,43 +678,12 @@ func BuildHostBase() []Chain {
 		rule("from sandboxes: egress services (udp)", ipv4(), l4proto(unix.IPPROTO_UDP), ifAddrProtoPort(), redirectMap(MapRedirect)),
 	}
 	post := []Rule{rule("from sandboxes: NAT to the uplink", ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 12, SetSources, false), masquerade())}
-	chains := []Chain{
+	return []Chain{
 		{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyAccept, Rules: fwd},
 		{Name: "input", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookInput), Priority: prioRef(prioFilter), Policy: &policyAccept, Rules: in},
 		{Name: "prerouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPrerouting), Priority: prioRef(prioDSTNAT), Policy: &policyAccept, Rules: pre},
 		{Name: "postrouting", Type: nftables.ChainTypeNAT, Hook: hookRef(*nftables.ChainHookPostrouting), Priority: prioRef(prioSRCNAT), Policy: &policyAccept, Rules: post},
 	}
-	for _, g := range generations {
-		chains = append(chains, Chain{Name: g.chain, Rules: generationRules(g)})
-	}
-	return chains
-}
-
-// generationRules are the rules of a generation's chain: a tier's rules
-// allow, then the tier is denied, tier by tier, and the rest is allowed
-// last. Only the forward chain jumps here, for packets of sandbox links
-// (in SetLinks) that are IPv4 from the link's own source.
-func generationRules(g generation) []Rule {
-	var out []Rule
-	for i, tr := range g.tiers {
-		out = append(out,
-			rule("allow: "+tr.ports, ipv4(), ifAddrProtoPortLookup(tr.ports), accept()),
-			rule("allow: "+tr.any, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 16, tr.any, false), accept()),
-		)
-		switch i {
-		case 0:
-			out = append(out, rule("deny: "+SetDenyLocal, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 16, SetDenyLocal, false), drop()))
-		case 1:
-			for _, p := range InternalRanges {
-				out = append(out, rule("deny "+p.String(), ipv4(), addr(16, expr.CmpOpEq, p), drop()))
-			}
-		}
-	}
-	return out
-}
-
-func jump(chain string) []expr.Any {
-	return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}
 }
 
 func ipv4() []expr.Any { return nfproto(expr.CmpOpEq, unix.NFPROTO_IPV4) }

@@ -10,9 +10,9 @@ import (
 )
 
 // EnsureHostBase makes sure the shared host table exists with its sets
-// and its fixed chains. It reads them first and writes (one transaction:
-// sets and chains created if missing, chains flushed and refilled, so
-// rules are never doubled) only if they differ, then reads them back.
+// and its fixed base chains. It reads them first and writes (one
+// transaction: sets created if missing, base chains flushed and refilled,
+// so rules are never doubled) only if they differ, then reads them back.
 // Concurrent callers are safe: each transaction is atomic and they all
 // write the same thing.
 func EnsureHostBase(c *nftables.Conn) error {
@@ -37,14 +37,15 @@ func EnsureHostBase(c *nftables.Conn) error {
 			return fmt.Errorf("apply host base: set %s: %w", d.name, err)
 		}
 	}
-	// Every chain exists before any rule jumps to one.
-	ncs := make([]*nftables.Chain, len(base))
-	for i := range base {
-		ncs[i] = addChain(c, t, &base[i])
+	d, _ := setDefOf(SetDenyInternal)
+	c.FlushSet(d.nft(t))
+	if err := queueElements(c, nil, hostBaseElements()); err != nil {
+		return fmt.Errorf("apply host base: %w", err)
 	}
 	for i := range base {
-		c.FlushChain(ncs[i])
-		addRules(c, t, ncs[i], &base[i])
+		nc := addChain(c, t, &base[i])
+		c.FlushChain(nc)
+		addRules(c, t, nc, &base[i])
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply host base: %w", err)
@@ -53,13 +54,25 @@ func EnsureHostBase(c *nftables.Conn) error {
 }
 
 // verifyHostBase checks that the base chains are hooked with exactly the
-// built rules and that every set exists with the built key, flags and
-// value type.
+// built rules, that every set exists with the built key, flags and value
+// type, and that SetDenyInternal holds InternalRanges.
 func verifyHostBase(c *nftables.Conn, base []Chain) error {
 	if err := verifyChains(c, base); err != nil {
 		return err
 	}
-	return verifySets(c, hostSets)
+	if err := verifySets(c, hostSets); err != nil {
+		return err
+	}
+	d, _ := setDefOf(SetDenyInternal)
+	els, err := c.GetSetElements(d.nft(table()))
+	if err != nil {
+		return fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
+	}
+	var got []Element
+	for _, el := range els {
+		got = append(got, elementOf(d, el))
+	}
+	return compareElements("set "+SetDenyInternal, got, hostBaseElements())
 }
 
 // verifySets checks that every set of defs exists in IronClaw's table

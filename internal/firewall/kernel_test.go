@@ -448,7 +448,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 		left = append(left, ch.Table.Name+"/"+ch.Name)
 	}
 	slices.Sort(left)
-	want := []string{"ironclaw/allow_a", "ironclaw/allow_b", "ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
+	want := []string{"ironclaw/custom", "ironclaw/forward", "ironclaw/ic-kept", "ironclaw/input", "ironclaw/postrouting", "ironclaw/prerouting", "othertool/ic-theirs"}
 	if !slices.Equal(left, want) {
 		t.Fatalf("chains left %v, want %v", left, want)
 	}

@@ -38,8 +38,9 @@ var allTiers = []string{
 
 // checkNftLists runs `nft list ruleset`, `nft -j list ruleset` and `nft
 // list table inet ironclaw` in ns and checks that each exits 0 and shows
-// the generation sets and chains; the listing must also load again
-// (`nft -c -f`) into an empty namespace. It returns the text listing.
+// the generation sets and the rules that look them up; the listing must
+// also load again (`nft -c -f`) into an empty namespace. It returns the
+// text listing.
 func checkNftLists(t *testing.T, ns *netns.NS) string {
 	t.Helper()
 	var text string
@@ -48,7 +49,7 @@ func checkNftLists(t *testing.T, ns *netns.NS) string {
 		if err != nil {
 			t.Fatalf("nft %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		for _, want := range []string{SetGenerationA, SetGenerationB, ChainAllowA, ChainAllowB, SetAllowPublicPortsA, SetAllowPublicPortsB} {
+		for _, want := range []string{SetGenerationA, SetGenerationB, SetAllowPublicPortsA, SetAllowPublicPortsB, SetDenyInternal} {
 			if !strings.Contains(out, want) {
 				t.Errorf("nft %s does not show %s:\n%s", strings.Join(args, " "), want, out)
 			}
@@ -60,7 +61,10 @@ func checkNftLists(t *testing.T, ns *netns.NS) string {
 			}
 			continue
 		}
-		for _, want := range []string{"jump " + ChainAllowA, "jump " + ChainAllowB, "iifname . ip daddr . meta l4proto . th dport @" + SetAllowPublicPortsA} {
+		for _, want := range []string{
+			"iifname @" + SetGenerationA + " iifname . ip daddr . meta l4proto . th dport @" + SetAllowPublicPortsA + " accept",
+			"iifname @" + SetGenerationB + " iifname . ip daddr @" + SetAllowInternalB + " accept",
+		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("nft %s does not show %q:\n%s", strings.Join(args, " "), want, out)
 			}

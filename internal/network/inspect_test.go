@@ -20,7 +20,7 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.Networked || st.Report.Err != nil || st.SandboxAddr != n.Addr() || len(st.Report.Sandbox) != 3 || len(st.Report.Host) != 6 || len(st.Report.Elements) == 0 {
+	if !st.Networked || st.Report.Err != nil || st.SandboxAddr != n.Addr() || len(st.Report.Sandbox) != 3 || len(st.Report.Host) != 4 || len(st.Report.Elements) == 0 {
 		t.Fatalf("inspect of a good sandbox: %+v", st)
 	}
 	for _, e := range st.Report.Elements {

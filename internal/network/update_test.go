@@ -174,8 +174,8 @@ func TestReconcileStates(t *testing.T) {
 }
 
 // sameBaseChains checks that the chains (a host table read back) are
-// exactly the ones BuildHostBase builds, rule for rule: the base chains
-// and the generations' chains, nothing more.
+// exactly the base chains BuildHostBase builds, rule for rule, and no
+// other.
 func sameBaseChains(chains []firewall.Chain) error {
 	var got []string
 	for _, c := range chains {
