@@ -287,7 +287,7 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 			if got := fwdIn(other); got != "" {
 				t.Fatalf("non-sandbox IPv6 traffic: host forward decided %q", got)
 			}
-			// A link with no source, services or live version passes
+			// A link with no source, services or live generation passes
 			// nothing.
 			closed := closedPart(tg.HostIf).Elements
 			for _, q := range []packet{p, est(p), {nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}} {
@@ -305,7 +305,7 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 func est(p packet) packet { p.established = true; return p }
 
 // closedPart is the host part of a link that is in SetLinks but has no
-// source address, no services and no live version.
+// source address, no services and no live generation.
 func closedPart(hostIf string) HostPart {
 	return HostPart{Iface: hostIf, Elements: []Element{{Set: SetLinks, Key: ifnameBytes(hostIf)}}}
 }
