@@ -229,10 +229,9 @@ func decodeElements(b []byte) ([]Element, error) {
 // is that it cannot see elements part does not have. There are none that
 // matter as long as the caller's prev for ApplyHostHeld was true: that
 // apply deleted every element of the link in part's generation that part
-// does not have, and left the link out of the other generation's set
-// whatever the kernel held. Elements that no apply put there are found by
-// VerifyHostPart (the first install, a reapply, Net.Verify, `ironclaw net
-// show`).
+// does not have, and the link's entry in the other generation's set.
+// Elements that no apply put there are found by VerifyHostPart (the first
+// install, a reapply, Net.Verify, `ironclaw net show`).
 func VerifyHostElements(r *ElementReader, part *HostPart) error {
 	got, err := r.Get(part.Elements)
 	if err != nil {

@@ -219,9 +219,13 @@ func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
 // of, whoever wrote the rest (an earlier owner of the link's name, a
 // change that failed). It returns what the kernel then holds for the
 // link, for the next call. The caller verifies afterwards, which catches a
-// prev that was not true, except for an allow element of part's
-// generation that prev does not name: only a full verification
-// (VerifyHostPart) sees that.
+// prev that was not true, except for an element that prev does not name
+// (an allow element of part's generation, the link in the other
+// generation's set): only a full verification (VerifyHostPart) sees that.
+// (Taking the link out of the other set whatever prev says, by adding and
+// deleting it in the same transaction, made each such commit as slow as
+// an interval element's deletion in BenchmarkPerPacket's set-up: tens of
+// times a plain commit.)
 func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
 	keepSuperseded := prev != nil
 	if prev == nil {
@@ -242,22 +246,6 @@ func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
 	}
 	if err := queueElements(c, del, add); err != nil {
 		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
-	}
-	// The link must be in part's generation set alone once this commits.
-	// Deleting it from the other set is part of the difference when prev
-	// has it there (and fails the transaction if the kernel does not);
-	// otherwise it is added and deleted again, which leaves it out
-	// whatever the kernel held, so a verification by key need not look.
-	if part.Version != 0 {
-		other := Element{Set: generations[1-GenerationOf(part.Version)].set, Key: ifnameBytes(part.Iface)}
-		if !slices.ContainsFunc(del, func(e Element) bool { return e.id() == other.id() }) {
-			if err := queueElements(c, nil, []Element{other}); err != nil {
-				return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
-			}
-			if err := queueElements(c, []Element{other}, nil); err != nil {
-				return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
-			}
-		}
 	}
 	if err := c.Flush(); err != nil {
 		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)

@@ -328,8 +328,8 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	})
 	// The link in the other generation's set too (both policies would
 	// apply), put there behind the owner's back: reading by key does
-	// not look there, the full verification does, and the owner's next
-	// apply takes the link out whatever it believed.
+	// not look there, the full verification does, and an apply that
+	// reads the link's elements first takes it out.
 	otherGen := Element{Set: SetGenerationB, Key: ifnameBytes(a.HostIf)}
 	both := &HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), otherGen)}
 	if err := ApplyHostChanges(c, &pa, both); err != nil {
@@ -345,7 +345,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	a3 := *a
 	a3.Policy, _ = ParsePolicy([]string{"192.0.2.0/24"})
 	pa3, _ := BuildHost(&a3, 3)
-	if err := ApplyHostChanges(c, &pa, &pa3); err != nil {
+	if err := ApplyHost(c, &pa3); err != nil {
 		t.Fatal(err)
 	}
 	if in, err := r.Has(otherGen); err != nil || in {
