@@ -372,16 +372,17 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 // PruneHost deletes the link's allow elements of the generation that is
 // not live, which no packet reaches any more, in one transaction, and
 // returns how many it deleted. A link in neither generation set, or in
-// both, is left alone. The generation's keys are reused by the change
-// after next, so PruneHost must not run beside a change of the same link:
-// the caller serializes them (Net does).
+// both, is left alone, with an error (ErrVerify): which elements are
+// superseded is then unknown. The generation's keys are reused by the
+// change after next, so PruneHost must not run beside a change of the same
+// link: the caller serializes them (Net does).
 func PruneHost(c *nftables.Conn, hostIf string) (int, error) {
 	cur, err := readHostPart(c, hostIf, sandboxSets(), true)
 	if err != nil {
 		return 0, fmt.Errorf("prune host ruleset: %w", err)
 	}
 	if cur.Version == 0 {
-		return 0, nil
+		return 0, fmt.Errorf("prune host ruleset: %w: link %s is in neither or both of %s and %s", ErrVerify, hostIf, SetGenerationA, SetGenerationB)
 	}
 	old := cur.Superseded()
 	if len(old) == 0 {

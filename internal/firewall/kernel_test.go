@@ -194,6 +194,10 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	if err := VerifyHost(c, &HostPart{Iface: a.HostIf}); err != nil {
 		t.Fatalf("after removal: %v", err)
 	}
+	// Without a live generation, nothing is known to be superseded.
+	if n, err := PruneHost(c, a.HostIf); !errors.Is(err, ErrVerify) || n != 0 {
+		t.Fatalf("prune of a link in no generation: %d, %v", n, err)
+	}
 	rules, err := c.GetRules(other, oc)
 	if err != nil || len(rules) != 1 {
 		t.Fatalf("another tool's table changed: %d rules, %v", len(rules), err)
