@@ -126,6 +126,17 @@ func TestNftListsHostTable(t *testing.T) {
 	}
 	text := checkNftLists(t, ns)
 	t.Logf("nft list table inet %s:\n%s", TableName, text)
+	// `ironclaw net show` renders the forward chain as nft lists it,
+	// except that it shows the IPv4 checks nft leaves implicit.
+	fwd, err := ReadChain(c, "forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range fwd.Rules {
+		if s := strings.ReplaceAll(r.String(), "meta nfproto ipv4 ", ""); !strings.Contains(text, "\t"+s+"\n") {
+			t.Errorf("nft does not list the forward rule as rendered: %s", s)
+		}
+	}
 	if n, err := PruneHost(c, a.HostIf); err != nil || n != len(held.Superseded()) {
 		t.Fatalf("prune: %d, %v; want %d", n, err, len(held.Superseded()))
 	}
