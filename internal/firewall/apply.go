@@ -238,11 +238,28 @@ func ReadChain(c *nftables.Conn, name string) (*Chain, error) {
 	return ch, nil
 }
 
+// verifyChains checks that IronClaw's table has the chains of want with
+// their rules. The chains are listed in one dump, then each one's rules.
 func verifyChains(c *nftables.Conn, want []Chain) error {
+	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("%w: list chains: %v", ErrVerify, err)
+	}
+	t := table()
 	for i := range want {
-		got, err := ReadChain(c, want[i].Name)
+		j := slices.IndexFunc(all, func(nc *nftables.Chain) bool { return nc.Table.Name == TableName && nc.Name == want[i].Name })
+		if j < 0 {
+			return fmt.Errorf("%w: chain %s is missing", ErrVerify, want[i].Name)
+		}
+		nc := all[j]
+		rs, err := c.GetRules(t, nc)
 		if err != nil {
-			return fmt.Errorf("%w: chain %s is missing: %v", ErrVerify, want[i].Name, err)
+			return fmt.Errorf("%w: read rules of %s: %v", ErrVerify, nc.Name, err)
+		}
+		got := &Chain{Name: nc.Name, Type: nc.Type, Hook: nc.Hooknum, Priority: nc.Priority, Policy: nc.Policy}
+		for _, r := range rs {
+			cm, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+			got.Rules = append(got.Rules, Rule{Comment: cm, Exprs: r.Exprs})
 		}
 		if err := compareChain(got, &want[i]); err != nil {
 			return err

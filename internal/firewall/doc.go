@@ -16,11 +16,13 @@
 //     a sandbox link through a set, so they never touch traffic that is
 //     not a sandbox's. Each sandbox is only elements of named sets and
 //     maps keyed by its link's name (link, own source address, services,
-//     allowed "link . version . address range [. protocol . port range]",
-//     see host.go): a change adds and deletes elements and never a chain,
-//     a rule or a jump, so the kernel does not re-validate the table and
+//     its policy generation, allowed "link . address range [. protocol .
+//     port range]" in that generation's sets, see host.go): a change adds
+//     and deletes elements and never a chain, a rule, a jump or a verdict
+//     map element, so the kernel does not re-validate the table and
 //     neither the cost of a change nor the cost per packet grows with the
-//     number of sandboxes.
+//     number of sandboxes. Every key is a plain concatenation of packet
+//     fields, so the system's nft (1.0.6 included) lists the table.
 //
 // nftables runs every base chain registered on a hook, and a packet must be
 // accepted by all of them: an accept in another table (an iptables ACCEPT

@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -56,8 +55,18 @@ func (r *ElementReader) Close() error {
 // their ranges and values as the kernel has them. An element the kernel
 // does not hold fails the whole call (ENOENT).
 func (r *ElementReader) Get(els []Element) ([]Element, error) {
+	out, err := r.get(els)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("read elements: %w", err)
+	}
+	return out, nil
+}
+
+// get is Get without closing the reader after an error.
+func (r *ElementReader) get(els []Element) ([]Element, error) {
 	if r.c == nil {
-		return nil, errors.New("read elements: reader closed")
+		return nil, errors.New("reader closed")
 	}
 	var order []string
 	bySet := map[string][]Element{}
@@ -71,7 +80,7 @@ func (r *ElementReader) Get(els []Element) ([]Element, error) {
 	for _, set := range order {
 		d, ok := setDefOf(set)
 		if !ok {
-			return nil, fmt.Errorf("read elements: unknown set %s", set)
+			return nil, fmt.Errorf("unknown set %s", set)
 		}
 		ae := netlink.NewAttributeEncoder()
 		ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
@@ -96,7 +105,7 @@ func (r *ElementReader) Get(els []Element) ([]Element, error) {
 		})
 		b, err := ae.Encode()
 		if err != nil {
-			return nil, fmt.Errorf("read elements of %s: %w", set, err)
+			return nil, fmt.Errorf("elements of %s: %w", set, err)
 		}
 		msgs = append(msgs, netlink.Message{
 			Header: netlink.Header{
@@ -110,12 +119,7 @@ func (r *ElementReader) Get(els []Element) ([]Element, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
-	out, err := r.roundTrip(msgs)
-	if err != nil {
-		r.Close()
-		return nil, fmt.Errorf("read elements: %w", err)
-	}
-	return out, nil
+	return r.roundTrip(msgs)
 }
 
 // roundTrip sends msgs in one send and reads replies until every request
@@ -219,23 +223,37 @@ func decodeElements(b []byte) ([]Element, error) {
 
 // VerifyHostElements checks, through r (a reader in the host's
 // namespace), that the host table holds every element of part exactly (the
-// same range, the same value) and that part's version is the link's live
-// one. Unlike VerifyHostPart it does not dump the shared sets, so its cost
-// does not grow with the number of sandboxes; the price is that it cannot
-// see elements part does not have. For the versioned sets there can be
-// none of the live version: a link's versions are never reused, and a
-// version's elements are all added in the one transaction that makes it
-// live. Elements of the unversioned sets that no apply put there are
-// found by VerifyHostPart (Net.Verify, `ironclaw net show`).
+// same range, the same value), the link's entry in the set of part's
+// generation included. Unlike VerifyHostPart it does not dump the shared
+// sets, so its cost does not grow with the number of sandboxes; the price
+// is that it cannot see elements part does not have. There are none that
+// matter as long as the caller's prev for ApplyHostHeld was true: that
+// apply deleted every element of the link in part's generation that part
+// does not have, and the link's entry in the other generation's set.
+// Elements that no apply put there are found by VerifyHostPart (the first
+// install, a reapply, Net.Verify, `ironclaw net show`).
 func VerifyHostElements(r *ElementReader, part *HostPart) error {
 	got, err := r.Get(part.Elements)
 	if err != nil {
 		return fmt.Errorf("%w: host elements of %s: %v", ErrVerify, part.Iface, err)
 	}
-	for _, e := range got {
-		if e.Set == MapVersion && len(e.Val) == 4 && binary.BigEndian.Uint32(e.Val) != part.Version {
-			return fmt.Errorf("%w: host elements of %s: live version %d, want %d", ErrVerify, part.Iface, binary.BigEndian.Uint32(e.Val), part.Version)
-		}
-	}
 	return compareElements("host "+part.Iface, got, part.Elements)
+}
+
+// Has reports whether the kernel holds e (by set and key; for an interval
+// set, a range that starts at the key). Unlike Get, a missing element
+// leaves the reader usable.
+func (r *ElementReader) Has(e Element) (bool, error) {
+	_, err := r.get([]Element{e})
+	if err == nil {
+		return true, nil
+	}
+	var oe *netlink.OpError
+	if errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT) {
+		// One request, answered by one error: the socket holds nothing
+		// more.
+		return false, nil
+	}
+	r.Close()
+	return false, fmt.Errorf("read elements: %w", err)
 }

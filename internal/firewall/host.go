@@ -15,12 +15,13 @@ import (
 )
 
 // The host side of the firewall is one fixed ruleset in the shared table
-// inet "ironclaw": base chains whose rules are the same whatever sandboxes
+// inet "ironclaw": chains whose rules are the same whatever sandboxes
 // exist, and named sets and maps that hold every sandbox's part as
 // elements. Adding, changing or removing a sandbox adds and deletes
-// elements only; it never adds a chain, a rule or a jump, so the kernel
-// never re-validates the table's rules on such a commit, and the cost of a
-// change does not grow with the number of sandboxes.
+// elements of plain sets and maps only; it never adds a chain, a rule or a
+// jump (nor a verdict map element, which would make the kernel re-validate
+// the table), and the cost of a change does not grow with the number of
+// sandboxes.
 //
 // Every element's key starts with the interface name of the host side of
 // the sandbox's link, so a sandbox's elements are exactly the elements
@@ -29,12 +30,25 @@ import (
 // Deleting an element of an interval set costs the kernel milliseconds
 // once the set is large (about 7 ms with 500 sandboxes on 6.18), while
 // adding one costs microseconds. So the policy's elements (the allow sets)
-// also carry a version, and MapVersion says which version of
-// each link is live: a policy change adds the new version's elements and
-// switches the link's version, in one transaction, without deleting any
-// interval element. The superseded elements can no longer match anything
-// (every lookup goes through the link's live version); PruneHost deletes
+// come in two generations, a and b, each with its own allow sets, and each
+// allow rule of the forward chain looks up one generation's set for links
+// in that generation's set (SetGenerationA, SetGenerationB). A policy
+// change writes the generation that is not live, and moves the link from
+// the live generation's set to the other's, in one transaction, without
+// deleting any interval element of the live generation. The superseded
+// generation's elements can no longer match anything; PruneHost deletes
 // them later, off the sandbox's path, and RemoveHost deletes everything.
+// A change that finds the other generation not yet pruned deletes the
+// link's stale elements there in the same transaction (correct, only
+// slower). A link in neither generation set matches no allow rule and
+// meets the default deny.
+//
+// Generations are the parity of a policy version (HostPart.Version), which
+// callers count up by one per change. Every lookup key is a plain
+// concatenation of packet fields ("iifname . ip daddr [. meta l4proto .
+// th dport]"), which nft (1.0.6 included) can list and parse back: an
+// earlier layout put a map lookup's result inside the concatenation, which
+// nft 1.0.6 could not print (see oldlayout.go).
 
 // Names of the host table's sets and maps.
 const (
@@ -51,27 +65,44 @@ const (
 	// egress DNS stub and proxy a sandbox may reach on the host.
 	SetServices = "services"
 	// MapRedirect maps "link . host address . protocol . standard port"
-	// to the port its egress service listens on.
-	MapRedirect = "redirect"
-	// MapVersion maps a link to the version of its policy elements that
-	// is live.
-	MapVersion = "version"
+	// to the port its egress service listens on. (Not "redirect", which
+	// nft's parser takes for its keyword: a listing of the table would
+	// not load again.)
+	MapRedirect = "redirects"
 	// SetDenyLocal holds "link . address range": the first deny tier (the
 	// host's own addresses and the sandbox pool), which a policy change
 	// does not change.
 	SetDenyLocal = "deny_local"
-	// The allow sets, one pair per deny tier (see tierRules): rules
-	// lying inside the first tier, inside InternalRanges, and the rest.
-	// The plain set allows every protocol to "link . version . address
-	// range"; the _ports set allows "link . version . address range .
-	// protocol . port range".
-	SetAllowLocal         = "allow_local"
-	SetAllowLocalPorts    = "allow_local_ports"
-	SetAllowInternal      = "allow_internal"
-	SetAllowInternalPorts = "allow_internal_ports"
-	SetAllowPublic        = "allow_public"
-	SetAllowPublicPorts   = "allow_public_ports"
+	// SetGenerationA and SetGenerationB hold the links whose live policy
+	// elements are generation a's or b's: the forward chain's allow rules
+	// of a generation apply to the links in its set. A link is in one of
+	// them at most.
+	SetGenerationA = "generation_a"
+	SetGenerationB = "generation_b"
+	// The allow sets, one pair per deny tier (see tierRules) and
+	// generation: rules lying inside the first tier, inside
+	// InternalRanges, and the rest. The plain set allows every protocol
+	// to "link . address range"; the _ports set allows "link . address
+	// range . protocol . port range".
+	SetAllowLocalA         = "allow_local_a"
+	SetAllowLocalPortsA    = "allow_local_ports_a"
+	SetAllowInternalA      = "allow_internal_a"
+	SetAllowInternalPortsA = "allow_internal_ports_a"
+	SetAllowPublicA        = "allow_public_a"
+	SetAllowPublicPortsA   = "allow_public_ports_a"
+	SetAllowLocalB         = "allow_local_b"
+	SetAllowLocalPortsB    = "allow_local_ports_b"
+	SetAllowInternalB      = "allow_internal_b"
+	SetAllowInternalPortsB = "allow_internal_ports_b"
+	SetAllowPublicB        = "allow_public_b"
+	SetAllowPublicPortsB   = "allow_public_ports_b"
 )
+
+// SetDenyInternal holds InternalRanges as "address range . any protocol":
+// the second deny tier, the same for every link, so one lookup replaces a
+// rule per range. Its elements are the table's (EnsureHostBase writes and
+// checks them), not any sandbox's.
+const SetDenyInternal = "deny_internal"
 
 // SetUplinks is the host table's set of guarded uplinks: interfaces on
 // which IPv4 forwarding is on only because sandboxes need it (see
@@ -85,8 +116,9 @@ type setDef struct {
 	fields   []nftables.SetDatatype
 	interval bool
 	data     *nftables.SetDatatype
-	// versioned sets have the link's policy version as second field.
-	versioned bool
+	// gen is 1 + the generation of an allow set's elements (0: not an
+	// allow set).
+	gen int
 }
 
 var (
@@ -97,29 +129,72 @@ var (
 	fVer   = nftables.TypeMark
 )
 
-// hostSets are the sets of the host table, uplinks included. The order is
-// the order they are dumped in and rendered.
-var hostSets = []setDef{
-	{name: SetLinks, fields: []nftables.SetDatatype{fIf}},
-	{name: SetSources, fields: []nftables.SetDatatype{fIf, fAddr}},
-	{name: SetServices, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}},
-	{name: MapRedirect, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}, data: &fPort},
-	{name: MapVersion, fields: []nftables.SetDatatype{fIf}, data: &fVer},
-	{name: SetDenyLocal, fields: []nftables.SetDatatype{fIf, fAddr}, interval: true},
-	{name: SetAllowLocal, fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true, versioned: true},
-	{name: SetAllowLocalPorts, fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true, versioned: true},
-	{name: SetAllowInternal, fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true, versioned: true},
-	{name: SetAllowInternalPorts, fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true, versioned: true},
-	{name: SetAllowPublic, fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true, versioned: true},
-	{name: SetAllowPublicPorts, fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true, versioned: true},
-	{name: SetUplinks, fields: []nftables.SetDatatype{fIf}},
+// generation names the sets of one generation.
+type generation struct {
+	set   string
+	tiers [3]tier
 }
 
-// sandboxSets are the sets that hold sandboxes' elements (all but uplinks).
-func sandboxSets() []setDef { return hostSets[:len(hostSets)-1] }
+var generations = [2]generation{
+	{SetGenerationA, [3]tier{
+		{SetAllowLocalA, SetAllowLocalPortsA},
+		{SetAllowInternalA, SetAllowInternalPortsA},
+		{SetAllowPublicA, SetAllowPublicPortsA},
+	}},
+	{SetGenerationB, [3]tier{
+		{SetAllowLocalB, SetAllowLocalPortsB},
+		{SetAllowInternalB, SetAllowInternalPortsB},
+		{SetAllowPublicB, SetAllowPublicPortsB},
+	}},
+}
+
+// GenerationOf returns the generation (0: a, 1: b) of the policy version
+// v: its parity, so that consecutive versions alternate.
+func GenerationOf(v uint32) int { return int(1 - v%2) }
+
+// hostSets are the sets of the host table, uplinks included. The order is
+// the order they are dumped in and rendered.
+var hostSets = func() []setDef {
+	defs := []setDef{
+		{name: SetLinks, fields: []nftables.SetDatatype{fIf}},
+		{name: SetSources, fields: []nftables.SetDatatype{fIf, fAddr}},
+		{name: SetServices, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}},
+		{name: MapRedirect, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}, data: &fPort},
+		{name: SetDenyLocal, fields: []nftables.SetDatatype{fIf, fAddr}, interval: true},
+		{name: SetGenerationA, fields: []nftables.SetDatatype{fIf}},
+		{name: SetGenerationB, fields: []nftables.SetDatatype{fIf}},
+	}
+	for g, gd := range generations {
+		for _, tr := range gd.tiers {
+			defs = append(defs,
+				setDef{name: tr.any, fields: []nftables.SetDatatype{fIf, fAddr}, interval: true, gen: g + 1},
+				setDef{name: tr.ports, fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}, interval: true, gen: g + 1})
+		}
+	}
+	return append(defs,
+		setDef{name: SetDenyInternal, fields: []nftables.SetDatatype{fAddr, fProto}, interval: true},
+		setDef{name: SetUplinks, fields: []nftables.SetDatatype{fIf}})
+}()
+
+// sandboxSets are the sets that hold sandboxes' elements (all but
+// deny_internal and uplinks). Appending to the result copies.
+func sandboxSets() []setDef { n := len(hostSets) - 2; return hostSets[:n:n] }
+
+// hostBaseElements are the elements of SetDenyInternal.
+func hostBaseElements() []Element {
+	var spans []span
+	for _, p := range InternalRanges {
+		spans = append(spans, addrSpan(p))
+	}
+	var out []Element
+	for _, s := range mergeSpans(spans) {
+		out = append(out, Element{Set: SetDenyInternal, Key: cat(kAddr(u32Addr(s.lo)), kProto(0)), KeyEnd: cat(kAddr(u32Addr(s.hi)), kProto(255))})
+	}
+	return out
+}
 
 func setDefOf(name string) (setDef, bool) {
-	for _, defs := range [][]setDef{hostSets, sandboxTableSets} {
+	for _, defs := range [][]setDef{hostSets, sandboxTableSets, oldVersionedSets} {
 		for _, d := range defs {
 			if d.name == name {
 				return d, true
@@ -146,24 +221,16 @@ func (d setDef) nft(t *nftables.Table) *nftables.Set {
 // tier names the allow sets of one deny tier.
 type tier struct{ any, ports string }
 
-var tiers = []tier{
-	{SetAllowLocal, SetAllowLocalPorts},
-	{SetAllowInternal, SetAllowInternalPorts},
-	{SetAllowPublic, SetAllowPublicPorts},
-}
-
 // Registers. Concatenations are built in 32-bit words: the interface name
 // takes four (NFT_REG_1, words 4-7), then one word each, in this order, for
-// the version (word 8, which the kernel names NFT_REG_2), the address,
-// protocol and port (NFT_REG32_05 to _07), as nft lays them out. Without a
-// version the address takes word 8. The numbers are the ones the kernel
-// echoes, so rules read back compare equal.
+// the address (word 8, which the kernel names NFT_REG_2), protocol and
+// port (NFT_REG32_05 and _06), as nft lays them out. The numbers are the
+// ones the kernel echoes, so rules read back compare equal.
 const (
 	regIf  = 1
 	regW8  = 2
 	regW9  = 13
 	regW10 = 14
-	regW11 = 15
 )
 
 // Element is one element of a host set or map, as built or read back.
@@ -264,30 +331,48 @@ func rangePrefix(lo, hi netip.Addr) (netip.Prefix, bool) {
 type HostPart struct {
 	// Iface is the host side of the sandbox's link.
 	Iface string
-	// Version is the version of the policy elements (0: none).
+	// Version is the version of the policy elements (0: none), whose
+	// parity is their generation (GenerationOf). A part read back from
+	// the kernel (ReadHostPart) cannot know the version: it has 1 when
+	// the link is in generation a's set, 2 when in b's, and 0 when in
+	// neither or both.
 	Version  uint32
 	Elements []Element
 }
 
-// elementVersion returns the version of a versioned set's element, and
+// elementGeneration returns the generation of an allow set's element, and
 // false for an element of another set.
-func elementVersion(e Element) (uint32, bool) {
+func elementGeneration(e Element) (int, bool) {
 	d, ok := setDefOf(e.Set)
-	if !ok || !d.versioned || len(e.Key) < 20 {
+	if !ok || d.gen == 0 {
 		return 0, false
 	}
-	return binary.BigEndian.Uint32(e.Key[16:20]), true
+	return d.gen - 1, true
 }
 
-// Live returns p without the elements of superseded versions (which can
-// no longer match, see MapVersion).
+// Live returns p without the allow elements of the generation that is not
+// p's (which can no longer match, see SetGenerationA); for Version 0,
+// without any allow element. The generation sets' elements are kept, so a
+// link found in both stays visible.
 func (p HostPart) Live() HostPart {
 	out := HostPart{Iface: p.Iface, Version: p.Version}
 	for _, e := range p.Elements {
-		if v, ok := elementVersion(e); ok && v != p.Version {
+		if g, ok := elementGeneration(e); ok && (p.Version == 0 || g != GenerationOf(p.Version)) {
 			continue
 		}
 		out.Elements = append(out.Elements, e)
+	}
+	return out
+}
+
+// Superseded returns p's allow elements of the generation that is not
+// p's: those PruneHost deletes.
+func (p HostPart) Superseded() []Element {
+	var out []Element
+	for _, e := range p.Elements {
+		if g, ok := elementGeneration(e); ok && (p.Version == 0 || g != GenerationOf(p.Version)) {
+			out = append(out, e)
+		}
 	}
 	return out
 }
@@ -297,7 +382,6 @@ func (p HostPart) Live() HostPart {
 func kAddr(a netip.Addr) []byte { b := a.As4(); return b[:] }
 func kProto(p byte) []byte      { return []byte{p, 0, 0, 0} }
 func kPort(p uint16) []byte     { return []byte{byte(p >> 8), byte(p), 0, 0} }
-func kVer(v uint32) []byte      { return binary.BigEndian.AppendUint32(nil, v) }
 
 func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
@@ -396,9 +480,10 @@ func disjointBoxes(in []box) []box {
 }
 
 // BuildHost returns the sandbox's part of the shared host table: its link,
-// its source address, its egress services and their redirects, and, as
-// elements of the given version (not 0), its first deny tier and its allow
-// rules, all as elements of the fixed sets.
+// its source address, its egress services and their redirects, its first
+// deny tier, and, as elements of the generation of the given version (not
+// 0), its allow rules and its entry in that generation's set, all as
+// elements of the fixed sets.
 func BuildHost(t *Target, version uint32) (HostPart, error) {
 	if err := t.Validate(); err != nil {
 		return HostPart{}, err
@@ -407,14 +492,14 @@ func BuildHost(t *Target, version uint32) (HostPart, error) {
 		return HostPart{}, fmt.Errorf("firewall target %s: policy version 0", t.HostIf)
 	}
 	ifb := ifnameBytes(t.HostIf)
-	vb := cat(ifb, kVer(version))
+	gen := generations[GenerationOf(version)]
 	part := HostPart{Iface: t.HostIf, Version: version}
 	add := func(set string, key, end, val []byte) {
 		part.Elements = append(part.Elements, Element{Set: set, Key: key, KeyEnd: end, Val: val})
 	}
 	add(SetLinks, ifb, nil, nil)
 	add(SetSources, cat(ifb, kAddr(t.SandboxAddr)), nil, nil)
-	add(MapVersion, ifb, nil, kVer(version))
+	add(gen.set, ifb, nil, nil)
 	for _, s := range services(t) {
 		add(SetServices, cat(ifb, kAddr(t.HostAddr), kProto(s.proto), kPort(s.port)), nil, nil)
 		add(MapRedirect, cat(ifb, kAddr(t.HostAddr), kProto(s.proto), kPort(s.std)), nil, binary.BigEndian.AppendUint16(nil, s.port))
@@ -431,12 +516,12 @@ func BuildHost(t *Target, version uint32) (HostPart, error) {
 	for i, rules := range tierRules(t) {
 		any, boxes := tierSpans(rules)
 		for _, s := range any {
-			add(tiers[i].any, cat(vb, kAddr(u32Addr(s.lo))), cat(vb, kAddr(u32Addr(s.hi))), nil)
+			add(gen.tiers[i].any, cat(ifb, kAddr(u32Addr(s.lo))), cat(ifb, kAddr(u32Addr(s.hi))), nil)
 		}
 		for _, pb := range boxes {
-			add(tiers[i].ports,
-				cat(vb, kAddr(u32Addr(pb.addr.lo)), kProto(pb.proto), kPort(uint16(pb.port.lo))),
-				cat(vb, kAddr(u32Addr(pb.addr.hi)), kProto(pb.proto), kPort(uint16(pb.port.hi))), nil)
+			add(gen.tiers[i].ports,
+				cat(ifb, kAddr(u32Addr(pb.addr.lo)), kProto(pb.proto), kPort(uint16(pb.port.lo))),
+				cat(ifb, kAddr(u32Addr(pb.addr.hi)), kProto(pb.proto), kPort(uint16(pb.port.hi))), nil)
 		}
 	}
 	sortElements(part.Elements)
@@ -541,11 +626,15 @@ func services(t *Target) []service {
 // BuildHostBase returns the base chains of the shared host table. Their
 // policy is accept and every rule first matches a sandbox link (through
 // the sets), so traffic that is no sandbox's is left to the host's other
-// rules. One rule is not a sandbox's: IPv4 forwarding is decided by the
-// input interface, so turning it on for an uplink (for replies to
-// sandboxes) would make the host route anything arriving there to any
-// interface. A packet from an uplink in SetUplinks that was not accepted
-// as a reply to a sandbox is dropped.
+// rules. A link's forwarded packets that are no replies meet the allow
+// rules and denials tier by tier (see tierRules), each allow rule once per
+// generation and bound to the links of that generation, then the default
+// deny; a link in neither generation set is allowed nothing. One rule is
+// not a sandbox's: IPv4 forwarding is decided by the input interface, so
+// turning it on for an uplink (for replies to sandboxes) would make the
+// host route anything arriving there to any interface. A packet from an
+// uplink in SetUplinks that was not accepted as a reply to a sandbox is
+// dropped.
 func BuildHostBase() []Chain {
 	fromLink := lookup(expr.MetaKeyIIFNAME, SetLinks)
 	fwd := []Rule{
@@ -553,18 +642,19 @@ func BuildHostBase() []Chain {
 		rule("from sandboxes: own source only", fromLink, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 12, SetSources, true), drop()),
 		rule("from sandboxes: replies", fromLink, ctEstablished(), accept()),
 	}
-	for i, tr := range tiers {
-		fwd = append(fwd,
-			rule("allow: "+tr.ports, ipv4(), versionedLookup(true, tr.ports), accept()),
-			rule("allow: "+tr.any, ipv4(), versionedLookup(false, tr.any), accept()),
-		)
+	for i := range generations[0].tiers {
+		for _, g := range generations {
+			tr := g.tiers[i]
+			fwd = append(fwd,
+				rule("allow: "+tr.ports, ipv4(), lookup(expr.MetaKeyIIFNAME, g.set), ifAddrProtoPortLookup(tr.ports), accept()),
+				rule("allow: "+tr.any, ipv4(), lookup(expr.MetaKeyIIFNAME, g.set), ifAddrLookup(expr.MetaKeyIIFNAME, 16, tr.any, false), accept()),
+			)
+		}
 		switch i {
 		case 0:
 			fwd = append(fwd, rule("deny: "+SetDenyLocal, ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 16, SetDenyLocal, false), drop()))
 		case 1:
-			for _, p := range InternalRanges {
-				fwd = append(fwd, rule("deny "+p.String(), fromLink, ipv4(), addr(16, expr.CmpOpEq, p), drop()))
-			}
+			fwd = append(fwd, rule("deny: "+SetDenyInternal, fromLink, ipv4(), outLookup(SetDenyInternal, false), drop()))
 		}
 	}
 	fwd = append(fwd,
@@ -580,7 +670,13 @@ func BuildHostBase() []Chain {
 		rule("from sandboxes: egress services", ipv4(), ifAddrProtoPortLookup(SetServices), accept()),
 		rule("from sandboxes: default deny", fromLink, drop()),
 	}
-	pre := []Rule{rule("from sandboxes: egress services", ipv4(), ifAddrProtoPort(), redirectMap(MapRedirect))}
+	// One rule per protocol: nft parses a redirect to a port only after
+	// a match of the protocol, so a listing of one rule for both would
+	// not load again.
+	pre := []Rule{
+		rule("from sandboxes: egress services (tcp)", ipv4(), l4proto(unix.IPPROTO_TCP), ifAddrProtoPort(), redirectMap(MapRedirect)),
+		rule("from sandboxes: egress services (udp)", ipv4(), l4proto(unix.IPPROTO_UDP), ifAddrProtoPort(), redirectMap(MapRedirect)),
+	}
 	post := []Rule{rule("from sandboxes: NAT to the uplink", ipv4(), ifAddrLookup(expr.MetaKeyIIFNAME, 12, SetSources, false), masquerade())}
 	return []Chain{
 		{Name: "forward", Type: nftables.ChainTypeFilter, Hook: hookRef(*nftables.ChainHookForward), Priority: prioRef(prioFilter), Policy: &policyAccept, Rules: fwd},
@@ -600,23 +696,6 @@ func ifAddrLookup(key expr.MetaKey, offset uint32, set string, invert bool) []ex
 		&expr.Payload{DestRegister: regW8, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
 		&expr.Lookup{SourceRegister: regIf, SetName: set, Invert: invert},
 	}
-}
-
-// versionedLookup matches "iifname . version . ip daddr [. meta l4proto .
-// th dport]" against set, the version being the link's live one
-// (MapVersion); a link without one matches nothing.
-func versionedLookup(ports bool, set string) []expr.Any {
-	out := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: regIf},
-		&expr.Lookup{SourceRegister: regIf, SetName: MapVersion, DestRegister: regW8, IsDestRegSet: true},
-		&expr.Payload{DestRegister: regW9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-	}
-	if ports {
-		out = append(out,
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regW10},
-			&expr.Payload{DestRegister: regW11, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
-	}
-	return append(out, &expr.Lookup{SourceRegister: regIf, SetName: set})
 }
 
 // ifAddrProtoPort loads "iifname . ip daddr . meta l4proto . th dport".

@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -21,7 +20,7 @@ func EnsureHostBase(c *nftables.Conn) error {
 	if verifyHostBase(c, base) == nil {
 		return nil
 	}
-	// A table of the earlier layout whose maps still name links would
+	// A table of an earlier layout whose maps still name links would
 	// lose those sandboxes' host-side rules and NAT in the rewrite: fail
 	// closed until they are gone (their owner removes their entries, or
 	// gc removes the entries of links that no longer exist).
@@ -38,6 +37,11 @@ func EnsureHostBase(c *nftables.Conn) error {
 			return fmt.Errorf("apply host base: set %s: %w", d.name, err)
 		}
 	}
+	d, _ := setDefOf(SetDenyInternal)
+	c.FlushSet(d.nft(t))
+	if err := queueElements(c, nil, hostBaseElements()); err != nil {
+		return fmt.Errorf("apply host base: %w", err)
+	}
 	for i := range base {
 		nc := addChain(c, t, &base[i])
 		c.FlushChain(nc)
@@ -50,13 +54,25 @@ func EnsureHostBase(c *nftables.Conn) error {
 }
 
 // verifyHostBase checks that the base chains are hooked with exactly the
-// built rules and that every set exists with the built key, flags and
-// value type.
+// built rules, that every set exists with the built key, flags and value
+// type, and that SetDenyInternal holds InternalRanges.
 func verifyHostBase(c *nftables.Conn, base []Chain) error {
 	if err := verifyChains(c, base); err != nil {
 		return err
 	}
-	return verifySets(c, hostSets)
+	if err := verifySets(c, hostSets); err != nil {
+		return err
+	}
+	d, _ := setDefOf(SetDenyInternal)
+	els, err := c.GetSetElements(d.nft(table()))
+	if err != nil {
+		return fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
+	}
+	var got []Element
+	for _, el := range els {
+		got = append(got, elementOf(d, el))
+	}
+	return compareElements("set "+SetDenyInternal, got, hostBaseElements())
 }
 
 // verifySets checks that every set of defs exists in IronClaw's table
@@ -183,47 +199,68 @@ func ApplyHost(c *nftables.Conn, part *HostPart) error {
 	return ApplyHostChanges(c, nil, part)
 }
 
-// ApplyHostChanges is ApplyHost for a host table known to hold prev (the
-// sandbox's last part applied and verified, or an empty HostPart for a
-// link that has none yet): it writes only the difference, in one
-// transaction, without reading anything. A nil prev is read from the
-// kernel. The caller verifies afterwards, which catches a prev that was
-// not true.
+// ApplyHostChanges is ApplyHostHeld without its result.
 func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
+	_, err := ApplyHostHeld(c, prev, part)
+	return err
+}
+
+// ApplyHostHeld is ApplyHost for a host table known to hold prev for the
+// link: every element the kernel holds for it, of both generations (what
+// the last ApplyHostHeld returned and its verification confirmed, pruned
+// or not; or an empty HostPart for a link that has none yet). It writes
+// only the difference, in one transaction, without reading anything: it
+// adds part's missing elements and deletes the link's other elements,
+// except the allow elements of the generation that is not part's, which
+// are left for PruneHost (no packet reaches them once the link is in
+// part's generation set). A nil prev is read from the kernel, and then
+// every element of the link that part does not have is deleted, of both
+// generations: what the kernel holds then is what the link's owner knows
+// of, whoever wrote the rest (an earlier owner of the link's name, a
+// change that failed). It returns what the kernel then holds for the
+// link, for the next call. The caller verifies afterwards, which catches a
+// prev that was not true, except for an element that prev does not name
+// (an allow element of part's generation, the link in the other
+// generation's set): only a full verification (VerifyHostPart) sees that.
+// (Taking the link out of the other set whatever prev says, by adding and
+// deleting it in the same transaction, made each such commit as slow as
+// an interval element's deletion in BenchmarkPerPacket's set-up: tens of
+// times a plain commit.)
+func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
+	keepSuperseded := prev != nil
 	if prev == nil {
 		cur, err := ReadHostPart(c, part.Iface)
 		if err != nil {
-			return fmt.Errorf("apply host ruleset: %w", err)
+			return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
 		}
 		prev = &cur
 	}
-	del, add := diffElements(prev.Elements, part.Elements)
-	// Elements of another version than part's are left for PruneHost: no
-	// lookup reaches them once the link's version is part's.
-	del = slices.DeleteFunc(del, func(e Element) bool {
-		v, ok := elementVersion(e)
-		return ok && v != part.Version
-	})
+	held := HostPart{Iface: part.Iface, Version: part.Version, Elements: slices.Clone(part.Elements)}
+	if keepSuperseded && part.Version != 0 {
+		held.Elements = append(held.Elements, (&HostPart{Iface: part.Iface, Version: part.Version, Elements: prev.Elements}).Superseded()...)
+		sortElements(held.Elements)
+	}
+	del, add := diffElements(prev.Elements, held.Elements)
 	if len(del)+len(add) == 0 {
-		return nil
+		return held, nil
 	}
 	if err := queueElements(c, del, add); err != nil {
-		return fmt.Errorf("apply host ruleset: %w", err)
+		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply host ruleset: %w", err)
+		return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
 	}
-	return nil
+	return held, nil
 }
 
 // ReadHostPart reads the elements of the link hostIf back from the host
 // table's sets: every element whose key starts with its interface name.
 // A set that does not exist holds nothing.
 func ReadHostPart(c *nftables.Conn, hostIf string) (HostPart, error) {
-	return readHostPart(c, hostIf, false)
+	return readHostPart(c, hostIf, sandboxSets(), false)
 }
 
-func readHostPart(c *nftables.Conn, hostIf string, onlyExisting bool) (HostPart, error) {
+func readHostPart(c *nftables.Conn, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
 	part := HostPart{Iface: hostIf}
 	t := table()
 	var exists map[string]bool
@@ -238,7 +275,8 @@ func readHostPart(c *nftables.Conn, hostIf string, onlyExisting bool) (HostPart,
 		}
 	}
 	prefix := ifnameBytes(hostIf)
-	for _, d := range sandboxSets() {
+	var inGen [2]bool
+	for _, d := range defs {
 		if exists != nil && !exists[d.name] {
 			continue
 		}
@@ -251,11 +289,19 @@ func readHostPart(c *nftables.Conn, hostIf string, onlyExisting bool) (HostPart,
 				continue
 			}
 			e := elementOf(d, el)
-			if d.name == MapVersion && len(e.Val) == 4 {
-				part.Version = binary.BigEndian.Uint32(e.Val)
+			for g := range generations {
+				if d.name == generations[g].set {
+					inGen[g] = true
+				}
 			}
 			part.Elements = append(part.Elements, e)
 		}
+	}
+	switch {
+	case inGen[0] && !inGen[1]:
+		part.Version = 1
+	case inGen[1] && !inGen[0]:
+		part.Version = 2
 	}
 	sortElements(part.Elements)
 	return part, nil
@@ -272,17 +318,22 @@ func VerifyHost(c *nftables.Conn, part *HostPart) error {
 
 // VerifyHostPart is VerifyHost without the base chains and sets, for a
 // caller that has just verified them (EnsureHostBase): the kernel must hold
-// exactly part's elements for the link, no fewer and no more, its live
-// version being part's. Elements of superseded versions, which no lookup
-// reaches, are not compared.
+// exactly part's elements for the link, no fewer and no more, the link
+// being in the set of part's generation only. Allow elements of the other
+// generation, which no packet reaches, are not compared.
 func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
 	all, err := ReadHostPart(c, part.Iface)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrVerify, err)
 	}
-	if all.Version != part.Version {
-		return fmt.Errorf("%w: host elements of %s: live version %d, want %d", ErrVerify, part.Iface, all.Version, part.Version)
+	if part.Version == 0 {
+		// No generation is live: nothing of either may be there.
+		return compareElements("host "+part.Iface, all.Elements, part.Elements)
 	}
+	if all.Version == 0 || GenerationOf(all.Version) != GenerationOf(part.Version) {
+		return fmt.Errorf("%w: host elements of %s: the link is not in %s alone", ErrVerify, part.Iface, generations[GenerationOf(part.Version)].set)
+	}
+	all.Version = part.Version
 	return compareElements("host "+part.Iface, all.Live().Elements, part.Elements)
 }
 
@@ -300,14 +351,16 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
 		return nil
 	}
-	cur, err := readHostPart(c, hostIf, true)
+	// The sets of the layout before generations too, while they exist:
+	// a sandbox of that layout reclaimed by this build goes entirely.
+	cur, err := readHostPart(c, hostIf, append(sandboxSets(), oldVersionedSets...), true)
 	if err != nil {
 		return fmt.Errorf("remove host ruleset: %w", err)
 	}
 	if len(cur.Elements) == 0 {
 		return nil
 	}
-	if err := queueElements(c, cur.Elements, nil); err != nil {
+	if err := queueSetElements(c, append(sandboxSets(), oldVersionedSets...), cur.Elements, nil); err != nil {
 		return fmt.Errorf("remove host ruleset: %w", err)
 	}
 	if err := c.Flush(); err != nil {
@@ -316,21 +369,22 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 	return nil
 }
 
-// PruneHost deletes the link's elements of versions older than its live
-// one, which no lookup reaches any more, in one transaction. It never
-// deletes an element of the live version or of a newer one (a change
-// made while it reads), so it may run beside ApplyHostChanges.
+// PruneHost deletes the link's allow elements of the generation that is
+// not live, which no packet reaches any more, in one transaction, and
+// returns how many it deleted. A link in neither generation set, or in
+// both, is left alone, with an error (ErrVerify): which elements are
+// superseded is then unknown. The generation's keys are reused by the
+// change after next, so PruneHost must not run beside a change of the same
+// link: the caller serializes them (Net does).
 func PruneHost(c *nftables.Conn, hostIf string) (int, error) {
-	cur, err := readHostPart(c, hostIf, true)
+	cur, err := readHostPart(c, hostIf, sandboxSets(), true)
 	if err != nil {
 		return 0, fmt.Errorf("prune host ruleset: %w", err)
 	}
-	var old []Element
-	for _, e := range cur.Elements {
-		if v, ok := elementVersion(e); ok && v < cur.Version {
-			old = append(old, e)
-		}
+	if cur.Version == 0 {
+		return 0, fmt.Errorf("prune host ruleset: %w: link %s is in neither or both of %s and %s", ErrVerify, hostIf, SetGenerationA, SetGenerationB)
 	}
+	old := cur.Superseded()
 	if len(old) == 0 {
 		return 0, nil
 	}

@@ -152,7 +152,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 		}
 	}
 	// An element no part knows of goes too.
-	stray := Element{Set: SetAllowPublic, Key: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1"))), KeyEnd: cat(ifnameBytes(a.HostIf), kVer(1), kAddr(netip.MustParseAddr("192.0.2.1")))}
+	stray := Element{Set: SetAllowPublicB, Key: cat(ifnameBytes(a.HostIf), kAddr(netip.MustParseAddr("192.0.2.1"))), KeyEnd: cat(ifnameBytes(a.HostIf), kAddr(netip.MustParseAddr("192.0.2.1")))}
 	withStray := HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), stray)}
 	if err := ApplyHostChanges(c, &pa, &withStray); err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	if err := VerifyHost(c, &pb); err != nil {
 		t.Fatalf("the other sandbox was disturbed: %v", err)
 	}
-	// A policy change switches b's version without deleting the old
+	// A policy change switches b's generation without deleting the old
 	// elements; PruneHost deletes them, and only them.
 	b2 := *b
 	b2.Policy, _ = ParsePolicy([]string{"203.0.113.7:80/tcp"})
@@ -193,6 +193,10 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	}
 	if err := VerifyHost(c, &HostPart{Iface: a.HostIf}); err != nil {
 		t.Fatalf("after removal: %v", err)
+	}
+	// Without a live generation, nothing is known to be superseded.
+	if n, err := PruneHost(c, a.HostIf); !errors.Is(err, ErrVerify) || n != 0 {
+		t.Fatalf("prune of a link in no generation: %d, %v", n, err)
 	}
 	rules, err := c.GetRules(other, oc)
 	if err != nil || len(rules) != 1 {
@@ -302,14 +306,14 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		return i
 	}
 	mutate("element not in the kernel", func(p *HostPart) {
-		e := p.Elements[idx(SetAllowPublic)]
+		e := p.Elements[idx(SetAllowPublicA)]
 		e.Key = slices.Clone(e.Key)
 		e.Key[len(e.Key)-2] = 7 // 198.51.7.0
 		e.KeyEnd = slices.Clone(e.Key)
 		p.Elements = append(p.Elements, e)
 	})
 	mutate("range ends elsewhere", func(p *HostPart) {
-		i := idx(SetAllowPublic)
+		i := idx(SetAllowPublicA)
 		p.Elements[i].KeyEnd = slices.Clone(p.Elements[i].KeyEnd)
 		p.Elements[i].KeyEnd[len(p.Elements[i].KeyEnd)-1] = 0x7f
 	})
@@ -317,7 +321,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		i := idx(MapRedirect)
 		p.Elements[i].Val = []byte{0, 1}
 	})
-	mutate("not the live version", func(p *HostPart) {
+	mutate("not the live generation", func(p *HostPart) {
 		pa2, _ := BuildHost(a, 4)
 		*p = pa2
 	})
@@ -326,6 +330,37 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 		p.Elements[len(p.Elements)-1].Key = slices.Clone(pb.Elements[0].Key)
 		copy(p.Elements[len(p.Elements)-1].Key, ifnameBytes("icnobody"))
 	})
+	// The link in the other generation's set too (both policies would
+	// apply), put there behind the owner's back: reading by key does
+	// not look there, the full verification does, and an apply that
+	// reads the link's elements first takes it out.
+	otherGen := Element{Set: SetGenerationB, Key: ifnameBytes(a.HostIf)}
+	both := &HostPart{Iface: a.HostIf, Elements: append(slices.Clone(pa.Elements), otherGen)}
+	if err := ApplyHostChanges(c, &pa, both); err != nil {
+		t.Fatal(err)
+	}
+	r = reader()
+	if in, err := r.Has(otherGen); err != nil || !in {
+		t.Fatalf("Has(%s) = %v, %v", otherGen, in, err)
+	}
+	if err := VerifyHostPart(c, &pa); !errors.Is(err, ErrVerify) {
+		t.Errorf("in both generations: VerifyHostPart passed (%v)", err)
+	}
+	a3 := *a
+	a3.Policy, _ = ParsePolicy([]string{"192.0.2.0/24"})
+	pa3, _ := BuildHost(&a3, 3)
+	if err := ApplyHost(c, &pa3); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := r.Has(otherGen); err != nil || in {
+		t.Fatalf("after the next apply: Has(%s) = %v, %v", otherGen, in, err)
+	}
+	if err := VerifyHostElements(r, &pa3); err != nil {
+		t.Fatalf("a reader is reused after Has found nothing: %v", err)
+	}
+	if err := VerifyHostPart(c, &pa3); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestRemoveOldLayoutKernel builds a host table of the earlier layout

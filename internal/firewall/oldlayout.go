@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -25,17 +26,72 @@ import (
 // oldHostMaps are the names of the earlier layout's verdict maps.
 var oldHostMaps = []string{"fwd_in", "fwd_out", "local_in", "nat_pre", "nat_post"}
 
+// The layout that came next (before generations) kept one fixed ruleset
+// too, but its allow sets had a version field after the link
+// ("link . version . address range [. protocol . port range]") and the
+// forward chain looked them up with the key "iifname . (iifname map
+// @version) . ip daddr ...": a map lookup's result inside a concatenation,
+// which the kernel runs but nft 1.0.6 can neither parse nor list (`nft
+// list ruleset` aborted). Its sets keep their names in this layout (links,
+// sources, ...) except the map "version", the versioned allow sets and the
+// map "redirect" (now "redirects": nft's parser takes "redirect" for its
+// keyword), whose names the current layout does not use. While "version" holds
+// entries (live sandboxes of that build), EnsureHostBase refuses to rewrite
+// the base chains, as for the earlier layout; RemoveHost deletes a link's
+// elements from these sets too, DeleteOldLayoutLinks deletes the "version"
+// entries of links that are gone, and RemoveOldLayout deletes the sets
+// once no rule looks them up.
+
+// oldVersionMap is the name of that layout's map from link to version.
+const oldVersionMap = "version"
+
+// oldVersionedSets are that layout's sets whose names the current one
+// does not use.
+var oldVersionedSets = []setDef{
+	{name: oldVersionMap, fields: []nftables.SetDatatype{fIf}, data: &fVer},
+	{name: "redirect", fields: []nftables.SetDatatype{fIf, fAddr, fProto, fPort}, data: &fPort},
+	{name: "allow_local", fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true},
+	{name: "allow_local_ports", fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true},
+	{name: "allow_internal", fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true},
+	{name: "allow_internal_ports", fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true},
+	{name: "allow_public", fields: []nftables.SetDatatype{fIf, fVer, fAddr}, interval: true},
+	{name: "allow_public_ports", fields: []nftables.SetDatatype{fIf, fVer, fAddr, fProto, fPort}, interval: true},
+}
+
+// oldObject returns how RemoveOldLayout names s ("map NAME", "set NAME")
+// when s is a set or map of an earlier layout, and "" otherwise.
+func oldObject(s *nftables.Set) string {
+	switch {
+	case slices.Contains(oldHostMaps, s.Name) && verdictMap(s):
+		return "map " + s.Name
+	case verdictMap(s):
+		return ""
+	}
+	for _, d := range oldVersionedSets {
+		switch {
+		case d.name != s.Name || s.IsMap != (d.data != nil):
+		case s.IsMap:
+			return "map " + s.Name
+		default:
+			return "set " + s.Name
+		}
+	}
+	return ""
+}
+
 // OldChainPrefix prefixes the names of the earlier layout's per-sandbox
 // chains.
 const OldChainPrefix = "ic-"
 
 // RemoveOldLayout deletes, in one transaction, the objects of the earlier
-// host layout left in IronClaw's host table that nothing uses: the verdict
-// maps of oldHostMaps that no rule looks up, and the regular chains named
-// OldChainPrefix… that no rule outside them jumps to and no other verdict
-// map holds. Base chains, the current layout's sets and anything else are
-// never touched, nor any other table. It returns what it deleted ("map
-// NAME", "chain NAME"); without the table it does nothing.
+// host layouts left in IronClaw's host table that nothing uses: the
+// verdict maps of oldHostMaps, the map "version" and the versioned allow
+// sets (oldVersionedSets) that no rule looks up, and the regular chains
+// named OldChainPrefix… that no rule outside them jumps to and no other
+// verdict map holds. Base chains, the current layout's sets and chains and
+// anything else are never touched, nor any other table. It returns what it
+// deleted ("map NAME", "set NAME", "chain NAME"); without the table it
+// does nothing.
 func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 	t := table()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
@@ -55,9 +111,6 @@ func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 	}
 	oldChain := func(ch *nftables.Chain) bool {
 		return ch.Hooknum == nil && strings.HasPrefix(ch.Name, OldChainPrefix)
-	}
-	oldMap := func(s *nftables.Set) bool {
-		return slices.Contains(oldHostMaps, s.Name) && verdictMap(s)
 	}
 	// What the rest of the table uses: sets looked up and chains jumped to
 	// from chains that stay, and chains held by verdict maps that stay.
@@ -87,7 +140,7 @@ func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 	}
 	var maps []*nftables.Set
 	for _, s := range sets {
-		if oldMap(s) && !usedSets[s.Name] {
+		if oldObject(s) != "" && !usedSets[s.Name] {
 			maps = append(maps, s)
 			continue
 		}
@@ -110,7 +163,7 @@ func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 		// within this transaction, so the chains can go in it too.
 		c.FlushSet(s)
 		c.DelSet(s)
-		removed = append(removed, "map "+s.Name)
+		removed = append(removed, oldObject(s))
 	}
 	for _, ch := range chains {
 		if ch.Table.Name == TableName && oldChain(ch) && !usedChains[ch.Name] {
@@ -158,9 +211,10 @@ func verdictChain(val []byte) string {
 	return chain
 }
 
-// OldLayoutLinks returns the interface names the earlier layout's verdict
-// maps in IronClaw's host table still hold entries for (sorted, without
-// duplicates); none without the table or the maps.
+// OldLayoutLinks returns the interface names the earlier layouts' maps in
+// IronClaw's host table (the verdict maps, and the map "version") still
+// hold entries for (sorted, without duplicates); none without the table
+// or the maps.
 func OldLayoutLinks(c *nftables.Conn) ([]string, error) {
 	maps, err := oldLayoutMaps(c)
 	if err != nil {
@@ -173,7 +227,7 @@ func OldLayoutLinks(c *nftables.Conn) ([]string, error) {
 			return nil, fmt.Errorf("old host layout: elements of %s: %w", s.Name, err)
 		}
 		for _, el := range els {
-			if n := strings.TrimRight(string(el.Key), "\x00"); n != "" {
+			if n := keyLink(el.Key); n != "" {
 				links = append(links, n)
 			}
 		}
@@ -183,9 +237,9 @@ func OldLayoutLinks(c *nftables.Conn) ([]string, error) {
 }
 
 // DeleteOldLayoutLinks deletes, in one transaction, the entries of the
-// earlier layout's verdict maps keyed by the interface names links (those
-// of sandboxes that no longer exist), so that EnsureHostBase may rewrite
-// the table and RemoveOldLayout remove what is left.
+// earlier layouts' maps keyed by the interface names links (those of
+// sandboxes that no longer exist), so that EnsureHostBase may rewrite the
+// table and RemoveOldLayout remove what is left.
 func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
 	if len(links) == 0 {
 		return nil
@@ -202,7 +256,7 @@ func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
 		}
 		var del []nftables.SetElement
 		for _, el := range els {
-			if slices.Contains(links, strings.TrimRight(string(el.Key), "\x00")) {
+			if slices.Contains(links, keyLink(el.Key)) {
 				del = append(del, nftables.SetElement{Key: el.Key})
 			}
 		}
@@ -223,8 +277,8 @@ func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
 	return nil
 }
 
-// oldLayoutMaps returns the earlier layout's verdict maps present in
-// IronClaw's host table.
+// oldLayoutMaps returns the earlier layouts' maps keyed by link present in
+// IronClaw's host table: the verdict maps and the map "version".
 func oldLayoutMaps(c *nftables.Conn) ([]*nftables.Set, error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -239,9 +293,19 @@ func oldLayoutMaps(c *nftables.Conn) ([]*nftables.Set, error) {
 	}
 	var maps []*nftables.Set
 	for _, s := range sets {
-		if slices.Contains(oldHostMaps, s.Name) && verdictMap(s) {
+		if strings.HasPrefix(oldObject(s), "map ") {
 			maps = append(maps, s)
 		}
 	}
 	return maps, nil
+}
+
+// keyLink returns the interface name a key starts with (its first
+// IFNAMSIZ bytes, up to the first NUL).
+func keyLink(key []byte) string {
+	key = key[:min(len(key), unix.IFNAMSIZ)]
+	if i := bytes.IndexByte(key, 0); i >= 0 {
+		key = key[:i]
+	}
+	return string(key)
 }

@@ -105,11 +105,6 @@ func concatLookup(ex []expr.Any) (string, int) {
 				if _, ok := ex[i+1].(*expr.Redir); ok {
 					return fmt.Sprintf("redirect to : %s map @%s", key, e.SetName), i + 2
 				}
-				if len(names) > 0 {
-					// A map result that becomes the next field.
-					names = append(names, fmt.Sprintf("(%s map @%s)", names[len(names)-1], e.SetName))
-					continue
-				}
 			}
 			return fmt.Sprintf("%s %s@%s", key, invName(e.Invert), e.SetName), i + 1
 		default:

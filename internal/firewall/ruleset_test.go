@@ -31,6 +31,10 @@ type packet struct {
 // or "" when no rule decided.
 func eval(t *testing.T, rules []Rule, p packet, els ...Element) string {
 	t.Helper()
+	if !slices.ContainsFunc(els, func(e Element) bool { return e.Set == SetDenyInternal }) {
+		// The host table's own elements.
+		els = append(slices.Clone(els), hostBaseElements()...)
+	}
 	for _, r := range rules {
 		// The register file in 32-bit words; NFT_REG_1 and NFT_REG32_00
 		// both start at word 4, as in the kernel.
@@ -283,7 +287,7 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 			if got := fwdIn(other); got != "" {
 				t.Fatalf("non-sandbox IPv6 traffic: host forward decided %q", got)
 			}
-			// A link with no source, services or live version passes
+			// A link with no source, services or live generation passes
 			// nothing.
 			closed := closedPart(tg.HostIf).Elements
 			for _, q := range []packet{p, est(p), {nfproto: unix.NFPROTO_IPV4, l4proto: proto, saddr: dst, daddr: tg.SandboxAddr, dport: port, iif: "eth0", oif: tg.HostIf, established: true}} {
@@ -301,7 +305,7 @@ func TestBuiltRulesMatchModel(t *testing.T) {
 func est(p packet) packet { p.established = true; return p }
 
 // closedPart is the host part of a link that is in SetLinks but has no
-// source address, no services and no live version.
+// source address, no services and no live generation.
 func closedPart(hostIf string) HostPart {
 	return HostPart{Iface: hostIf, Elements: []Element{{Set: SetLinks, Key: ifnameBytes(hostIf)}}}
 }
@@ -366,11 +370,13 @@ func TestHostServices(t *testing.T) {
 	}
 }
 
-// TestVersionSwitch checks that a link's superseded elements are inert:
-// with a wide policy's elements (version 1) still in the sets and the
-// narrow one's (version 2) live, the forward chain decides as the narrow
-// policy says; and that version 0 is refused.
-func TestVersionSwitch(t *testing.T) {
+// TestGenerationSwitch checks that a link's superseded elements are inert:
+// with a wide policy's elements (generation a, version 1) still in the
+// sets and the narrow one's (generation b, version 2) live, the forward
+// chain decides as the narrow policy says, and then as the wide one says
+// once version 3 (generation a again) replaces them; a link in no
+// generation set is denied everything; and version 0 is refused.
+func TestGenerationSwitch(t *testing.T) {
 	wide, narrow := testTarget(t, "0.0.0.0/0", "10.0.0.0/8"), testTarget(t, "203.0.113.10:443/tcp")
 	pw, err := BuildHost(wide, 1)
 	if err != nil {
@@ -380,32 +386,44 @@ func TestVersionSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var els []Element
-	for _, e := range pw.Elements {
-		if _, ok := elementVersion(e); ok {
-			els = append(els, e)
-		}
+	if GenerationOf(1) != 0 || GenerationOf(2) != 1 || GenerationOf(3) != 0 {
+		t.Fatalf("generations of 1, 2, 3: %d %d %d", GenerationOf(1), GenerationOf(2), GenerationOf(3))
 	}
-	els = append(els, pn.Elements...)
+	els := append(slices.Clone(pn.Elements), (&HostPart{Iface: pw.Iface, Version: 2, Elements: pw.Elements}).Superseded()...)
 	fwd := BuildHostBase()[0].Rules
-	for _, c := range []struct {
-		dst   string
-		proto byte
-		port  uint16
-	}{{"203.0.113.10", unix.IPPROTO_TCP, 443}, {"203.0.113.10", unix.IPPROTO_TCP, 80}, {"8.8.8.8", unix.IPPROTO_UDP, 53}, {"10.1.2.3", unix.IPPROTO_TCP, 443}} {
-		dst := netip.MustParseAddr(c.dst)
-		want := "drop"
-		if narrow.Allows(dst, c.proto, c.port) {
-			want = "accept"
-		}
-		p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: c.proto, saddr: narrow.SandboxAddr, daddr: dst, dport: c.port, iif: narrow.HostIf, oif: "eth0"}
-		if got := eval(t, fwd, p, els...); got != want {
-			t.Errorf("%s %d:%d with version 1 superseded: %s, want %s", c.dst, c.proto, c.port, got, want)
+	check := func(what string, allows func(netip.Addr, byte, uint16) bool, els []Element) {
+		t.Helper()
+		for _, c := range []struct {
+			dst   string
+			proto byte
+			port  uint16
+		}{{"203.0.113.10", unix.IPPROTO_TCP, 443}, {"203.0.113.10", unix.IPPROTO_TCP, 80}, {"8.8.8.8", unix.IPPROTO_UDP, 53}, {"10.1.2.3", unix.IPPROTO_TCP, 443}} {
+			dst := netip.MustParseAddr(c.dst)
+			want := "drop"
+			if allows(dst, c.proto, c.port) {
+				want = "accept"
+			}
+			p := packet{nfproto: unix.NFPROTO_IPV4, l4proto: c.proto, saddr: narrow.SandboxAddr, daddr: dst, dport: c.port, iif: narrow.HostIf, oif: "eth0"}
+			if got := eval(t, fwd, p, els...); got != want {
+				t.Errorf("%s: %s %d:%d: %s, want %s", what, c.dst, c.proto, c.port, got, want)
+			}
 		}
 	}
+	check("generation b live, a superseded", narrow.Allows, els)
 	if live := (HostPart{Iface: narrow.HostIf, Version: 2, Elements: els}).Live(); len(live.Elements) != len(pn.Elements) {
 		t.Errorf("Live kept %d elements, want %d", len(live.Elements), len(pn.Elements))
 	}
+	pw3, err := BuildHost(wide, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.EqualFunc(pw3.Elements, pw.Elements, func(a, b Element) bool { return a.id() == b.id() }) {
+		t.Errorf("versions 1 and 3 (both generation a) built different elements")
+	}
+	els3 := append(slices.Clone(pw3.Elements), (&HostPart{Iface: pw.Iface, Version: 3, Elements: pn.Elements}).Superseded()...)
+	check("generation a live again, b superseded", wide.Allows, els3)
+	none := slices.DeleteFunc(slices.Clone(els3), func(e Element) bool { return e.Set == SetGenerationA })
+	check("no generation", func(netip.Addr, byte, uint16) bool { return false }, none)
 	if _, err := BuildHost(narrow, 0); err == nil {
 		t.Error("BuildHost accepted version 0")
 	}

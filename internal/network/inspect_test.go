@@ -37,8 +37,12 @@ func TestInspect(t *testing.T) {
 	cur, _ := firewall.ReadHostPart(hc, n.tgt.HostIf)
 	withExtra := cur
 	withExtra.Elements = slices.Clone(cur.Elements)
+	pub := firewall.SetAllowPublicA
+	if firewall.GenerationOf(n.live) == 1 {
+		pub = firewall.SetAllowPublicB
+	}
 	for _, e := range widePart.Elements {
-		if e.Set == firewall.SetAllowPublic {
+		if e.Set == pub {
 			withExtra.Elements = append(withExtra.Elements, e)
 		}
 	}

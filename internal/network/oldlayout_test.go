@@ -17,10 +17,11 @@ import (
 )
 
 // TestRemoveOldLayoutDropsDeadLinksOnly plays a host whose table is still
-// in the earlier layout: its dispatch map holds an entry for a link that
-// exists (a live sandbox of the earlier IronClaw; "lo" here) and one for a
-// link that is gone. Maintenance deletes the dead link's entry only, and a
-// rewrite of the table stays refused while the live one is there.
+// in an earlier layout: its dispatch map and its version map hold entries
+// for a link that exists (a live sandbox of the earlier IronClaw; "lo"
+// here) and for links that are gone. Maintenance deletes the dead links'
+// entries only, and a rewrite of the table stays refused while the live
+// one is there.
 func TestRemoveOldLayoutDropsDeadLinksOnly(t *testing.T) {
 	ns := testutil.NewNetNS(t)
 	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
@@ -45,9 +46,26 @@ func TestRemoveOldLayoutDropsDeadLinksOnly(t *testing.T) {
 	if err := c.AddSet(vm, els); err != nil {
 		t.Fatal(err)
 	}
+	// The versioned layout (before generations) on top: its map from
+	// link to policy version, with the live link and another dead one.
+	ver := &nftables.Set{Table: tb, Name: "version", IsMap: true, KeyType: nftables.TypeIFName,
+		KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeMark}
+	var vels []nftables.SetElement
+	for _, l := range []string{"lo", "icdead0002"} {
+		key := make([]byte, unix.IFNAMSIZ)
+		copy(key, l)
+		vels = append(vels, nftables.SetElement{Key: key, Val: binaryutil.BigEndian.PutUint32(1)})
+	}
+	if err := c.AddSet(ver, vels); err != nil {
+		t.Fatal(err)
+	}
 	c.AddRule(&nftables.Rule{Table: tb, Chain: fwd, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 		&expr.Lookup{SourceRegister: 1, SetName: "fwd_in", DestRegister: 0, IsDestRegSet: true},
+	}})
+	c.AddRule(&nftables.Rule{Table: tb, Chain: fwd, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: "version"},
 	}})
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@ type targetRecord struct {
 	// Guest is set for a micro-VM's network (LinkTap).
 	Guest *firewall.Guest `json:"guest,omitempty"`
 	// Version is the host policy version of this target (see
-	// firewall.MapVersion); 0 in records of older builds means 1.
+	// firewall.GenerationOf); 0 in records of older builds means 1.
 	Version uint32 `json:"version,omitempty"`
 }
 

@@ -37,16 +37,21 @@ type Net struct {
 	// back by key.
 	sc, hc *nftables.Conn
 	hr     *firewall.ElementReader
-	// prevInner and prevPart are the rulesets last applied and verified
-	// (nil when unknown), so a change rewrites only the chains that differ.
+	// prevInner is the sandbox ruleset last applied and verified, and
+	// prevPart what the host holds for the link since then: that apply's
+	// part and, until pruned, the superseded generation's elements (see
+	// firewall.ApplyHostHeld). Nil when unknown; they let a change write
+	// only what differs. pruneMu guards prevPart.
 	prevInner *firewall.SandboxRuleset
 	prevPart  *firewall.HostPart
 	// ver is the host policy version of the last apply (attempted or
-	// not), live the one of the last apply that verified (see
-	// firewall.MapVersion).
+	// not), live the one of the last apply that verified; their parity
+	// is the generation (see firewall.SetGenerationA).
 	ver, live uint32
 	// prunes tracks the background deletion of superseded host elements
-	// (see pruneLater); pruneMu lets one run at a time.
+	// (see pruneLater). pruneMu lets one prune or one apply run at a
+	// time: a prune must not run beside a change, which may write the
+	// generation it is pruning.
 	prunes  sync.WaitGroup
 	pruneMu sync.Mutex
 
@@ -285,8 +290,14 @@ func (n *Net) startEgress(ctx context.Context, t *firewall.Target) error {
 
 // apply records t, then applies and verifies the sandbox and host rulesets.
 func (n *Net) apply(t *firewall.Target) error {
-	// Every apply gets a new host version: its elements are added beside
-	// the old ones, and the switch to them is one map element.
+	// A background prune of this link finishes first (it is off the
+	// path unless changes come faster than prunes).
+	n.pruneMu.Lock()
+	defer n.pruneMu.Unlock()
+	// Every apply gets a new host version, whose parity is the
+	// generation it writes: the other one than the live one, whose
+	// elements stay until pruned; the switch is one element moved from
+	// one generation set to the other.
 	n.ver++
 	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services, Guest: t.Guest, Version: n.ver}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
@@ -303,12 +314,12 @@ func (n *Net) apply(t *firewall.Target) error {
 	prevInner, prevPart := n.prevInner, n.prevPart
 	n.prevInner, n.prevPart = nil, nil
 	n.cfg.at("rules-built")
-	err = n.applyRules(&inner, &part, prevInner, prevPart)
+	held, err := n.applyRules(&inner, &part, prevInner, prevPart)
 	if err != nil && (prevInner != nil || prevPart != nil) {
 		// The kernel did not hold what was last applied (someone changed
 		// it): apply everything.
 		n.log.Warn("ruleset changed behind our back; reapplying in full", "err", err)
-		err = n.applyRules(&inner, &part, nil, nil)
+		held, err = n.applyRules(&inner, &part, nil, nil)
 	}
 	if err == nil {
 		err = n.cfg.injected("applied")
@@ -316,14 +327,14 @@ func (n *Net) apply(t *firewall.Target) error {
 	if err != nil {
 		return err
 	}
-	n.prevInner, n.prevPart, n.live = &inner, &part, n.ver
+	n.prevInner, n.prevPart, n.live = &inner, held, n.ver
 	return nil
 }
 
-// pruneLater deletes the host elements of superseded versions in the
-// background: deleting interval-set elements costs the kernel milliseconds
-// on a host with many sandboxes, and they can no longer match anything.
-// Close waits for it.
+// pruneLater deletes the host elements of the superseded generation in
+// the background: deleting interval-set elements costs the kernel
+// milliseconds on a host with many sandboxes, and they can no longer match
+// anything. Close waits for it.
 func (n *Net) pruneLater() {
 	hostIf := n.rec.Names.HostIf
 	n.prunes.Add(1)
@@ -338,14 +349,21 @@ func (n *Net) pruneLater() {
 			_, err = firewall.PruneHost(c, hostIf)
 		}
 		if err != nil {
+			// The next change deletes them (prevPart still names them).
 			n.log.Warn("prune superseded host elements", "err", err)
+			return
+		}
+		if n.prevPart != nil {
+			live := n.prevPart.Live()
+			n.prevPart = &live
 		}
 	}()
 }
 
 // applyRules applies both rulesets (only the chains that differ from prev,
-// when known) and verifies them.
-func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart, prevInner *firewall.SandboxRuleset, prevPart *firewall.HostPart) error {
+// when known) and verifies them. It returns what the host then holds for
+// the link.
+func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart, prevInner *firewall.SandboxRuleset, prevPart *firewall.HostPart) (*firewall.HostPart, error) {
 	// The sandbox's namespace and the host have separate nftables
 	// instances: install and verify both side by side.
 	errc := make(chan error, 1)
@@ -360,40 +378,48 @@ func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart
 		}
 		errc <- err
 	}()
-	herr := n.applyHost(prevPart, part)
-	return errors.Join(<-errc, herr)
+	held, herr := n.applyHost(prevPart, part)
+	if err := errors.Join(<-errc, herr); err != nil {
+		return nil, err
+	}
+	return held, nil
 }
 
 // applyHost applies the host part and verifies it: by key (the cost of
 // which does not grow with the number of sandboxes, see
 // firewall.VerifyHostElements) when the kernel is known to hold prev, in
-// full after a full reapply.
-func (n *Net) applyHost(prev, part *firewall.HostPart) error {
+// full after a full reapply. It returns what the host then holds for the
+// link.
+func (n *Net) applyHost(prev, part *firewall.HostPart) (*firewall.HostPart, error) {
 	hc, err := n.hostConn()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := firewall.EnsureHostBase(hc); err != nil {
-		return err
+		return nil, err
 	}
-	if err := firewall.ApplyHostChanges(hc, prev, part); err != nil {
-		return err
+	held, err := firewall.ApplyHostHeld(hc, prev, part)
+	if err != nil {
+		return nil, err
 	}
 	n.cfg.at("host-rules")
 	if prev == nil {
-		return firewall.VerifyHostPart(hc, part)
+		if err := firewall.VerifyHostPart(hc, part); err != nil {
+			return nil, err
+		}
+		return &held, nil
 	}
 	if n.hr == nil {
 		if n.hr, err = firewall.NewElementReader(0); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	err = firewall.VerifyHostElements(n.hr, part)
-	if err != nil {
+	if err := firewall.VerifyHostElements(n.hr, part); err != nil {
 		n.hr.Close() // a failed read may leave replies behind
 		n.hr = nil
+		return nil, err
 	}
-	return err
+	return &held, nil
 }
 
 func (n *Net) sandboxConn() (*nftables.Conn, error) {

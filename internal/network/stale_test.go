@@ -38,6 +38,17 @@ func TestSetupRemovesStaleHostElements(t *testing.T) {
 	if err != nil || len(stale.Elements) == 0 {
 		t.Fatalf("host part of the first owner: %d elements, %v", len(stale.Elements), err)
 	}
+	// The first owner's other generation, as an update that was never
+	// pruned would have left it.
+	other, err := firewall.BuildHost(n.tgt, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	superseded := (&firewall.HostPart{Iface: names.HostIf, Version: 1, Elements: other.Elements}).Superseded()
+	if len(superseded) == 0 {
+		t.Fatal("no elements of generation b")
+	}
+	stale.Elements = append(stale.Elements, superseded...)
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -71,5 +82,10 @@ func TestSetupRemovesStaleHostElements(t *testing.T) {
 	slices.Sort(wantS)
 	if !slices.Equal(gotS, wantS) {
 		t.Fatalf("host elements of %s after Setup over stale ones:\n got  %v\n want %v", names.HostIf, gotS, wantS)
+	}
+	// Generation b is the next update's: nothing of the first owner may
+	// be left there for it to make live.
+	if left := want.Superseded(); len(left) > 0 {
+		t.Fatalf("Setup left the first owner's generation b elements: %v", left)
 	}
 }

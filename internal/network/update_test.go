@@ -173,14 +173,13 @@ func TestReconcileStates(t *testing.T) {
 	}
 }
 
-// sameBaseChains checks that the base chains among chains (a host table
-// read back) are exactly the ones BuildHostBase builds, rule for rule.
+// sameBaseChains checks that the chains (a host table read back) are
+// exactly the base chains BuildHostBase builds, rule for rule, and no
+// other.
 func sameBaseChains(chains []firewall.Chain) error {
 	var got []string
 	for _, c := range chains {
-		if c.Base() {
-			got = append(got, c.Describe()+"\n"+ruleList(c))
-		}
+		got = append(got, c.Describe()+"\n"+ruleList(c))
 	}
 	var want []string
 	for _, c := range firewall.BuildHostBase() {
