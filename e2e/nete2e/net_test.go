@@ -8,12 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/network"
+	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
@@ -170,10 +172,28 @@ func TestKilledRunLeavesNothingAfterGC(t *testing.T) {
 	if _, err := out.Read(buf); err != nil {
 		t.Fatal(err)
 	}
+	st, err := state.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct{ Cgroups []string }
+	if err := state.ReadJSON(filepath.Join(st.SandboxDir(sandbox.KeyOf("killed-net")), "jail.json"), &rec); err != nil || len(rec.Cgroups) == 0 {
+		t.Fatalf("jail record: %+v %v", rec, err)
+	}
 	cmd.Process.Kill()
 	cmd.Wait()
 	if links, _ := testutil.LeakedLinks("ic"); len(links) == 0 {
 		t.Fatal("expected the killed run's veth to remain until gc")
+	}
+	// The sandbox dies with its owner (parent-death signal), but not at
+	// the instant the owner is reaped; gc leaves a sandbox whose init
+	// still holds its lock alone, so wait for its processes to be gone.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && cgroupsHoldProcesses(rec.Cgroups) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if cgroupsHoldProcesses(rec.Cgroups) {
+		t.Fatal("sandbox processes outlived the SIGKILLed ironclaw")
 	}
 	if g, err := exec.Command(bin, "--root", root, "gc").CombinedOutput(); err != nil || !strings.Contains(string(g), "reclaimed 1") {
 		t.Fatalf("gc: %v %s", err, g)
@@ -181,6 +201,18 @@ func TestKilledRunLeavesNothingAfterGC(t *testing.T) {
 	if links, _ := testutil.LeakedLinks("ic"); len(links) > 0 {
 		t.Errorf("links left after gc: %v", links)
 	}
+}
+
+// cgroupsHoldProcesses reports whether any of the cgroup directories
+// lists a process.
+func cgroupsHoldProcesses(cgroups []string) bool {
+	for _, cg := range cgroups {
+		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
+		if err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func lineFor(out, target string) string {
