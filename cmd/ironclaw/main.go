@@ -9,11 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
+	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/state"
@@ -150,6 +154,10 @@ func main() {
 	if reexec() {
 		return
 	}
+	// Descriptors this process inherited without close-on-exec (a
+	// shell's `exec 9>file`, a CI runner's pipe) must reach nothing it
+	// starts: QEMU, MCP servers with backend none, the pool maintainer.
+	closeInheritedOnExec()
 	g := &globals{logger: slog.Default()}
 	err := newRootCmd(g).ExecuteContext(context.Background())
 	var ee exitError
@@ -159,6 +167,23 @@ func main() {
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "ironclaw:", err)
 		os.Exit(125)
+	}
+}
+
+// closeInheritedOnExec marks every descriptor above stderr close-on-exec
+// (one close_range call; a walk of /proc/self/fd on kernels before 5.11).
+func closeInheritedOnExec() {
+	if unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
 	}
 }
 

@@ -73,9 +73,8 @@ func spawnMaintainer(g *globals, free int) {
 		_ = logf.Truncate(0)
 	}
 	// Descriptors this run inherited without close-on-exec (a harness's
-	// pipe, a jobserver) must not be held open by the maintainer after
-	// the run has exited: whoever waits for their end would wait for it.
-	closeInheritedOnExec()
+	// pipe, a jobserver) are close-on-exec since main: the maintainer does
+	// not hold them open after the run has exited.
 	cmd := exec.Command("/proc/self/exe", "--root", g.root, "net", "pool", "maintain", "--free", strconv.Itoa(free))
 	cmd.Args[0] = os.Args[0]
 	cmd.Stderr = logf
@@ -86,19 +85,6 @@ func spawnMaintainer(g *globals, free int) {
 	}
 	g.logger.Debug("started network pool maintainer", "pid", cmd.Process.Pid, "free", free)
 	_ = cmd.Process.Release()
-}
-
-// closeInheritedOnExec marks every descriptor above stderr close-on-exec.
-func closeInheritedOnExec() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
 }
 
 func newNetPoolMaintainCmd(g *globals) *cobra.Command {
