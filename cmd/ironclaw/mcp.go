@@ -144,9 +144,6 @@ default --root), which outlives a reboot.`,
 			}
 			if p, ok := strings.CutPrefix(httpAddr, "unix:"); ok {
 				defer os.Remove(p)
-				if err := os.Chmod(p, 0o600); err != nil {
-					return fmt.Errorf("chmod %s: %w", p, err)
-				}
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "ironclaw: MCP gateway %s listening on %s\n", name, hl.Addr())
 			return gw.ServeHTTP(ctx, hl, token)

@@ -270,11 +270,15 @@ func HTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 // ListenUnix creates the API socket at path with mode perm, owned by gid
 // when gid >= 0. The socket is bound in a private directory and renamed
 // into place, so it is never reachable with looser permissions. A stale
-// socket at path is replaced; a live one (another daemon) is an error.
+// socket at path is replaced; a live one (another daemon) is an error, and
+// so is anything at path that is not a socket (it is never replaced).
 func ListenUnix(path string, perm os.FileMode, gid int) (*net.UnixListener, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("listen on %s: a daemon is already serving it", path)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("listen on %s: %s exists and is not a socket", path, fi.Mode().Type())
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".sock-")
 	if err != nil {

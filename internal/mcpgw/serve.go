@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/ironclaw/ironclaw/internal/api"
 )
 
 // ErrNoToken marks an attempt to serve MCP on TCP without a bearer token.
@@ -54,7 +56,10 @@ func (g *Gateway) HTTPHandler(token string) http.Handler {
 // 0600; token optional), anything else is a TCP address and needs a token.
 func Listen(addr, token string) (net.Listener, error) {
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		ln, err := net.Listen("unix", p)
+		// Bound elsewhere and renamed into place with mode 0600: never
+		// reachable by other users, not even for a moment (the token is
+		// optional here).
+		ln, err := api.ListenUnix(p, 0o600, -1)
 		if err != nil {
 			return nil, fmt.Errorf("listen %s: %w", addr, err)
 		}
