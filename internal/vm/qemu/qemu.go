@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/agent/guest"
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
 )
 
@@ -184,7 +186,7 @@ func Argv(cfg Config) ([]string, error) {
 		"-drive", "id=root,file=" + cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=root",
 		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path=" + filepath.Join(d, agentSocket) + ",server=on,wait=off",
+		"-chardev", agentChardev(d),
 		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
 		"-device", "virtio-rng-device",
 		"-qmp", "unix:" + filepath.Join(d, qmpSocket) + ",server=on,wait=off",
@@ -201,6 +203,12 @@ func Argv(cfg Config) ([]string, error) {
 			"-device", "virtio-net-device,netdev=net0,mac="+mac)
 	}
 	return argv, nil
+}
+
+// agentChardev is QEMU's -chardev argument for the agent socket of the
+// sandbox directory dir. Reclaim finds an unrecorded QEMU by it.
+func agentChardev(dir string) string {
+	return "socket,id=agent,path=" + filepath.Join(dir, agentSocket) + ",server=on,wait=off"
 }
 
 // Start boots a VM and connects to its agent. On any failure everything it
@@ -517,7 +525,7 @@ func Reclaim(dir string) error {
 	if rec.PID <= 0 {
 		// The owner died between starting QEMU and recording its PID:
 		// find it by the sandbox directory its command line names.
-		if err := killNaming(filepath.Join(dir, agentSocket)); err != nil {
+		if err := killNaming(dir, rec.Binary); err != nil {
 			return fmt.Errorf("qemu reclaim: %w", err)
 		}
 	}
@@ -537,23 +545,33 @@ func Reclaim(dir string) error {
 	return removeFiles(dir)
 }
 
-// killNaming SIGKILLs every process whose command line has an argument
-// containing token (the path of a sandbox's agent socket, which only that
-// sandbox's QEMU, or its launcher before the exec, has) and waits until
-// they are gone.
-func killNaming(token string) error {
+// killNaming SIGKILLs every process of this uid that is the QEMU binary
+// (argv[0]) of the sandbox directory dir, or its launcher before the exec,
+// by the exact agent chardev argument that only that sandbox's QEMU has,
+// and waits until they are gone. Other processes that merely name the
+// socket (an operator's socat on it) are left alone.
+func killNaming(dir, binary string) error {
+	want := agentChardev(dir)
 	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
 	if err != nil {
 		return err
 	}
 	var pids []int
 	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), token) {
-			continue
-		}
 		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if (args[0] != binary && args[0] != seccomp.LauncherArg0) || !slices.Contains(args[1:], want) {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Dir(p), &st); err != nil || int(st.Uid) != os.Geteuid() {
 			continue
 		}
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
