@@ -81,7 +81,13 @@ type Config struct {
 	Incoming bool
 	// Cmdline is appended to the kernel command line.
 	Cmdline []string
-	Logger  *slog.Logger
+	// MaxFileBytes caps every file QEMU writes (RLIMIT_FSIZE): the
+	// console log, its stdout and stderr, snapshots. 0 means guest
+	// memory + Overhead, room for a snapshot. The guest writes the
+	// console log at will; past the cap QEMU dies of SIGXFSZ, ending
+	// that VM instead of filling the host's disk.
+	MaxFileBytes int64
+	Logger       *slog.Logger
 }
 
 // VM is a running QEMU micro-VM with a connected agent.
@@ -309,6 +315,9 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 		v.waitErr = cmd.Wait()
 		close(v.exited)
 	}()
+	if err := limitFiles(v.pid, cfg.MaxFileBytes, cfg.MemoryMiB); err != nil {
+		return nil, fmt.Errorf("qemu start: %w", err)
+	}
 	rec.PID = cmd.Process.Pid
 	rec.StartTime, _ = state.ProcStart(rec.PID)
 	if err := writeRecord(cfg.Dir, rec); err != nil {
@@ -316,6 +325,22 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	}
 	log.Debug("qemu started", "pid", rec.PID, "kvm", cfg.KVM, "tsc_khz", cfg.TSCkHz)
 	return v, nil
+}
+
+// limitFiles sets RLIMIT_FSIZE of QEMU (pid) to max bytes, or to guest
+// memory (memMiB, 0 meaning the default 256) + Overhead when max is 0.
+func limitFiles(pid int, max int64, memMiB int) error {
+	if max <= 0 {
+		if memMiB == 0 {
+			memMiB = 256
+		}
+		max = int64(memMiB)<<20 + Overhead
+	}
+	lim := unix.Rlimit{Cur: uint64(max), Max: uint64(max)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &lim, nil); err != nil {
+		return fmt.Errorf("limit the files of QEMU (pid %d) to %d bytes: %w", pid, max, err)
+	}
+	return nil
 }
 
 // connect waits for QMP and the agent channel, and authenticates to the
