@@ -290,6 +290,12 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	}
 	stdout, err1 := os.OpenFile(filepath.Join(cfg.Dir, StdoutLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	stderr, err2 := os.OpenFile(filepath.Join(cfg.Dir, StderrLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// QEMU opens the console log itself, with its umask (0644): made
+	// here first, it keeps mode 0600 when QEMU truncates it.
+	console, err3 := os.OpenFile(filepath.Join(cfg.Dir, ConsoleLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err3 == nil {
+		err3 = errors.Join(console.Chmod(0o600), console.Close())
+	}
 	defer func() {
 		for _, f := range []*os.File{stdout, stderr} {
 			if f != nil {
@@ -297,7 +303,7 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 			}
 		}
 	}()
-	if err := errors.Join(err1, err2); err != nil {
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return nil, fmt.Errorf("qemu start: log files: %w", err)
 	}
 	v.started = time.Now()
