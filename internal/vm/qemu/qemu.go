@@ -499,6 +499,10 @@ func (v *VM) teardown() error {
 	return removeFiles(v.cfg.Dir)
 }
 
+// Kill sends SIGKILL to QEMU at once (no QMP quit, no teardown: Close or
+// Destroy still follow). It never signals a PID QEMU no longer holds.
+func (v *VM) Kill() { v.kill() }
+
 // kill sends SIGKILL to QEMU: through the child handle, or through the
 // pidfd of an attached QEMU (no PID reuse race either way).
 func (v *VM) kill() {
