@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -150,6 +152,10 @@ func main() {
 	if reexec() {
 		return
 	}
+	if err := cloexecInherited(); err != nil {
+		fmt.Fprintln(os.Stderr, "ironclaw:", err)
+		os.Exit(125)
+	}
 	g := &globals{logger: slog.Default()}
 	err := newRootCmd(g).ExecuteContext(context.Background())
 	var ee exitError
@@ -160,6 +166,28 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ironclaw:", err)
 		os.Exit(125)
 	}
+}
+
+// cloexecInherited marks every descriptor above stdio that this process
+// inherited close-on-exec, so that none reaches a sandbox, its init, the
+// spawner or a VMM: whoever starts ironclaw may leave descriptors open (a
+// shell's exec 200>file, an MCP client, a CI runner), and a host file open
+// inside a sandbox is a way out of it. This process may still use them (an
+// --env-file /dev/fd/3 is opened by path); children get what is passed to
+// them explicitly. The helper stages re-executed from this binary (init,
+// spawner, VMM launcher) return from reexec first: they hand on the
+// descriptors they were given on purpose.
+func cloexecInherited() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd) // the directory's own descriptor is closed by now: harmless
+		}
+	}
+	return nil
 }
 
 // reexec runs the in-sandbox side of IronClaw when this binary was
