@@ -307,7 +307,7 @@ func (c *Claim) Release() error {
 	}
 	// Unlink while locked: a GC that opened the old lock file will find
 	// the inode stale once it gets the lock, and back off.
-	err := os.RemoveAll(c.Dir)
+	err := removeTree(c.Dir)
 	c.lock.Close()
 	c.lock = nil
 	if err != nil {
@@ -568,7 +568,7 @@ func purgeEarlierBoot(dir string) error {
 			live = true
 			continue
 		}
-		errs = append(errs, os.RemoveAll(filepath.Join(sb, e.Name())))
+		errs = append(errs, removeTree(filepath.Join(sb, e.Name())))
 		lock.Close()
 	}
 	if !live {
