@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -17,7 +16,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/state"
@@ -154,10 +152,10 @@ func main() {
 	if reexec() {
 		return
 	}
-	// Descriptors this process inherited without close-on-exec (a
-	// shell's `exec 9>file`, a CI runner's pipe) must reach nothing it
-	// starts: QEMU, MCP servers with backend none, the pool maintainer.
-	closeInheritedOnExec()
+	if err := cloexecInherited(); err != nil {
+		fmt.Fprintln(os.Stderr, "ironclaw:", err)
+		os.Exit(125)
+	}
 	g := &globals{logger: slog.Default()}
 	err := newRootCmd(g).ExecuteContext(context.Background())
 	var ee exitError
@@ -170,21 +168,26 @@ func main() {
 	}
 }
 
-// closeInheritedOnExec marks every descriptor above stderr close-on-exec
-// (one close_range call; a walk of /proc/self/fd on kernels before 5.11).
-func closeInheritedOnExec() {
-	if unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
-		return
-	}
+// cloexecInherited marks every descriptor above stdio that this process
+// inherited close-on-exec, so that none reaches a sandbox, its init, the
+// spawner or a VMM: whoever starts ironclaw may leave descriptors open (a
+// shell's exec 200>file, an MCP client, a CI runner), and a host file open
+// inside a sandbox is a way out of it. This process may still use them (an
+// --env-file /dev/fd/3 is opened by path); children get what is passed to
+// them explicitly. The helper stages re-executed from this binary (init,
+// spawner, VMM launcher) return from reexec first: they hand on the
+// descriptors they were given on purpose.
+func cloexecInherited() error {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		return
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
 	}
 	for _, e := range ents {
 		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
+			syscall.CloseOnExec(fd) // the directory's own descriptor is closed by now: harmless
 		}
 	}
+	return nil
 }
 
 // reexec runs the in-sandbox side of IronClaw when this binary was

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"os/user"
@@ -150,6 +151,9 @@ func (s *Server) handleExec(ctx context.Context, st *yamux.Stream, spec agentapi
 
 	var waitCh <-chan unix.WaitStatus
 	start := func() (int, error) {
+		if err := cloexecInherited(); err != nil {
+			return 0, err
+		}
 		if err := s.cfg.Launch(ctx, cmd); err != nil {
 			return 0, err
 		}
@@ -509,6 +513,37 @@ func setWinsize(f *os.File, rows, cols uint16) error {
 	}
 	if ierr != nil {
 		return fmt.Errorf("set window size: %w", ierr)
+	}
+	return nil
+}
+
+// cloexecInherited marks every descriptor above stdio close-on-exec, so a
+// process the agent execs gets its stdio (and what its Cmd passes, which
+// exec dup2s into place) and nothing else. Go opens its own descriptors
+// close-on-exec; the others were handed to the agent: a jail's init holds
+// the host-opened file through which threads join the workloads' pids
+// cgroup (the kernel checks a write against the opener, the host, so a
+// workload holding it could move the agent's threads into its own group),
+// and whatever the daemon inherited. It runs before every exec: such
+// descriptors may arrive at any time.
+func cloexecInherited() error {
+	err := unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Kernels before 5.11: mark them one by one.
+	ents, rerr := os.ReadDir("/proc/self/fd")
+	if rerr != nil {
+		return fmt.Errorf("exec: mark inherited descriptors close-on-exec: %w (close_range: %v)", rerr, err)
+	}
+	for _, e := range ents {
+		fd, aerr := strconv.Atoi(e.Name())
+		if aerr != nil || fd < 3 {
+			continue
+		}
+		if _, ferr := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); ferr != nil && ferr != unix.EBADF {
+			return fmt.Errorf("exec: mark descriptor %d close-on-exec: %w", fd, ferr)
+		}
 	}
 	return nil
 }

@@ -19,6 +19,9 @@ type Client struct {
 	mu     sync.Mutex
 	sess   *yamux.Session
 	closed bool
+	// broken is why the client ended the session itself (the agent
+	// broke the protocol); nil otherwise.
+	broken error
 }
 
 // Connect performs the handshake on conn with token and starts the yamux
@@ -39,7 +42,24 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser, token []byte) (*Clien
 		_ = conn.Close()
 		return nil, fmt.Errorf("connect to agent: start session: %w", err)
 	}
-	return &Client{sess: sess}, nil
+	c := &Client{sess: sess}
+	go c.refuseStreams()
+	return c, nil
+}
+
+// refuseStreams ends the session when the agent opens a stream: the
+// protocol has none in that direction, and yamux would otherwise keep up
+// to AcceptBacklog unaccepted streams, each with a full receive window
+// filled by the guest, in the host's memory for the session's life.
+func (c *Client) refuseStreams() {
+	st, err := c.sess.AcceptStream()
+	if err != nil {
+		return // the session ended
+	}
+	c.mu.Lock()
+	c.broken = fmt.Errorf("%w: it opened stream %d towards the host; session closed", ErrProtocol, st.StreamID())
+	c.mu.Unlock()
+	_ = c.sess.Close()
 }
 
 // Close ends the session and the underlying connection. Running execs are
@@ -80,9 +100,11 @@ func (c *Client) open(ctx context.Context, op Op) (*yamux.Stream, error) {
 		return nil, fmt.Errorf("agent %s: %w", op, ErrNotConnected)
 	}
 	c.mu.Lock()
-	sess, closed := c.sess, c.closed
+	sess, closed, broken := c.sess, c.closed, c.broken
 	c.mu.Unlock()
 	switch {
+	case broken != nil:
+		return nil, fmt.Errorf("agent %s: %w", op, broken)
 	case closed:
 		return nil, fmt.Errorf("agent %s: %w", op, ErrClosed)
 	case sess == nil:

@@ -74,6 +74,9 @@ var (
 	ErrAuth = errors.New("agent refused the handshake")
 	// ErrTooLarge marks a file over the size limit.
 	ErrTooLarge = errors.New("file exceeds the size limit")
+	// ErrProtocol marks a session the host ended because the agent broke
+	// the protocol (it opened a stream of its own).
+	ErrProtocol = errors.New("agent broke the protocol")
 )
 
 // WriteFrame writes one frame to w in a single Write call, so frames written

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 )
@@ -182,22 +184,30 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
+		in := newStdinFeed(stdinW)
+		defer in.stop()
+		hangup := func() {
+			stdinW.CloseWithError(io.ErrUnexpectedEOF)
+			select {
+			case <-e.Done():
+			default:
+				e.Kill()
+			}
+		}
 		for {
 			f, err := agentapi.ReadFrame(brw.Reader, maxControlFrame)
 			if err != nil {
-				stdinW.CloseWithError(io.ErrUnexpectedEOF)
-				select {
-				case <-e.Done():
-				default:
-					e.Kill()
-				}
+				hangup()
 				return
 			}
 			switch f.Type {
 			case agentapi.FrameStdin:
-				if _, err := stdinW.Write(f.Payload); err != nil {
-					// The process stopped reading; drop its input.
-					continue
+				// While the process does not take its input, this
+				// loop reads no more frames (back-pressure), so it
+				// watches the connection for a hang-up meanwhile.
+				if in.feed(conn, f.Payload) == errHungUp {
+					hangup()
+					return
 				}
 			case agentapi.FrameStdinEOF:
 				stdinW.Close()
@@ -248,4 +258,84 @@ func (s *Server) control(ctx context.Context, e *daemon.Exec, payload []byte) {
 			s.log.Debug("exec stream: resize", "err", err)
 		}
 	}
+}
+
+// errHungUp reports a client that hung up while its process's input was full.
+var errHungUp = errors.New("client hung up")
+
+// stdinFeed writes an exec stream's input to the process's stdin pipe on
+// a goroutine of its own, so that the frame reader, while a write waits
+// for the process, can watch the connection.
+type stdinFeed struct {
+	w     *io.PipeWriter
+	reqs  chan []byte
+	acks  chan error
+	timer *time.Timer
+}
+
+func newStdinFeed(w *io.PipeWriter) *stdinFeed {
+	f := &stdinFeed{w: w, reqs: make(chan []byte), acks: make(chan error, 1), timer: time.NewTimer(time.Hour)}
+	f.timer.Stop()
+	go func() {
+		for p := range f.reqs {
+			_, err := w.Write(p)
+			f.acks <- err
+		}
+	}()
+	return f
+}
+
+// stop ends the writer goroutine (after a write under way, which a
+// closed pipe ends).
+func (f *stdinFeed) stop() { close(f.reqs) }
+
+// feed hands p to the process. A write error (the process closed its
+// input) drops p, as before. While the write waits, it polls conn for a
+// hang-up and returns errHungUp when the client went away.
+func (f *stdinFeed) feed(conn net.Conn, p []byte) error {
+	f.reqs <- p
+	f.timer.Reset(50 * time.Millisecond)
+	select {
+	case <-f.acks:
+		if !f.timer.Stop() {
+			<-f.timer.C
+		}
+		return nil
+	case <-f.timer.C:
+	}
+	for {
+		select {
+		case <-f.acks:
+			return nil
+		default:
+		}
+		if peerClosed(conn, 200*time.Millisecond) {
+			f.w.CloseWithError(io.ErrClosedPipe) // ends the waiting write
+			<-f.acks
+			return errHungUp
+		}
+	}
+}
+
+// peerClosed waits up to timeout for the peer of conn to shut down or
+// close its end (POLLRDHUP), without reading from conn. A connection
+// without a descriptor never reports one.
+func peerClosed(conn net.Conn, timeout time.Duration) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		time.Sleep(timeout)
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		time.Sleep(timeout)
+		return false
+	}
+	closed := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(fds, int(timeout/time.Millisecond))
+		closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+	})
+	return closed
 }

@@ -115,15 +115,18 @@ type box struct {
 	class     string
 	gone      chan struct{} // closed when destroyed
 
-	mu         sync.Mutex
-	id         string // user ID; the pool ID while pooled
-	opts       CreateOptions
-	state      string
-	fromPool   bool
-	created    time.Time
-	started    time.Time
-	inst       instance
-	client     *agentapi.Client
+	mu       sync.Mutex
+	id       string // user ID; the pool ID while pooled
+	opts     CreateOptions
+	state    string
+	fromPool bool
+	created  time.Time
+	started  time.Time
+	inst     instance
+	client   *agentapi.Client
+	// dialing holds a token while a caller connects a new client (see
+	// agent); made on first use.
+	dialing    chan struct{}
 	exit       *Exit
 	lastActive time.Time
 	execs      int // running execs
@@ -541,27 +544,65 @@ func (m *Manager) running(id string) (*box, instance, error) {
 }
 
 // agent returns a connected client of b's agent, reconnecting if the
-// previous connection broke.
+// previous connection broke. A reconnect may wait long (a micro-VM guest
+// is hostile: it can drop its session and then stall the handshake), so
+// it runs without b.mu, which guards the state that List, Get, destroy
+// and the sweep read; concurrent callers wait for the one connect under
+// way, each within its own context.
 func (b *box) agent(ctx context.Context) (*agentapi.Client, error) {
+	c, dialing, err := b.liveClient()
+	if c != nil || err != nil {
+		return c, err
+	}
+	select {
+	case dialing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("connect to the agent of %q: wait for the connect under way: %w", b.id, ctx.Err())
+	}
+	defer func() { <-dialing }()
+	// Another caller may have connected while this one waited.
+	c, _, err = b.liveClient()
+	if c != nil || err != nil {
+		return c, err
+	}
+	b.mu.Lock()
+	inst, tok := b.inst, b.token
+	b.mu.Unlock()
+	c, err = inst.connect(ctx, tok)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the agent of %q: %w", b.id, err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.state != StateRunning {
+		// Destroyed (or exited) while connecting.
+		c.Close()
 		return nil, fmt.Errorf("%w: %q is %s", ErrNotRunning, b.id, b.state)
+	}
+	b.client = c
+	return c, nil
+}
+
+// liveClient returns b's connected client, or the semaphore a caller
+// takes to connect a new one; an error when b is not running.
+func (b *box) liveClient() (*agentapi.Client, chan struct{}, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != StateRunning {
+		return nil, nil, fmt.Errorf("%w: %q is %s", ErrNotRunning, b.id, b.state)
 	}
 	if b.client != nil {
 		select {
 		case <-b.client.Done():
 			b.client = nil
 		default:
-			return b.client, nil
+			return b.client, nil, nil
 		}
 	}
-	c, err := b.inst.connect(ctx, b.token)
-	if err != nil {
-		return nil, fmt.Errorf("connect to the agent of %q: %w", b.id, err)
+	if b.dialing == nil {
+		b.dialing = make(chan struct{}, 1)
 	}
-	b.client = c
-	return c, nil
+	return nil, b.dialing, nil
 }
 
 func (b *box) touch() {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,8 +53,22 @@ func Open(dir string) (*Root, error) {
 		return nil, fmt.Errorf("state root %q: not an absolute path", dir)
 	}
 	dir = filepath.Clean(dir)
+	// Whoever can write to the root or to a directory above it can swap
+	// the API socket, plant symlinks where records go, and write the
+	// records GC acts on (cgroups it empties with SIGKILL, processes it
+	// kills): nothing is created or read before the path is checked.
+	if err := checkPrivate("state root", dir, dir, dir); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "sandboxes"), 0o711); err != nil {
 		return nil, fmt.Errorf("create state root: %w", err)
+	}
+	resolved, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state root %s: %w", dir, err)
+	}
+	if err := checkPrivate("state root", dir, resolved, filepath.Join(resolved, "sandboxes")); err != nil {
+		return nil, err
 	}
 	// A sandbox's init runs as an unprivileged host uid and mounts its
 	// root on <dir>/sandboxes/<key>/root: every directory on the way must
@@ -74,6 +89,75 @@ func Open(dir string) (*Root, error) {
 		}
 	}
 	return &Root{dir: dir}, nil
+}
+
+// checkPrivate checks that no user but root and this process's effective
+// uid controls the directory dir (a state root, a data directory) or any directory above it, starting at
+// p (dir or a path below it): each existing one must be owned by one of
+// them (a symlink on the way too), and may be writable by group or others
+// only above the root and only with the sticky bit (/tmp). Directories not
+// made yet are skipped; Open checks the resolved path again once they
+// exist. kind and shown name the directory in errors ("state root", and
+// the path as the caller gave it).
+func checkPrivate(kind, shown, dir, p string) error {
+	euid := os.Geteuid()
+	trusted := func(uid uint32) bool { return uid == 0 || int(uid) == euid }
+	for ; ; p = filepath.Dir(p) {
+		lst, err := os.Lstat(p)
+		if errors.Is(err, os.ErrNotExist) && p != "/" {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", kind, shown, err)
+		}
+		if ls, ok := lst.Sys().(*syscall.Stat_t); ok && lst.Mode()&os.ModeSymlink != 0 && !trusted(ls.Uid) {
+			return fmt.Errorf("%s %s: symlink %s is owned by uid %d (want root or uid %d): that user could point it elsewhere", kind, shown, p, ls.Uid, euid)
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", kind, shown, err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case !ok:
+			return fmt.Errorf("%s %s: stat %s: no owner information", kind, shown, p)
+		case !fi.IsDir():
+			return fmt.Errorf("%s %s: %s is not a directory", kind, shown, p)
+		case !trusted(st.Uid):
+			return fmt.Errorf("%s %s: directory %s is owned by uid %d (want root or uid %d): that user could replace the records and sockets below it", kind, shown, p, st.Uid, euid)
+		}
+		if fi.Mode().Perm()&0o022 != 0 {
+			if p == dir || strings.HasPrefix(p, dir+"/") {
+				return fmt.Errorf("%s %s: directory %s is writable by group or others (mode %v)", kind, shown, p, fi.Mode())
+			}
+			if fi.Mode()&os.ModeSticky == 0 {
+				return fmt.Errorf("%s %s: directory %s is writable by group or others without the sticky bit (mode %v)", kind, shown, p, fi.Mode())
+			}
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
+
+// CheckPrivate checks, as Open does for a state root, that no user but
+// root and this process's effective uid controls the directory dir (which
+// need not exist yet) or any directory above it: each must be owned by one
+// of them and not writable by group or others (above dir, only with the
+// sticky bit). kind names dir in errors ("data directory").
+func CheckPrivate(kind, dir string) error {
+	dir = filepath.Clean(dir)
+	if err := checkPrivate(kind, dir, dir, dir); err != nil {
+		return err
+	}
+	resolved, err := filepath.EvalSymlinks(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", kind, dir, err)
+	}
+	return checkPrivate(kind, dir, resolved, resolved)
 }
 
 // Dir returns the state directory.
@@ -223,7 +307,7 @@ func (c *Claim) Release() error {
 	}
 	// Unlink while locked: a GC that opened the old lock file will find
 	// the inode stale once it gets the lock, and back off.
-	err := os.RemoveAll(c.Dir)
+	err := removeTree(c.Dir)
 	c.lock.Close()
 	c.lock = nil
 	if err != nil {
@@ -484,7 +568,7 @@ func purgeEarlierBoot(dir string) error {
 			live = true
 			continue
 		}
-		errs = append(errs, os.RemoveAll(filepath.Join(sb, e.Name())))
+		errs = append(errs, removeTree(filepath.Join(sb, e.Name())))
 		lock.Close()
 	}
 	if !live {

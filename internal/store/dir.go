@@ -61,16 +61,22 @@ func resolveDir(flag, root, defaultRoot, defaultDir string) (string, *StrandedEr
 }
 
 // MakeDir creates the data directory dir with mode 0700 (its parents too)
-// when it is missing; an existing one is left as it is. The store holds
-// tool arguments: only its owner reads it.
+// when it is missing; an existing one keeps its mode. The store holds
+// tool arguments: only its owner reads it. A directory that another user
+// controls (state.CheckPrivate: owned by them, or writable by group or
+// others, it or one above it) is refused, before and after it is made:
+// that user could swap in a store of their own.
 func MakeDir(dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fmt.Errorf("create data directory %q: not an absolute path", dir)
 	}
+	if err := state.CheckPrivate("data directory", dir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	return nil
+	return state.CheckPrivate("data directory", dir)
 }
 
 // Stranded looks for a store left in the state root root by an IronClaw

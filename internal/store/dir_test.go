@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 func TestDirFor(t *testing.T) {
@@ -190,5 +192,37 @@ func TestStrandedMove(t *testing.T) {
 	defer st.Close()
 	if recs, err := st.Audit(ctx, AuditFilter{}); err != nil || len(recs) != 1 {
 		t.Errorf("current store after moving the old one aside: %+v, %v", recs, err)
+	}
+}
+
+// TestMakeDirRefusesOthersDirectory: a data directory another local user
+// made (or one writable by others) lets that user replace the store, the
+// audit log and the daemon's records in it, or read the tool arguments
+// it holds once they swap in a database of their own. MakeDir refuses it.
+func TestMakeDirRefusesOthersDirectory(t *testing.T) {
+	testutil.RequireRoot(t)
+	for name, c := range map[string]struct {
+		mode os.FileMode
+		uid  int
+		want string
+	}{
+		"owned by another user": {0o700, 65534, "owned by uid 65534"},
+		"writable by others":    {0o777, 0, "writable by group or others"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := filepath.Join(testutil.SearchableTempDir(t), "data")
+			if err := os.Mkdir(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d, c.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(d, c.uid, c.uid); err != nil {
+				t.Fatal(err)
+			}
+			if err := MakeDir(d); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("MakeDir(%s) = %v, want an error containing %q", d, err, c.want)
+			}
+		})
 	}
 }

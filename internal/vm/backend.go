@@ -451,12 +451,9 @@ func (s *Sandbox) ResizeTTY(rows, cols uint16) error {
 }
 
 // kill destroys the VM at once (timeout): QEMU is killed, which ends the
-// command's stream.
-func (s *Sandbox) kill() {
-	if p := s.vm.PID(); p > 0 {
-		_ = syscall.Kill(p, syscall.SIGKILL)
-	}
-}
+// command's stream. It goes through QEMU's process handle, not its PID:
+// QEMU may have ended already and its PID gone to another process.
+func (s *Sandbox) kill() { s.vm.Kill() }
 
 // Wait waits for the command to end (or the VM to die), destroys the
 // sandbox and returns how the command ended. The error reports a VM that

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"errors"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"os"
 	"os/exec"
@@ -86,9 +87,13 @@ func TestReclaimFindsAnUnrecordedVMM(t *testing.T) {
 		t.Fatal(err)
 	}
 	loop := "while :; do sleep 0.05; done"
-	vmm := exec.Command("sh", "-c", loop, "vmm", "path="+filepath.Join(dir, agentSocket))
-	other := exec.Command("sh", "-c", loop, "other", "path="+filepath.Join(t.TempDir(), agentSocket))
-	for _, c := range []*exec.Cmd{vmm, other} {
+	// QEMU's command line (argv[0] the recorded binary), and its
+	// launcher's before the exec.
+	vmm := exec.Command("/bin/sh", "-c", loop, "vmm", "-chardev", agentChardev(dir))
+	launcher := exec.Command("/bin/sh", "-c", loop, "launcher", "--", "/bin/sh", "-chardev", agentChardev(dir))
+	launcher.Args[0] = seccomp.LauncherArg0
+	other := exec.Command("/bin/sh", "-c", loop, "other", "-chardev", agentChardev(t.TempDir()))
+	for _, c := range []*exec.Cmd{vmm, launcher, other} {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -97,15 +102,55 @@ func TestReclaimFindsAnUnrecordedVMM(t *testing.T) {
 	if err := Reclaim(dir); err != nil {
 		t.Fatal(err)
 	}
-	err := vmm.Wait()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Errorf("the unrecorded VMM: %v, want killed", err)
+	for _, c := range []*exec.Cmd{vmm, launcher} {
+		err := c.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Errorf("the unrecorded VMM %q: %v, want killed", c.Args[0], err)
+		}
 	}
-	if syscall.Kill(other.Process.Pid, 0) != nil {
-		t.Error("Reclaim killed another sandbox's process")
+	// A killed child stays a zombie until waited for: kill(pid, 0)
+	// would still succeed; ProcStart tells.
+	if _, err := state.ProcStart(other.Process.Pid); err != nil {
+		t.Errorf("Reclaim killed another sandbox's process: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, RecordFile)); !os.IsNotExist(err) {
 		t.Errorf("record left: %v", err)
+	}
+}
+
+// TestReclaimSparesProcessesNamingTheSocket: an owner killed before it
+// recorded QEMU's PID leaves Reclaim to find QEMU by its command line.
+// Other processes may name the sandbox's agent socket too (an operator's
+// socat or strace on it): Reclaim kills only a process whose command line
+// is QEMU's (or its launcher's) with the exact chardev argument.
+func TestReclaimSparesProcessesNamingTheSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, agentSocket)
+	if err := writeRecord(dir, Record{Binary: "/usr/bin/qemu-system-x86_64", Files: []string{RecordFile}}); err != nil {
+		t.Fatal(err)
+	}
+	loop := "while :; do sleep 0.05; done"
+	bystanders := []*exec.Cmd{
+		exec.Command("sh", "-c", loop, "socat", "-", "UNIX-CONNECT:"+sock),
+		exec.Command("sh", "-c", loop, "strace", "-e", "connect", "nc", "-U", sock),
+		// The chardev argument, but not QEMU's or the launcher's argv[0].
+		exec.Command("sh", "-c", loop, "grep", agentChardev(dir)),
+	}
+	for _, c := range bystanders {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { c.Process.Kill(); c.Wait() }()
+	}
+	if err := Reclaim(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range bystanders {
+		// A killed child stays a zombie until waited for: kill(pid, 0)
+		// would still succeed; ProcStart tells.
+		if _, err := state.ProcStart(c.Process.Pid); err != nil {
+			t.Errorf("Reclaim killed %q, which only names the agent socket: %v", c.Args, err)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/agent/guest"
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
 )
 
@@ -79,7 +81,13 @@ type Config struct {
 	Incoming bool
 	// Cmdline is appended to the kernel command line.
 	Cmdline []string
-	Logger  *slog.Logger
+	// MaxFileBytes caps every file QEMU writes (RLIMIT_FSIZE): the
+	// console log, its stdout and stderr, snapshots. 0 means guest
+	// memory + Overhead, room for a snapshot. The guest writes the
+	// console log at will; past the cap QEMU dies of SIGXFSZ, ending
+	// that VM instead of filling the host's disk.
+	MaxFileBytes int64
+	Logger       *slog.Logger
 }
 
 // VM is a running QEMU micro-VM with a connected agent.
@@ -184,7 +192,7 @@ func Argv(cfg Config) ([]string, error) {
 		"-drive", "id=root,file=" + cfg.Image.Rootfs + ",format=raw,if=none,readonly=on",
 		"-device", "virtio-blk-device,drive=root",
 		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path=" + filepath.Join(d, agentSocket) + ",server=on,wait=off",
+		"-chardev", agentChardev(d),
 		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
 		"-device", "virtio-rng-device",
 		"-qmp", "unix:" + filepath.Join(d, qmpSocket) + ",server=on,wait=off",
@@ -201,6 +209,12 @@ func Argv(cfg Config) ([]string, error) {
 			"-device", "virtio-net-device,netdev=net0,mac="+mac)
 	}
 	return argv, nil
+}
+
+// agentChardev is QEMU's -chardev argument for the agent socket of the
+// sandbox directory dir. Reclaim finds an unrecorded QEMU by it.
+func agentChardev(dir string) string {
+	return "socket,id=agent,path=" + filepath.Join(dir, agentSocket) + ",server=on,wait=off"
 }
 
 // Start boots a VM and connects to its agent. On any failure everything it
@@ -276,6 +290,12 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	}
 	stdout, err1 := os.OpenFile(filepath.Join(cfg.Dir, StdoutLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	stderr, err2 := os.OpenFile(filepath.Join(cfg.Dir, StderrLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// QEMU opens the console log itself, with its umask (0644): made
+	// here first, it keeps mode 0600 when QEMU truncates it.
+	console, err3 := os.OpenFile(filepath.Join(cfg.Dir, ConsoleLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err3 == nil {
+		err3 = errors.Join(console.Chmod(0o600), console.Close())
+	}
 	defer func() {
 		for _, f := range []*os.File{stdout, stderr} {
 			if f != nil {
@@ -283,7 +303,7 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 			}
 		}
 	}()
-	if err := errors.Join(err1, err2); err != nil {
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return nil, fmt.Errorf("qemu start: log files: %w", err)
 	}
 	v.started = time.Now()
@@ -301,6 +321,9 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 		v.waitErr = cmd.Wait()
 		close(v.exited)
 	}()
+	if err := limitFiles(v.pid, cfg.MaxFileBytes, cfg.MemoryMiB); err != nil {
+		return nil, fmt.Errorf("qemu start: %w", err)
+	}
 	rec.PID = cmd.Process.Pid
 	rec.StartTime, _ = state.ProcStart(rec.PID)
 	if err := writeRecord(cfg.Dir, rec); err != nil {
@@ -308,6 +331,22 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	}
 	log.Debug("qemu started", "pid", rec.PID, "kvm", cfg.KVM, "tsc_khz", cfg.TSCkHz)
 	return v, nil
+}
+
+// limitFiles sets RLIMIT_FSIZE of QEMU (pid) to max bytes, or to guest
+// memory (memMiB, 0 meaning the default 256) + Overhead when max is 0.
+func limitFiles(pid int, max int64, memMiB int) error {
+	if max <= 0 {
+		if memMiB == 0 {
+			memMiB = 256
+		}
+		max = int64(memMiB)<<20 + Overhead
+	}
+	lim := unix.Rlimit{Cur: uint64(max), Max: uint64(max)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &lim, nil); err != nil {
+		return fmt.Errorf("limit the files of QEMU (pid %d) to %d bytes: %w", pid, max, err)
+	}
+	return nil
 }
 
 // connect waits for QMP and the agent channel, and authenticates to the
@@ -460,6 +499,10 @@ func (v *VM) teardown() error {
 	return removeFiles(v.cfg.Dir)
 }
 
+// Kill sends SIGKILL to QEMU at once (no QMP quit, no teardown: Close or
+// Destroy still follow). It never signals a PID QEMU no longer holds.
+func (v *VM) Kill() { v.kill() }
+
 // kill sends SIGKILL to QEMU: through the child handle, or through the
 // pidfd of an attached QEMU (no PID reuse race either way).
 func (v *VM) kill() {
@@ -517,7 +560,7 @@ func Reclaim(dir string) error {
 	if rec.PID <= 0 {
 		// The owner died between starting QEMU and recording its PID:
 		// find it by the sandbox directory its command line names.
-		if err := killNaming(filepath.Join(dir, agentSocket)); err != nil {
+		if err := killNaming(dir, rec.Binary); err != nil {
 			return fmt.Errorf("qemu reclaim: %w", err)
 		}
 	}
@@ -537,23 +580,33 @@ func Reclaim(dir string) error {
 	return removeFiles(dir)
 }
 
-// killNaming SIGKILLs every process whose command line has an argument
-// containing token (the path of a sandbox's agent socket, which only that
-// sandbox's QEMU, or its launcher before the exec, has) and waits until
-// they are gone.
-func killNaming(token string) error {
+// killNaming SIGKILLs every process of this uid that is the QEMU binary
+// (argv[0]) of the sandbox directory dir, or its launcher before the exec,
+// by the exact agent chardev argument that only that sandbox's QEMU has,
+// and waits until they are gone. Other processes that merely name the
+// socket (an operator's socat on it) are left alone.
+func killNaming(dir, binary string) error {
+	want := agentChardev(dir)
 	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
 	if err != nil {
 		return err
 	}
 	var pids []int
 	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !strings.Contains(string(b), token) {
-			continue
-		}
 		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
 		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if (args[0] != binary && args[0] != seccomp.LauncherArg0) || !slices.Contains(args[1:], want) {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Dir(p), &st); err != nil || int(st.Uid) != os.Geteuid() {
 			continue
 		}
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil && err != unix.ESRCH {

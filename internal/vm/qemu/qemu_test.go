@@ -26,6 +26,14 @@ func TestBootExecFiles(t *testing.T) {
 	}
 	defer v.Close()
 	t.Logf("boot to agent ready: %s", v.BootTime)
+	// The guest's console (what it and its agent print) is for the
+	// host's root: sandbox keys are public (cgroup and link names), the
+	// directory is searchable by all, so the file itself must be private.
+	for _, f := range []string{ConsoleLog, StdoutLog, StderrLog, RecordFile, initrdFile} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v, mode %v: want no access for group or others", f, err, fi.Mode())
+		}
+	}
 	// The running QEMU is filtered: the launcher's outer filter and
 	// QEMU's own -sandbox, with no_new_privs, as the kernel reports it.
 	sst, err := seccomp.ReadStatus(v.PID(), 0)
