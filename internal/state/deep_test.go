@@ -126,3 +126,36 @@ func TestRemoveTreeShapes(t *testing.T) {
 		t.Fatalf("missing path: %v", err)
 	}
 }
+
+// TestRemoveTreeConcurrently: removers racing on one tree (gc and a
+// sandbox's own release do) all succeed and leave nothing, whichever of
+// them removes a directory the others are reading.
+func TestRemoveTreeConcurrently(t *testing.T) {
+	for round := range 30 {
+		top := filepath.Join(t.TempDir(), "sb")
+		for i := range 20 {
+			d := filepath.Join(top, "w", string(rune('a'+i)))
+			mkdirChain(t, mustMkdirAll(t, d), 15)
+		}
+		errs := make(chan error, 4)
+		for range cap(errs) {
+			go func() { errs <- removeTree(top) }()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if _, err := os.Lstat(top); !os.IsNotExist(err) {
+			t.Fatalf("round %d: %s remains (%v)", round, top, err)
+		}
+	}
+}
+
+func mustMkdirAll(t *testing.T, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}

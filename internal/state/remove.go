@@ -20,8 +20,27 @@ import (
 //
 // It walks down to a directory without subdirectories, empties it, and
 // climbs back through "..", checking that each parent is still the
-// directory it came from. Symlinks are removed, never followed.
+// directory it came from. Symlinks are removed, never followed. Another
+// remover may work on the same tree at the same time (gc and a sandbox's
+// own release): a directory it removes under this walk restarts the walk
+// from the top, which ends at once when the other remover has finished.
 func removeTree(path string) error {
+	for range maxRemoveRestarts {
+		if err := removeTreeOnce(path); err != errRemovedUnder {
+			return err
+		}
+	}
+	return fmt.Errorf("remove %s: directories kept being removed under the walk (%d restarts)", path, maxRemoveRestarts)
+}
+
+// maxRemoveRestarts bounds removeTree's restarts.
+const maxRemoveRestarts = 100
+
+// errRemovedUnder reports that the directory removeTreeOnce was reading
+// has been removed by someone else.
+var errRemovedUnder = errors.New("directory removed under the walk")
+
+func removeTreeOnce(path string) error {
 	path = filepath.Clean(path)
 	pfd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -76,6 +95,9 @@ func removeTree(path string) error {
 	defer func() { f.Close() }()
 	for {
 		names, rerr := f.Readdirnames(1024)
+		if errors.Is(rerr, unix.ENOENT) {
+			return errRemovedUnder
+		}
 		if rerr != nil && !errors.Is(rerr, io.EOF) {
 			return &os.PathError{Op: "readdirnames", Path: where(), Err: rerr}
 		}
@@ -116,6 +138,9 @@ func removeTree(path string) error {
 			return nil
 		}
 		up, lv, err := openDir(int(f.Fd()), "..")
+		if errors.Is(err, unix.ENOENT) {
+			return errRemovedUnder
+		}
 		if err != nil {
 			return &os.PathError{Op: "open", Path: where() + "/..", Err: err}
 		}
