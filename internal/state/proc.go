@@ -6,6 +6,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrProcessGone is returned by ProcStart for a process that no longer
@@ -38,4 +41,47 @@ func ProcStart(pid int) (uint64, error) {
 		return 0, fmt.Errorf("process %d is a zombie: %w", pid, ErrProcessGone)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// KillStarted SIGKILLs process pid if it is the process that started at
+// start (a ProcStart value kept in a record), and waits up to wait for it
+// to have exited. It opens a pidfd first and checks the start time while
+// the pidfd pins the process, then signals through the pidfd: a PID reused
+// between the check and the kill is never signalled. A process that is
+// gone, or another process now holding the PID, is no error.
+func KillStarted(pid int, start uint64, wait time.Duration) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kill %d: open pidfd: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	st, err := ProcStart(pid)
+	if errors.Is(err, ErrProcessGone) || err == nil && st != start {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && err != unix.ESRCH {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	// A pidfd polls readable once its process has exited.
+	deadline := time.Now().Add(wait)
+	for {
+		left := time.Until(deadline)
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(max(left.Milliseconds(), 0)))
+		switch {
+		case n > 0:
+			return nil
+		case err == unix.EINTR && left > 0:
+			continue
+		case err != nil:
+			return fmt.Errorf("kill %d: wait: %w", pid, err)
+		default:
+			return fmt.Errorf("kill %d: still alive %v after SIGKILL", pid, wait)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/testutil"
@@ -321,5 +322,39 @@ func TestSandboxes(t *testing.T) {
 	}
 	if n, err := r.Sandboxes(); n != 0 || err != nil {
 		t.Errorf("after release: %d %v", n, err)
+	}
+}
+
+// TestKillStarted: a process is killed only when its start time is the
+// recorded one, and KillStarted returns once it has exited.
+func TestKillStarted(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	pid := cmd.Process.Pid
+	start, err := ProcStart(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := KillStarted(pid, start+1, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ProcStart(pid); err != nil || got != start {
+		t.Fatalf("another start time: the process was killed (%d, %v)", got, err)
+	}
+	if err := KillStarted(pid, start, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("KillStarted returned but the process did not exit")
+	}
+	if err := KillStarted(pid, start, time.Second); err != nil {
+		t.Errorf("a process that is gone: %v", err)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // RecordFile is the driver's record in the sandbox directory: written
@@ -85,20 +83,8 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("firecracker reclaim: %w", err)
 	}
 	if r.PID > 0 {
-		if st, err := state.ProcStart(r.PID); err == nil && st == r.StartTime {
-			if err := unix.Kill(r.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
-				return fmt.Errorf("firecracker reclaim: kill %d: %w", r.PID, err)
-			}
-			deadline := time.Now().Add(5 * time.Second)
-			for {
-				if st2, err := state.ProcStart(r.PID); err != nil || st2 != st {
-					break
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("firecracker reclaim: pid %d still alive 5 s after SIGKILL", r.PID)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+		if err := state.KillStarted(r.PID, r.StartTime, 5*time.Second); err != nil {
+			return fmt.Errorf("firecracker reclaim: %w", err)
 		}
 	}
 	var errs []error

@@ -565,16 +565,8 @@ func Reclaim(dir string) error {
 		}
 	}
 	if rec.PID > 0 {
-		if st, err := state.ProcStart(rec.PID); err == nil && st == rec.StartTime {
-			if err := unix.Kill(rec.PID, unix.SIGKILL); err != nil && err != unix.ESRCH {
-				return fmt.Errorf("qemu reclaim: kill %d: %w", rec.PID, err)
-			}
-			for i := 0; i < 100; i++ {
-				if st2, err := state.ProcStart(rec.PID); err != nil || st2 != rec.StartTime {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+		if err := state.KillStarted(rec.PID, rec.StartTime, 5*time.Second); err != nil {
+			return fmt.Errorf("qemu reclaim: %w", err)
 		}
 	}
 	return removeFiles(dir)
