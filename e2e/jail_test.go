@@ -22,6 +22,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
+	"github.com/ironclaw/ironclaw/internal/testutil"
 )
 
 func TestRunPrintsAndExits(t *testing.T) {
@@ -454,10 +455,10 @@ func TestSIGKILLedIronclawLeavesNothingAfterGC(t *testing.T) {
 
 	// The sandbox dies with its owner (parent-death signal, control EOF)...
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && sandboxProcessesAlive(rec.Cgroups) {
+	for time.Now().Before(deadline) && testutil.CgroupsHoldProcesses(rec.Cgroups) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if sandboxProcessesAlive(rec.Cgroups) {
+	if testutil.CgroupsHoldProcesses(rec.Cgroups) {
 		t.Error("sandbox processes outlived the SIGKILLed ironclaw")
 	}
 	// ...but its records and cgroups remain until a gc or the next start.
@@ -472,16 +473,6 @@ func TestSIGKILLedIronclawLeavesNothingAfterGC(t *testing.T) {
 			t.Errorf("%s remains after gc", p)
 		}
 	}
-}
-
-func sandboxProcessesAlive(cgroups []string) bool {
-	for _, cg := range cgroups {
-		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
-		if err == nil && len(bytes.TrimSpace(b)) > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // processes lists the command lines of all host processes.

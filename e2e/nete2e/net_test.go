@@ -189,10 +189,10 @@ func TestKilledRunLeavesNothingAfterGC(t *testing.T) {
 	// the instant the owner is reaped; gc leaves a sandbox whose init
 	// still holds its lock alone, so wait for its processes to be gone.
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && cgroupsHoldProcesses(rec.Cgroups) {
+	for time.Now().Before(deadline) && testutil.CgroupsHoldProcesses(rec.Cgroups) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if cgroupsHoldProcesses(rec.Cgroups) {
+	if testutil.CgroupsHoldProcesses(rec.Cgroups) {
 		t.Fatal("sandbox processes outlived the SIGKILLed ironclaw")
 	}
 	if g, err := exec.Command(bin, "--root", root, "gc").CombinedOutput(); err != nil || !strings.Contains(string(g), "reclaimed 1") {
@@ -201,18 +201,6 @@ func TestKilledRunLeavesNothingAfterGC(t *testing.T) {
 	if links, _ := testutil.LeakedLinks("ic"); len(links) > 0 {
 		t.Errorf("links left after gc: %v", links)
 	}
-}
-
-// cgroupsHoldProcesses reports whether any of the cgroup directories
-// lists a process.
-func cgroupsHoldProcesses(cgroups []string) bool {
-	for _, cg := range cgroups {
-		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
-		if err == nil && len(bytes.TrimSpace(b)) > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 func lineFor(out, target string) string {

@@ -1,8 +1,10 @@
 package testutil
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -97,4 +99,16 @@ func WaitMaintainers(root string, timeout time.Duration) bool {
 		}
 	}
 	return true
+}
+
+// CgroupsHoldProcesses reports whether any of the cgroup directories
+// lists a process (a sandbox's groups, read from its record).
+func CgroupsHoldProcesses(cgroups []string) bool {
+	for _, cg := range cgroups {
+		b, err := os.ReadFile(filepath.Join(cg, "cgroup.procs"))
+		if err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return true
+		}
+	}
+	return false
 }
