@@ -256,6 +256,27 @@ func LinkExists(n *NS, name string) (bool, error) {
 	return true, nil
 }
 
+// dumpRetries bounds the retries of a netlink dump the kernel
+// interrupted.
+const dumpRetries = 20
+
+// consistentDump runs dump again while the kernel reports it interrupted
+// (NLM_F_DUMP_INTR: the table changed while it was read, as it does when
+// a pool maintainer makes or removes links at the same time), and
+// returns the first complete result. Only after dumpRetries interrupted
+// dumps in a row does it fail.
+func consistentDump[T any](dump func() ([]T, error)) ([]T, error) {
+	for i := 0; ; i++ {
+		out, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+		if i == dumpRetries {
+			return nil, fmt.Errorf("%w (%d times in a row)", err, dumpRetries+1)
+		}
+	}
+}
+
 // Addrs returns the IPv4 addresses configured in n.
 func Addrs(n *NS) ([]netip.Addr, error) {
 	h, err := n.Handle()
@@ -263,7 +284,7 @@ func Addrs(n *NS) ([]netip.Addr, error) {
 		return nil, err
 	}
 	defer h.Close()
-	as, err := h.AddrList(nil, netlink.FAMILY_V4)
+	as, err := consistentDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses in %s: %w", n.path, err)
 	}
@@ -284,7 +305,9 @@ func Uplinks(n *NS) ([]string, error) {
 		return nil, err
 	}
 	defer h.Close()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: nil}, netlink.RT_FILTER_DST)
+	rs, err := consistentDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: nil}, netlink.RT_FILTER_DST)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list default routes in %s: %w", n.path, err)
 	}

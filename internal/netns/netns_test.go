@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 )
@@ -224,6 +226,70 @@ func TestNoThreadLeftInANamespace(t *testing.T) {
 	for _, task := range tasks {
 		if l, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && l != home {
 			t.Errorf("thread %s is in %s, not in the test's own %s", task.Name(), l, home)
+		}
+	}
+}
+
+// TestAddrsWhileAddressesChange: reading a namespace's addresses while
+// another process adds and removes some (a pool maintainer at work) gives
+// a complete list, never the kernel's "dump interrupted".
+func TestAddrsWhileAddressesChange(t *testing.T) {
+	testutil.RequireHostNetNS(t)
+	ns, err := netns.Create(t.TempDir(), "ic-churn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ns.Close(); netns.Remove(ns.Path()) }()
+	h, err := ns.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Enough addresses that one dump takes several netlink messages.
+	for i := range 400 {
+		a, _ := netlink.ParseAddr(fmt.Sprintf("10.%d.%d.1/32", 1+i/250, i%250))
+		if err := h.AddrAdd(lo, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	churned := make(chan error, 1)
+	go func() {
+		a, _ := netlink.ParseAddr("10.99.0.1/32")
+		for {
+			select {
+			case <-stop:
+				churned <- nil
+				return
+			default:
+			}
+			if err := h.AddrAdd(lo, a); err != nil {
+				churned <- err
+				return
+			}
+			if err := h.AddrDel(lo, a); err != nil {
+				churned <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		if err := <-churned; err != nil {
+			t.Errorf("churn: %v", err)
+		}
+	}()
+	for range 300 {
+		as, err := netns.Addrs(ns)
+		if err != nil {
+			t.Fatalf("Addrs while addresses change: %v", err)
+		}
+		if len(as) < 400 {
+			t.Fatalf("Addrs returned %d addresses, want at least 400", len(as))
 		}
 	}
 }

@@ -366,6 +366,10 @@ func RunCommand(ctx context.Context, ns *netns.NS, name string, args ...string) 
 // prefix.
 func LeakedLinks(prefix string) ([]string, error) {
 	ls, err := netlink.LinkList()
+	// A dump that links made or removed meanwhile interrupted is read again.
+	for i := 0; errors.Is(err, netlink.ErrDumpInterrupted) && i < 20; i++ {
+		ls, err = netlink.LinkList()
+	}
 	if err != nil {
 		return nil, err
 	}
