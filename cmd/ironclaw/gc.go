@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -63,7 +64,11 @@ top of each cgroup hierarchy); the next start makes them again.`,
 			if slots > 0 {
 				fmt.Printf("destroyed %d used network pool slot(s)\n", slots)
 			}
-			return errors.Join(err, serr, removeParents(root))
+			gone, herr := network.SweepHost()
+			if len(gone) > 0 {
+				fmt.Printf("removed host firewall elements of %d link(s) that no longer exist: %s\n", len(gone), strings.Join(gone, ", "))
+			}
+			return errors.Join(err, serr, herr, removeParents(root))
 		},
 	}
 }

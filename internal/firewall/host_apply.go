@@ -2,11 +2,13 @@ package firewall
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // EnsureHostBase makes sure the shared host table exists with its sets
@@ -353,20 +355,69 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 	}
 	// The sets of the layout before generations too, while they exist:
 	// a sandbox of that layout reclaimed by this build goes entirely.
-	cur, err := readHostPart(c, hostIf, append(sandboxSets(), oldVersionedSets...), true)
+	defs := append(sandboxSets(), oldVersionedSets...)
+	// Another remover (gc's sweep of links that are gone, or the link's
+	// own owner) may delete some of the elements between the read and the
+	// deletion, which then fails as a whole with ENOENT: read again.
+	for attempt := 0; ; attempt++ {
+		cur, err := readHostPart(c, hostIf, defs, true)
+		if err != nil {
+			return fmt.Errorf("remove host ruleset: %w", err)
+		}
+		if len(cur.Elements) == 0 {
+			return nil
+		}
+		if err := queueSetElements(c, defs, cur.Elements, nil); err != nil {
+			return fmt.Errorf("remove host ruleset: %w", err)
+		}
+		err = c.Flush()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.ENOENT) || attempt == 5 {
+			return fmt.Errorf("remove host ruleset: %w", err)
+		}
+	}
+}
+
+// HostLinks returns the links that have elements in the host table's
+// sandbox sets, each once, sorted. Without the table it returns none.
+func HostLinks(c *nftables.Conn) ([]string, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return fmt.Errorf("remove host ruleset: %w", err)
+		return nil, fmt.Errorf("list host links: list tables: %w", err)
 	}
-	if len(cur.Elements) == 0 {
-		return nil
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil, nil
 	}
-	if err := queueSetElements(c, append(sandboxSets(), oldVersionedSets...), cur.Elements, nil); err != nil {
-		return fmt.Errorf("remove host ruleset: %w", err)
+	sets, err := c.GetSets(table())
+	if err != nil {
+		return nil, fmt.Errorf("list host links: list sets: %w", err)
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("remove host ruleset: %w", err)
+	seen := map[string]bool{}
+	for _, d := range sandboxSets() {
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == d.name }) {
+			continue
+		}
+		els, err := c.GetSetElements(d.nft(table()))
+		if err != nil {
+			return nil, fmt.Errorf("list host links: read set %s: %w", d.name, err)
+		}
+		for _, el := range els {
+			if len(el.Key) < unix.IFNAMSIZ {
+				continue
+			}
+			if name := strings.TrimRight(string(el.Key[:unix.IFNAMSIZ]), "\x00"); name != "" {
+				seen[name] = true
+			}
+		}
 	}
-	return nil
+	out := make([]string, 0, len(seen))
+	for name := range seen {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // PruneHost deletes the link's allow elements of the generation that is

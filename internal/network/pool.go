@@ -516,6 +516,49 @@ func destroyUnused(ctx context.Context, c Config) (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// SweepHost removes the host table's elements of links that no longer
+// exist (as interfaces of this network namespace), and returns their
+// names. A sandbox's link exists before its first elements are added and
+// is deleted before they are removed, so elements without a link are
+// left-overs: of a removal whose read of the shared sets the kernel
+// interrupted (google/nftables does not report NLM_F_DUMP_INTR), or of an
+// owner killed between deleting its link and its elements. They match no
+// traffic, but a later link of the same name would inherit them until
+// its first install. `ironclaw gc` runs this.
+func SweepHost() ([]string, error) {
+	hc, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("sweep host firewall: %w", err)
+	}
+	links, err := firewall.HostLinks(hc)
+	if err != nil || len(links) == 0 {
+		return nil, err
+	}
+	host, err := netns.Current()
+	if err != nil {
+		return nil, fmt.Errorf("sweep host firewall: %w", err)
+	}
+	defer host.Close()
+	var gone []string
+	var errs []error
+	for _, l := range links {
+		ok, err := netns.LinkExists(host, l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("sweep host firewall: %w", err))
+			continue
+		}
+		if ok {
+			continue
+		}
+		if err := firewall.RemoveHost(hc, l); err != nil {
+			errs = append(errs, fmt.Errorf("sweep host firewall: %w", err))
+			continue
+		}
+		gone = append(gone, l)
+	}
+	return gone, errors.Join(errs...)
+}
+
 // removeOldLayout removes the unused objects of an earlier host firewall
 // layout and logs what it removed. Entries of its maps for links that no
 // longer exist (sandboxes of an earlier IronClaw that died without cleaning
