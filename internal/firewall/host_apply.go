@@ -346,11 +346,9 @@ func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
 // per set; removal is off the start path). It is idempotent; without the
 // table it does nothing.
 func RemoveHost(c *nftables.Conn, hostIf string) error {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("remove host ruleset: list tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	if ok, err := hostTableExists(c); err != nil {
+		return fmt.Errorf("remove host ruleset: %w", err)
+	} else if !ok {
 		return nil
 	}
 	// The sets of the layout before generations too, while they exist:
@@ -383,11 +381,9 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 // HostLinks returns the links that have elements in the host table's
 // sandbox sets, each once, sorted. Without the table it returns none.
 func HostLinks(c *nftables.Conn) ([]string, error) {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("list host links: list tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	if ok, err := hostTableExists(c); err != nil {
+		return nil, fmt.Errorf("list host links: %w", err)
+	} else if !ok {
 		return nil, nil
 	}
 	sets, err := c.GetSets(table())
@@ -477,11 +473,9 @@ func GuardUplink(c *nftables.Conn, name string) error {
 // It is idempotent (the element is added and deleted in one transaction,
 // so a missing one is no error); without the table it does nothing.
 func UnguardUplink(c *nftables.Conn, name string) error {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("unguard uplink %s: list tables: %w", name, err)
-	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	if ok, err := hostTableExists(c); err != nil {
+		return fmt.Errorf("unguard uplink %s: %w", name, err)
+	} else if !ok {
 		return nil
 	}
 	s := uplinkSet()
@@ -527,4 +521,13 @@ func ReadSetSizes(c *nftables.Conn) (map[string]int, error) {
 		out[d.name] = len(els)
 	}
 	return out, nil
+}
+
+// hostTableExists reports whether IronClaw's host table exists.
+func hostTableExists(c *nftables.Conn) (bool, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }), nil
 }

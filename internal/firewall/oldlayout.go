@@ -94,11 +94,9 @@ const OldChainPrefix = "ic-"
 // does nothing.
 func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 	t := table()
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("remove old host layout: list tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == TableName }) {
+	if ok, err := hostTableExists(c); err != nil {
+		return nil, fmt.Errorf("remove old host layout: %w", err)
+	} else if !ok {
 		return nil, nil
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
@@ -280,11 +278,9 @@ func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
 // oldLayoutMaps returns the earlier layouts' maps keyed by link present in
 // IronClaw's host table: the verdict maps and the map "version".
 func oldLayoutMaps(c *nftables.Conn) ([]*nftables.Set, error) {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("old host layout: list tables: %w", err)
-	}
-	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == TableName }) {
+	if ok, err := hostTableExists(c); err != nil {
+		return nil, fmt.Errorf("old host layout: %w", err)
+	} else if !ok {
 		return nil, nil
 	}
 	sets, err := c.GetSets(table())
