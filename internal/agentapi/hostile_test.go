@@ -58,6 +58,26 @@ func hostileGuest(t *testing.T, conn net.Conn, token []byte) <-chan *yamux.Sessi
 	return out
 }
 
+// connectHostile connects a host client to a hostileGuest over a socket
+// pair and returns both ends' sessions; the test's cleanup closes them.
+func connectHostile(ctx context.Context, t *testing.T) (*Client, *yamux.Session) {
+	t.Helper()
+	host, guest := connPair(t)
+	token := []byte("token-of-the-test")
+	sessc := hostileGuest(t, guest, token)
+	c, err := Connect(ctx, host, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	sess := <-sessc
+	if sess == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { sess.Close() })
+	return c, sess
+}
+
 // TestClientRefusesGuestStreams has a hostile guest open streams towards
 // the host and fill them. The host never accepts a stream (the protocol
 // has none in that direction), so yamux would keep up to AcceptBacklog of
@@ -65,21 +85,9 @@ func hostileGuest(t *testing.T, conn net.Conn, token []byte) <-chan *yamux.Sessi
 // sandbox), in the daemon's memory for as long as the session lives. The
 // client must end the session instead, and say why.
 func TestClientRefusesGuestStreams(t *testing.T) {
-	host, guest := connPair(t)
-	token := []byte("token-of-the-test")
-	sessc := hostileGuest(t, guest, token)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Connect(ctx, host, token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sess := <-sessc
-	if sess == nil {
-		t.FailNow()
-	}
-	defer sess.Close()
+	c, sess := connectHostile(ctx, t)
 	// The host may end the session as soon as it sees the stream's SYN,
 	// before the guest's OpenStream returns: then the guest's session is
 	// already shut down, which is the point.
@@ -144,21 +152,9 @@ func FuzzClientAgainstHostileGuest(f *testing.F) {
 	f.Add([]byte{})
 	const limit = 64
 	f.Fuzz(func(t *testing.T, reply []byte) {
-		host, guest := connPair(t)
-		token := []byte("fuzz-token")
-		sessc := hostileGuest(t, guest, token)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := Connect(ctx, host, token)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		sess := <-sessc
-		if sess == nil {
-			t.FailNow()
-		}
-		defer sess.Close()
+		c, sess := connectHostile(ctx, t)
 		go replyingGuest(t, sess, reply)
 
 		_, _ = c.Health(ctx)
