@@ -28,6 +28,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
@@ -716,7 +717,7 @@ func testGCForgetsDaemonRecords(t *testing.T, data string) {
 	if gc.code != 0 || !strings.Contains(gc.stdout, "reclaimed 1 sandbox") || !strings.Contains(gc.stdout, "removed 1 daemon record") {
 		t.Fatalf("gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
 	}
-	st, err := store.Open(ctx, store.Path(storeDir))
+	st, err := store.Open(ctx, datadir.Path(storeDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -728,7 +729,7 @@ func testGCForgetsDaemonRecords(t *testing.T, data string) {
 	if len(rows) != 1 || rows[0].ID != "survivor" {
 		t.Errorf("store rows after gc: %+v, want survivor's only", rows)
 	}
-	if _, err := os.Stat(store.Path(root)); data != "" && !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(datadir.Path(root)); data != "" && !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a store in the root although --data-dir is %s: %v", data, err)
 	}
 	// A second gc finds nothing more to do.

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/store"
 )
 
@@ -35,7 +36,7 @@ func TestDaemonAfterReboot(t *testing.T) {
 	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("data directory: %v %v; want mode 0700", fi, err)
 	}
-	if _, err := os.Stat(store.Path(before)); !os.IsNotExist(err) {
+	if _, err := os.Stat(datadir.Path(before)); !os.IsNotExist(err) {
 		t.Fatalf("a store in the runtime root: %v", err)
 	}
 
@@ -61,7 +62,7 @@ func TestDaemonAfterReboot(t *testing.T) {
 	if gc.code != 0 || !strings.Contains(gc.stdout, "reclaimed 2 sandbox") || strings.Contains(gc.stdout, "daemon record") {
 		t.Fatalf("gc: %d\n%s%s", gc.code, gc.stdout, gc.stderr)
 	}
-	st, err := store.Open(ctx, store.Path(data))
+	st, err := store.Open(ctx, datadir.Path(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestDaemonAfterReboot(t *testing.T) {
 	if !strings.Contains(d2.log.String(), "did not survive the daemon restart") {
 		t.Errorf("daemon log does not say the sandboxes were gone:\n%s", d2.log.String())
 	}
-	st, err = store.Open(ctx, store.Path(data))
+	st, err = store.Open(ctx, datadir.Path(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestDaemonRefusesStrandedStore(t *testing.T) {
 	root := newRoot(t)
 	data := filepath.Join(t.TempDir(), "data")
 	ctx := ctxT(t)
-	st, err := store.Open(ctx, store.Path(root))
+	st, err := store.Open(ctx, datadir.Path(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +126,10 @@ func TestDaemonRefusesStrandedStore(t *testing.T) {
 	}
 	st.Close()
 	r := ironclaw(t, nil, "--root", root, "--data-dir", data, "serve", "--socket", filepath.Join(root, "ironclaw.sock"))
-	if r.code == 0 || !strings.Contains(r.stderr, "stop every ironclaw daemon and gateway") || !strings.Contains(r.stderr, "mv -n "+store.Path(root)+"* "+data+"/") {
+	if r.code == 0 || !strings.Contains(r.stderr, "stop every ironclaw daemon and gateway") || !strings.Contains(r.stderr, "mv -n "+datadir.Path(root)+"* "+data+"/") {
 		t.Fatalf("daemon beside a stranded store: %d %s", r.code, r.stderr)
 	}
-	if _, err := os.Stat(store.Path(data)); !os.IsNotExist(err) {
+	if _, err := os.Stat(datadir.Path(data)); !os.IsNotExist(err) {
 		t.Fatalf("the refused daemon made a store in the data directory: %v", err)
 	}
 	// audit reads nothing from the new place and says why.
@@ -140,7 +141,7 @@ func TestDaemonRefusesStrandedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if err := os.Rename(store.Path(root)+suffix, store.Path(data)+suffix); err != nil && !os.IsNotExist(err) {
+		if err := os.Rename(datadir.Path(root)+suffix, datadir.Path(data)+suffix); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/spf13/cobra"
@@ -37,10 +38,10 @@ with no outcome after it is a call whose end the gateway did not record.`,
 				if err != nil {
 					return err
 				}
-				storePath = store.Path(dir)
+				storePath = datadir.Path(dir)
 				// A store an earlier IronClaw left in the state root
 				// holds the records written before the upgrade.
-				se, err := store.Stranded(filepath.Clean(g.root), dir)
+				se, err := datadir.Stranded(filepath.Clean(g.root), dir)
 				if err != nil {
 					return err
 				}
@@ -101,7 +102,7 @@ with no outcome after it is a call whose end the gateway did not record.`,
 	fl.StringVar(&since, "since", "", "only records since a duration ago (1h) or a time (RFC 3339)")
 	fl.IntVar(&f.Limit, "limit", 0, "only the newest N records")
 	fl.BoolVar(&asJSON, "json", false, "print one JSON object per line")
-	fl.StringVar(&storePath, "store", "", "store file (default DATA_DIR/"+store.FileName+", see --data-dir)")
+	fl.StringVar(&storePath, "store", "", "store file (default DATA_DIR/"+datadir.FileName+", see --data-dir)")
 	return cmd
 }
 

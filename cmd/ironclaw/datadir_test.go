@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
 )
@@ -75,7 +76,7 @@ func TestMCPAuditSurvivesRootRemoval(t *testing.T) {
 	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("data directory: %v %v; want mode 0700", fi, err)
 	}
-	if _, err := os.Stat(store.Path(root)); !os.IsNotExist(err) {
+	if _, err := os.Stat(datadir.Path(root)); !os.IsNotExist(err) {
 		t.Fatalf("a store in the runtime root: %v", err)
 	}
 	if got := audit("--data-dir", data); strings.Join(got, "|") != "before the reboot" {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
@@ -53,7 +54,7 @@ func newRootCmd(g *globals) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.root, "root", envOr("IRONCLAW_ROOT", defaultRoot), "runtime state directory: sandboxes, sockets, locks; need not outlive a reboot (env IRONCLAW_ROOT)")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", os.Getenv("IRONCLAW_DATA_DIR"),
-		"durable data directory: the store with the audit log and the daemon's records (env IRONCLAW_DATA_DIR; default "+store.DefaultDir+" with the default --root, else the --root directory)")
+		"durable data directory: the store with the audit log and the daemon's records (env IRONCLAW_DATA_DIR; default "+datadir.DefaultDir+" with the default --root, else the --root directory)")
 	root.PersistentFlags().BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 	for _, sub := range subcommands {
 		root.AddCommand(sub(g))
@@ -99,10 +100,10 @@ var subcommands = []func(*globals) *cobra.Command{
 const defaultRoot = state.DefaultRoot
 
 // dataDirectory returns the data directory the store lives in: --data-dir,
-// or store.DirFor(--root) — or the root itself while a store an earlier
+// or datadir.DirFor(--root) — or the root itself while a store an earlier
 // IronClaw left there has not been moved (logged with how to move it).
 func (g *globals) dataDirectory() (string, error) {
-	d, kept, err := store.ResolveDir(g.dataDir, g.root)
+	d, kept, err := datadir.ResolveDir(g.dataDir, g.root)
 	if err != nil {
 		return "", fmt.Errorf("--data-dir: %w", err)
 	}
@@ -123,7 +124,7 @@ func (g *globals) openStore(ctx context.Context, path string, refuseStranded boo
 		if err != nil {
 			return nil, err
 		}
-		se, err := store.Stranded(filepath.Clean(g.root), dir)
+		se, err := datadir.Stranded(filepath.Clean(g.root), dir)
 		if err != nil {
 			return nil, err
 		}
@@ -133,10 +134,10 @@ func (g *globals) openStore(ctx context.Context, path string, refuseStranded boo
 		if se != nil {
 			g.logger.Warn(se.Error())
 		}
-		if err := store.MakeDir(dir); err != nil {
+		if err := datadir.MakeDir(dir); err != nil {
 			return nil, err
 		}
-		path = store.Path(dir)
+		path = datadir.Path(dir)
 	}
 	return store.Open(ctx, path)
 }

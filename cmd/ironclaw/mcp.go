@@ -11,9 +11,9 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/approval"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
 	"github.com/ironclaw/ironclaw/internal/state"
-	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -155,7 +155,7 @@ default --root), which outlives a reboot.`,
 	f.StringVar(&tokenFile, "token-file", "", "file holding the bearer token HTTP clients must send (env IRONCLAW_MCP_TOKEN)")
 	f.StringVar(&name, "name", "", "gateway name for the audit log and approvals socket (default gw-PID)")
 	f.StringVar(&binary, "ironclaw", "", "ironclaw binary that runs sandboxes (default: this one)")
-	f.StringVar(&storePath, "store", "", "store file, for the audit log (default DATA_DIR/"+store.FileName+", see --data-dir)")
+	f.StringVar(&storePath, "store", "", "store file, for the audit log (default DATA_DIR/"+datadir.FileName+", see --data-dir)")
 	f.DurationVar(&approvalTimeout, "approval-timeout", approval.DefaultTimeout, "how long a held call waits before it is denied")
 	cmd.MarkFlagRequired("config")
 	return cmd

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/vm"
@@ -116,7 +117,7 @@ func TestExecEnvAndUser(t *testing.T) {
 
 func TestEventBus(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), store.FileName))
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), datadir.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

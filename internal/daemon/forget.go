@@ -7,12 +7,13 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/store"
 )
 
 // ForgetReclaimed removes from the daemon store in the data directory
-// dataDir (see store.DirFor) the records of the sandboxes whose state
+// dataDir (see datadir.DirFor) the records of the sandboxes whose state
 // directories `ironclaw gc` reclaimed from the state root root (by their
 // keys), and returns how many it removed. A data directory without a store
 // has nothing to forget. While a daemon serves the root or the data
@@ -24,7 +25,7 @@ func ForgetReclaimed(ctx context.Context, root, dataDir string, keys []sandbox.K
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	path := store.Path(dataDir)
+	path := datadir.Path(dataDir)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	} else if err != nil {

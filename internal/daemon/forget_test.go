@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/store"
 )
@@ -18,7 +19,7 @@ import (
 func TestForgetReclaimedDataDir(t *testing.T) {
 	ctx := context.Background()
 	root, data := t.TempDir(), t.TempDir()
-	st, err := store.Open(ctx, store.Path(data))
+	st, err := store.Open(ctx, datadir.Path(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestForgetReclaimedDataDir(t *testing.T) {
 	if n, err := ForgetReclaimed(ctx, root, root, keys); n != 0 || err != nil {
 		t.Fatalf("forget in the root: %d, %v", n, err)
 	}
-	if _, err := os.Stat(store.Path(root)); !os.IsNotExist(err) {
+	if _, err := os.Stat(datadir.Path(root)); !os.IsNotExist(err) {
 		t.Fatalf("forget made a store in the root: %v", err)
 	}
 	for _, dir := range []string{root, data} {

@@ -58,7 +58,7 @@ type Config struct {
 	// Store holds the durable sandbox records and event log.
 	Store *store.Store
 	// DataDir is the directory of Store when it is not the root's (see
-	// store.DirFor); the daemon locks it as it locks the root, so two
+	// datadir.DirFor); the daemon locks it as it locks the root, so two
 	// daemons never share one store's records. Empty means the root.
 	DataDir string
 	// Reclaim removes the kernel objects recorded in a dead sandbox's

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -276,7 +277,7 @@ func conformanceScenario(scenario, serverURL string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	st, err := store.Open(ctx, filepath.Join(dir, store.FileName))
+	st, err := store.Open(ctx, filepath.Join(dir, datadir.FileName))
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/approval"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
@@ -471,7 +472,7 @@ func TestDaemonToolsThroughRealDaemon(t *testing.T) {
 	}
 
 	// The audit log, read back from the store the gateway wrote.
-	st, err := store.Open(ctx, store.Path(root))
+	st, err := store.Open(ctx, datadir.Path(root))
 	if err != nil {
 		t.Fatal(err)
 	}

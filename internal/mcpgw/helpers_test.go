@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
@@ -80,7 +81,7 @@ func startGateway(t *testing.T, cfgJSON string, opts ...harnessOpt) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), datadir.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func errString(err error) string {
 
 func openStore(t *testing.T) *store.Store {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), store.FileName))
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), datadir.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"path/filepath"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -15,12 +14,6 @@ import (
 // ErrTooNew marks a store file written by a newer IronClaw, whose schema
 // this binary does not know.
 var ErrTooNew = errors.New("store schema is newer than this binary")
-
-// FileName is the store's file name inside the state root.
-const FileName = "ironclaw.db"
-
-// Path returns the store path inside the state root.
-func Path(root string) string { return filepath.Join(root, FileName) }
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {

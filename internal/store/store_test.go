@@ -13,7 +13,7 @@ import (
 
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), FileName)
+	p := filepath.Join(t.TempDir(), "ironclaw.db")
 	s, err := Open(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)

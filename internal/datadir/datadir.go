@@ -1,4 +1,9 @@
-package store
+// Package datadir locates IronClaw's durable data directory, where the
+// store (internal/store) lives: the default, the --data-dir flag, a store
+// an earlier IronClaw left in the state root, and the directory's
+// permissions. It links no database, so the lean ironclaw binary resolves
+// --data-dir without the store's SQLite.
+package datadir
 
 import (
 	"errors"
@@ -9,6 +14,12 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/state"
 )
+
+// FileName is the store's file name inside the data directory.
+const FileName = "ironclaw.db"
+
+// Path returns the store path inside the data directory dir.
+func Path(dir string) string { return filepath.Join(dir, FileName) }
 
 // DefaultDir is the data directory of the default state root. The state
 // root (state.DefaultRoot, /run/ironclaw) is usually a tmpfs emptied at
