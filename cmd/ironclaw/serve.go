@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/apiserver"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
@@ -98,7 +99,7 @@ create if missing. Backend "auto" is a VM only where KVM works, else the jail.`,
 	fl.IntVar(&f.maxSandboxes, "max-sandboxes", daemon.DefaultMaxSandboxes, "most sandboxes at once (pool members not counted)")
 	fl.IntVar(&f.maxCreates, "max-creates", daemon.DefaultMaxConcurrentCreates, "most sandbox starts at once; more creates wait")
 	fl.StringVar(&f.maxFileSize, "max-file-size", sandbox.FormatSize(daemon.DefaultMaxFileSize), "largest upload or download")
-	fl.DurationVar(&f.requestTimeout, "request-timeout", api.DefaultRequestTimeout, "timeout of each API request (not exec or event streams)")
+	fl.DurationVar(&f.requestTimeout, "request-timeout", apiserver.DefaultRequestTimeout, "timeout of each API request (not exec or event streams)")
 	fl.IntVar(&f.pool, "pool", 0, "warm pool size for sandboxes of the default shape")
 	fl.StringVar(&f.poolConfig, "pool-config", "", `JSON file of warm pools: [{"name": N, "size": N, "template": <create request>}]`)
 	netPoolFlag(fl, &f.netPool)
@@ -119,7 +120,7 @@ type poolEntry struct {
 func (f *serveFlags) pools() ([]daemon.PoolClass, error) {
 	var out []daemon.PoolClass
 	if f.pool > 0 {
-		o, err := api.CreateOptions(&api.CreateRequest{})
+		o, err := apiserver.CreateOptions(&api.CreateRequest{})
 		if err != nil {
 			return nil, err
 		}
@@ -142,7 +143,7 @@ func (f *serveFlags) pools() ([]daemon.PoolClass, error) {
 		if e.Name == "" || e.Size < 0 {
 			return nil, fmt.Errorf("--pool-config %s: pool %d: want a name and a size >= 0", f.poolConfig, i)
 		}
-		o, err := api.CreateOptions(&e.Template)
+		o, err := apiserver.CreateOptions(&e.Template)
 		if err != nil {
 			return nil, fmt.Errorf("--pool-config %s: pool %q: %w", f.poolConfig, e.Name, err)
 		}
@@ -171,8 +172,8 @@ func serve(g *globals, f *serveFlags) error {
 		if token, err = readToken(f.tokenFile); err != nil {
 			return err
 		}
-		if len(token) < api.MinTokenLen {
-			return fmt.Errorf("--listen %s: refusing to serve TCP without a bearer token of at least %d bytes (--token-file or IRONCLAW_TOKEN)", f.listen, api.MinTokenLen)
+		if len(token) < apiserver.MinTokenLen {
+			return fmt.Errorf("--listen %s: refusing to serve TCP without a bearer token of at least %d bytes (--token-file or IRONCLAW_TOKEN)", f.listen, apiserver.MinTokenLen)
 		}
 	}
 	maxFile, err := sandbox.ParseSize(f.maxFileSize)
@@ -262,16 +263,16 @@ func serve(g *globals, f *serveFlags) error {
 		return err
 	}
 	defer m.Close()
-	srv, err := api.New(api.Config{Manager: m, Logger: log, Registry: reg, Gatherer: reg, RequestTimeout: f.requestTimeout})
+	srv, err := apiserver.New(apiserver.Config{Manager: m, Logger: log, Registry: reg, Gatherer: reg, RequestTimeout: f.requestTimeout})
 	if err != nil {
 		return err
 	}
-	ul, err := api.ListenUnix(socket, perm, gid)
+	ul, err := apiserver.ListenUnix(socket, perm, gid)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(socket)
-	servers := []*http.Server{api.HTTPServer(srv.Handler(), log)}
+	servers := []*http.Server{apiserver.HTTPServer(srv.Handler(), log)}
 	listeners := []net.Listener{ul}
 	if f.listen != "" {
 		h, err := srv.TokenHandler(token)
@@ -282,7 +283,7 @@ func serve(g *globals, f *serveFlags) error {
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
 		}
-		servers = append(servers, api.HTTPServer(h, log))
+		servers = append(servers, apiserver.HTTPServer(h, log))
 		listeners = append(listeners, tl)
 	}
 	errc := make(chan error, len(servers))

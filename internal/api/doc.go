@@ -1,14 +1,12 @@
-// Package api is the daemon's HTTP/JSON API: the wire types shared with
-// the typed client (internal/client), the server that maps requests onto
-// the sandbox manager (internal/daemon), and the OpenAPI 3 document that
-// describes both (openapi.yaml, served at /v1/openapi.yaml; a test keeps
-// the router and the document in step).
+// Package api is the wire side of the daemon's HTTP/JSON API: the types
+// and error codes shared by the server (internal/apiserver) and the typed
+// client (internal/client), and the OpenAPI 3 document that describes both
+// (openapi.yaml, served at /v1/openapi.yaml; a test in internal/apiserver
+// keeps the router and the document in step). It imports neither the
+// server nor the sandbox manager, so a client links neither.
 //
-// The daemon listens on a Unix socket (mode 0600, or 0660 for a group) and
-// logs each request with its peer's credentials (SO_PEERCRED); it may also
-// listen on TCP, but only with a bearer token. Bodies are JSON with
-// unknown fields refused; every error is {"error": {"code", "message",
-// "field"}} with a 4xx or 5xx status.
+// Bodies are JSON with unknown fields refused; every error is
+// {"error": {"code", "message", "field"}} with a 4xx or 5xx status.
 //
 // # Exec streams
 //

@@ -82,7 +82,8 @@ var rules = []struct {
 var hostSide = []string{
 	module + "/internal/jail", module + "/internal/state", module + "/internal/cgroup", module + "/internal/firewall",
 	module + "/internal/netns", module + "/internal/network", module + "/internal/egress", module + "/internal/store",
-	module + "/internal/api", module + "/internal/daemon", module + "/internal/mcpgw", module + "/internal/vm",
+	module + "/internal/api", module + "/internal/apiserver", module + "/internal/daemon", module + "/internal/mcpgw", module + "/internal/vm",
+	module + "/internal/datadir",
 }
 
 // forbidden reports whether imp is the package f or one below it. The

@@ -10,9 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/apiserver"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-
-	"github.com/ironclaw/ironclaw/internal/api"
 )
 
 // ErrNoToken marks an attempt to serve MCP on TCP without a bearer token.
@@ -59,7 +58,7 @@ func Listen(addr, token string) (net.Listener, error) {
 		// Bound elsewhere and renamed into place with mode 0600: never
 		// reachable by other users, not even for a moment (the token is
 		// optional here).
-		ln, err := api.ListenUnix(p, 0o600, -1)
+		ln, err := apiserver.ListenUnix(p, 0o600, -1)
 		if err != nil {
 			return nil, fmt.Errorf("listen %s: %w", addr, err)
 		}

@@ -1,7 +1,6 @@
-package api
+package apiserver
 
 import (
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,27 +11,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 )
 
-// OpenAPI is the API's OpenAPI 3 document.
-//
-//go:embed openapi.yaml
-var OpenAPI []byte
-
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Sandboxes: len(s.m.List(r.Context(), nil))})
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Sandboxes: len(s.m.List(r.Context(), nil))})
 }
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) { s.prom.ServeHTTP(w, r) }
 
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
-	w.Write(OpenAPI)
+	w.Write(api.OpenAPI)
 }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
-	var req CreateRequest
+	var req api.CreateRequest
 	if e := decodeBody(w, r, &req); e != nil {
 		writeError(w, e)
 		return
@@ -58,7 +53,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	out := SandboxList{Sandboxes: []Sandbox{}}
+	out := api.SandboxList{Sandboxes: []api.Sandbox{}}
 	for _, i := range s.m.List(r.Context(), sel) {
 		out.Sandboxes = append(out.Sandboxes, toSandbox(&i, now))
 	}
@@ -83,7 +78,7 @@ func (s *Server) destroy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request) {
-	var req NetworkUpdate
+	var req api.NetworkUpdate
 	if e := decodeBody(w, r, &req); e != nil {
 		writeError(w, e)
 		return
@@ -99,7 +94,7 @@ func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if _, err := firewall.ParsePolicy(req.Allow); err != nil {
-		writeError(w, &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "allow", Message: err.Error()})
+		writeError(w, &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalidField, Field: "allow", Message: err.Error()})
 		return
 	}
 	info, err := s.m.UpdateNetwork(r.Context(), r.PathValue("id"), req.Allow)
@@ -111,7 +106,7 @@ func (s *Server) updateNetwork(w http.ResponseWriter, r *http.Request) {
 }
 
 // pathParam returns the validated "path" query parameter.
-func pathParam(r *http.Request) (string, *Error) {
+func pathParam(r *http.Request) (string, *api.Error) {
 	p := r.URL.Query().Get("path")
 	return p, checkPath("path", p)
 }
@@ -133,7 +128,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fi.Size > s.m.MaxFileSize() {
-		writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeFileTooLarge, Field: "path",
+		writeError(w, &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeFileTooLarge, Field: "path",
 			Message: fmt.Sprintf("%s is %d bytes, over the limit of %d", p, fi.Size, s.m.MaxFileSize())})
 		return
 	}
@@ -178,7 +173,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	max := s.m.MaxFileSize()
 	if r.ContentLength > max {
-		writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeFileTooLarge,
+		writeError(w, &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeFileTooLarge,
 			Message: fmt.Sprintf("upload of %d bytes over the limit of %d", r.ContentLength, max)})
 		return
 	}
@@ -186,14 +181,14 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeFileTooLarge,
+			writeError(w, &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeFileTooLarge,
 				Message: fmt.Sprintf("upload over the limit of %d bytes", max)})
 			return
 		}
 		writeError(w, errorFor(err, "path"))
 		return
 	}
-	writeJSON(w, http.StatusOK, Written{Path: p, Bytes: n})
+	writeJSON(w, http.StatusOK, api.Written{Path: p, Bytes: n})
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
@@ -214,7 +209,7 @@ func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func boolParam(r *http.Request, name string) (bool, *Error) {
+func boolParam(r *http.Request, name string) (bool, *api.Error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {
 		return false, nil
@@ -251,7 +246,7 @@ func (s *Server) listDir(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorFor(err, "path"))
 		return
 	}
-	out := FileList{Entries: make([]FileInfo, 0, len(l))}
+	out := api.FileList{Entries: make([]api.FileInfo, 0, len(l))}
 	for _, fi := range l {
 		out.Entries = append(out.Entries, toFileInfo(fi))
 	}
@@ -259,7 +254,7 @@ func (s *Server) listDir(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) mkdir(w http.ResponseWriter, r *http.Request) {
-	var req MkdirRequest
+	var req api.MkdirRequest
 	if e := decodeBody(w, r, &req); e != nil {
 		writeError(w, e)
 		return
@@ -280,7 +275,7 @@ func (s *Server) mkdir(w http.ResponseWriter, r *http.Request) {
 }
 
 // intParam reads a non-negative integer query parameter.
-func intParam(r *http.Request, name string, def int64) (int64, *Error) {
+func intParam(r *http.Request, name string, def int64) (int64, *api.Error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {
 		return def, nil
@@ -307,7 +302,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorFor(err, ""))
 		return
 	}
-	out := EventList{Entries: make([]Event, 0, len(evs))}
+	out := api.EventList{Entries: make([]api.Event, 0, len(evs))}
 	for _, ev := range evs {
 		out.Entries = append(out.Entries, toEvent(ev))
 	}
@@ -338,7 +333,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	sub := s.m.Subscribe(sandboxID)
 	defer sub.Close()
-	var backlog []Event
+	var backlog []api.Event
 	last := since
 	if since >= 0 {
 		evs, err := s.m.Events(r.Context(), sandboxID, since, 0)
@@ -355,7 +350,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
-	send := func(ev Event) bool {
+	send := func(ev api.Event) bool {
 		if ev.Seq <= last || (len(types) > 0 && !types[ev.Type]) {
 			return true
 		}

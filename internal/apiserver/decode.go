@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"encoding/json"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -23,7 +24,7 @@ const MaxJSONBody = 1 << 20
 
 // decodeJSON decodes one JSON value from r into v, refusing unknown
 // fields, trailing data and bodies over the caller's MaxBytesReader limit.
-func decodeJSON(r io.Reader, v any) *Error {
+func decodeJSON(r io.Reader, v any) *api.Error {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -33,16 +34,16 @@ func decodeJSON(r io.Reader, v any) *Error {
 	var extra json.RawMessage
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		if err != nil {
-			if e := jsonError(err); e.Code == CodeBodyTooLarge {
+			if e := jsonError(err); e.Code == api.CodeBodyTooLarge {
 				return e
 			}
 		}
-		return &Error{Status: http.StatusBadRequest, Code: CodeMalformedJSON, Message: "trailing data after the JSON value"}
+		return &api.Error{Status: http.StatusBadRequest, Code: api.CodeMalformedJSON, Message: "trailing data after the JSON value"}
 	}
 	return nil
 }
 
-func jsonError(err error) *Error {
+func jsonError(err error) *api.Error {
 	var (
 		mbe  *http.MaxBytesError
 		se   *json.SyntaxError
@@ -52,24 +53,24 @@ func jsonError(err error) *Error {
 	)
 	switch {
 	case errors.As(err, &mbe):
-		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeBodyTooLarge, Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeBodyTooLarge, Message: fmt.Sprintf("request body over the limit of %d bytes", mbe.Limit)}
 	case errors.Is(err, io.EOF):
-		return &Error{Status: bad, Code: CodeMalformedJSON, Message: "empty body: want a JSON object"}
+		return &api.Error{Status: bad, Code: api.CodeMalformedJSON, Message: "empty body: want a JSON object"}
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return &Error{Status: bad, Code: CodeMalformedJSON, Message: "truncated JSON"}
+		return &api.Error{Status: bad, Code: api.CodeMalformedJSON, Message: "truncated JSON"}
 	case errors.As(err, &se):
-		return &Error{Status: bad, Code: CodeMalformedJSON, Message: fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)}
+		return &api.Error{Status: bad, Code: api.CodeMalformedJSON, Message: fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se)}
 	case errors.As(err, &ute):
 		field := ute.Field
 		if field == "" {
-			return &Error{Status: bad, Code: CodeMalformedJSON, Message: fmt.Sprintf("want a JSON %s, got %s", ute.Type, ute.Value)}
+			return &api.Error{Status: bad, Code: api.CodeMalformedJSON, Message: fmt.Sprintf("want a JSON %s, got %s", ute.Type, ute.Value)}
 		}
-		return &Error{Status: bad, Code: CodeInvalidField, Field: field, Message: fmt.Sprintf("%s: want %s, got %s", field, ute.Type, ute.Value)}
+		return &api.Error{Status: bad, Code: api.CodeInvalidField, Field: field, Message: fmt.Sprintf("%s: want %s, got %s", field, ute.Type, ute.Value)}
 	case strings.HasPrefix(text, "json: unknown field "):
 		f, _ := strconv.Unquote(strings.TrimPrefix(text, "json: unknown field "))
-		return &Error{Status: bad, Code: CodeUnknownField, Field: f, Message: fmt.Sprintf("unknown field %q", f)}
+		return &api.Error{Status: bad, Code: api.CodeUnknownField, Field: f, Message: fmt.Sprintf("unknown field %q", f)}
 	}
-	return &Error{Status: bad, Code: CodeMalformedJSON, Message: "malformed JSON: " + text}
+	return &api.Error{Status: bad, Code: api.CodeMalformedJSON, Message: "malformed JSON: " + text}
 }
 
 // specFields maps the field names in sandbox and daemon validation
@@ -82,7 +83,7 @@ var specFields = map[string]string{
 
 // invalid turns a validation error (wrapping sandbox.ErrInvalid, whose
 // message names the field first) into a 400 naming the JSON field.
-func invalid(err error) *Error {
+func invalid(err error) *api.Error {
 	msg := strings.TrimPrefix(err.Error(), sandbox.ErrInvalid.Error()+": ")
 	field := ""
 	if i := strings.Index(msg, ": "); i > 0 {
@@ -96,14 +97,14 @@ func invalid(err error) *Error {
 			field = f
 		}
 	}
-	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: field, Message: msg}
+	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalidField, Field: field, Message: msg}
 }
 
-func fieldErr(field, format string, args ...any) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: field, Message: field + ": " + fmt.Sprintf(format, args...)}
+func fieldErr(field, format string, args ...any) *api.Error {
+	return &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalidField, Field: field, Message: field + ": " + fmt.Sprintf(format, args...)}
 }
 
-func parseDuration(field, s string) (time.Duration, *Error) {
+func parseDuration(field, s string) (time.Duration, *api.Error) {
 	if s == "" {
 		return 0, nil
 	}
@@ -119,7 +120,7 @@ func parseDuration(field, s string) (time.Duration, *Error) {
 
 // CreateOptions turns a create request into the manager's options and
 // validates them completely (the daemon's pool configuration uses it).
-func CreateOptions(req *CreateRequest) (daemon.CreateOptions, error) {
+func CreateOptions(req *api.CreateRequest) (daemon.CreateOptions, error) {
 	o, e := createOptions(req)
 	if e != nil {
 		return o, e
@@ -129,7 +130,7 @@ func CreateOptions(req *CreateRequest) (daemon.CreateOptions, error) {
 
 // createOptions turns a create request into the manager's options and
 // validates them completely.
-func createOptions(req *CreateRequest) (daemon.CreateOptions, *Error) {
+func createOptions(req *api.CreateRequest) (daemon.CreateOptions, *api.Error) {
 	o := daemon.CreateOptions{ID: req.ID, Backend: req.Backend, Labels: req.Labels, NoPool: req.Pool != nil && !*req.Pool}
 	var err error
 	if o.Spec.User, err = sandbox.ParseUser(req.User); err != nil {
@@ -166,13 +167,13 @@ func createOptions(req *CreateRequest) (daemon.CreateOptions, *Error) {
 			}
 		}
 		if _, err := firewall.ParsePolicy(req.Network.Allow); err != nil {
-			return o, &Error{Status: http.StatusBadRequest, Code: CodeInvalidField, Field: "network.allow", Message: err.Error()}
+			return o, &api.Error{Status: http.StatusBadRequest, Code: api.CodeInvalidField, Field: "network.allow", Message: err.Error()}
 		}
 	}
 	if req.Seccomp != nil {
 		o.Spec.Seccomp = sandbox.Seccomp{Profile: req.Seccomp.Profile, Audit: req.Seccomp.Audit}
 	}
-	var e *Error
+	var e *api.Error
 	if o.TTL, e = parseDuration("ttl", req.TTL); e != nil {
 		return o, e
 	}
@@ -186,10 +187,10 @@ func createOptions(req *CreateRequest) (daemon.CreateOptions, *Error) {
 }
 
 // execOptions turns an exec request into the manager's options.
-func execOptions(req *ExecRequest) (daemon.ExecOptions, *Error) {
+func execOptions(req *api.ExecRequest) (daemon.ExecOptions, *api.Error) {
 	o := daemon.ExecOptions{Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User, TTY: req.TTY, Rows: req.Rows,
 		Cols: req.Cols, DestroyAfter: req.DestroyAfter}
-	var e *Error
+	var e *api.Error
 	if o.Timeout, e = parseDuration("timeout", req.Timeout); e != nil {
 		return o, e
 	}
@@ -200,7 +201,7 @@ func execOptions(req *ExecRequest) (daemon.ExecOptions, *Error) {
 }
 
 // checkPath validates a file path parameter.
-func checkPath(field, p string) *Error {
+func checkPath(field, p string) *api.Error {
 	if err := daemon.ValidatePath(p); err != nil {
 		return fieldErr(field, "%v", err)
 	}
@@ -208,7 +209,7 @@ func checkPath(field, p string) *Error {
 }
 
 // parseMode reads an octal permission parameter ("0644", "755").
-func parseMode(s string) (uint32, *Error) {
+func parseMode(s string) (uint32, *api.Error) {
 	if s == "" {
 		return 0, nil
 	}
@@ -220,7 +221,7 @@ func parseMode(s string) (uint32, *Error) {
 }
 
 // parseLabels reads label selectors "k=v" (repeated query parameter).
-func parseLabels(sel []string) (map[string]string, *Error) {
+func parseLabels(sel []string) (map[string]string, *api.Error) {
 	out := map[string]string{}
 	for _, s := range sel {
 		k, v, ok := strings.Cut(s, "=")
@@ -250,19 +251,19 @@ func durString(d time.Duration) string {
 }
 
 // toSandbox renders the manager's view of a sandbox.
-func toSandbox(i *daemon.Info, now time.Time) Sandbox {
+func toSandbox(i *daemon.Info, now time.Time) api.Sandbox {
 	r := i.Spec.Resources
-	s := Sandbox{
+	s := api.Sandbox{
 		ID: i.ID, Backend: i.Backend, State: i.State, BackendID: i.BackendID, Key: string(i.Key),
 		Hostname: sandbox.Hostname(i.BackendID), Labels: i.Labels, CreatedAt: i.Created.UTC(),
 		StartedAt: timePtr(i.Started), ExpiresAt: timePtr(i.ExpiresAt), LastActiveAt: timePtr(i.LastActive),
 		TTL: durString(i.TTL), IdleTimeout: durString(i.IdleTimeout), UptimeSeconds: i.Uptime(now).Seconds(),
 		FromPool: i.FromPool, User: fmt.Sprintf("%d:%d", i.Spec.User.UID, i.Spec.User.GID),
-		EnvNames: []string{}, Workdir: i.Spec.Workdir, Rootfs: i.Spec.Rootfs, Mounts: []Mount{},
-		Limits: Resources{MemoryBytes: ptr(r.MemoryBytes), Pids: ptr(r.Pids), CPUs: ptr(r.CPUs), NoFile: ptr(r.NoFile),
+		EnvNames: []string{}, Workdir: i.Spec.Workdir, Rootfs: i.Spec.Rootfs, Mounts: []api.Mount{},
+		Limits: api.Resources{MemoryBytes: ptr(r.MemoryBytes), Pids: ptr(r.Pids), CPUs: ptr(r.CPUs), NoFile: ptr(r.NoFile),
 			FileSizeBytes: ptr(r.FileSize)},
-		Network: Network{Allow: append([]string{}, i.Spec.Network.Allow...)},
-		Seccomp: Seccomp{Profile: i.Spec.Seccomp.Profile, Audit: i.Spec.Seccomp.Audit},
+		Network: api.Network{Allow: append([]string{}, i.Spec.Network.Allow...)},
+		Seccomp: api.Seccomp{Profile: i.Spec.Seccomp.Profile, Audit: i.Spec.Seccomp.Audit},
 		InitPID: i.InitPID, ActiveExecs: i.ActiveExecs, Addresses: append([]string{}, i.Addresses...),
 	}
 	if s.Labels == nil {
@@ -277,24 +278,24 @@ func toSandbox(i *daemon.Info, now time.Time) Sandbox {
 	}
 	sort.Strings(s.EnvNames)
 	for _, m := range i.Spec.Mounts {
-		s.Mounts = append(s.Mounts, Mount{Source: m.Source, Target: m.Target, Writable: m.Writable})
+		s.Mounts = append(s.Mounts, api.Mount{Source: m.Source, Target: m.Target, Writable: m.Writable})
 	}
 	if i.Usage != nil {
-		s.Usage = &Usage{MemoryBytes: i.Usage.MemoryBytes, Pids: i.Usage.Pids}
+		s.Usage = &api.Usage{MemoryBytes: i.Usage.MemoryBytes, Pids: i.Usage.Pids}
 	}
 	if i.Exit != nil {
-		s.Exit = &Exit{Time: i.Exit.Time.UTC(), Reason: i.Exit.Reason, OOMKilled: i.Exit.OOMKilled}
+		s.Exit = &api.Exit{Time: i.Exit.Time.UTC(), Reason: i.Exit.Reason, OOMKilled: i.Exit.OOMKilled}
 	}
 	return s
 }
 
-func toEvent(e daemon.Event) Event {
-	return Event{Seq: e.Seq, Time: e.Time.UTC(), Sandbox: e.Sandbox, Type: e.Type, Reason: e.Reason, Step: e.Step,
+func toEvent(e daemon.Event) api.Event {
+	return api.Event{Seq: e.Seq, Time: e.Time.UTC(), Sandbox: e.Sandbox, Type: e.Type, Reason: e.Reason, Step: e.Step,
 		Error: e.Detail.Error, PoolID: e.PoolID, ExecID: e.ExecID, Argv: e.Argv, ExitCode: e.ExitCode, Signal: e.Signal,
 		OOMKilled: e.OOMKilled, TimedOut: e.TimedOut, Allow: e.Allow, Duration: e.Duration}
 }
 
-func toFileInfo(fi agentapi.FileInfo) FileInfo {
+func toFileInfo(fi agentapi.FileInfo) api.FileInfo {
 	t := "other"
 	switch {
 	case fi.Mode.IsRegular():
@@ -304,5 +305,5 @@ func toFileInfo(fi agentapi.FileInfo) FileInfo {
 	case fi.Mode&os.ModeSymlink != 0:
 		t = "symlink"
 	}
-	return FileInfo{Name: fi.Name, Size: fi.Size, Type: t, Mode: uint32(fi.Mode.Perm()), ModTime: fi.ModTime.UTC(), Link: fi.Link}
+	return api.FileInfo{Name: fi.Name, Size: fi.Size, Type: t, Mode: uint32(fi.Mode.Perm()), ModTime: fi.ModTime.UTC(), Link: fi.Link}
 }

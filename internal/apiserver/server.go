@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 )
 
@@ -161,7 +162,7 @@ func (s *Server) TokenHandler(token []byte) (http.Handler, error) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || !agentapi.TokenEqual([]byte(got), token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ironclaw"`)
-			writeError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Message: "missing or wrong bearer token"})
+			writeError(w, &api.Error{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized, Message: "missing or wrong bearer token"})
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -313,7 +314,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
-		b, _ = json.Marshal(ErrorBody{&Error{Code: CodeInternal, Message: "encode response: " + err.Error()}})
+		b, _ = json.Marshal(api.ErrorBody{Error: &api.Error{Code: api.CodeInternal, Message: "encode response: " + err.Error()}})
 	}
 	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
@@ -324,19 +325,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(b)
 }
 
-func writeError(w http.ResponseWriter, e *Error) {
-	writeJSON(w, e.Status, ErrorBody{e})
+func writeError(w http.ResponseWriter, e *api.Error) {
+	writeJSON(w, e.Status, api.ErrorBody{Error: e})
 }
 
 // decodeBody decodes a JSON request body of at most MaxJSONBody bytes.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) *Error {
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) *api.Error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, _ := strings.Cut(ct, ";"); strings.TrimSpace(mt) != "application/json" {
-			return &Error{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMedia, Message: "Content-Type " + ct + ": want application/json"}
+			return &api.Error{Status: http.StatusUnsupportedMediaType, Code: api.CodeUnsupportedMedia, Message: "Content-Type " + ct + ": want application/json"}
 		}
 	}
 	if r.ContentLength > MaxJSONBody {
-		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeBodyTooLarge, Message: fmt.Sprintf("request body of %d bytes over the limit of %d", r.ContentLength, MaxJSONBody)}
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Code: api.CodeBodyTooLarge, Message: fmt.Sprintf("request body of %d bytes over the limit of %d", r.ContentLength, MaxJSONBody)}
 	}
 	return decodeJSON(http.MaxBytesReader(w, r.Body, MaxJSONBody), v)
 }

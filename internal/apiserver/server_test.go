@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ironclaw/ironclaw/internal/api"
+
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/ironclaw/ironclaw/internal/daemon"
@@ -19,7 +21,7 @@ import (
 func loadDoc(t testing.TB) *openapi3.T {
 	t.Helper()
 	l := openapi3.NewLoader()
-	doc, err := l.LoadFromData(OpenAPI)
+	doc, err := l.LoadFromData(api.OpenAPI)
 	if err != nil {
 		t.Fatalf("load openapi.yaml: %v", err)
 	}
@@ -34,7 +36,7 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 		t.Fatalf("openapi.yaml: %v", err)
 	}
 	// Each example must really be checked: break one and expect a failure.
-	broken := bytes.Replace(OpenAPI, []byte("example: {status: ok, sandboxes: 3}"), []byte("example: {status: ok, sandboxes: -3}"), 1)
+	broken := bytes.Replace(api.OpenAPI, []byte("example: {status: ok, sandboxes: 3}"), []byte("example: {status: ok, sandboxes: -3}"), 1)
 	bad, err := openapi3.NewLoader().LoadFromData(broken)
 	if err != nil {
 		t.Fatal(err)
@@ -84,10 +86,10 @@ func TestErrorCodesAreDocumented(t *testing.T) {
 	for _, v := range doc.Components.Schemas["Error"].Value.Properties["code"].Value.Enum {
 		enum[v.(string)] = true
 	}
-	for _, c := range []string{CodeMalformedJSON, CodeUnknownField, CodeInvalidField, CodeBodyTooLarge, CodeUnsupportedMedia,
-		CodeNotFound, CodeAlreadyExists, CodeNotRunning, CodeLimitReached, CodeUnsupported, CodeUnauthorized, CodePathEscape,
-		CodeFileNotFound, CodeFileExists, CodeFileTooLarge, CodeCommandNotFound, CodeNotExecutable, CodeStartFailed,
-		CodeTimeout, CodeShuttingDown, CodeInternal} {
+	for _, c := range []string{api.CodeMalformedJSON, api.CodeUnknownField, api.CodeInvalidField, api.CodeBodyTooLarge, api.CodeUnsupportedMedia,
+		api.CodeNotFound, api.CodeAlreadyExists, api.CodeNotRunning, api.CodeLimitReached, api.CodeUnsupported, api.CodeUnauthorized, api.CodePathEscape,
+		api.CodeFileNotFound, api.CodeFileExists, api.CodeFileTooLarge, api.CodeCommandNotFound, api.CodeNotExecutable, api.CodeStartFailed,
+		api.CodeTimeout, api.CodeShuttingDown, api.CodeInternal} {
 		if !enum[c] {
 			t.Errorf("error code %q is not in openapi.yaml", c)
 		}
@@ -97,8 +99,8 @@ func TestErrorCodesAreDocumented(t *testing.T) {
 	}
 }
 
-func decodeCreate(body []byte) (daemon.CreateOptions, *Error) {
-	var req CreateRequest
+func decodeCreate(body []byte) (daemon.CreateOptions, *api.Error) {
+	var req api.CreateRequest
 	r := httptest.NewRequest("POST", "/v1/sandboxes", bytes.NewReader(body))
 	if e := decodeBody(httptest.NewRecorder(), r, &req); e != nil {
 		return daemon.CreateOptions{}, e
@@ -110,28 +112,28 @@ func TestDecodeCreateErrors(t *testing.T) {
 	cases := []struct {
 		body, code, field string
 	}{
-		{``, CodeMalformedJSON, ""},
-		{`{`, CodeMalformedJSON, ""},
-		{`{"id": "x",}`, CodeMalformedJSON, ""},
-		{`[]`, CodeMalformedJSON, ""},
-		{`{"id": "x"} {"id": "y"}`, CodeMalformedJSON, ""},
-		{`{"id": "x", "colour": "red"}`, CodeUnknownField, "colour"},
-		{`{"resources": {"memory": 5}}`, CodeUnknownField, "memory"},
-		{`{"id": 5}`, CodeInvalidField, "id"},
-		{`{"resources": {"pids": "many"}}`, CodeInvalidField, "resources.pids"},
-		{`{"id": "a\u0000b"}`, CodeInvalidField, "id"},
-		{`{"backend": "docker"}`, CodeInvalidField, "backend"},
-		{`{"user": "alice"}`, CodeInvalidField, "user"},
-		{`{"resources": {"memory_bytes": 1}}`, CodeInvalidField, "resources.memory_bytes"},
-		{`{"resources": {"cpus": -1}}`, CodeInvalidField, "resources.cpus"},
-		{`{"mounts": [{"source": "rel", "target": "/x"}]}`, CodeInvalidField, "mounts"},
-		{`{"mounts": [{"source": "/a", "target": "/proc"}]}`, CodeInvalidField, "mounts"},
-		{`{"env": ["NOVALUE"]}`, CodeInvalidField, "env"},
-		{`{"ttl": "soon"}`, CodeInvalidField, "ttl"},
-		{`{"idle_timeout": "-5s"}`, CodeInvalidField, "idle_timeout"},
-		{`{"labels": {"": "x"}}`, CodeInvalidField, "labels"},
-		{`{"network": {"allow": [""]}}`, CodeInvalidField, "network.allow[0]"},
-		{`{"network": {"allow": ["not a rule"]}}`, CodeInvalidField, "network.allow"},
+		{``, api.CodeMalformedJSON, ""},
+		{`{`, api.CodeMalformedJSON, ""},
+		{`{"id": "x",}`, api.CodeMalformedJSON, ""},
+		{`[]`, api.CodeMalformedJSON, ""},
+		{`{"id": "x"} {"id": "y"}`, api.CodeMalformedJSON, ""},
+		{`{"id": "x", "colour": "red"}`, api.CodeUnknownField, "colour"},
+		{`{"resources": {"memory": 5}}`, api.CodeUnknownField, "memory"},
+		{`{"id": 5}`, api.CodeInvalidField, "id"},
+		{`{"resources": {"pids": "many"}}`, api.CodeInvalidField, "resources.pids"},
+		{`{"id": "a\u0000b"}`, api.CodeInvalidField, "id"},
+		{`{"backend": "docker"}`, api.CodeInvalidField, "backend"},
+		{`{"user": "alice"}`, api.CodeInvalidField, "user"},
+		{`{"resources": {"memory_bytes": 1}}`, api.CodeInvalidField, "resources.memory_bytes"},
+		{`{"resources": {"cpus": -1}}`, api.CodeInvalidField, "resources.cpus"},
+		{`{"mounts": [{"source": "rel", "target": "/x"}]}`, api.CodeInvalidField, "mounts"},
+		{`{"mounts": [{"source": "/a", "target": "/proc"}]}`, api.CodeInvalidField, "mounts"},
+		{`{"env": ["NOVALUE"]}`, api.CodeInvalidField, "env"},
+		{`{"ttl": "soon"}`, api.CodeInvalidField, "ttl"},
+		{`{"idle_timeout": "-5s"}`, api.CodeInvalidField, "idle_timeout"},
+		{`{"labels": {"": "x"}}`, api.CodeInvalidField, "labels"},
+		{`{"network": {"allow": [""]}}`, api.CodeInvalidField, "network.allow[0]"},
+		{`{"network": {"allow": ["not a rule"]}}`, api.CodeInvalidField, "network.allow"},
 	}
 	for _, c := range cases {
 		_, e := decodeCreate([]byte(c.body))
@@ -157,19 +159,19 @@ func TestHugeBodyIsRefused(t *testing.T) {
 	huge := append([]byte(`{"id": "`), bytes.Repeat([]byte("x"), MaxJSONBody)...)
 	huge = append(huge, `"}`...)
 	_, e := decodeCreate(huge)
-	if e == nil || e.Code != CodeBodyTooLarge || e.Status != http.StatusRequestEntityTooLarge {
+	if e == nil || e.Code != api.CodeBodyTooLarge || e.Status != http.StatusRequestEntityTooLarge {
 		t.Fatalf("huge body: %+v", e)
 	}
 	// The same without a Content-Length (chunked) is cut by MaxBytesReader.
 	r := httptest.NewRequest("POST", "/v1/sandboxes", bytes.NewReader(huge))
 	r.ContentLength = -1
-	var req CreateRequest
-	if e := decodeBody(httptest.NewRecorder(), r, &req); e == nil || e.Code != CodeBodyTooLarge {
+	var req api.CreateRequest
+	if e := decodeBody(httptest.NewRecorder(), r, &req); e == nil || e.Code != api.CodeBodyTooLarge {
 		t.Fatalf("huge chunked body: %+v", e)
 	}
 	r = httptest.NewRequest("POST", "/v1/sandboxes", strings.NewReader(`{}`))
 	r.Header.Set("Content-Type", "text/plain")
-	if e := decodeBody(httptest.NewRecorder(), r, &req); e == nil || e.Code != CodeUnsupportedMedia {
+	if e := decodeBody(httptest.NewRecorder(), r, &req); e == nil || e.Code != api.CodeUnsupportedMedia {
 		t.Fatalf("text/plain body: %+v", e)
 	}
 }
@@ -182,7 +184,7 @@ func TestCheckPath(t *testing.T) {
 	}
 	for _, bad := range []string{"", "workspace", "/workspace/../etc", "/a/./b", "/a//b", "/a/", "/..", "/a\x00b",
 		"/" + strings.Repeat("a", daemon.MaxPath)} {
-		if e := checkPath("path", bad); e == nil || e.Field != "path" || e.Code != CodeInvalidField {
+		if e := checkPath("path", bad); e == nil || e.Field != "path" || e.Code != api.CodeInvalidField {
 			t.Errorf("checkPath(%q) = %v, want invalid_field naming path", bad, e)
 		}
 	}
@@ -194,15 +196,15 @@ func TestErrorMapping(t *testing.T) {
 		status int
 		code   string
 	}{
-		{sandbox.ErrNotFound, 404, CodeNotFound},
-		{sandbox.ErrExists, 409, CodeAlreadyExists},
-		{sandbox.ErrUnsupported, 501, CodeUnsupported},
-		{daemon.ErrLimit, 429, CodeLimitReached},
-		{daemon.ErrNotRunning, 409, CodeNotRunning},
-		{daemon.ErrCommandNotFound, 400, CodeCommandNotFound},
-		{daemon.ErrNotExecutable, 400, CodeNotExecutable},
-		{context.DeadlineExceeded, 504, CodeTimeout},
-		{errors.New("boom"), 500, CodeInternal},
+		{sandbox.ErrNotFound, 404, api.CodeNotFound},
+		{sandbox.ErrExists, 409, api.CodeAlreadyExists},
+		{sandbox.ErrUnsupported, 501, api.CodeUnsupported},
+		{daemon.ErrLimit, 429, api.CodeLimitReached},
+		{daemon.ErrNotRunning, 409, api.CodeNotRunning},
+		{daemon.ErrCommandNotFound, 400, api.CodeCommandNotFound},
+		{daemon.ErrNotExecutable, 400, api.CodeNotExecutable},
+		{context.DeadlineExceeded, 504, api.CodeTimeout},
+		{errors.New("boom"), 500, api.CodeInternal},
 	}
 	for _, c := range cases {
 		e := errorFor(c.err, "path")
@@ -240,7 +242,7 @@ func FuzzDecodeExec(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var req ExecRequest
+		var req api.ExecRequest
 		r := httptest.NewRequest("POST", "/v1/sandboxes/x/exec", bytes.NewReader(body))
 		if e := decodeBody(httptest.NewRecorder(), r, &req); e != nil {
 			if e.Status < 400 || e.Status >= 500 {
@@ -266,13 +268,13 @@ func FuzzDecodeSmallBodies(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, v := range []any{&MkdirRequest{}, &NetworkUpdate{}, &ExecControl{}} {
+		for _, v := range []any{&api.MkdirRequest{}, &api.NetworkUpdate{}, &api.ExecControl{}} {
 			r := httptest.NewRequest("POST", "/", bytes.NewReader(body))
 			if e := decodeBody(httptest.NewRecorder(), r, v); e != nil && (e.Status < 400 || e.Status >= 500) {
 				t.Fatalf("bad refusal %+v", e)
 			}
 		}
-		if mk, ok := any(&MkdirRequest{}).(*MkdirRequest); ok {
+		if mk, ok := any(&api.MkdirRequest{}).(*api.MkdirRequest); ok {
 			_ = checkPath("path", mk.Path)
 		}
 		_ = checkPath("path", string(body))

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 )
 
@@ -27,7 +28,7 @@ const MaxBufferedOutput = 1 << 20
 const maxControlFrame = agentapi.MaxFrame
 
 func wantsUpgrade(r *http.Request) bool {
-	return headerHas(r.Header, "Connection", "upgrade") && strings.EqualFold(r.Header.Get("Upgrade"), ExecUpgrade)
+	return headerHas(r.Header, "Connection", "upgrade") && strings.EqualFold(r.Header.Get("Upgrade"), api.ExecUpgrade)
 }
 
 func headerHas(h http.Header, name, token string) bool {
@@ -42,7 +43,7 @@ func headerHas(h http.Header, name, token string) bool {
 }
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
-	var req ExecRequest
+	var req api.ExecRequest
 	if e := decodeBody(w, r, &req); e != nil {
 		writeError(w, e)
 		return
@@ -89,8 +90,8 @@ func (s *Server) execBuffered(w http.ResponseWriter, r *http.Request, id string,
 		return
 	}
 	st := e.Wait()
-	writeJSON(w, http.StatusOK, ExecResult{
-		ExitStatus: ExitStatus(st), ExecID: e.ID,
+	writeJSON(w, http.StatusOK, api.ExecResult{
+		ExitStatus: api.ExitStatus(st), ExecID: e.ID,
 		Stdout: out.buf.Bytes(), Stderr: errb.buf.Bytes(), StdoutTruncated: out.truncated, StderrTruncated: errb.truncated,
 	})
 }
@@ -153,15 +154,15 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 		sw.dead = true
 		close(sw.ready)
 		s.log.Error("exec: hijack", "sandbox", id, "err", err)
-		writeError(w, &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "cannot take over the connection: " + err.Error()})
+		writeError(w, &api.Error{Status: http.StatusInternalServerError, Code: api.CodeInternal, Message: "cannot take over the connection: " + err.Error()})
 		return
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{})
 	// The 101 and the start frame go out in one write: the client reads
 	// both before it sends anything.
-	hdr := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + ExecUpgrade + "\r\n\r\n"
-	started, _ := json.Marshal(ExecStarted{ExecID: e.ID, PID: e.PID})
+	hdr := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.ExecUpgrade + "\r\n\r\n"
+	started, _ := json.Marshal(api.ExecStarted{ExecID: e.ID, PID: e.PID})
 	sw.conn = conn
 	_, err = brw.WriteString(hdr)
 	if err == nil {
@@ -221,7 +222,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 		}
 	}()
 	st := e.Wait()
-	b, _ := json.Marshal(ExitStatus(st))
+	b, _ := json.Marshal(api.ExitStatus(st))
 	if err := sw.frame(agentapi.FrameExit, b); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.log.Debug("exec stream: write exit", "sandbox", id, "err", err)
 	}
@@ -241,7 +242,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 
 // control applies an ExecControl frame.
 func (s *Server) control(ctx context.Context, e *daemon.Exec, payload []byte) {
-	var c ExecControl
+	var c api.ExecControl
 	if err := json.Unmarshal(payload, &c); err != nil {
 		s.log.Warn("exec stream: bad control frame", "err", err)
 		return
