@@ -113,3 +113,46 @@ func TestImportRules(t *testing.T) {
 		}
 	}
 }
+
+// leanForbidden are the packages the lean ironclaw binary must not link,
+// directly or not: the daemon's dependencies, whose initialisation every
+// `ironclaw run` would pay before main (see internal/cli).
+var leanForbidden = []string{
+	"github.com/prometheus/client_golang/prometheus",
+	"modernc.org/sqlite",
+	"github.com/modelcontextprotocol/go-sdk/mcp",
+	module + "/internal/daemon",
+	module + "/internal/store",
+	module + "/internal/mcpgw",
+	module + "/internal/apiserver",
+	module + "/internal/approval",
+}
+
+// deps returns the packages the command pkg links (go list -deps).
+func deps(t *testing.T, pkg string) map[string]bool {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	m := map[string]bool{}
+	for _, l := range strings.Fields(string(out)) {
+		m[l] = true
+	}
+	return m
+}
+
+// TestLeanIronclawLinksNoDaemon: cmd/ironclaw links none of the daemon's
+// packages, while cmd/ironclawd, the complete binary, links them all (so
+// that the list names packages that exist).
+func TestLeanIronclawLinksNoDaemon(t *testing.T) {
+	lean, full := deps(t, module+"/cmd/ironclaw"), deps(t, module+"/cmd/ironclawd")
+	for _, p := range leanForbidden {
+		if lean[p] {
+			t.Errorf("cmd/ironclaw links %s: daemon-side code belongs in internal/cli/daemoncli, reached through ironclawd", p)
+		}
+		if !full[p] {
+			t.Errorf("cmd/ironclawd does not link %s: the complete binary has every command", p)
+		}
+	}
+}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -31,7 +32,19 @@ type sandboxGlobals struct {
 	token  string
 }
 
-func (s *sandboxGlobals) client(g *globals) (*client.Client, error) {
+// socketName is the daemon's socket in the state root.
+const socketName = "ironclaw.sock"
+
+// DaemonSocket returns where the CLI looks for the daemon: $IRONCLAW_SOCKET,
+// or the socket in the state root.
+func (g *Globals) DaemonSocket() string {
+	if s := os.Getenv("IRONCLAW_SOCKET"); s != "" {
+		return s
+	}
+	return filepath.Join(g.root, socketName)
+}
+
+func (s *sandboxGlobals) client(g *Globals) (*client.Client, error) {
 	if s.url != "" {
 		tok := s.token
 		if tok == "" {
@@ -41,12 +54,12 @@ func (s *sandboxGlobals) client(g *globals) (*client.Client, error) {
 	}
 	sock := s.socket
 	if sock == "" {
-		sock = daemonSocket(g)
+		sock = g.DaemonSocket()
 	}
 	return client.New(client.Config{Socket: sock})
 }
 
-func newSandboxCmd(g *globals) *cobra.Command {
+func newSandboxCmd(g *Globals) *cobra.Command {
 	var sg sandboxGlobals
 	cmd := &cobra.Command{
 		Use:   "sandbox",
@@ -110,7 +123,7 @@ func createRequest(spec sandbox.Spec) api.CreateRequest {
 	return req
 }
 
-func newSandboxCreateCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxCreateCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var f createFlags
 	cmd := &cobra.Command{
 		Use:   "create [flags]",
@@ -185,7 +198,7 @@ func newSandboxCreateCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-func newSandboxLsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxLsCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var labels []string
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -236,7 +249,7 @@ func newSandboxLsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-func newSandboxInspectCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxInspectCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "inspect ID...",
@@ -353,7 +366,7 @@ func streamExec(ctx context.Context, c *client.Client, id string, req api.ExecRe
 	return st, nil
 }
 
-func newSandboxExecCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxExecCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var (
 		tty     bool
 		env     []string
@@ -441,7 +454,7 @@ func splitRemote(s string) (id, path string, ok bool) {
 	return s[:i], s[i+1:], true
 }
 
-func newSandboxCpCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxCpCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var mode string
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -556,7 +569,7 @@ func printEvent(ev api.Event) {
 	fmt.Println(b.String())
 }
 
-func newSandboxLogsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxLogsCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var limit int
 	var follow, asJSON bool
 	cmd := &cobra.Command{
@@ -611,7 +624,7 @@ func newSandboxLogsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-func newSandboxRmCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxRmCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "rm ID...",
@@ -652,7 +665,7 @@ func newSandboxRmCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-func newSandboxNetCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxNetCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var allow []string
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -681,7 +694,7 @@ func newSandboxNetCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-func newSandboxEventsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
+func newSandboxEventsCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var f client.EventFilter
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -718,8 +731,8 @@ func newSandboxEventsCmd(g *globals, sg *sandboxGlobals) *cobra.Command {
 
 // daemonClient returns a client when a daemon answers on the socket, for
 // `ironclaw run` to go through it; nil means run embedded.
-func daemonClient(g *globals) *client.Client {
-	sock := daemonSocket(g)
+func daemonClient(g *Globals) *client.Client {
+	sock := g.DaemonSocket()
 	if _, err := os.Stat(sock); err != nil {
 		return nil
 	}
@@ -739,7 +752,7 @@ func daemonClient(g *globals) *client.Client {
 // rules. The exec is bound to the sandbox (destroy_after), so a killed
 // CLI takes the sandbox with it; an idle timeout covers a CLI killed
 // between the create and the exec.
-func runViaDaemon(g *globals, c *client.Client, spec sandbox.Spec, named bool) error {
+func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) error {
 	defer c.Close()
 	ctx := context.Background()
 	req := createRequest(spec)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 )
 
 // newSeccompCmd returns `ironclaw seccomp`: profile tools (suggest, check).
-func newSeccompCmd(g *globals) *cobra.Command {
+func newSeccompCmd(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "seccomp",
 		Short: "Seccomp profile tools",
@@ -21,7 +21,7 @@ func newSeccompCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newSeccompSuggestCmd(g *globals) *cobra.Command {
+func newSeccompSuggestCmd(g *Globals) *cobra.Command {
 	var base string
 	cmd := &cobra.Command{
 		Use:   "suggest REPORT.json",
@@ -65,7 +65,7 @@ func newSeccompSuggestCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newSeccompCheckCmd(g *globals) *cobra.Command {
+func newSeccompCheckCmd(g *Globals) *cobra.Command {
 	var mode string
 	cmd := &cobra.Command{
 		Use:   "check PROFILE",

@@ -1,4 +1,4 @@
-package main
+package daemoncli
 
 import (
 	"encoding/json"
@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/cli"
 	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/spf13/cobra"
 )
 
-func newAuditCmd(g *globals) *cobra.Command {
+func newAuditCmd(g *cli.Globals) *cobra.Command {
 	var (
 		f         store.AuditFilter
 		since     string
@@ -34,14 +35,14 @@ with no outcome after it is a call whose end the gateway did not record.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if storePath == "" {
-				dir, err := g.dataDirectory()
+				dir, err := g.DataDirectory()
 				if err != nil {
 					return err
 				}
 				storePath = datadir.Path(dir)
 				// A store an earlier IronClaw left in the state root
 				// holds the records written before the upgrade.
-				se, err := datadir.Stranded(filepath.Clean(g.root), dir)
+				se, err := datadir.Stranded(filepath.Clean(g.Root()), dir)
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -15,14 +15,14 @@ import (
 // netConfig is the sandbox-network configuration of this host. It opens
 // (and if needed creates) the state root first, with the permissions
 // sandboxes need.
-func netConfig(g *globals) (network.Config, error) {
+func netConfig(g *Globals) (network.Config, error) {
 	if _, err := state.Open(g.root); err != nil {
 		return network.Config{}, err
 	}
 	return network.Config{Root: g.root, Logger: g.logger}, nil
 }
 
-func newNetCmd(g *globals) *cobra.Command {
+func newNetCmd(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "net",
 		Short: "Inspect and maintain sandbox networks",
@@ -31,7 +31,7 @@ func newNetCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newNetShowCmd(g *globals) *cobra.Command {
+func newNetShowCmd(g *Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "show ID",
 		Short: "Print a sandbox's live firewall rules and whether they verify",
@@ -99,7 +99,7 @@ func printNetStatus(w io.Writer, id string, st *network.Status) bool {
 	return true
 }
 
-func newNetPoolCmd(g *globals) *cobra.Command {
+func newNetPoolCmd(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pool",
 		Short: "Maintain the pool of prepared sandbox networks",

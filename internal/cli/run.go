@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"encoding/json"
@@ -49,7 +49,7 @@ type runFlags struct {
 	vm vmRunFlags // --backend and the micro-VM's flags (run_vm.go)
 }
 
-func newRunCmd(g *globals) *cobra.Command {
+func newRunCmd(g *Globals) *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- CMD [ARGS...]",
@@ -71,7 +71,7 @@ could not be executed or found.`,
 			if err != nil {
 				return err
 			}
-			netPool, err := netPoolSize(f.netPool)
+			netPool, err := NetPoolSize(f.netPool)
 			if err != nil {
 				return err
 			}
@@ -109,7 +109,7 @@ could not be executed or found.`,
 	fl.BoolVar(&f.noDaemon, "no-daemon", false, "run embedded even when a daemon (ironclaw serve) is running")
 	fl.StringArrayVar(&f.allow, "allow", nil, "allow egress: CIDR[:PORT[-PORT]][/tcp|/udp], DOMAIN[:PORT] or '*.example.com' (repeatable; everything else is dropped)")
 	fl.StringVar(&f.net, "net", "", "network: none (loopback only, the default without --allow)")
-	netPoolFlag(fl, &f.netPool)
+	NetPoolFlag(fl, &f.netPool)
 	fl.StringVar(&f.seccomp, "seccomp", "default", "syscall filter: default, strict, a Docker/OCI JSON profile file, or unconfined")
 	fl.StringVar(&f.seccompMode, "seccomp-mode", "enforce", "enforce, or audit: log what the profile would block instead of blocking it")
 	f.vm.register(fl)
@@ -190,12 +190,12 @@ func (f *runFlags) spec(args []string) (sandbox.Spec, error) {
 // a used slot when it ends, and a detached maintainer (spawnMaintainer)
 // destroys it and refills the pool to netPool free slots once the sandbox
 // is gone.
-func runSandbox(g *globals, spec sandbox.Spec, reportFile string, netPool int) error {
+func runSandbox(g *Globals, spec sandbox.Spec, reportFile string, netPool int) error {
 	root, err := state.Open(g.root)
 	if err != nil {
 		return err
 	}
-	if n, err := root.Collect(g.reclaim); err != nil {
+	if n, err := root.Collect(Reclaim); err != nil {
 		g.logger.Warn("reclaim leftovers of dead sandboxes", "err", err)
 	} else if n > 0 {
 		g.logger.Info("reclaimed leftovers of dead sandboxes", "count", n)

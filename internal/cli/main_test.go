@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 
 func TestVersionFlag(t *testing.T) {
 	var out bytes.Buffer
-	cmd := newRootCmd(&globals{})
+	cmd := newRootCmd("ironclaw", &Globals{}, LeanCommands())
 	cmd.SetOut(&out)
 	cmd.SetArgs([]string{"--version"})
 	if err := cmd.Execute(); err != nil {

@@ -1,15 +1,18 @@
-package main
+package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
-	"github.com/ironclaw/ironclaw/internal/daemon"
+	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
@@ -17,7 +20,30 @@ import (
 	"github.com/ironclaw/ironclaw/internal/vm"
 )
 
-func newGCCmd(g *globals) *cobra.Command {
+// Forget removes from the daemon's store in the data directory dataDir the
+// records of the sandboxes gc reclaimed from the state root root (by their
+// keys) and returns how many it removed: daemon.ForgetReclaimed.
+type Forget func(ctx context.Context, root, dataDir string, keys []sandbox.Key) (int, error)
+
+// newLeanGCCmd is the lean binary's gc. Main forwards it to ironclawd when
+// ironclawd is found (ironclawd's gc forgets the daemon's records too);
+// without ironclawd it reclaims everything else and, when a daemon store
+// holds records of what it reclaimed, says that they stay (the daemon drops
+// them at its next start) and how to forget them now.
+func newLeanGCCmd(g *Globals) *cobra.Command {
+	cmd := NewGCCmd(g, nil)
+	cmd.Annotations = map[string]string{ForwardAnnotation: ForwardIfFound}
+	cmd.Long += `
+
+ironclaw runs ironclawd gc when ironclawd is found (next to ironclaw or in
+$PATH): the daemon's store is in ironclawd. Without it, gc reclaims all the
+rest and says so when records of reclaimed sandboxes stay in the store.`
+	return cmd
+}
+
+// NewGCCmd returns gc; forget removes the daemon's records of the reclaimed
+// sandboxes (nil: the lean binary, which links no store; see newLeanGCCmd).
+func NewGCCmd(g *Globals, forget Forget) *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",
 		Short: "Reclaim what sandboxes of dead ironclaw processes left behind",
@@ -34,7 +60,7 @@ When no sandbox of the root is left, the root's empty parent cgroups go too
 top of each cgroup hierarchy); the next start makes them again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dataDir, err := g.dataDirectory()
+			dataDir, err := g.DataDirectory()
 			if err != nil {
 				return err
 			}
@@ -44,18 +70,22 @@ top of each cgroup hierarchy); the next start makes them again.`,
 			}
 			var keys []sandbox.Key
 			n, err := root.Collect(func(dir string) error {
-				if err := g.reclaim(dir); err != nil {
+				if err := Reclaim(dir); err != nil {
 					return err
 				}
 				keys = append(keys, sandbox.Key(filepath.Base(dir)))
 				return nil
 			})
 			fmt.Printf("reclaimed %d sandbox(es)\n", n)
-			rows, ferr := daemon.ForgetReclaimed(cmd.Context(), root.Dir(), dataDir, keys)
-			if rows > 0 {
-				fmt.Printf("removed %d daemon record(s) of reclaimed sandboxes\n", rows)
+			if forget != nil {
+				rows, ferr := forget(cmd.Context(), root.Dir(), dataDir, keys)
+				if rows > 0 {
+					fmt.Printf("removed %d daemon record(s) of reclaimed sandboxes\n", rows)
+				}
+				err = errors.Join(err, ferr)
+			} else {
+				err = errors.Join(err, keptRecords(os.Stderr, dataDir, keys))
 			}
-			err = errors.Join(err, ferr)
 			cfg, cerr := netConfig(g)
 			if cerr != nil {
 				return errors.Join(err, cerr)
@@ -73,11 +103,30 @@ top of each cgroup hierarchy); the next start makes them again.`,
 	}
 }
 
-// reclaim removes the kernel objects recorded in a dead sandbox's state
+// keptRecords tells w (stderr) that the daemon's records of the reclaimed
+// sandboxes keys stay in the store in dataDir, if there is one: the lean
+// gc does not link the store, and ironclawd was not found.
+func keptRecords(w io.Writer, dataDir string, keys []sandbox.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	path := datadir.Path(dataDir)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("look for the daemon store: %w", err)
+	}
+	_, why := FindDaemonBinary()
+	fmt.Fprintf(w, "ironclaw: gc: kept the daemon's records (if any) of the %d reclaimed sandbox(es) in %s: forgetting them needs %s (%v). "+
+		"The daemon drops them at its next start; to drop them now, run %s gc.\n", len(keys), path, DaemonBinary, why, DaemonBinary)
+	return nil
+}
+
+// Reclaim removes the kernel objects recorded in a dead sandbox's state
 // directory: a micro-VM's VMM, cgroups and network (vm.Reclaim), then the
 // jail's processes, cgroups and network (jail.Reclaim). Each touches only
 // what its own records name.
-func (g *globals) reclaim(dir string) error {
+func Reclaim(dir string) error {
 	return errors.Join(vm.Reclaim(dir), jail.Reclaim(dir))
 }
 

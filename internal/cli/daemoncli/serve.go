@@ -1,4 +1,4 @@
-package main
+package daemoncli
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,23 +22,13 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/apiserver"
+	"github.com/ironclaw/ironclaw/internal/cli"
 	"github.com/ironclaw/ironclaw/internal/daemon"
 	"github.com/ironclaw/ironclaw/internal/jail"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 )
-
-// socketName is the daemon's socket in the state root.
-const socketName = "ironclaw.sock"
-
-// daemonSocket is where the CLI looks for the daemon.
-func daemonSocket(g *globals) string {
-	if s := os.Getenv("IRONCLAW_SOCKET"); s != "" {
-		return s
-	}
-	return filepath.Join(g.root, socketName)
-}
 
 type serveFlags struct {
 	socket         string
@@ -54,10 +43,10 @@ type serveFlags struct {
 	poolConfig     string
 	sweep          time.Duration
 	netPool        string
-	vm             vmRunFlags
+	vm             vmFlags
 }
 
-func newServeCmd(g *globals) *cobra.Command {
+func newServeCmd(g *cli.Globals) *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -102,7 +91,7 @@ create if missing. Backend "auto" is a VM only where KVM works, else the jail.`,
 	fl.DurationVar(&f.requestTimeout, "request-timeout", apiserver.DefaultRequestTimeout, "timeout of each API request (not exec or event streams)")
 	fl.IntVar(&f.pool, "pool", 0, "warm pool size for sandboxes of the default shape")
 	fl.StringVar(&f.poolConfig, "pool-config", "", `JSON file of warm pools: [{"name": N, "size": N, "template": <create request>}]`)
-	netPoolFlag(fl, &f.netPool)
+	cli.NetPoolFlag(fl, &f.netPool)
 	fl.DurationVar(&f.sweep, "sweep-interval", daemon.DefaultSweepInterval, "how often time-to-live and idle timeouts are checked")
 	fl.StringVar(&f.vm.image, "image", os.Getenv("IRONCLAW_IMAGE"),
 		"micro-VM image directory from `ironclaw image build` (default: the default image, built at the first VM create) (env IRONCLAW_IMAGE)")
@@ -163,7 +152,7 @@ func readToken(file string) ([]byte, error) {
 	return []byte(os.Getenv("IRONCLAW_TOKEN")), nil
 }
 
-func serve(g *globals, f *serveFlags) error {
+func serve(g *cli.Globals, f *serveFlags) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(g)}))
 	// Refuse a TCP listener without a token before anything starts.
 	var token []byte
@@ -184,7 +173,7 @@ func serve(g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	netPool, err := netPoolSize(f.netPool)
+	netPool, err := cli.NetPoolSize(f.netPool)
 	if err != nil {
 		return err
 	}
@@ -201,21 +190,21 @@ func serve(g *globals, f *serveFlags) error {
 	}
 	socket := f.socket
 	if socket == "" {
-		socket = daemonSocket(g)
+		socket = g.DaemonSocket()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	root, err := state.Open(g.root)
+	root, err := state.Open(g.Root())
 	if err != nil {
 		return err
 	}
 	// The store lives in the data directory (durable), not the root.
-	dataDir, err := g.dataDirectory()
+	dataDir, err := g.DataDirectory()
 	if err != nil {
 		return err
 	}
-	st, err := g.openStore(ctx, "", true)
+	st, err := openStore(ctx, g, "", true)
 	if err != nil {
 		return err
 	}
@@ -255,7 +244,7 @@ func serve(g *globals, f *serveFlags) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := daemon.New(ctx, daemon.Config{
-		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, DataDir: dataDir, Reclaim: g.reclaim, Logger: log, Registry: reg,
+		Root: root, Jail: j, VM: vmb, AutoVM: autoVM, Store: st, DataDir: dataDir, Reclaim: cli.Reclaim, Logger: log, Registry: reg,
 		MaxSandboxes: f.maxSandboxes, MaxConcurrentCreates: f.maxCreates, MaxFileSize: maxFile,
 		Pools: pools, SweepInterval: f.sweep,
 	})
@@ -311,8 +300,8 @@ func serve(g *globals, f *serveFlags) error {
 	return nil
 }
 
-func logLevel(g *globals) slog.Level {
-	if g.debug {
+func logLevel(g *cli.Globals) slog.Level {
+	if g.Debug() {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -31,15 +31,15 @@ const maintainTimeout = 5 * time.Minute
 // maintainers' log before it appends to it.
 const maintainLogLimit = 1 << 20
 
-// netPoolFlag registers --net-pool on fl, defaulting to IRONCLAW_NET_POOL
-// (read when the flag is checked, see netPoolSize).
-func netPoolFlag(fl *pflag.FlagSet, p *string) {
+// NetPoolFlag registers --net-pool on fl, defaulting to IRONCLAW_NET_POOL
+// (read when the flag is checked, see NetPoolSize).
+func NetPoolFlag(fl *pflag.FlagSet, p *string) {
 	fl.StringVar(p, "net-pool", os.Getenv("IRONCLAW_NET_POOL"),
 		fmt.Sprintf("free network slots to keep prepared for --allow sandboxes, refilled in the background after each one (env IRONCLAW_NET_POOL; default %d; 0 turns it off)", defaultNetPool))
 }
 
-// netPoolSize parses the value of --net-pool ("" means the default).
-func netPoolSize(v string) (int, error) {
+// NetPoolSize parses the value of --net-pool ("" means the default).
+func NetPoolSize(v string) (int, error) {
 	if v == "" {
 		return defaultNetPool, nil
 	}
@@ -57,7 +57,7 @@ func netPoolSize(v string) (int, error) {
 // removing namespaces holds the kernel's rtnl lock for milliseconds)
 // competes with the run's own setup or teardown. Any failure is logged:
 // the run's outcome never depends on it.
-func spawnMaintainer(g *globals, free int) {
+func spawnMaintainer(g *Globals, free int) {
 	dir := filepath.Join(g.root, "net")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		g.logger.Warn("start network pool maintainer", "err", err)
@@ -87,7 +87,7 @@ func spawnMaintainer(g *globals, free int) {
 	_ = cmd.Process.Release()
 }
 
-func newNetPoolMaintainCmd(g *globals) *cobra.Command {
+func newNetPoolMaintainCmd(g *Globals) *cobra.Command {
 	var free string
 	cmd := &cobra.Command{
 		Use:   "maintain",
@@ -101,7 +101,7 @@ exit. Only one maintainer per --root works at a time (a flock on
 sandbox holds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := netPoolSize(free)
+			n, err := NetPoolSize(free)
 			if err != nil {
 				return err
 			}
@@ -127,7 +127,7 @@ sandbox holds.`,
 	return cmd
 }
 
-func newNetPoolStatusCmd(g *globals) *cobra.Command {
+func newNetPoolStatusCmd(g *Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "Count the pool's slots: free, claimed (in use), used and orphaned (waiting to be destroyed)",

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -28,9 +28,9 @@ const (
 	backendAuto = "auto"
 )
 
-// accelEnv forces the VM accelerator: kvm, tcg, or auto (the default: KVM
+// AccelEnv forces the VM accelerator: kvm, tcg, or auto (the default: KVM
 // when this boot's probe saw a guest boot under it).
-const accelEnv = "IRONCLAW_VM_ACCEL"
+const AccelEnv = "IRONCLAW_VM_ACCEL"
 
 // vmRunFlags are the flags of `ironclaw run` that choose the backend and
 // configure a micro-VM.
@@ -41,7 +41,7 @@ type vmRunFlags struct {
 }
 
 func (f *vmRunFlags) register(fl *pflag.FlagSet) {
-	fl.StringVar(&f.backend, "backend", envOr("IRONCLAW_BACKEND", backendJail),
+	fl.StringVar(&f.backend, "backend", EnvOr("IRONCLAW_BACKEND", backendJail),
 		"jail (namespaces), vm (a micro-VM: QEMU, KVM when usable) or auto (a VM when KVM boots one here, else the jail) (env IRONCLAW_BACKEND)")
 	fl.StringVar(&f.image, "image", os.Getenv("IRONCLAW_IMAGE"),
 		"micro-VM image directory from `ironclaw image build` (default: the default image, built on first use) (env IRONCLAW_IMAGE)")
@@ -51,7 +51,7 @@ func (f *vmRunFlags) register(fl *pflag.FlagSet) {
 // dispatch runs spec in a micro-VM when the flags ask for one (or auto
 // finds KVM usable) and reports whether it did; otherwise the caller runs
 // the jail.
-func (f *vmRunFlags) dispatch(g *globals, spec sandbox.Spec) (bool, error) {
+func (f *vmRunFlags) dispatch(g *Globals, spec sandbox.Spec) (bool, error) {
 	ctx := cmdContext()
 	switch f.backend {
 	case "", backendJail:
@@ -60,9 +60,9 @@ func (f *vmRunFlags) dispatch(g *globals, spec sandbox.Spec) (bool, error) {
 	default:
 		return true, fmt.Errorf("--backend: %q is not %s, %s or %s", f.backend, backendJail, backendVM, backendAuto)
 	}
-	accel := envOr(accelEnv, "auto")
+	accel := EnvOr(AccelEnv, "auto")
 	if accel != "auto" && accel != "kvm" && accel != "tcg" {
-		return true, fmt.Errorf("%s: %q is not auto, kvm or tcg", accelEnv, accel)
+		return true, fmt.Errorf("%s: %q is not auto, kvm or tcg", AccelEnv, accel)
 	}
 	root, err := state.Open(g.root)
 	if err != nil {
@@ -76,7 +76,7 @@ func (f *vmRunFlags) dispatch(g *globals, spec sandbox.Spec) (bool, error) {
 		p := vm.Probe(ctx, vm.ProbeConfig{QEMU: f.qemu, Image: img, ImageErr: imgErr, Cache: vm.ProbeCacheFile(root.Dir())})
 		if auto {
 			if !p.Accelerated() {
-				g.logger.Debug("backend auto: the jail", "reason", autoReason(p))
+				g.logger.Debug("backend auto: the jail", "reason", AutoReason(p))
 				return false, nil
 			}
 			g.logger.Debug("backend auto: a micro-VM", "kvm", p.KVMDetail)
@@ -90,8 +90,8 @@ func (f *vmRunFlags) dispatch(g *globals, spec sandbox.Spec) (bool, error) {
 	return true, runVM(g, root, spec, vm.Config{Root: root, Image: img, QEMU: f.qemu, KVM: kvm, Logger: g.logger})
 }
 
-// autoReason says why auto chose the jail.
-func autoReason(p vm.ProbeResult) string {
+// AutoReason says why auto chose the jail.
+func AutoReason(p vm.ProbeResult) string {
 	switch {
 	case p.Image == "":
 		return "no micro-VM image: " + p.ImageErr
@@ -112,7 +112,7 @@ func (f *vmRunFlags) resolveImage(ctx context.Context, build bool) (*image.Image
 		}
 		return img, nil
 	}
-	d, err := defaultImage()
+	d, err := DefaultImage()
 	if err != nil {
 		return nil, err
 	}
@@ -127,11 +127,11 @@ func (f *vmRunFlags) resolveImage(ctx context.Context, build bool) (*image.Image
 	return img, nil
 }
 
-// defaultImage says what the default image is made of: the agent next to
+// DefaultImage says what the default image is made of: the agent next to
 // this binary (or $IRONCLAW_AGENT), the static busybox, the kernel in
 // $IRONCLAW_GUEST_KERNEL_DIR or /var/lib/ironclaw/kernel, cached in
 // $IRONCLAW_CACHE or /var/lib/ironclaw/images.
-func defaultImage() (image.Default, error) {
+func DefaultImage() (image.Default, error) {
 	agent := os.Getenv("IRONCLAW_AGENT")
 	if agent == "" {
 		self, err := os.Executable()
@@ -144,14 +144,14 @@ func defaultImage() (image.Default, error) {
 		Agent:     agent,
 		Busybox:   os.Getenv("IRONCLAW_BUSYBOX"),
 		KernelDir: os.Getenv(image.KernelDirEnv),
-		CacheDir:  envOr("IRONCLAW_CACHE", image.DefaultCacheDir),
+		CacheDir:  EnvOr("IRONCLAW_CACHE", image.DefaultCacheDir),
 	}, nil
 }
 
 // runVM runs spec in a micro-VM with the caller's terminal and signals
 // wired through, and exits with the command's status like the jail does.
-func runVM(g *globals, root *state.Root, spec sandbox.Spec, cfg vm.Config) error {
-	if n, err := root.Collect(g.reclaim); err != nil {
+func runVM(g *Globals, root *state.Root, spec sandbox.Spec, cfg vm.Config) error {
+	if n, err := root.Collect(Reclaim); err != nil {
 		g.logger.Warn("reclaim leftovers of dead sandboxes", "err", err)
 	} else if n > 0 {
 		g.logger.Info("reclaimed leftovers of dead sandboxes", "count", n)
@@ -227,7 +227,7 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 // vmProbe is doctor's micro-VM check: VMM binaries and versions, the KVM
 // boot probe (cached for this host boot under the state root) and the
 // default image (looked up, never built).
-func (g *globals) vmProbe(ctx context.Context) []doctor.Check {
+func (g *Globals) vmProbe(ctx context.Context) []doctor.Check {
 	var f vmRunFlags
 	f.image, f.qemu = os.Getenv("IRONCLAW_IMAGE"), os.Getenv("IRONCLAW_QEMU")
 	img, imgErr := f.resolveImage(ctx, false)

@@ -1,4 +1,4 @@
-package main
+package daemoncli
 
 import (
 	"bufio"
@@ -11,11 +11,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/cli"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/vm"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
 )
+
+// vmFlags are the flags of serve that configure micro-VMs: --image and
+// --qemu, as `ironclaw run` takes them.
+type vmFlags struct {
+	image string
+	qemu  string
+}
 
 // daemonBackend makes the daemon's micro-VM backend. The image and the
 // accelerator are resolved at the first VM create, not at start: the
@@ -23,10 +31,10 @@ import (
 // KVM is used when this boot's probe saw a guest boot under it (or as
 // IRONCLAW_VM_ACCEL says). autoVM answers backend "auto" from the same
 // cached probe, once per daemon run; it never builds an image.
-func (f *vmRunFlags) daemonBackend(root *state.Root, log *slog.Logger) (*vm.Backend, func(context.Context) (bool, string), error) {
-	accel := envOr(accelEnv, "auto")
+func (f *vmFlags) daemonBackend(root *state.Root, log *slog.Logger) (*vm.Backend, func(context.Context) (bool, string), error) {
+	accel := cli.EnvOr(cli.AccelEnv, "auto")
 	if accel != "auto" && accel != "kvm" && accel != "tcg" {
-		return nil, nil, fmt.Errorf("%s: %q is not auto, kvm or tcg", accelEnv, accel)
+		return nil, nil, fmt.Errorf("%s: %q is not auto, kvm or tcg", cli.AccelEnv, accel)
 	}
 	probe := func(ctx context.Context, img *image.Image, imgErr error) vm.ProbeResult {
 		return vm.Probe(ctx, vm.ProbeConfig{QEMU: f.qemu, Image: img, ImageErr: imgErr, Cache: vm.ProbeCacheFile(root.Dir())})
@@ -38,7 +46,7 @@ func (f *vmRunFlags) daemonBackend(root *state.Root, log *slog.Logger) (*vm.Back
 			if err != nil {
 				return nil, false, err
 			}
-			kvm, detail := accel == "kvm", "forced by "+accelEnv
+			kvm, detail := accel == "kvm", "forced by "+cli.AccelEnv
 			if accel == "auto" {
 				p := probe(ctx, img, nil)
 				kvm, detail = p.KVM, p.KVMDetail
@@ -63,7 +71,7 @@ func (f *vmRunFlags) daemonBackend(root *state.Root, log *slog.Logger) (*vm.Back
 			defer cancel()
 			img, imgErr := f.daemonImage(pctx, log, false)
 			p := probe(pctx, img, imgErr)
-			ok, why = p.Accelerated(), autoReason(p)
+			ok, why = p.Accelerated(), cli.AutoReason(p)
 			if ok {
 				why = p.KVMDetail
 			}
@@ -76,7 +84,7 @@ func (f *vmRunFlags) daemonBackend(root *state.Root, log *slog.Logger) (*vm.Back
 
 // daemonImage is resolveImage with the build's progress in the daemon's
 // log rather than on its stderr.
-func (f *vmRunFlags) daemonImage(ctx context.Context, log *slog.Logger, build bool) (*image.Image, error) {
+func (f *vmFlags) daemonImage(ctx context.Context, log *slog.Logger, build bool) (*image.Image, error) {
 	if f.image != "" {
 		img, err := image.Load(f.image)
 		if err != nil {
@@ -84,7 +92,7 @@ func (f *vmRunFlags) daemonImage(ctx context.Context, log *slog.Logger, build bo
 		}
 		return img, nil
 	}
-	d, err := defaultImage()
+	d, err := cli.DefaultImage()
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package main
+package daemoncli
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/cli"
 	"github.com/ironclaw/ironclaw/internal/client"
 	"github.com/ironclaw/ironclaw/internal/datadir"
 	"github.com/ironclaw/ironclaw/internal/mcpgw"
@@ -20,7 +21,7 @@ import (
 // version is the version reported to MCP clients.
 const version = "0.1.0-dev"
 
-func newMCPCmd(g *globals) *cobra.Command {
+func newMCPCmd(g *cli.Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "mcp",
 		Short: "MCP gateway: every tool server sandboxed behind one MCP server",
@@ -29,7 +30,7 @@ func newMCPCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newMCPServeCmd(g *globals) *cobra.Command {
+func newMCPServeCmd(g *cli.Globals) *cobra.Command {
 	var (
 		configPath, httpAddr, tokenFile, name, binary, storePath string
 		approvalTimeout                                          time.Duration
@@ -81,11 +82,11 @@ default --root), which outlives a reboot.`,
 			// state.Open creates the root searchable by the sandboxes'
 			// unprivileged uids (0711) and refuses one they cannot walk
 			// into, before any server is started.
-			root, err := state.Open(g.root)
+			root, err := state.Open(g.Root())
 			if err != nil {
 				return err
 			}
-			st, err := g.openStore(ctx, storePath, false)
+			st, err := openStore(ctx, g, storePath, false)
 			if err != nil {
 				return err
 			}
@@ -101,8 +102,8 @@ default --root), which outlives a reboot.`,
 			actx, stopApprovals := context.WithCancel(ctx)
 			defer stopApprovals()
 			go func() {
-				if err := approval.Serve(actx, ln, queue, g.logger); err != nil {
-					g.logger.Error("approvals API stopped", "err", err)
+				if err := approval.Serve(actx, ln, queue, g.Logger()); err != nil {
+					g.Logger().Error("approvals API stopped", "err", err)
 				}
 			}()
 
@@ -118,8 +119,8 @@ default --root), which outlives a reboot.`,
 			defer closeDaemon()
 			builtins = append(builtins, daemonTools...)
 			gw, err := mcpgw.New(mcpgw.Options{
-				Config: cfg, Queue: queue, Store: st, Name: name, Version: version, Logger: g.logger,
-				Launcher:        &mcpgw.Launcher{Binary: binary, Root: root.Dir(), Logger: g.logger},
+				Config: cfg, Queue: queue, Store: st, Name: name, Version: version, Logger: g.Logger(),
+				Launcher:        &mcpgw.Launcher{Binary: binary, Root: root.Dir(), Logger: g.Logger()},
 				Builtins:        builtins,
 				ApprovalTimeout: approvalTimeout,
 			})
@@ -131,10 +132,10 @@ default --root), which outlives a reboot.`,
 					return err
 				}
 				// The others are served; failed servers keep being retried.
-				g.logger.Warn("some MCP servers did not start", "err", err)
+				g.Logger().Warn("some MCP servers did not start", "err", err)
 			}
 			defer gw.Close()
-			g.logger.Info("MCP gateway ready", "name", name, "approvals", sock, "servers", len(cfg.Servers))
+			g.Logger().Info("MCP gateway ready", "name", name, "approvals", sock, "servers", len(cfg.Servers))
 			if httpAddr == "" {
 				return gw.ServeStdio(ctx)
 			}
@@ -169,30 +170,30 @@ const daemonProbeTimeout = 2 * time.Second
 // else $IRONCLAW_SOCKET, else ROOT/ironclaw.sock), and none otherwise. The
 // check is made once, at start: a daemon started later is picked up by
 // restarting the gateway.
-func daemonBuiltins(ctx context.Context, g *globals, cfg *mcpgw.Config, name string) ([]mcpgw.Builtin, func(), error) {
+func daemonBuiltins(ctx context.Context, g *cli.Globals, cfg *mcpgw.Config, name string) ([]mcpgw.Builtin, func(), error) {
 	nothing := func() {}
 	if cfg.Daemon.Disabled {
-		g.logger.Info("daemon tools disabled by the config (ironclaw.daemon.disabled)")
+		g.Logger().Info("daemon tools disabled by the config (ironclaw.daemon.disabled)")
 		return nil, nothing, nil
 	}
 	sock := cfg.Daemon.Socket
 	if sock == "" {
-		sock = daemonSocket(g)
+		sock = g.DaemonSocket()
 	}
 	if !client.Reachable(ctx, sock, daemonProbeTimeout) {
-		g.logger.Info("no daemon answers: the long-lived sandbox tools are not offered", "socket", sock)
+		g.Logger().Info("no daemon answers: the long-lived sandbox tools are not offered", "socket", sock)
 		return nil, nothing, nil
 	}
 	c, err := client.New(client.Config{Socket: sock})
 	if err != nil {
 		return nil, nothing, fmt.Errorf("daemon client: %w", err)
 	}
-	tools, err := mcpgw.DaemonTools(mcpgw.DaemonOptions{Client: c, Gateway: name, Foreign: cfg.Daemon.ForeignSandboxes, Logger: g.logger})
+	tools, err := mcpgw.DaemonTools(mcpgw.DaemonOptions{Client: c, Gateway: name, Foreign: cfg.Daemon.ForeignSandboxes, Logger: g.Logger()})
 	if err != nil {
 		c.Close()
 		return nil, nothing, err
 	}
-	g.logger.Info("a daemon answers: offering its long-lived sandbox tools", "socket", sock, "foreign_sandboxes", cfg.Daemon.ForeignSandboxes)
+	g.Logger().Info("a daemon answers: offering its long-lived sandbox tools", "socket", sock, "foreign_sandboxes", cfg.Daemon.ForeignSandboxes)
 	return tools, c.Close, nil
 }
 

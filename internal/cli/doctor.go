@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"encoding/json"
@@ -12,7 +12,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/firewall"
 )
 
-func newDoctorCmd(g *globals) *cobra.Command {
+func newDoctorCmd(g *Globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -42,4 +42,4 @@ func newDoctorCmd(g *globals) *cobra.Command {
 }
 
 // probes are the doctor checks contributed by the backends and the firewall.
-func (g *globals) probes() []doctor.Probe { return []doctor.Probe{firewall.Probe, g.vmProbe} }
+func (g *Globals) probes() []doctor.Probe { return []doctor.Probe{firewall.Probe, g.vmProbe} }

@@ -223,9 +223,10 @@ func mustText(r *mcp.CallToolResult) string {
 	return strings.Join(parts, "\n")
 }
 
-// mcpFixture requires the npm server-everything and node, builds this
-// command into a fresh directory, and returns that directory, the binary,
-// the node_modules directory and the server's entry script.
+// mcpFixture requires the npm server-everything and node, builds ironclaw
+// and ironclawd into a fresh directory, and returns that directory, the
+// ironclaw binary, the node_modules directory and the server's entry
+// script.
 func mcpFixture(t *testing.T) (dir, bin, nm, entry string) {
 	t.Helper()
 	nm = os.Getenv("IRONCLAW_MCP_NODE_MODULES")
@@ -238,9 +239,10 @@ func mcpFixture(t *testing.T) (dir, bin, nm, entry string) {
 	testutil.Require(t, err == nil, "needs the npm MCP servers: run scripts/install-mcp-servers.sh")
 	testutil.RequireCommand(t, "node")
 	dir = t.TempDir()
-	bin = filepath.Join(dir, "ironclaw")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	// The tests drive the lean ironclaw, which forwards mcp, approvals and
+	// audit to the ironclawd built next to it.
+	if err := testutil.BuildCommands(dir, "ironclaw", "ironclawd"); err != nil {
+		t.Fatal(err)
 	}
-	return dir, bin, nm, entry
+	return dir, filepath.Join(dir, "ironclaw"), nm, entry
 }

@@ -1,4 +1,4 @@
-package main
+package daemoncli
 
 import (
 	"bufio"
@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/approval"
+	"github.com/ironclaw/ironclaw/internal/cli"
 	"github.com/spf13/cobra"
 )
 
-func newApprovalsCmd(g *globals) *cobra.Command {
+func newApprovalsCmd(g *cli.Globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "approvals",
@@ -26,7 +27,7 @@ func newApprovalsCmd(g *globals) *cobra.Command {
 the state root. "watch" shows each new call's card and asks approve or deny.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			pending, err := allPending(cmd.Context(), g.root)
+			pending, err := allPending(cmd.Context(), g.Root())
 			if err != nil {
 				return err
 			}
@@ -61,7 +62,7 @@ the state root. "watch" shows each new call's card and asks approve or deny.`,
 			Short: "Show the card of a held call",
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				p, err := findPending(cmd.Context(), g.root, args[0])
+				p, err := findPending(cmd.Context(), g.Root(), args[0])
 				if err != nil {
 					return err
 				}
@@ -76,14 +77,14 @@ the state root. "watch" shows each new call's card and asks approve or deny.`,
 	return cmd
 }
 
-func newDecideCmd(g *globals, verb string, approve bool) *cobra.Command {
+func newDecideCmd(g *cli.Globals, verb string, approve bool) *cobra.Command {
 	var note string
 	cmd := &cobra.Command{
 		Use:   verb + " ID",
 		Short: strings.ToUpper(verb[:1]) + verb[1:] + " a held call",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := findPending(cmd.Context(), g.root, args[0])
+			p, err := findPending(cmd.Context(), g.Root(), args[0])
 			if err != nil {
 				return err
 			}
@@ -106,7 +107,7 @@ func pastTense(approve bool) string {
 	return "denied"
 }
 
-func newApprovalsWatchCmd(g *globals) *cobra.Command {
+func newApprovalsWatchCmd(g *cli.Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "watch",
 		Short: "Show each new held call and ask: [a]pprove, [d]eny or [s]kip",
@@ -118,7 +119,7 @@ func newApprovalsWatchCmd(g *globals) *cobra.Command {
 			seen := map[string]bool{}
 			fmt.Fprintln(out, "watching for held tool calls (Ctrl-C to stop)")
 			for ctx.Err() == nil {
-				pending, err := allPending(ctx, g.root)
+				pending, err := allPending(ctx, g.Root())
 				if err != nil && !errors.Is(err, errNoGateways) {
 					return err
 				}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ import (
 
 // newImageCmd is `ironclaw image build`: kernel + initramfs + rootfs,
 // cached by content hash.
-func newImageCmd(g *globals) *cobra.Command {
+func newImageCmd(g *Globals) *cobra.Command {
 	img := &cobra.Command{Use: "image", Short: "Build and inspect micro-VM images"}
 	var kernel, kernelDir, agent, rootfs, cache string
 	var size int64
@@ -34,7 +34,7 @@ directory or tarball; pass its directory to run with --image.`,
 						return err
 					}
 				}
-				d, err := defaultImage()
+				d, err := DefaultImage()
 				if err != nil {
 					return err
 				}
@@ -89,11 +89,11 @@ directory or tarball; pass its directory to run with --image.`,
 	}
 	f := build.Flags()
 	f.StringVar(&kernel, "kernel", "", "guest kernel (vmlinuz with the needed drivers built in); default: Debian's cloud kernel")
-	f.StringVar(&kernelDir, "kernel-dir", envOr(image.KernelDirEnv, image.DefaultKernelDir), "where Debian's kernel is (or gets) unpacked")
+	f.StringVar(&kernelDir, "kernel-dir", EnvOr(image.KernelDirEnv, image.DefaultKernelDir), "where Debian's kernel is (or gets) unpacked")
 	f.StringVar(&agent, "agent", "", "static ironclaw-agent binary (default: next to this binary)")
 	f.StringVar(&rootfs, "rootfs", "", "rootfs directory or tarball (e.g. an exported OCI image); default: the default busybox image")
 	f.Int64Var(&size, "size-mib", 0, "rootfs size (default: from the content)")
-	f.StringVar(&cache, "cache", envOr("IRONCLAW_CACHE", image.DefaultCacheDir), "image cache directory (env IRONCLAW_CACHE)")
+	f.StringVar(&cache, "cache", EnvOr("IRONCLAW_CACHE", image.DefaultCacheDir), "image cache directory (env IRONCLAW_CACHE)")
 	img.AddCommand(build)
 	_ = g
 	return img
