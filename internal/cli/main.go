@@ -42,7 +42,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 // the logger they configure.
 type Globals struct {
 	root    string // state directory
-	dataDir string // data directory flag; "" resolves from root (see dataDirectory)
+	dataDir string // data directory flag; "" resolves from root (see DataDirectory)
 	logger  *slog.Logger
 	debug   bool
 }
