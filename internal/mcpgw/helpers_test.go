@@ -253,7 +253,8 @@ func mustJSON(v any) string {
 	return string(b)
 }
 
-// buildIronclaw builds cmd/ironclaw into a temp dir once per test binary.
+// buildIronclaw builds cmd/ironclaw, and the ironclawd its serve and mcp
+// run, into a temp dir once per test binary.
 var buildOnce struct {
 	sync.Once
 	path string
@@ -264,7 +265,8 @@ var buildOnce struct {
 func ironclawBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		// IRONCLAW_TEST_BINARY uses a prebuilt binary instead of building one.
+		// IRONCLAW_TEST_BINARY uses a prebuilt binary (with ironclawd next
+		// to it) instead of building one.
 		if p := os.Getenv("IRONCLAW_TEST_BINARY"); p != "" {
 			buildOnce.path = p
 			return
@@ -275,13 +277,13 @@ func ironclawBinary(t testing.TB) string {
 			return
 		}
 		buildOnce.path = filepath.Join(dir, "ironclaw")
-		cmd := exec.Command("go", "build", "-o", buildOnce.path, "./cmd/ironclaw")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/ironclaw", "./cmd/ironclawd")
 		cmd.Dir = repoRoot(t)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		buildOnce.out, buildOnce.err = cmd.CombinedOutput()
 	})
 	if buildOnce.err != nil {
-		t.Fatalf("go build ./cmd/ironclaw: %v\n%s", buildOnce.err, buildOnce.out)
+		t.Fatalf("go build ./cmd/ironclaw ./cmd/ironclawd: %v\n%s", buildOnce.err, buildOnce.out)
 	}
 	return buildOnce.path
 }
