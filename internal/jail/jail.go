@@ -228,6 +228,7 @@ type Sandbox struct {
 	initStatus *syscall.WaitStatus // how init ended, when known (with initErr)
 	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
+	ended      chan struct{} // init reported the command's exit status
 	timedOut   chan struct{}
 	timer      *time.Timer
 
@@ -238,7 +239,10 @@ type Sandbox struct {
 	t0    time.Time
 	marks []mark // step timings, logged at debug level
 
-	net     *network.Net // nil: loopback only
+	net     *network.Net  // nil: loopback only
+	netOnce sync.Once     // starts closing net (see closeNet)
+	netDone chan struct{} // closed when net is closed; netErr is set
+	netErr  error
 	seccomp *seccomp.Program
 	auditor *seccomp.Auditor // with --seccomp-mode audit
 	audited chan struct{}    // closed when the auditor has returned
@@ -398,6 +402,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		exited:     make(chan struct{}),
 		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
+		ended:      make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
 	}
@@ -910,6 +915,7 @@ func (s *Sandbox) readStatus() {
 		}
 		if m.Exited != nil {
 			s.status <- *m.Exited
+			close(s.ended)
 			return
 		}
 	}
@@ -945,7 +951,15 @@ func (s *Sandbox) ResizeTTY(rows, cols uint16) error {
 // Wait waits for the command to end, tears the sandbox down and reports
 // how the command ended.
 func (s *Sandbox) Wait() (Result, error) {
-	<-s.exited
+	select {
+	case <-s.exited:
+	case <-s.ended:
+		// The command has ended and init is on its way out, taking
+		// every process of the sandbox with it: the network is closed
+		// while that happens, off the exit path.
+		s.closeNet()
+		<-s.exited
+	}
 	err := s.Close()
 	return s.result, err
 }
@@ -958,6 +972,7 @@ func (s *Sandbox) Close() error {
 			s.timer.Stop()
 		}
 		_ = s.kill(syscall.SIGKILL)
+		s.closeNet()
 		<-s.exited
 		s.mark("exited")
 		s.result = s.collect()
@@ -972,8 +987,9 @@ func (s *Sandbox) Close() error {
 		}
 		s.mark("cgroup removed")
 		if s.net != nil {
-			if err := s.net.Close(); err != nil {
-				errs = append(errs, err)
+			<-s.netDone
+			if s.netErr != nil {
+				errs = append(errs, s.netErr)
 			}
 			s.mark("network removed")
 		}
@@ -1008,6 +1024,23 @@ func (s *Sandbox) Close() error {
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
+}
+
+// closeNet starts closing the sandbox's network, once: it only takes
+// away what the sandbox may still reach, so it may run while the sandbox's
+// processes die. Close waits for it (netDone).
+func (s *Sandbox) closeNet() {
+	s.netOnce.Do(func() {
+		s.netDone = make(chan struct{})
+		if s.net == nil {
+			close(s.netDone)
+			return
+		}
+		go func() {
+			defer close(s.netDone)
+			s.netErr = s.net.Close()
+		}()
+	})
 }
 
 // kill signals init through its pidfd. After Close there is no init to
@@ -1059,6 +1092,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		exited:     make(chan struct{}),
 		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
+		ended:      make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
 	}
