@@ -305,6 +305,20 @@ func (g *Group) verify(r sandbox.Resources) error {
 	case V1:
 		if r.MemoryBytes > 0 {
 			ws = append(ws, want{"memory", "memory.limit_in_bytes", mem})
+			// memsw (memory + swap) is set to the same value, so the
+			// limit holds with swap too. Without swap accounting the
+			// file is missing, and the limit holds only while the host
+			// has no swap.
+			switch _, err := os.Stat(g.file("memory", memswFile)); {
+			case err == nil:
+				ws = append(ws, want{"memory", memswFile, mem})
+			case errors.Is(err, os.ErrNotExist):
+				if err := noSwap(procSwaps); err != nil {
+					return fmt.Errorf("verify cgroup limit: memory: %w", err)
+				}
+			default:
+				return fmt.Errorf("verify cgroup limit: %w", err)
+			}
 		}
 		if r.Pids > 0 {
 			ws = append(ws, want{"pids", "pids.max", strconv.FormatInt(r.Pids, 10)})
@@ -333,6 +347,27 @@ func (g *Group) verify(r sandbox.Resources) error {
 		if got := strings.TrimSpace(string(b)); got != w.value {
 			return fmt.Errorf("verify cgroup limit %s: kernel has %q, want %q", p, got, w.value)
 		}
+	}
+	return nil
+}
+
+const (
+	memswFile = "memory.memsw.limit_in_bytes"
+	procSwaps = "/proc/swaps"
+)
+
+// noSwap returns an error unless the swaps file path (/proc/swaps) lists
+// no swap area: on cgroup v1 without swap accounting a memory limit does
+// not bound what a sandbox swaps out.
+func noSwap(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 1 {
+		return fmt.Errorf("the limit cannot be enforced: the host has swap (%s) and the v1 memory controller has no swap accounting "+
+			"(%s is missing; boot with swapaccount=1, turn swap off, or run with --memory 0)", strings.Fields(lines[1])[0], memswFile)
 	}
 	return nil
 }
