@@ -565,6 +565,41 @@ func (g *Group) Usage() (Usage, error) {
 	return u, nil
 }
 
+// SandboxRel is the group, relative to each hierarchy's root, of the
+// sandbox with key key in the state root named rootName (state.Root.Name).
+func SandboxRel(rootName, key string) string { return "/" + rootName + "/" + key }
+
+// CheckRecorded returns an error unless each of paths, as read from a
+// sandbox's record, is a group of that sandbox: a clean absolute directory
+// named rel (see SandboxRel) below a hierarchy's root, or a child of it, on
+// a cgroup file system. Removing a group kills every process in it, so a
+// record that names any other directory must not be acted on. A path that
+// no longer exists passes: there is nothing left to remove.
+func CheckRecorded(paths []string, rel string) error {
+	for _, p := range paths {
+		i := strings.Index(p, rel)
+		rest := ""
+		if i >= 0 {
+			rest = p[i+len(rel):]
+		}
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || i <= 0 ||
+			(rest != "" && (rest[0] != '/' || strings.Contains(rest[1:], "/"))) {
+			return fmt.Errorf("recorded cgroup %q is not a group of the sandbox (%s)", p, rel)
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("check recorded cgroup %q: %w", p, err)
+		}
+		if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+			return fmt.Errorf("recorded cgroup %q is not on a cgroup file system", p)
+		}
+	}
+	return nil
+}
+
 // Destroy kills whatever still runs in the group and removes it.
 func (g *Group) Destroy() error { return Remove(g.Paths()) }
 

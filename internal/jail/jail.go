@@ -406,7 +406,7 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
 	}
-	rel := "/" + j.cfg.Root.Name() + "/" + string(claim.Key)
+	rel := cgroup.SandboxRel(j.cfg.Root.Name(), string(claim.Key))
 	rec := record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources), CgroupRel: rel, Resources: spec.Resources,
 		Agent: opts.Agent != nil, Persistent: opts.Persistent}
 	if opts.Agent != nil {
@@ -1073,6 +1073,11 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 	if !rec.Persistent || rec.InitPID == 0 {
 		return nil, fmt.Errorf("attach %q: not a persistent sandbox", id)
 	}
+	if rel := recordedRel(dir); rec.CgroupRel != rel && len(rec.Cgroups) > 0 {
+		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
+	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
+		return nil, fmt.Errorf("attach %q: %w", id, err)
+	}
 	pidfd, err := unix.PidfdOpen(rec.InitPID, 0)
 	if err != nil {
 		return nil, fmt.Errorf("attach %q: init is gone: %w", id, sandbox.ErrNotFound)
@@ -1151,6 +1156,9 @@ func Reclaim(dir string) error {
 		}
 		// Died before making a cgroup; the network may still have a record.
 	}
+	if err := cgroup.CheckRecorded(rec.Cgroups, recordedRel(dir)); err != nil {
+		return fmt.Errorf("reclaim cgroups: %w", err)
+	}
 	if err := cgroup.Remove(rec.Cgroups); err != nil {
 		return fmt.Errorf("reclaim cgroups: %w", err)
 	}
@@ -1160,6 +1168,12 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("reclaim network: %w", err)
 	}
 	return nil
+}
+
+// recordedRel is the cgroup (see cgroup.SandboxRel) of the sandbox whose
+// state directory is dir (state.Root.SandboxDir): what its record may name.
+func recordedRel(dir string) string {
+	return cgroup.SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))
 }
 
 // UpdateNetwork replaces the egress policy of a running networked
