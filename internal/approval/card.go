@@ -256,7 +256,7 @@ func (c Card) Render() string {
 		fmt.Fprintf(&sb, "$ %s\n", c.Command)
 	}
 	var pretty any
-	if json.Unmarshal(c.Arguments, &pretty) == nil {
+	if UnmarshalExact(c.Arguments, &pretty) == nil {
 		b, _ := json.MarshalIndent(pretty, "", "  ")
 		fmt.Fprintf(&sb, "arguments:\n%s\n", b)
 	}

@@ -336,7 +336,7 @@ func (m *Matcher) match(v any, present bool) bool {
 	}
 	if len(m.Equals) > 0 {
 		var want any
-		if json.Unmarshal(m.Equals, &want) != nil || !jsonEqual(want, v) {
+		if UnmarshalExact(m.Equals, &want) != nil || !jsonEqual(want, v) {
 			return false
 		}
 	}
@@ -383,9 +383,11 @@ func scalarString(v any) (string, bool) {
 	case string:
 		return x, true
 	case float64:
-		return strconv.FormatFloat(x, 'g', -1, 64), true
+		return canonicalNumber(strconv.FormatFloat(x, 'g', -1, 64))
 	case json.Number:
-		return x.String(), true
+		// Canonical, so that a pattern over 1000 matches 1e3 and 1000.0
+		// too: a client cannot step around a rule by respelling a number.
+		return canonicalNumber(x.String())
 	case bool:
 		return strconv.FormatBool(x), true
 	}
@@ -413,10 +415,52 @@ func anyString(v any, f func(string) bool) bool {
 	return false
 }
 
+// jsonEqual reports whether the decoded JSON values a and b are equal, numbers by
+// their exact value (1e3 equals 1000, 2^53 does not equal 2^53+1).
 func jsonEqual(a, b any) bool {
-	ab, err1 := json.Marshal(a)
-	bb, err2 := json.Marshal(b)
-	return err1 == nil && err2 == nil && bytes.Equal(ab, bb)
+	switch x := a.(type) {
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, xv := range x {
+			yv, ok := y[k]
+			if !ok || !jsonEqual(xv, yv) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !jsonEqual(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case json.Number, float64:
+		xs, ok1 := numberString(a)
+		ys, ok2 := numberString(b)
+		return ok1 && ok2 && xs == ys
+	}
+	switch b.(type) {
+	case map[string]any, []any, json.Number, float64:
+		return false
+	}
+	return a == b // strings, booleans, null
+}
+
+// numberString is the canonical spelling of the number v, if it is one.
+func numberString(v any) (string, bool) {
+	switch v.(type) {
+	case json.Number, float64:
+		return scalarString(v)
+	}
+	return "", false
 }
 
 // TimeoutOr returns the policy's timeout or def when it sets none.

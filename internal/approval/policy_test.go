@@ -62,7 +62,10 @@ func TestClassify(t *testing.T) {
 			{"tool": "run", "args": {"command": {"any_word": ["get"]}}, "class": "green"},
 			{"tool": "search_*", "args": {"*": {"any_word": ["password"]}}, "class": "red"},
 			{"tool": "wipe", "args": {"confirm": {"equals": true}}, "class": "red"},
-			{"tool": "wipe", "args": {"confirm": {"absent": true}}, "class": "green"}
+			{"tool": "wipe", "args": {"confirm": {"absent": true}}, "class": "green"},
+			{"tool": "pay", "args": {"amount": {"equals": 9007199254740993}}, "class": "green"},
+			{"tool": "pay", "args": {"amount": {"glob": "1000"}}, "class": "green"},
+			{"tool": "pay", "args": {"to": {"equals": {"id": 12, "tags": [1.5, "x"]}}}, "class": "green"}
 		]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +104,17 @@ func TestClassify(t *testing.T) {
 		{"rule: equals true", Call{Tool: "wipe", Arguments: map[string]any{"confirm": true}}, Red},
 		{"rule: absent", Call{Tool: "wipe", Arguments: map[string]any{}}, Green},
 		{"rule: present but false falls through", Call{Tool: "wipe", Arguments: map[string]any{"confirm": false}}, Red},
+		// Numbers compare by exact value: 2^53 is not 2^53+1 (float64
+		// cannot tell them apart), and a respelled number is the same one.
+		{"rule: equals 2^53+1 exactly", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("9007199254740993")}}, Green},
+		{"rule: equals 2^53+1, respelled", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("9.007199254740993e15")}}, Green},
+		{"rule: 2^53 is not 2^53+1", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("9007199254740992")}}, Red},
+		{"rule: glob over a respelled number", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("1e3")}}, Green},
+		{"rule: glob over 1000.0", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("1000.0")}}, Green},
+		{"rule: glob over 1001", Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("1001")}}, Red},
+		{"rule: equals a nested object", Call{Tool: "pay", Arguments: map[string]any{"to": map[string]any{"tags": []any{json.Number("15e-1"), "x"}, "id": json.Number("12.0")}}}, Green},
+		{"rule: nested object differs", Call{Tool: "pay", Arguments: map[string]any{"to": map[string]any{"tags": []any{json.Number("1.5"), "x"}, "id": json.Number("13")}}}, Red},
+		{"rule: a number is not its string", Call{Tool: "pay", Arguments: map[string]any{"amount": "9007199254740993"}}, Red},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := pol.Classify(tc.call)

@@ -81,7 +81,7 @@ func (r *Redactor) JSON(raw json.RawMessage) json.RawMessage {
 		return json.RawMessage("{}")
 	}
 	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := UnmarshalExact(raw, &v); err != nil {
 		b, _ := json.Marshal("[invalid JSON arguments, not recorded]")
 		return b
 	}

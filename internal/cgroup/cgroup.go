@@ -305,6 +305,20 @@ func (g *Group) verify(r sandbox.Resources) error {
 	case V1:
 		if r.MemoryBytes > 0 {
 			ws = append(ws, want{"memory", "memory.limit_in_bytes", mem})
+			// memsw (memory + swap) is set to the same value, so the
+			// limit holds with swap too. Without swap accounting the
+			// file is missing, and the limit holds only while the host
+			// has no swap.
+			switch _, err := os.Stat(g.file("memory", memswFile)); {
+			case err == nil:
+				ws = append(ws, want{"memory", memswFile, mem})
+			case errors.Is(err, os.ErrNotExist):
+				if err := noSwap(procSwaps); err != nil {
+					return fmt.Errorf("verify cgroup limit: memory: %w", err)
+				}
+			default:
+				return fmt.Errorf("verify cgroup limit: %w", err)
+			}
 		}
 		if r.Pids > 0 {
 			ws = append(ws, want{"pids", "pids.max", strconv.FormatInt(r.Pids, 10)})
@@ -333,6 +347,27 @@ func (g *Group) verify(r sandbox.Resources) error {
 		if got := strings.TrimSpace(string(b)); got != w.value {
 			return fmt.Errorf("verify cgroup limit %s: kernel has %q, want %q", p, got, w.value)
 		}
+	}
+	return nil
+}
+
+const (
+	memswFile = "memory.memsw.limit_in_bytes"
+	procSwaps = "/proc/swaps"
+)
+
+// noSwap returns an error unless the swaps file path (/proc/swaps) lists
+// no swap area: on cgroup v1 without swap accounting a memory limit does
+// not bound what a sandbox swaps out.
+func noSwap(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 1 {
+		return fmt.Errorf("the limit cannot be enforced: the host has swap (%s) and the v1 memory controller has no swap accounting "+
+			"(%s is missing; boot with swapaccount=1, turn swap off, or run with --memory 0)", strings.Fields(lines[1])[0], memswFile)
 	}
 	return nil
 }
@@ -528,6 +563,41 @@ func (g *Group) Usage() (Usage, error) {
 		}
 	}
 	return u, nil
+}
+
+// SandboxRel is the group, relative to each hierarchy's root, of the
+// sandbox with key key in the state root named rootName (state.Root.Name).
+func SandboxRel(rootName, key string) string { return "/" + rootName + "/" + key }
+
+// CheckRecorded returns an error unless each of paths, as read from a
+// sandbox's record, is a group of that sandbox: a clean absolute directory
+// named rel (see SandboxRel) below a hierarchy's root, or a child of it, on
+// a cgroup file system. Removing a group kills every process in it, so a
+// record that names any other directory must not be acted on. A path that
+// no longer exists passes: there is nothing left to remove.
+func CheckRecorded(paths []string, rel string) error {
+	for _, p := range paths {
+		i := strings.Index(p, rel)
+		rest := ""
+		if i >= 0 {
+			rest = p[i+len(rel):]
+		}
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || i <= 0 ||
+			(rest != "" && (rest[0] != '/' || strings.Contains(rest[1:], "/"))) {
+			return fmt.Errorf("recorded cgroup %q is not a group of the sandbox (%s)", p, rel)
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("check recorded cgroup %q: %w", p, err)
+		}
+		if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+			return fmt.Errorf("recorded cgroup %q is not on a cgroup file system", p)
+		}
+	}
+	return nil
 }
 
 // Destroy kills whatever still runs in the group and removes it.

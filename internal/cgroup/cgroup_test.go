@@ -78,6 +78,24 @@ func TestCreateLimitsOOMAndRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// On v1 the memory limit covers swap too, as memsw, read back by
+	// Create; a group whose memsw was changed behind it fails verify.
+	if memsw := g.file("memory", memswFile); h.Version == V1 {
+		if _, err := os.Stat(memsw); err == nil {
+			if b, err := os.ReadFile(memsw); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(32<<20) {
+				t.Errorf("%s = %q, %v; want %d", memsw, b, err, 32<<20)
+			}
+			if err := os.WriteFile(memsw, []byte(strconv.Itoa(64<<20)), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.verify(r); err == nil || !strings.Contains(err.Error(), memswFile) {
+				t.Errorf("verify with memsw changed behind it = %v, want an error naming %s", err, memswFile)
+			}
+			if err := os.WriteFile(memsw, []byte(strconv.Itoa(32<<20)), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	// A process that allocates past the limit is OOM-killed in the group.
 	cmd := exec.Command("python3", "-c", "import sys; sys.stdin.read(1); x = bytearray(200 << 20)")
 	in, _ := cmd.StdinPipe()
@@ -456,4 +474,26 @@ func v2Mount(t *testing.T) string {
 	_, err := os.Stat(filepath.Join(mount, "cgroup.threads"))
 	testutil.Require(t, err == nil, "no cgroup v2 hierarchy mounted")
 	return mount
+}
+
+func TestNoSwap(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+	if err := noSwap(write("none", header)); err != nil {
+		t.Errorf("no swap area: %v", err)
+	}
+	err := noSwap(write("one", header+"/swapfile                               file\t\t1048572\t\t0\t\t-2\n"))
+	if err == nil || !strings.Contains(err.Error(), "/swapfile") || !strings.Contains(err.Error(), "--memory 0") {
+		t.Errorf("a swap area: %v, want an error naming it and the way out", err)
+	}
+	if err := noSwap(filepath.Join(dir, "missing")); err == nil {
+		t.Error("an unreadable swaps file passed")
+	}
 }

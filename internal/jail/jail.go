@@ -228,6 +228,7 @@ type Sandbox struct {
 	initStatus *syscall.WaitStatus // how init ended, when known (with initErr)
 	status     chan initproc.ExitStatus
 	statusDone chan struct{} // readStatus has returned
+	ended      chan struct{} // init reported the command's exit status
 	timedOut   chan struct{}
 	timer      *time.Timer
 
@@ -238,7 +239,10 @@ type Sandbox struct {
 	t0    time.Time
 	marks []mark // step timings, logged at debug level
 
-	net     *network.Net // nil: loopback only
+	net     *network.Net  // nil: loopback only
+	netOnce sync.Once     // starts closing net (see closeNet)
+	netDone chan struct{} // closed when net is closed; netErr is set
+	netErr  error
 	seccomp *seccomp.Program
 	auditor *seccomp.Auditor // with --seccomp-mode audit
 	audited chan struct{}    // closed when the auditor has returned
@@ -398,10 +402,11 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 		exited:     make(chan struct{}),
 		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
+		ended:      make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
 	}
-	rel := "/" + j.cfg.Root.Name() + "/" + string(claim.Key)
+	rel := cgroup.SandboxRel(j.cfg.Root.Name(), string(claim.Key))
 	rec := record{Cgroups: j.cfg.Cgroups.Paths(rel, spec.Resources), CgroupRel: rel, Resources: spec.Resources,
 		Agent: opts.Agent != nil, Persistent: opts.Persistent}
 	if opts.Agent != nil {
@@ -910,6 +915,7 @@ func (s *Sandbox) readStatus() {
 		}
 		if m.Exited != nil {
 			s.status <- *m.Exited
+			close(s.ended)
 			return
 		}
 	}
@@ -945,7 +951,15 @@ func (s *Sandbox) ResizeTTY(rows, cols uint16) error {
 // Wait waits for the command to end, tears the sandbox down and reports
 // how the command ended.
 func (s *Sandbox) Wait() (Result, error) {
-	<-s.exited
+	select {
+	case <-s.exited:
+	case <-s.ended:
+		// The command has ended and init is on its way out, taking
+		// every process of the sandbox with it: the network is closed
+		// while that happens, off the exit path.
+		s.closeNet()
+		<-s.exited
+	}
 	err := s.Close()
 	return s.result, err
 }
@@ -958,6 +972,7 @@ func (s *Sandbox) Close() error {
 			s.timer.Stop()
 		}
 		_ = s.kill(syscall.SIGKILL)
+		s.closeNet()
 		<-s.exited
 		s.mark("exited")
 		s.result = s.collect()
@@ -972,8 +987,9 @@ func (s *Sandbox) Close() error {
 		}
 		s.mark("cgroup removed")
 		if s.net != nil {
-			if err := s.net.Close(); err != nil {
-				errs = append(errs, err)
+			<-s.netDone
+			if s.netErr != nil {
+				errs = append(errs, s.netErr)
 			}
 			s.mark("network removed")
 		}
@@ -1010,6 +1026,23 @@ func (s *Sandbox) Close() error {
 	return s.closeErr
 }
 
+// closeNet starts closing the sandbox's network, once: it only takes
+// away what the sandbox may still reach, so it may run while the sandbox's
+// processes die. Close waits for it (netDone).
+func (s *Sandbox) closeNet() {
+	s.netOnce.Do(func() {
+		s.netDone = make(chan struct{})
+		if s.net == nil {
+			close(s.netDone)
+			return
+		}
+		go func() {
+			defer close(s.netDone)
+			s.netErr = s.net.Close()
+		}()
+	})
+}
+
 // kill signals init through its pidfd. After Close there is no init to
 // signal.
 func (s *Sandbox) kill(sig syscall.Signal) error {
@@ -1040,6 +1073,11 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 	if !rec.Persistent || rec.InitPID == 0 {
 		return nil, fmt.Errorf("attach %q: not a persistent sandbox", id)
 	}
+	if rel := recordedRel(dir); rec.CgroupRel != rel && len(rec.Cgroups) > 0 {
+		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
+	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
+		return nil, fmt.Errorf("attach %q: %w", id, err)
+	}
 	pidfd, err := unix.PidfdOpen(rec.InitPID, 0)
 	if err != nil {
 		return nil, fmt.Errorf("attach %q: init is gone: %w", id, sandbox.ErrNotFound)
@@ -1059,6 +1097,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 		exited:     make(chan struct{}),
 		status:     make(chan initproc.ExitStatus, 1),
 		statusDone: make(chan struct{}),
+		ended:      make(chan struct{}),
 		timedOut:   make(chan struct{}),
 		t0:         time.Now(),
 	}
@@ -1117,6 +1156,9 @@ func Reclaim(dir string) error {
 		}
 		// Died before making a cgroup; the network may still have a record.
 	}
+	if err := cgroup.CheckRecorded(rec.Cgroups, recordedRel(dir)); err != nil {
+		return fmt.Errorf("reclaim cgroups: %w", err)
+	}
 	if err := cgroup.Remove(rec.Cgroups); err != nil {
 		return fmt.Errorf("reclaim cgroups: %w", err)
 	}
@@ -1126,6 +1168,12 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("reclaim network: %w", err)
 	}
 	return nil
+}
+
+// recordedRel is the cgroup (see cgroup.SandboxRel) of the sandbox whose
+// state directory is dir (state.Root.SandboxDir): what its record may name.
+func recordedRel(dir string) string {
+	return cgroup.SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))
 }
 
 // UpdateNetwork replaces the egress policy of a running networked

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,5 +157,74 @@ func TestCloseKillsAndWaitReports(t *testing.T) {
 	}
 	if err := sb.Close(); err != nil {
 		t.Fatalf("second Close = %v", err)
+	}
+}
+
+func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
+	_, root := newJail(t, nil)
+	h, err := cgroup.Detect()
+	testutil.Require(t, err == nil && h.Available["pids"], "needs the pids controller")
+	res := sandbox.Resources{Pids: 10}
+
+	// Someone else's group, with a process in it.
+	foreign, err := h.Create("/ironclaw-foreign-"+strconv.Itoa(os.Getpid()), res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Destroy()
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Process.Kill()
+	if err := foreign.AddProc(sleeper.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := root.SandboxDir(sandbox.KeyOf("leftover"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	// A directory that is named like the sandbox's group but is not one.
+	plain := filepath.Join(t.TempDir(), recordedRel(dir))
+	if err := os.MkdirAll(plain, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, paths := range [][]string{
+		foreign.Paths(),
+		{filepath.Join(foreign.Paths()[0], "..", filepath.Base(dir))},
+		{plain},
+	} {
+		if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: paths}); err != nil {
+			t.Fatal(err)
+		}
+		if err := Reclaim(dir); err == nil || !strings.Contains(err.Error(), "recorded cgroup") {
+			t.Errorf("Reclaim of a record naming %v = %v, want a refusal", paths, err)
+		}
+	}
+	if _, err := os.Stat(plain); err != nil {
+		t.Errorf("the plain directory is gone after the refusal: %v", err)
+	}
+	if procs, err := cgroup.Procs(foreign.Paths()[0]); err != nil || len(procs) != 1 {
+		t.Errorf("the foreign group holds %v (%v) after the refusals, want the sleep", procs, err)
+	}
+
+	// The sandbox's own group goes.
+	own, err := h.Create(recordedRel(dir), res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Destroy()
+	if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: own.Paths(), CgroupRel: recordedRel(dir)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Reclaim(dir); err != nil {
+		t.Fatalf("Reclaim of the sandbox's own group = %v", err)
+	}
+	for _, p := range own.Paths() {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s remains after Reclaim", p)
+		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/ironclaw/ironclaw/internal/approval"
 )
 
 // argSpec is what the gateway knows of a tool's arguments: the top-level
@@ -69,8 +71,10 @@ func parseArgs(raw json.RawMessage, spec argSpec) (map[string]any, json.RawMessa
 	if err := checkKeys(trimmed); err != nil {
 		return nil, nil, err
 	}
+	// Numbers stay as written (json.Number): rules, cards and the audit
+	// log see, and a builtin receives, what the client sent.
 	var args map[string]any
-	if err := json.Unmarshal(trimmed, &args); err != nil || args == nil {
+	if err := approval.UnmarshalExact(trimmed, &args); err != nil || args == nil {
 		return nil, nil, errors.New("arguments must be a JSON object")
 	}
 	keys := make([]string, 0, len(args))

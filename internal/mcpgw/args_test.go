@@ -72,6 +72,9 @@ func TestParseArgs(t *testing.T) {
 		{`{"mode":1,"path":"/a"}`, exact, `{"mode":1,"path":"/a"}`, ""},
 		{`{"other":1}`, loose, `{"other":1}`, ""},                 // servers may take undeclared keys
 		{`{"p":{"x":1,"X":2}}`, loose, `{"p":{"X":2,"x":1}}`, ""}, // nested case variants are distinct keys
+		// Numbers pass as written, not rounded through float64.
+		{`{"mode":9007199254740993,"path":1e400}`, exact, `{"mode":9007199254740993,"path":1e400}`, ""},
+		{`{"mode":0.1000000000000000055511151231257827}`, exact, `{"mode":0.1000000000000000055511151231257827}`, ""},
 		{`{"other":1}`, exact, "", `argument "other": unknown`},
 		{`{"Path":"/a"}`, loose, "", `differs from the declared "path" only in case`},
 		{`{"PATH":"/a"}`, exact, "", "unknown"},

@@ -280,7 +280,7 @@ func (b *Backend) boot(ctx context.Context, spec sandbox.Spec, opts bootOptions)
 			}
 		}
 	}()
-	rel := "/" + b.cfg.Root.Name() + "/" + string(claim.Key)
+	rel := cgroup.SandboxRel(b.cfg.Root.Name(), string(claim.Key))
 	rec := record{VMM: "qemu", Cgroups: b.cfg.Cgroups.Paths(rel, res), CgroupRel: rel, Resources: res, Persistent: opts.persistent}
 	if err := state.WriteJSON(filepath.Join(claim.Dir, RecordFile), rec); err != nil {
 		return nil, &StartError{Step: "record", Err: err}
@@ -558,6 +558,8 @@ func Reclaim(dir string) error {
 	var rec record
 	if err := state.ReadJSON(filepath.Join(dir, RecordFile), &rec); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("read vm record: %w", err))
+	} else if err := cgroup.CheckRecorded(rec.Cgroups, cgroup.SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))); err != nil {
+		errs = append(errs, fmt.Errorf("reclaim cgroups: %w", err))
 	} else if err := cgroup.Remove(rec.Cgroups); err != nil {
 		errs = append(errs, fmt.Errorf("reclaim cgroups: %w", err))
 	}
