@@ -50,7 +50,7 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := ApplySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, &chains); err != nil {
+	if err := VerifySandbox(c, nil, &chains); err != nil {
 		t.Fatal(err)
 	}
 	// A micro-VM's namespace: the forward chain and the masquerade too,
@@ -64,14 +64,14 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := ApplySandboxChanges(c, &chains, &gchains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, &gchains); err != nil {
+	if err := VerifySandbox(c, nil, &gchains); err != nil {
 		t.Fatal(err)
 	}
 	part, err := BuildHost(tg, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := ApplyHost(c, &part); err != nil {
@@ -140,7 +140,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	b.HostIf, b.SandboxAddr, b.HostAddr = "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
 	pa, _ := BuildHost(a, 1)
 	pb, _ := BuildHost(b, 1)
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []*HostPart{&pa, &pb} {
@@ -221,7 +221,7 @@ func TestUplinkGuardKernel(t *testing.T) {
 	if err := UnguardUplink(c, "eth9"); err != nil {
 		t.Fatalf("unguard without a table: %v", err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"eth9", "wlan0", "eth9"} {
@@ -257,7 +257,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	c := connIn(t, ns)
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	a := testTarget(t, "203.0.113.0/24:443/tcp", "198.51.100.0/24", "10.1.0.0/16:53/udp", "allowed.test")
@@ -343,7 +343,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	if in, err := r.Has(otherGen); err != nil || !in {
 		t.Fatalf("Has(%s) = %v, %v", otherGen, in, err)
 	}
-	if err := VerifyHostPart(c, &pa); !errors.Is(err, ErrVerify) {
+	if err := VerifyHostPart(c, nil, &pa); !errors.Is(err, ErrVerify) {
 		t.Errorf("in both generations: VerifyHostPart passed (%v)", err)
 	}
 	a3 := *a
@@ -358,7 +358,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	if err := VerifyHostElements(r, &pa3); err != nil {
 		t.Fatalf("a reader is reused after Has found nothing: %v", err)
 	}
-	if err := VerifyHostPart(c, &pa3); err != nil {
+	if err := VerifyHostPart(c, nil, &pa3); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -411,7 +411,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	if links, err := OldLayoutLinks(c); err != nil || !slices.Equal(links, []string{"icabcdef"}) {
 		t.Fatalf("OldLayoutLinks = %v, %v; want [icabcdef]", links, err)
 	}
-	if err := EnsureHostBase(c); !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "icabcdef") {
+	if err := EnsureHostBase(c, nil); !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "icabcdef") {
 		t.Fatalf("EnsureHostBase over a live old layout = %v, want ErrOldLayoutInUse naming the link", err)
 	}
 	if rules, err := c.GetRules(tb, fwd); err != nil || len(rules) != 1 {
@@ -425,7 +425,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	if links, err := OldLayoutLinks(c); err != nil || len(links) != 0 {
 		t.Fatalf("OldLayoutLinks after deleting = %v, %v", links, err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	part, _ := BuildHost(testTarget(t, "203.0.113.0/24"), 1)
