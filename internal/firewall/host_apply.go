@@ -15,14 +15,32 @@ import (
 // and its fixed base chains. It reads them first and writes (one
 // transaction: sets created if missing, base chains flushed and refilled,
 // so rules are never doubled) only if they differ, then reads them back.
-// Concurrent callers are safe: each transaction is atomic and they all
-// write the same thing. Each reading is of one generation of the ruleset,
-// whose number it reads through g (nil: a socket of its own; else a
-// reader in c's namespace).
+// When only SetDenyInternal differs (a build with other InternalRanges
+// wrote it, see Format), the transaction changes that set's elements and
+// nothing else: no chain is rewritten under the live sandboxes. Concurrent
+// callers are safe: each transaction is atomic and they all write the
+// same thing. Each reading is of one generation of the ruleset, whose
+// number it reads through g (nil: a socket of its own; else a reader in
+// c's namespace).
 func EnsureHostBase(c *nftables.Conn, g *GenReader) error {
 	base := BuildHostBase()
-	if verifyHostBase(c, g, base) == nil {
-		return nil
+	var deny []Element
+	err := consistent(c, g, func() (err error) {
+		deny, err = readHostBase(c, base)
+		return err
+	})
+	if err == nil {
+		extra, missing := diffElements(deny, hostBaseElements())
+		if len(extra)+len(missing) == 0 {
+			return nil
+		}
+		if err := queueElements(c, extra, missing); err != nil {
+			return fmt.Errorf("apply host base: %w", err)
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("apply host base: set %s: %w", SetDenyInternal, err)
+		}
+		return verifyHostBase(c, g, base)
 	}
 	// A table of an earlier layout whose maps still name links would
 	// lose those sandboxes' host-side rules and NAT in the rewrite: fail
@@ -62,26 +80,34 @@ func EnsureHostBase(c *nftables.Conn, g *GenReader) error {
 // type, and that SetDenyInternal holds InternalRanges, in one generation
 // of the ruleset.
 func verifyHostBase(c *nftables.Conn, g *GenReader, base []Chain) error {
-	return consistent(c, g, func() error { return readVerifyHostBase(c, base) })
+	return consistent(c, g, func() error {
+		deny, err := readHostBase(c, base)
+		if err != nil {
+			return err
+		}
+		return compareElements("set "+SetDenyInternal, deny, hostBaseElements())
+	})
 }
 
-func readVerifyHostBase(c *nftables.Conn, base []Chain) error {
+// readHostBase checks the base chains and the sets (as verifyHostBase)
+// and returns the elements of SetDenyInternal.
+func readHostBase(c *nftables.Conn, base []Chain) ([]Element, error) {
 	if err := verifyChains(c, base); err != nil {
-		return err
+		return nil, err
 	}
 	if err := verifySets(c, hostSets); err != nil {
-		return err
+		return nil, err
 	}
 	d, _ := setDefOf(SetDenyInternal)
 	els, err := c.GetSetElements(d.nft(table()))
 	if err != nil {
-		return fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
+		return nil, fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
 	}
 	var got []Element
 	for _, el := range els {
 		got = append(got, elementOf(d, el))
 	}
-	return compareElements("set "+SetDenyInternal, got, hostBaseElements())
+	return got, nil
 }
 
 // verifySets checks that every set of defs exists in IronClaw's table

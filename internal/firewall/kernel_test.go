@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -467,5 +468,72 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	}
 	if removed, err := RemoveOldLayout(c); err != nil || len(removed) != 0 {
 		t.Fatalf("second run: %v %v", removed, err)
+	}
+}
+
+// TestHostBaseDenyUpdate: a host table whose SetDenyInternal was written
+// by a build without 192.0.0.0/24 (Format 0) is brought up to date by
+// EnsureHostBase with the one element added: the base chains keep their
+// rules (the same handles: nothing rewritten under the live sandboxes),
+// and a live sandbox's elements stay and verify.
+func TestHostBaseDenyUpdate(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	if err := EnsureHostBase(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "192.0.0.8/32")
+	part, err := BuildHost(tg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	handles := func() map[string][]uint64 {
+		t.Helper()
+		out := map[string][]uint64{}
+		for _, ch := range BuildHostBase() {
+			rs, err := c.GetRules(table(), &nftables.Chain{Name: ch.Name, Table: table()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rs {
+				out[ch.Name] = append(out[ch.Name], r.Handle)
+			}
+		}
+		return out
+	}
+	before := handles()
+	// What the earlier build's set held: InternalRanges without
+	// 192.0.0.0/24.
+	ietf := slices.IndexFunc(hostBaseElements(), func(e Element) bool {
+		return netip.AddrFrom4([4]byte(e.Key[:4])) == netip.MustParseAddr("192.0.0.0")
+	})
+	if ietf < 0 {
+		t.Fatal("SetDenyInternal has no element starting at 192.0.0.0")
+	}
+	old := hostBaseElements()[ietf]
+	if !strings.HasPrefix(string(old.KeyEnd), string([]byte{192, 0, 0, 255})) {
+		t.Fatalf("192.0.0.0/24 element ends at %v", old.KeyEnd)
+	}
+	if err := queueElements(c, []Element{old}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); !errors.Is(err, ErrVerify) {
+		t.Fatalf("verify of the earlier build's deny set: %v, want ErrVerify", err)
+	}
+	if err := EnsureHostBase(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	if after := handles(); !reflect.DeepEqual(after, before) {
+		t.Fatalf("base chains rewritten: rule handles %v, were %v", after, before)
 	}
 }

@@ -188,7 +188,7 @@ func Setup(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 
 func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	names := NamesOf(n.key)
-	n.rec = &record{Version: 1, Key: string(n.key), Names: names, NetnsDir: n.cfg.NetnsDir}
+	n.rec = &record{Version: 1, Key: string(n.key), Names: names, NetnsDir: n.cfg.NetnsDir, Format: firewall.Format}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
 	}
