@@ -179,27 +179,88 @@ func consistent(c *nftables.Conn, g *GenReader, read func() error) error {
 // start from scratch each time. After attempts moved reads it fails with
 // ErrRulesetChanging.
 func retryConsistent(gen func() (uint32, error), attempts int, read func() error) error {
-	before, err := gen()
-	if err != nil {
-		return err
+	_, err := retryFrom(gen, nil, attempts, read)
+	return err
+}
+
+// retryFrom is retryConsistent with the reading before the first attempt
+// given (nil: read it), and returns the reading after the attempt that
+// counted.
+func retryFrom(gen func() (uint32, error), known *uint32, attempts int, read func() error) (uint32, error) {
+	var before uint32
+	if known != nil {
+		before = *known
+	} else {
+		var err error
+		if before, err = gen(); err != nil {
+			return 0, err
+		}
 	}
 	pause := 50 * time.Microsecond
 	for i := 0; i < attempts; i++ {
 		if i > 0 {
 			time.Sleep(pause)
 			pause = min(2*pause, 5*time.Millisecond)
+			var err error
 			if before, err = gen(); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		rerr := read()
 		after, err := gen()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if after == before {
-			return rerr
+			return after, rerr
 		}
 	}
-	return fmt.Errorf("%w: the generation moved during each of %d reads", ErrRulesetChanging, attempts)
+	return 0, fmt.Errorf("%w: the generation moved during each of %d reads", ErrRulesetChanging, attempts)
+}
+
+// genChain checks dumps done one after another, each on its own, against
+// the ruleset generation: the reading after one dump is the reading before
+// the next, so n dumps cost n+1 readings, not 2n. A nil genChain checks
+// nothing.
+type genChain struct {
+	gen  func() (uint32, error)
+	last uint32
+	have bool
+}
+
+// newGenChain returns a genChain reading through g (nil for a nil g).
+func newGenChain(g *GenReader) *genChain {
+	if g == nil {
+		return nil
+	}
+	return &genChain{gen: g.Generation}
+}
+
+// do runs read, a single dump, until the generation held still during it
+// (see retryConsistent).
+func (ch *genChain) do(read func() error) error {
+	if ch == nil {
+		return read()
+	}
+	var known *uint32
+	if ch.have {
+		known = &ch.last
+	}
+	after, err := retryFrom(ch.gen, known, maxReads, read)
+	ch.last, ch.have = after, err == nil
+	return err
+}
+
+// wholeThenEach runs read, a series of dumps, once between two readings of
+// g's generation (read given a nil genChain), which is all it costs while
+// nothing commits; if the generation moved, again with every dump checked
+// on its own through a genChain (n+1 readings for n dumps), which finds
+// quiet moments on a host where commits come more often than the whole
+// series takes. read must start from scratch each time.
+func wholeThenEach(g *GenReader, read func(ch *genChain) error) error {
+	_, err := retryFrom(g.Generation, nil, 1, func() error { return read(nil) })
+	if !errors.Is(err, ErrRulesetChanging) {
+		return err
+	}
+	return read(newGenChain(g))
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -66,6 +67,42 @@ func TestRetryConsistentBound(t *testing.T) {
 	}, 5, func() error { return nil })
 	if !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want the generation's error", err)
+	}
+}
+
+// TestGenChain: dumps checked one after another read the generation once
+// between two of them, and a dump during which it moved is done again on
+// its own.
+func TestGenChain(t *testing.T) {
+	gen, readings := uint32(1), 0
+	ch := &genChain{gen: func() (uint32, error) { readings++; return gen, nil }}
+	dumps := map[string]int{}
+	dump := func(name string, moves bool) {
+		t.Helper()
+		if err := ch.do(func() error {
+			dumps[name]++
+			if moves && dumps[name] == 1 {
+				gen++
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dump("a", false)
+	dump("b", true)
+	dump("c", false)
+	if want := map[string]int{"a": 1, "b": 2, "c": 1}; !reflect.DeepEqual(dumps, want) {
+		t.Fatalf("dumps %v, want %v", dumps, want)
+	}
+	// a: before and after; b: after, then before and after its retry;
+	// c: after.
+	if readings != 6 {
+		t.Fatalf("%d generation readings, want 6", readings)
+	}
+	var nilChain *genChain
+	if err := nilChain.do(func() error { return nil }); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -159,8 +196,9 @@ func TestConsistentReadUnderCommits(t *testing.T) {
 	// commits.
 	stayCount := func(c *nftables.Conn, g *GenReader) ([]int, error) {
 		var out []int
+		ch := newGenChain(g)
 		for _, d := range sandboxSets() {
-			els, err := getSetElements(c, g, d.nft(table()))
+			els, err := getSetElements(c, ch, d.nft(table()))
 			if err != nil {
 				return nil, err
 			}

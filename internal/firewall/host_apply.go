@@ -299,8 +299,10 @@ func ReadHostPart(c *nftables.Conn, hostIf string) (HostPart, error) {
 	return readHostPartOnce(c, nil, hostIf, sandboxSets(), false)
 }
 
-// readHostPartOnce is readHostPart with a generation reader of its own
-// when g is nil.
+// readHostPartOnce is readHostPart checked against the ruleset generation,
+// read through g (nil: a reader of its own): the whole reading in one
+// generation, or, when commits came meanwhile, each set's dump in one
+// (wholeThenEach).
 func readHostPartOnce(c *nftables.Conn, g *GenReader, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
 	if g == nil {
 		var err error
@@ -309,19 +311,24 @@ func readHostPartOnce(c *nftables.Conn, g *GenReader, hostIf string, defs []setD
 		}
 		defer g.Close()
 	}
-	return readHostPart(c, g, hostIf, defs, onlyExisting)
+	var part HostPart
+	err := wholeThenEach(g, func(ch *genChain) (err error) {
+		part, err = readHostPart(c, ch, hostIf, defs, onlyExisting)
+		return err
+	})
+	return part, err
 }
 
 // readHostPart reads the link's elements of the sets defs (those that
-// exist, if onlyExisting), each set's dump from one generation of the
-// ruleset (see gen.go): a dump that a commit interrupts may miss elements,
-// whoever's commit it was. Each set is checked on its own, not the whole
-// reading, which on a busy host with hundreds of sandboxes would seldom
-// find a moment without commits as long as reading every set takes: what
-// the sets hold for one link changes only by that link's owner, which does
-// not change it while it reads it (its changes and prunes are serialized,
-// and gc removes the elements of links that are gone).
-func readHostPart(c *nftables.Conn, g *GenReader, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
+// exist, if onlyExisting), each set's dump checked through g (nil: not
+// here, the caller checks the whole reading). A dump that a commit
+// interrupts may miss elements, whoever's commit it was. Checking each set
+// on its own is enough: what the sets hold for one link changes only by
+// that link's owner, which does not change it while it reads it (its
+// changes and prunes are serialized, and gc removes the elements of links
+// that are gone); and on a busy host with hundreds of sandboxes a reading
+// of every set would seldom find a moment without commits.
+func readHostPart(c *nftables.Conn, g *genChain, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
 	part := HostPart{Iface: hostIf}
 	t := table()
 	var exists map[string]bool
@@ -454,12 +461,17 @@ func HostLinks(c *nftables.Conn) ([]string, error) {
 		return nil, fmt.Errorf("list host links: %w", err)
 	}
 	defer g.Close()
-	return hostLinks(c, g)
+	var links []string
+	err = wholeThenEach(g, func(ch *genChain) (err error) {
+		links, err = hostLinks(c, ch)
+		return err
+	})
+	return links, err
 }
 
 // hostLinks is HostLinks with the generation read through g (nil: no
 // check, for tests).
-func hostLinks(c *nftables.Conn, g *GenReader) ([]string, error) {
+func hostLinks(c *nftables.Conn, g *genChain) ([]string, error) {
 	if ok, err := hostTableExists(c); err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	} else if !ok {
@@ -607,9 +619,10 @@ func ReadSetSizes(c *nftables.Conn) (map[string]int, error) {
 		return nil, err
 	}
 	defer g.Close()
+	ch := newGenChain(g)
 	out := map[string]int{}
 	for _, d := range sandboxSets() {
-		els, err := getSetElements(c, g, d.nft(table()))
+		els, err := getSetElements(c, ch, d.nft(table()))
 		if err != nil {
 			return nil, fmt.Errorf("read set %s: %w", d.name, err)
 		}
@@ -628,29 +641,23 @@ func hostTableExists(c *nftables.Conn) (bool, error) {
 }
 
 // getSets lists the sets of IronClaw's table in one generation of the
-// ruleset, read through g; with a nil g, unchecked.
-func getSets(c *nftables.Conn, g *GenReader) ([]*nftables.Set, error) {
+// ruleset (checked through ch; a nil ch checks nothing).
+func getSets(c *nftables.Conn, ch *genChain) ([]*nftables.Set, error) {
 	var sets []*nftables.Set
-	read := func() (err error) {
+	err := ch.do(func() (err error) {
 		sets, err = c.GetSets(table())
 		return err
-	}
-	if g == nil {
-		return sets, read()
-	}
-	return sets, retryConsistent(g.Generation, maxReads, read)
+	})
+	return sets, err
 }
 
-// getSetElements dumps the elements of s in one generation of the
-// ruleset, read through g; with a nil g, unchecked.
-func getSetElements(c *nftables.Conn, g *GenReader, s *nftables.Set) ([]nftables.SetElement, error) {
+// getSetElements dumps the elements of s in one generation of the ruleset
+// (checked through ch; a nil ch checks nothing).
+func getSetElements(c *nftables.Conn, ch *genChain, s *nftables.Set) ([]nftables.SetElement, error) {
 	var els []nftables.SetElement
-	read := func() (err error) {
+	err := ch.do(func() (err error) {
 		els, err = c.GetSetElements(s)
 		return err
-	}
-	if g == nil {
-		return els, read()
-	}
-	return els, retryConsistent(g.Generation, maxReads, read)
+	})
+	return els, err
 }
