@@ -79,6 +79,9 @@ func TestStaleFormatSlot(t *testing.T) {
 	if free, err := countFree(e.cfg); err != nil || free != 0 {
 		t.Fatalf("countFree = %d, %v; stale slots must not count", free, err)
 	}
+	if st, err := Pool(e.cfg); err != nil || st.Free != 0 || st.Used != 2 {
+		t.Fatalf("pool state %+v, %v; want the stale slots as used", st, err)
+	}
 	p, _ := firewall.ParsePolicy([]string{"203.0.113.10:8080/tcp"})
 	dir, key := e.sandboxDir(t, "stale-claim")
 	if _, err := Claim(t.Context(), e.cfg, dir, key, p); !errors.Is(err, ErrPoolEmpty) {
