@@ -87,7 +87,7 @@ func TestStub(t *testing.T) {
 // TestProxyRefusesInternal: a name whose resolution lies in an internal
 // range is refused before anything is dialled.
 func TestProxyRefusesInternal(t *testing.T) {
-	for _, internal := range []string{"10.1.2.3", "169.254.169.254", "127.0.0.1", "100.64.0.1"} {
+	for _, internal := range []string{"10.1.2.3", "169.254.169.254", "127.0.0.1", "100.64.0.1", "192.0.0.8"} {
 		s := start(t, testResolver(t, internal), "allowed.test")
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Services().HTTP))
 		if err != nil {

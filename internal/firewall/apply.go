@@ -120,9 +120,19 @@ func RemoveSandbox(c *nftables.Conn) error {
 }
 
 // ReadTable reads IronClaw's table back from the kernel: every chain with
-// its hook, policy and rules. It returns nil and no error if the table does
-// not exist.
+// its hook, policy and rules, from one generation of the ruleset. It
+// returns nil and no error if the table does not exist.
 func ReadTable(c *nftables.Conn) ([]Chain, error) {
+	var out []Chain
+	err := consistent(c, nil, func() (err error) {
+		out, err = readTable(c)
+		return err
+	})
+	return out, err
+}
+
+// readTable is ReadTable without the generation check.
+func readTable(c *nftables.Conn) ([]Chain, error) {
 	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("read ruleset: list chains: %w", err)
@@ -147,11 +157,21 @@ func ReadTable(c *nftables.Conn) ([]Chain, error) {
 }
 
 // ReadSandbox reads the sandbox table back: its chains (ReadTable) and
-// the elements of its sets (a set that does not exist holds nothing).
+// the elements of its sets (a set that does not exist holds nothing), all
+// from one generation of the ruleset.
 func ReadSandbox(c *nftables.Conn) (SandboxRuleset, error) {
 	var rs SandboxRuleset
+	err := consistent(c, nil, func() (err error) {
+		rs, err = readSandbox(c)
+		return err
+	})
+	return rs, err
+}
+
+func readSandbox(c *nftables.Conn) (SandboxRuleset, error) {
+	var rs SandboxRuleset
 	var err error
-	if rs.Chains, err = ReadTable(c); err != nil || rs.Chains == nil {
+	if rs.Chains, err = readTable(c); err != nil || rs.Chains == nil {
 		return rs, err
 	}
 	sets, err := c.GetSets(table())
@@ -177,9 +197,16 @@ func ReadSandbox(c *nftables.Conn) (SandboxRuleset, error) {
 // VerifySandbox reads the sandbox table back and checks that it is exactly
 // want: the same chains (no more), hooked at the same hooks with the same
 // priorities, types and policies, holding the same rules in order; every
-// set with the built definition, holding exactly the built elements.
-func VerifySandbox(c *nftables.Conn, want *SandboxRuleset) error {
-	got, err := ReadTable(c)
+// set with the built definition, holding exactly the built elements. What
+// it compares is read from one generation of the ruleset (see gen.go),
+// whose number it reads through g (nil: a socket of its own; else a
+// reader in c's namespace).
+func VerifySandbox(c *nftables.Conn, g *GenReader, want *SandboxRuleset) error {
+	return consistent(c, g, func() error { return verifySandbox(c, want) })
+}
+
+func verifySandbox(c *nftables.Conn, want *SandboxRuleset) error {
+	got, err := readTable(c)
 	if err != nil {
 		return err
 	}
@@ -218,8 +245,18 @@ func VerifySandbox(c *nftables.Conn, want *SandboxRuleset) error {
 	return compareElements("sandbox table", els, want.Elements)
 }
 
-// ReadChain reads one chain of IronClaw's table back with its rules.
+// ReadChain reads one chain of IronClaw's table back with its rules, from
+// one generation of the ruleset.
 func ReadChain(c *nftables.Conn, name string) (*Chain, error) {
+	var ch *Chain
+	err := consistent(c, nil, func() (err error) {
+		ch, err = readChain(c, name)
+		return err
+	})
+	return ch, err
+}
+
+func readChain(c *nftables.Conn, name string) (*Chain, error) {
 	t := table()
 	nc, err := c.ListChain(t, name)
 	if err != nil {

@@ -32,6 +32,9 @@
 // and Verify talk to the kernel through an *nftables.Conn, which tests can
 // point at a throwaway namespace or a recording dial. An ElementReader
 // reads a sandbox's host elements back by key (getelem.go), so verifying a
-// start does not dump the shared sets. RemoveOldLayout removes what the
-// host table of an earlier layout left unused (oldlayout.go).
+// start does not dump the shared sets. Every read by dump is checked
+// against the namespace's ruleset generation and done again while a commit
+// came during it (gen.go), so no read returns a mix of two states or
+// misses elements. RemoveOldLayout removes what the host table of an
+// earlier layout left unused (oldlayout.go).
 package firewall

@@ -17,4 +17,7 @@ var (
 	// sandboxes of an earlier IronClaw through its old layout: rewriting
 	// its base chains would strip their host-side rules.
 	ErrOldLayoutInUse = errors.New("host firewall table in use by an earlier IronClaw's sandboxes")
+	// ErrRulesetChanging marks a read of the ruleset that never saw one
+	// state: the generation moved during every attempt (see gen.go).
+	ErrRulesetChanging = errors.New("nftables ruleset kept changing during the read")
 )

@@ -15,12 +15,32 @@ import (
 // and its fixed base chains. It reads them first and writes (one
 // transaction: sets created if missing, base chains flushed and refilled,
 // so rules are never doubled) only if they differ, then reads them back.
-// Concurrent callers are safe: each transaction is atomic and they all
-// write the same thing.
-func EnsureHostBase(c *nftables.Conn) error {
+// When only SetDenyInternal differs (a build with other InternalRanges
+// wrote it, see Format), the transaction changes that set's elements and
+// nothing else: no chain is rewritten under the live sandboxes. Concurrent
+// callers are safe: each transaction is atomic and they all write the
+// same thing. Each reading is of one generation of the ruleset, whose
+// number it reads through g (nil: a socket of its own; else a reader in
+// c's namespace).
+func EnsureHostBase(c *nftables.Conn, g *GenReader) error {
 	base := BuildHostBase()
-	if verifyHostBase(c, base) == nil {
-		return nil
+	var deny []Element
+	err := consistent(c, g, func() (err error) {
+		deny, err = readHostBase(c, base)
+		return err
+	})
+	if err == nil {
+		extra, missing := diffElements(deny, hostBaseElements())
+		if len(extra)+len(missing) == 0 {
+			return nil
+		}
+		if err := queueElements(c, extra, missing); err != nil {
+			return fmt.Errorf("apply host base: %w", err)
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("apply host base: set %s: %w", SetDenyInternal, err)
+		}
+		return verifyHostBase(c, g, base)
 	}
 	// A table of an earlier layout whose maps still name links would
 	// lose those sandboxes' host-side rules and NAT in the rewrite: fail
@@ -52,29 +72,42 @@ func EnsureHostBase(c *nftables.Conn) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply host base: %w", err)
 	}
-	return verifyHostBase(c, base)
+	return verifyHostBase(c, g, base)
 }
 
 // verifyHostBase checks that the base chains are hooked with exactly the
 // built rules, that every set exists with the built key, flags and value
-// type, and that SetDenyInternal holds InternalRanges.
-func verifyHostBase(c *nftables.Conn, base []Chain) error {
+// type, and that SetDenyInternal holds InternalRanges, in one generation
+// of the ruleset.
+func verifyHostBase(c *nftables.Conn, g *GenReader, base []Chain) error {
+	return consistent(c, g, func() error {
+		deny, err := readHostBase(c, base)
+		if err != nil {
+			return err
+		}
+		return compareElements("set "+SetDenyInternal, deny, hostBaseElements())
+	})
+}
+
+// readHostBase checks the base chains and the sets (as verifyHostBase)
+// and returns the elements of SetDenyInternal.
+func readHostBase(c *nftables.Conn, base []Chain) ([]Element, error) {
 	if err := verifyChains(c, base); err != nil {
-		return err
+		return nil, err
 	}
 	if err := verifySets(c, hostSets); err != nil {
-		return err
+		return nil, err
 	}
 	d, _ := setDefOf(SetDenyInternal)
 	els, err := c.GetSetElements(d.nft(table()))
 	if err != nil {
-		return fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
+		return nil, fmt.Errorf("%w: read set %s: %v", ErrVerify, SetDenyInternal, err)
 	}
 	var got []Element
 	for _, el := range els {
 		got = append(got, elementOf(d, el))
 	}
-	return compareElements("set "+SetDenyInternal, got, hostBaseElements())
+	return got, nil
 }
 
 // verifySets checks that every set of defs exists in IronClaw's table
@@ -203,7 +236,7 @@ func ApplyHost(c *nftables.Conn, part *HostPart) error {
 
 // ApplyHostChanges is ApplyHostHeld without its result.
 func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
-	_, err := ApplyHostHeld(c, prev, part)
+	_, err := ApplyHostHeld(c, nil, prev, part)
 	return err
 }
 
@@ -228,10 +261,13 @@ func ApplyHostChanges(c *nftables.Conn, prev, part *HostPart) error {
 // deleting it in the same transaction, made each such commit as slow as
 // an interval element's deletion in BenchmarkPerPacket's set-up: tens of
 // times a plain commit.)
-func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
+//
+// g reads the ruleset generation for the reading of a nil prev (nil: a
+// socket of its own; else a reader in c's namespace).
+func ApplyHostHeld(c *nftables.Conn, g *GenReader, prev, part *HostPart) (HostPart, error) {
 	keepSuperseded := prev != nil
 	if prev == nil {
-		cur, err := ReadHostPart(c, part.Iface)
+		cur, err := readHostPartOnce(c, g, part.Iface, sandboxSets(), false)
 		if err != nil {
 			return HostPart{}, fmt.Errorf("apply host ruleset: %w", err)
 		}
@@ -256,18 +292,48 @@ func ApplyHostHeld(c *nftables.Conn, prev, part *HostPart) (HostPart, error) {
 }
 
 // ReadHostPart reads the elements of the link hostIf back from the host
-// table's sets: every element whose key starts with its interface name.
-// A set that does not exist holds nothing.
+// table's sets: every element whose key starts with its interface name,
+// from one generation of the ruleset. A set that does not exist holds
+// nothing.
 func ReadHostPart(c *nftables.Conn, hostIf string) (HostPart, error) {
-	return readHostPart(c, hostIf, sandboxSets(), false)
+	return readHostPartOnce(c, nil, hostIf, sandboxSets(), false)
 }
 
-func readHostPart(c *nftables.Conn, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
+// readHostPartOnce is readHostPart checked against the ruleset generation,
+// read through g (nil: a reader of its own): the whole reading in one
+// generation, or, when commits came meanwhile, each set's dump in one
+// (wholeThenEach).
+func readHostPartOnce(c *nftables.Conn, g *GenReader, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
+	if g == nil {
+		var err error
+		if g, err = dialGen(c); err != nil {
+			return HostPart{Iface: hostIf}, err
+		}
+		defer g.Close()
+	}
+	var part HostPart
+	err := wholeThenEach(g, func(ch *genChain) (err error) {
+		part, err = readHostPart(c, ch, hostIf, defs, onlyExisting)
+		return err
+	})
+	return part, err
+}
+
+// readHostPart reads the link's elements of the sets defs (those that
+// exist, if onlyExisting), each set's dump checked through g (nil: not
+// here, the caller checks the whole reading). A dump that a commit
+// interrupts may miss elements, whoever's commit it was. Checking each set
+// on its own is enough: what the sets hold for one link changes only by
+// that link's owner, which does not change it while it reads it (its
+// changes and prunes are serialized, and gc removes the elements of links
+// that are gone); and on a busy host with hundreds of sandboxes a reading
+// of every set would seldom find a moment without commits.
+func readHostPart(c *nftables.Conn, g *genChain, hostIf string, defs []setDef, onlyExisting bool) (HostPart, error) {
 	part := HostPart{Iface: hostIf}
 	t := table()
 	var exists map[string]bool
 	if onlyExisting {
-		sets, err := c.GetSets(t)
+		sets, err := getSets(c, g)
 		if err != nil {
 			return part, fmt.Errorf("read host sets: %w", err)
 		}
@@ -282,7 +348,7 @@ func readHostPart(c *nftables.Conn, hostIf string, defs []setDef, onlyExisting b
 		if exists != nil && !exists[d.name] {
 			continue
 		}
-		els, err := c.GetSetElements(d.nft(t))
+		els, err := getSetElements(c, g, d.nft(t))
 		if err != nil {
 			return part, fmt.Errorf("read set %s: %w", d.name, err)
 		}
@@ -312,19 +378,21 @@ func readHostPart(c *nftables.Conn, hostIf string, defs []setDef, onlyExisting b
 // VerifyHost reads back the host table's base chains and sets and this
 // sandbox's elements, and checks them against what was built.
 func VerifyHost(c *nftables.Conn, part *HostPart) error {
-	if err := verifyHostBase(c, BuildHostBase()); err != nil {
+	if err := verifyHostBase(c, nil, BuildHostBase()); err != nil {
 		return err
 	}
-	return VerifyHostPart(c, part)
+	return VerifyHostPart(c, nil, part)
 }
 
 // VerifyHostPart is VerifyHost without the base chains and sets, for a
 // caller that has just verified them (EnsureHostBase): the kernel must hold
 // exactly part's elements for the link, no fewer and no more, the link
 // being in the set of part's generation only. Allow elements of the other
-// generation, which no packet reaches, are not compared.
-func VerifyHostPart(c *nftables.Conn, part *HostPart) error {
-	all, err := ReadHostPart(c, part.Iface)
+// generation, which no packet reaches, are not compared. The elements are
+// read from one generation of the ruleset, whose number it reads through g
+// (nil: a socket of its own; else a reader in c's namespace).
+func VerifyHostPart(c *nftables.Conn, g *GenReader, part *HostPart) error {
+	all, err := readHostPartOnce(c, g, part.Iface, sandboxSets(), false)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrVerify, err)
 	}
@@ -351,6 +419,11 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 	} else if !ok {
 		return nil
 	}
+	g, err := dialGen(c)
+	if err != nil {
+		return fmt.Errorf("remove host ruleset: %w", err)
+	}
+	defer g.Close()
 	// The sets of the layout before generations too, while they exist:
 	// a sandbox of that layout reclaimed by this build goes entirely.
 	defs := append(sandboxSets(), oldVersionedSets...)
@@ -358,7 +431,7 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 	// own owner) may delete some of the elements between the read and the
 	// deletion, which then fails as a whole with ENOENT: read again.
 	for attempt := 0; ; attempt++ {
-		cur, err := readHostPart(c, hostIf, defs, true)
+		cur, err := readHostPartOnce(c, g, hostIf, defs, true)
 		if err != nil {
 			return fmt.Errorf("remove host ruleset: %w", err)
 		}
@@ -380,13 +453,31 @@ func RemoveHost(c *nftables.Conn, hostIf string) error {
 
 // HostLinks returns the links that have elements in the host table's
 // sandbox sets, each once, sorted. Without the table it returns none.
+// Each set's dump is of one generation of the ruleset; a link whose
+// elements come or go meanwhile may be listed or not.
 func HostLinks(c *nftables.Conn) ([]string, error) {
+	g, err := dialGen(c)
+	if err != nil {
+		return nil, fmt.Errorf("list host links: %w", err)
+	}
+	defer g.Close()
+	var links []string
+	err = wholeThenEach(g, func(ch *genChain) (err error) {
+		links, err = hostLinks(c, ch)
+		return err
+	})
+	return links, err
+}
+
+// hostLinks is HostLinks with the generation read through g (nil: no
+// check, for tests).
+func hostLinks(c *nftables.Conn, g *genChain) ([]string, error) {
 	if ok, err := hostTableExists(c); err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	} else if !ok {
 		return nil, nil
 	}
-	sets, err := c.GetSets(table())
+	sets, err := getSets(c, g)
 	if err != nil {
 		return nil, fmt.Errorf("list host links: list sets: %w", err)
 	}
@@ -395,7 +486,7 @@ func HostLinks(c *nftables.Conn) ([]string, error) {
 		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == d.name }) {
 			continue
 		}
-		els, err := c.GetSetElements(d.nft(table()))
+		els, err := getSetElements(c, g, d.nft(table()))
 		if err != nil {
 			return nil, fmt.Errorf("list host links: read set %s: %w", d.name, err)
 		}
@@ -424,7 +515,7 @@ func HostLinks(c *nftables.Conn) ([]string, error) {
 // change after next, so PruneHost must not run beside a change of the same
 // link: the caller serializes them (Net does).
 func PruneHost(c *nftables.Conn, hostIf string) (int, error) {
-	cur, err := readHostPart(c, hostIf, sandboxSets(), true)
+	cur, err := readHostPartOnce(c, nil, hostIf, sandboxSets(), true)
 	if err != nil {
 		return 0, fmt.Errorf("prune host ruleset: %w", err)
 	}
@@ -495,8 +586,18 @@ func UnguardUplink(c *nftables.Conn, name string) error {
 	return nil
 }
 
-// ReadUplinks returns the guarded uplinks (SetUplinks), sorted.
+// ReadUplinks returns the guarded uplinks (SetUplinks), sorted, from one
+// generation of the ruleset.
 func ReadUplinks(c *nftables.Conn) ([]string, error) {
+	var out []string
+	err := consistent(c, nil, func() (err error) {
+		out, err = readUplinks(c)
+		return err
+	})
+	return out, err
+}
+
+func readUplinks(c *nftables.Conn) ([]string, error) {
 	els, err := c.GetSetElements(uplinkSet())
 	if err != nil {
 		return nil, fmt.Errorf("read set %s: %w", SetUplinks, err)
@@ -510,11 +611,18 @@ func ReadUplinks(c *nftables.Conn) ([]string, error) {
 }
 
 // ReadSetSizes returns the number of elements of every sandbox set of the
-// host table (for `ironclaw net show` and tests).
+// host table (for `ironclaw net show` and tests), each set's from one
+// generation of the ruleset.
 func ReadSetSizes(c *nftables.Conn) (map[string]int, error) {
+	g, err := dialGen(c)
+	if err != nil {
+		return nil, err
+	}
+	defer g.Close()
+	ch := newGenChain(g)
 	out := map[string]int{}
 	for _, d := range sandboxSets() {
-		els, err := c.GetSetElements(d.nft(table()))
+		els, err := getSetElements(c, ch, d.nft(table()))
 		if err != nil {
 			return nil, fmt.Errorf("read set %s: %w", d.name, err)
 		}
@@ -530,4 +638,26 @@ func hostTableExists(c *nftables.Conn) (bool, error) {
 		return false, fmt.Errorf("list tables: %w", err)
 	}
 	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }), nil
+}
+
+// getSets lists the sets of IronClaw's table in one generation of the
+// ruleset (checked through ch; a nil ch checks nothing).
+func getSets(c *nftables.Conn, ch *genChain) ([]*nftables.Set, error) {
+	var sets []*nftables.Set
+	err := ch.do(func() (err error) {
+		sets, err = c.GetSets(table())
+		return err
+	})
+	return sets, err
+}
+
+// getSetElements dumps the elements of s in one generation of the ruleset
+// (checked through ch; a nil ch checks nothing).
+func getSetElements(c *nftables.Conn, ch *genChain, s *nftables.Set) ([]nftables.SetElement, error) {
+	var els []nftables.SetElement
+	err := ch.do(func() (err error) {
+		els, err = c.GetSetElements(s)
+		return err
+	})
+	return els, err
 }

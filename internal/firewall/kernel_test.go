@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -50,7 +51,7 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := ApplySandbox(c, &chains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, &chains); err != nil {
+	if err := VerifySandbox(c, nil, &chains); err != nil {
 		t.Fatal(err)
 	}
 	// A micro-VM's namespace: the forward chain and the masquerade too,
@@ -64,14 +65,14 @@ func TestApplyVerifyKernel(t *testing.T) {
 	if err := ApplySandboxChanges(c, &chains, &gchains); err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifySandbox(c, &gchains); err != nil {
+	if err := VerifySandbox(c, nil, &gchains); err != nil {
 		t.Fatal(err)
 	}
 	part, err := BuildHost(tg, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := ApplyHost(c, &part); err != nil {
@@ -140,7 +141,7 @@ func TestRemoveHostTouchesNothingElse(t *testing.T) {
 	b.HostIf, b.SandboxAddr, b.HostAddr = "icother", netip.MustParseAddr("10.200.0.6"), netip.MustParseAddr("10.200.0.5")
 	pa, _ := BuildHost(a, 1)
 	pb, _ := BuildHost(b, 1)
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []*HostPart{&pa, &pb} {
@@ -221,7 +222,7 @@ func TestUplinkGuardKernel(t *testing.T) {
 	if err := UnguardUplink(c, "eth9"); err != nil {
 		t.Fatalf("unguard without a table: %v", err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"eth9", "wlan0", "eth9"} {
@@ -257,7 +258,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	c := connIn(t, ns)
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	a := testTarget(t, "203.0.113.0/24:443/tcp", "198.51.100.0/24", "10.1.0.0/16:53/udp", "allowed.test")
@@ -343,7 +344,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	if in, err := r.Has(otherGen); err != nil || !in {
 		t.Fatalf("Has(%s) = %v, %v", otherGen, in, err)
 	}
-	if err := VerifyHostPart(c, &pa); !errors.Is(err, ErrVerify) {
+	if err := VerifyHostPart(c, nil, &pa); !errors.Is(err, ErrVerify) {
 		t.Errorf("in both generations: VerifyHostPart passed (%v)", err)
 	}
 	a3 := *a
@@ -358,7 +359,7 @@ func TestVerifyHostElementsKernel(t *testing.T) {
 	if err := VerifyHostElements(r, &pa3); err != nil {
 		t.Fatalf("a reader is reused after Has found nothing: %v", err)
 	}
-	if err := VerifyHostPart(c, &pa3); err != nil {
+	if err := VerifyHostPart(c, nil, &pa3); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -411,7 +412,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	if links, err := OldLayoutLinks(c); err != nil || !slices.Equal(links, []string{"icabcdef"}) {
 		t.Fatalf("OldLayoutLinks = %v, %v; want [icabcdef]", links, err)
 	}
-	if err := EnsureHostBase(c); !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "icabcdef") {
+	if err := EnsureHostBase(c, nil); !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "icabcdef") {
 		t.Fatalf("EnsureHostBase over a live old layout = %v, want ErrOldLayoutInUse naming the link", err)
 	}
 	if rules, err := c.GetRules(tb, fwd); err != nil || len(rules) != 1 {
@@ -425,7 +426,7 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	if links, err := OldLayoutLinks(c); err != nil || len(links) != 0 {
 		t.Fatalf("OldLayoutLinks after deleting = %v, %v", links, err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	part, _ := BuildHost(testTarget(t, "203.0.113.0/24"), 1)
@@ -467,5 +468,72 @@ func TestRemoveOldLayoutKernel(t *testing.T) {
 	}
 	if removed, err := RemoveOldLayout(c); err != nil || len(removed) != 0 {
 		t.Fatalf("second run: %v %v", removed, err)
+	}
+}
+
+// TestHostBaseDenyUpdate: a host table whose SetDenyInternal was written
+// by a build without 192.0.0.0/24 (Format 0) is brought up to date by
+// EnsureHostBase with the one element added: the base chains keep their
+// rules (the same handles: nothing rewritten under the live sandboxes),
+// and a live sandbox's elements stay and verify.
+func TestHostBaseDenyUpdate(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNetNS(t)
+	c := connIn(t, ns)
+	if err := EnsureHostBase(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	tg := testTarget(t, "203.0.113.0/24:443/tcp", "192.0.0.8/32")
+	part, err := BuildHost(tg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	handles := func() map[string][]uint64 {
+		t.Helper()
+		out := map[string][]uint64{}
+		for _, ch := range BuildHostBase() {
+			rs, err := c.GetRules(table(), &nftables.Chain{Name: ch.Name, Table: table()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rs {
+				out[ch.Name] = append(out[ch.Name], r.Handle)
+			}
+		}
+		return out
+	}
+	before := handles()
+	// What the earlier build's set held: InternalRanges without
+	// 192.0.0.0/24.
+	ietf := slices.IndexFunc(hostBaseElements(), func(e Element) bool {
+		return netip.AddrFrom4([4]byte(e.Key[:4])) == netip.MustParseAddr("192.0.0.0")
+	})
+	if ietf < 0 {
+		t.Fatal("SetDenyInternal has no element starting at 192.0.0.0")
+	}
+	old := hostBaseElements()[ietf]
+	if !strings.HasPrefix(string(old.KeyEnd), string([]byte{192, 0, 0, 255})) {
+		t.Fatalf("192.0.0.0/24 element ends at %v", old.KeyEnd)
+	}
+	if err := queueElements(c, []Element{old}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); !errors.Is(err, ErrVerify) {
+		t.Fatalf("verify of the earlier build's deny set: %v, want ErrVerify", err)
+	}
+	if err := EnsureHostBase(c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyHost(c, &part); err != nil {
+		t.Fatal(err)
+	}
+	if after := handles(); !reflect.DeepEqual(after, before) {
+		t.Fatalf("base chains rewritten: rule handles %v, were %v", after, before)
 	}
 }

@@ -95,7 +95,7 @@ func TestNftListsHostTable(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := testutil.NewNetNS(t)
 	c := connIn(t, ns)
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	a, b := testTarget(t, allTiers...), testTarget(t, "203.0.113.7:80/tcp", "example.com")
@@ -114,7 +114,7 @@ func TestNftListsHostTable(t *testing.T) {
 	a2 := *a
 	a2.Policy, _ = ParsePolicy([]string{"10.200.7.0/24", "10.1.0.0/16:22/tcp", "203.0.113.0/24:80-90/tcp"})
 	pa2, _ := BuildHost(&a2, 2)
-	held, err := ApplyHostHeld(c, &pa, &pa2)
+	held, err := ApplyHostHeld(c, nil, &pa, &pa2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestVersionedLayoutMigration(t *testing.T) {
 	if removed, err := RemoveOldLayout(c); err != nil || len(removed) != 0 {
 		t.Fatalf("RemoveOldLayout while the old rules use the sets: %v, %v", removed, err)
 	}
-	err = EnsureHostBase(c)
+	err = EnsureHostBase(c, nil)
 	if !errors.Is(err, ErrOldLayoutInUse) || !strings.Contains(err.Error(), "iclive") {
 		t.Fatalf("EnsureHostBase over a live versioned layout = %v, want ErrOldLayoutInUse naming the links", err)
 	}
@@ -241,16 +241,16 @@ func TestVersionedLayoutMigration(t *testing.T) {
 	if links, err := OldLayoutLinks(c); err != nil || !slices.Equal(links, []string{"iclive"}) {
 		t.Fatalf("OldLayoutLinks after gc = %v, %v", links, err)
 	}
-	if err := EnsureHostBase(c); !errors.Is(err, ErrOldLayoutInUse) {
+	if err := EnsureHostBase(c, nil); !errors.Is(err, ErrOldLayoutInUse) {
 		t.Fatalf("EnsureHostBase with one live link left = %v", err)
 	}
 	if err := RemoveHost(c, "iclive"); err != nil {
 		t.Fatal(err)
 	}
-	if left, err := readHostPart(c, "iclive", append(sandboxSets(), oldVersionedSets...), true); err != nil || len(left.Elements) != 0 {
+	if left, err := readHostPartOnce(c, nil, "iclive", append(sandboxSets(), oldVersionedSets...), true); err != nil || len(left.Elements) != 0 {
 		t.Fatalf("RemoveHost left %v, %v", left.Elements, err)
 	}
-	if err := EnsureHostBase(c); err != nil {
+	if err := EnsureHostBase(c, nil); err != nil {
 		t.Fatal(err)
 	}
 	part, _ := BuildHost(testTarget(t, allTiers...), 1)

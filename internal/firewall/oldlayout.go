@@ -93,67 +93,20 @@ const OldChainPrefix = "ic-"
 // deleted ("map NAME", "set NAME", "chain NAME"); without the table it
 // does nothing.
 func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
+	var chains []*nftables.Chain
+	var maps []*nftables.Set
+	var usedChains map[string]bool
+	var exists bool
+	err := consistent(c, nil, func() (err error) {
+		exists, chains, maps, usedChains, err = readOldLayout(c)
+		return err
+	})
+	if err != nil || !exists {
+		return nil, err
+	}
 	t := table()
-	if ok, err := hostTableExists(c); err != nil {
-		return nil, fmt.Errorf("remove old host layout: %w", err)
-	} else if !ok {
-		return nil, nil
-	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("remove old host layout: list chains: %w", err)
-	}
-	sets, err := c.GetSets(t)
-	if err != nil {
-		return nil, fmt.Errorf("remove old host layout: list sets: %w", err)
-	}
 	oldChain := func(ch *nftables.Chain) bool {
 		return ch.Hooknum == nil && strings.HasPrefix(ch.Name, OldChainPrefix)
-	}
-	// What the rest of the table uses: sets looked up and chains jumped to
-	// from chains that stay, and chains held by verdict maps that stay.
-	usedSets, usedChains := map[string]bool{}, map[string]bool{}
-	for _, ch := range chains {
-		if ch.Table.Name != TableName || oldChain(ch) {
-			continue
-		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("remove old host layout: rules of %s: %w", ch.Name, err)
-		}
-		for _, r := range rules {
-			for _, e := range r.Exprs {
-				switch e := e.(type) {
-				case *expr.Lookup:
-					usedSets[e.SetName] = true
-				case *expr.Dynset:
-					usedSets[e.SetName] = true
-				case *expr.Verdict:
-					if e.Chain != "" {
-						usedChains[e.Chain] = true
-					}
-				}
-			}
-		}
-	}
-	var maps []*nftables.Set
-	for _, s := range sets {
-		if oldObject(s) != "" && !usedSets[s.Name] {
-			maps = append(maps, s)
-			continue
-		}
-		if !verdictMap(s) {
-			continue
-		}
-		els, err := c.GetSetElements(s)
-		if err != nil {
-			return nil, fmt.Errorf("remove old host layout: elements of %s: %w", s.Name, err)
-		}
-		for _, el := range els {
-			if ch := verdictChain(el.Val); ch != "" {
-				usedChains[ch] = true
-			}
-		}
 	}
 	var removed []string
 	for _, s := range maps {
@@ -176,6 +129,75 @@ func RemoveOldLayout(c *nftables.Conn) ([]string, error) {
 		return nil, fmt.Errorf("remove old host layout (%s): %w", strings.Join(removed, ", "), err)
 	}
 	return removed, nil
+}
+
+// readOldLayout reads what RemoveOldLayout needs: whether the table
+// exists, its chains, the unused maps and sets of the earlier layouts, and
+// the chains that stay in use.
+func readOldLayout(c *nftables.Conn) (exists bool, chains []*nftables.Chain, maps []*nftables.Set, usedChains map[string]bool, err error) {
+	t := table()
+	if ok, err := hostTableExists(c); err != nil {
+		return false, nil, nil, nil, fmt.Errorf("remove old host layout: %w", err)
+	} else if !ok {
+		return false, nil, nil, nil, nil
+	}
+	chains, err = c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, nil, nil, nil, fmt.Errorf("remove old host layout: list chains: %w", err)
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return false, nil, nil, nil, fmt.Errorf("remove old host layout: list sets: %w", err)
+	}
+	oldChain := func(ch *nftables.Chain) bool {
+		return ch.Hooknum == nil && strings.HasPrefix(ch.Name, OldChainPrefix)
+	}
+	// What the rest of the table uses: sets looked up and chains jumped to
+	// from chains that stay, and chains held by verdict maps that stay.
+	usedSets := map[string]bool{}
+	usedChains = map[string]bool{}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName || oldChain(ch) {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return false, nil, nil, nil, fmt.Errorf("remove old host layout: rules of %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				switch e := e.(type) {
+				case *expr.Lookup:
+					usedSets[e.SetName] = true
+				case *expr.Dynset:
+					usedSets[e.SetName] = true
+				case *expr.Verdict:
+					if e.Chain != "" {
+						usedChains[e.Chain] = true
+					}
+				}
+			}
+		}
+	}
+	for _, s := range sets {
+		if oldObject(s) != "" && !usedSets[s.Name] {
+			maps = append(maps, s)
+			continue
+		}
+		if !verdictMap(s) {
+			continue
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return false, nil, nil, nil, fmt.Errorf("remove old host layout: elements of %s: %w", s.Name, err)
+		}
+		for _, el := range els {
+			if ch := verdictChain(el.Val); ch != "" {
+				usedChains[ch] = true
+			}
+		}
+	}
+	return true, chains, maps, usedChains, nil
 }
 
 // verdictMap reports whether s, as read back, is a verdict map.
@@ -212,8 +234,17 @@ func verdictChain(val []byte) string {
 // OldLayoutLinks returns the interface names the earlier layouts' maps in
 // IronClaw's host table (the verdict maps, and the map "version") still
 // hold entries for (sorted, without duplicates); none without the table
-// or the maps.
+// or the maps. They are read from one generation of the ruleset.
 func OldLayoutLinks(c *nftables.Conn) ([]string, error) {
+	var links []string
+	err := consistent(c, nil, func() (err error) {
+		links, err = oldLayoutLinks(c)
+		return err
+	})
+	return links, err
+}
+
+func oldLayoutLinks(c *nftables.Conn) ([]string, error) {
 	maps, err := oldLayoutMaps(c)
 	if err != nil {
 		return nil, err
@@ -242,29 +273,41 @@ func DeleteOldLayoutLinks(c *nftables.Conn, links []string) error {
 	if len(links) == 0 {
 		return nil
 	}
-	maps, err := oldLayoutMaps(c)
+	var maps []*nftables.Set
+	var dels [][]nftables.SetElement
+	err := consistent(c, nil, func() error {
+		maps, dels = nil, nil
+		all, err := oldLayoutMaps(c)
+		if err != nil {
+			return err
+		}
+		for _, s := range all {
+			els, err := c.GetSetElements(s)
+			if err != nil {
+				return fmt.Errorf("old host layout: elements of %s: %w", s.Name, err)
+			}
+			var del []nftables.SetElement
+			for _, el := range els {
+				if slices.Contains(links, keyLink(el.Key)) {
+					del = append(del, nftables.SetElement{Key: el.Key})
+				}
+			}
+			maps, dels = append(maps, s), append(dels, del)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	n := 0
-	for _, s := range maps {
-		els, err := c.GetSetElements(s)
-		if err != nil {
-			return fmt.Errorf("old host layout: elements of %s: %w", s.Name, err)
-		}
-		var del []nftables.SetElement
-		for _, el := range els {
-			if slices.Contains(links, keyLink(el.Key)) {
-				del = append(del, nftables.SetElement{Key: el.Key})
-			}
-		}
-		if len(del) == 0 {
+	for i, s := range maps {
+		if len(dels[i]) == 0 {
 			continue
 		}
-		if err := c.SetDeleteElements(s, del); err != nil {
+		if err := c.SetDeleteElements(s, dels[i]); err != nil {
 			return fmt.Errorf("old host layout: delete entries of %s: %w", s.Name, err)
 		}
-		n += len(del)
+		n += len(dels[i])
 	}
 	if n == 0 {
 		return nil

@@ -18,8 +18,11 @@ const TableName = "ironclaw"
 // InternalRanges are the IPv4 networks a sandbox can never reach unless a
 // CIDR rule names them explicitly: "this network", RFC 1918, shared address
 // space (100.64/10), loopback, link-local (169.254.169.254, the cloud
-// metadata address, included), multicast and reserved/broadcast.
-// IPv6 is dropped altogether (see ErrUnsupportedRule), ULA fc00::/7 included.
+// metadata address, included), IETF protocol assignments (192.0.0.0/24:
+// DS-Lite, NAT64 discovery, other in-network services), multicast and
+// reserved/broadcast. IPv6 is dropped altogether (see ErrUnsupportedRule),
+// ULA fc00::/7 included. A change here changes the rulesets built for the
+// same target: bump Format with it.
 var InternalRanges = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("10.0.0.0/8"),
@@ -27,10 +30,19 @@ var InternalRanges = []netip.Prefix{
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.0.0.0/24"),
 	netip.MustParsePrefix("192.168.0.0/16"),
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("240.0.0.0/4"),
 }
+
+// Format numbers the rulesets the builders make for a given target (the
+// sandbox table's fixed chains, the host table's base chains and
+// SetDenyInternal). It goes up whenever they change, so that what was
+// applied by a build with another format is recognized as such (a pool
+// slot prepared by an earlier build is destroyed, not claimed). Format 1:
+// 192.0.0.0/24 in InternalRanges; records of earlier builds have none (0).
+const Format = 1
 
 // Services are the ports on the host side of the sandbox's link where the
 // egress DNS stub and proxy listen. The sandbox reaches them at HostAddr on

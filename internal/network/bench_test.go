@@ -160,6 +160,14 @@ func benchRuleInstall(b *testing.B, others int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	sg, err := n.sandboxGen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	hg, err := n.hostGen()
+	if err != nil {
+		b.Fatal(err)
+	}
 	var install, hostOnly, sandboxOnly, verifyT, verifyDump, ensure, update, prune, floor []time.Duration
 	hr, err := firewall.NewElementReader(0)
 	if err != nil {
@@ -181,7 +189,7 @@ func benchRuleInstall(b *testing.B, others int) {
 			sd = time.Since(t0)
 			errc <- err
 		}()
-		held, herr := firewall.ApplyHostHeld(hc, prevPart, &part)
+		held, herr := firewall.ApplyHostHeld(hc, hg, prevPart, &part)
 		hostOnly = append(hostOnly, time.Since(t0))
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
@@ -189,7 +197,7 @@ func benchRuleInstall(b *testing.B, others int) {
 		install = append(install, time.Since(t0))
 		sandboxOnly = append(sandboxOnly, sd)
 		t0 = time.Now()
-		go func() { errc <- firewall.VerifySandbox(sc, &inner) }()
+		go func() { errc <- firewall.VerifySandbox(sc, sg, &inner) }()
 		herr = firewall.VerifyHostElements(hr, &part)
 		if err := errors.Join(<-errc, herr); err != nil {
 			b.Fatal(err)
@@ -198,12 +206,12 @@ func benchRuleInstall(b *testing.B, others int) {
 		// The whole verification of the host side before this change:
 		// every shared set dumped.
 		t0 = time.Now()
-		if err := firewall.VerifyHostPart(hc, &part); err != nil {
+		if err := firewall.VerifyHostPart(hc, hg, &part); err != nil {
 			b.Fatal(err)
 		}
 		verifyDump = append(verifyDump, time.Since(t0))
 		t0 = time.Now()
-		if err := firewall.EnsureHostBase(hc); err != nil {
+		if err := firewall.EnsureHostBase(hc, hg); err != nil {
 			b.Fatal(err)
 		}
 		ensure = append(ensure, time.Since(t0))

@@ -34,6 +34,7 @@ var (
 	peerB    = netip.MustParseAddr("203.0.113.20")
 	peerMeta = netip.MustParseAddr("169.254.169.254")
 	peerPriv = netip.MustParseAddr("10.1.2.3")
+	peerIETF = netip.MustParseAddr("192.0.0.8") // IETF protocol assignments
 	peer6    = netip.MustParseAddr("2001:db8:ffff::10")
 )
 
@@ -47,8 +48,8 @@ type testEnv struct {
 func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	testutil.RequireHostNetNS(t)
-	inet := testutil.NewInternet(t, peerA, peerB, peerMeta, peerPriv, peer6)
-	for _, a := range []netip.Addr{peerA, peerB, peerMeta, peerPriv} {
+	inet := testutil.NewInternet(t, peerA, peerB, peerMeta, peerPriv, peerIETF, peer6)
+	for _, a := range []netip.Addr{peerA, peerB, peerMeta, peerPriv, peerIETF} {
 		testutil.Serve(t, inet.NS, netip.AddrPortFrom(a, 8080))
 		testutil.Serve(t, inet.NS, netip.AddrPortFrom(a, 9090))
 	}

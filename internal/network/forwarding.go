@@ -140,7 +140,7 @@ func (n *Net) enableForwarding(host *netns.NS) error {
 			n.cfg.at("uplink-recorded")
 		}
 		if !based {
-			if err := firewall.EnsureHostBase(hc); err != nil {
+			if err := firewall.EnsureHostBase(hc, nil); err != nil {
 				return err
 			}
 			if guarded, err = firewall.ReadUplinks(hc); err != nil {

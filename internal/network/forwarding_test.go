@@ -58,7 +58,7 @@ func TestUplinkForwarding(t *testing.T) {
 	}
 	guarded := func() []string {
 		t.Helper()
-		if err := firewall.EnsureHostBase(hc); err != nil {
+		if err := firewall.EnsureHostBase(hc, nil); err != nil {
 			t.Fatal(err)
 		}
 		g, err := firewall.ReadUplinks(hc)

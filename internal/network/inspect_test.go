@@ -94,7 +94,7 @@ func TestInspect(t *testing.T) {
 	}
 	// Put the base back for the other tests (Close removes this
 	// sandbox's elements, whatever the kernel holds of them).
-	if err := firewall.EnsureHostBase(hc); err != nil {
+	if err := firewall.EnsureHostBase(hc, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Loopback-only or unknown sandbox.

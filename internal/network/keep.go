@@ -129,7 +129,8 @@ type PoolState struct {
 	// or are being prepared.
 	Claimed int
 	// Used slots are done with and wait for a maintainer (their flock
-	// is free).
+	// is free); free slots of another firewall format (see
+	// firewall.Format), which no claim takes, count here too.
 	Used int
 	// Orphaned slots were claimed or prepared by a process that is gone
 	// (flock free): a maintainer destroys them like used ones.
@@ -162,7 +163,11 @@ func poolState(c Config) (PoolState, error) {
 		sdir := filepath.Join(c.slotsDir(), e.Name())
 		b, _ := os.ReadFile(filepath.Join(sdir, slotState))
 		if string(b) == stateFree {
-			st.Free++
+			if staleFree(sdir) {
+				st.Used++ // of another firewall format: never claimed
+			} else {
+				st.Free++
+			}
 			continue
 		}
 		held, err := lockHeld(filepath.Join(sdir, slotLock))

@@ -89,7 +89,7 @@ func TestRemoveOldLayoutDropsDeadLinksOnly(t *testing.T) {
 	if err != nil || !slices.Equal(links, []string{"lo"}) {
 		t.Fatalf("old layout links after maintenance = %v, %v; want only the live [lo]", links, err)
 	}
-	if err := firewall.EnsureHostBase(c); !errors.Is(err, firewall.ErrOldLayoutInUse) {
+	if err := firewall.EnsureHostBase(c, nil); !errors.Is(err, firewall.ErrOldLayoutInUse) {
 		t.Fatalf("EnsureHostBase with a live old-layout link = %v, want ErrOldLayoutInUse", err)
 	}
 }

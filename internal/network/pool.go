@@ -157,6 +157,15 @@ func Fill(ctx context.Context, cfg Config, n int) (int, error) {
 	return made, nil
 }
 
+// staleFree reports whether the free slot in sdir was prepared by a build
+// of another firewall format. A record that cannot be read is not taken
+// for stale here (a claim fails on it, and Maintain leaves free slots
+// alone otherwise).
+func staleFree(sdir string) bool {
+	rec, err := readRecord(sdir, RecordFile)
+	return err == nil && rec != nil && staleSlot(rec)
+}
+
 func countFree(c Config) (int, error) {
 	ents, err := os.ReadDir(c.slotsDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -167,8 +176,9 @@ func countFree(c Config) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(c.slotsDir(), e.Name(), slotState))
-		if err == nil && string(b) == stateFree {
+		sdir := filepath.Join(c.slotsDir(), e.Name())
+		b, err := os.ReadFile(filepath.Join(sdir, slotState))
+		if err == nil && string(b) == stateFree && !staleFree(sdir) {
 			n++
 		}
 	}
@@ -311,7 +321,7 @@ func setupSlot(ctx context.Context, c Config, dir string, key sandbox.Key, polic
 	if err := writeState(filepath.Join(sdir, slotState), "claimed "+string(key)); err != nil {
 		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
 	}
-	rec := &record{Version: 1, Key: string(key), Names: NamesOf(skey), NetnsDir: c.NetnsDir, Slot: sdir}
+	rec := &record{Version: 1, Key: string(key), Names: NamesOf(skey), NetnsDir: c.NetnsDir, Slot: sdir, Format: firewall.Format}
 	if err := writeRecord(dir, RecordFile, rec); err != nil {
 		return nil, fmt.Errorf("network setup: %w", errors.Join(err, lock.Close(), removeSlotDir(sdir)))
 	}
@@ -398,6 +408,13 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 			continue
 		}
 		n, err := claimSlot(ctx, c, sdir, lock, dir, key, policy)
+		if errors.Is(err, errStaleSlot) {
+			// Marked used: the maintainer destroys it and prepares a
+			// fresh one.
+			c.Logger.Info("pool slot of another firewall format skipped", "slot", sdir)
+			c.wake()
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("network claim: %w", err)
 		}
@@ -405,6 +422,15 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	}
 	return nil, ErrPoolEmpty
 }
+
+// errStaleSlot marks a free slot prepared by a build of another firewall
+// format (see firewall.Format): its rulesets are not the ones this build
+// makes and verifies, and no claim takes it.
+var errStaleSlot = errors.New("pool slot of another firewall format")
+
+// staleSlot reports whether a slot's record is of another firewall format
+// than this build's.
+func staleSlot(rec *record) bool { return rec.Format != firewall.Format }
 
 // claimSlot marks the slot claimed by key and opens its namespace, then
 // installs policy in the background. Until the installation is done the
@@ -419,6 +445,14 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 	srec, err := readRecord(sdir, RecordFile)
 	if err == nil && (srec == nil || srec.Lease == nil) {
 		err = errors.New("slot record incomplete")
+	}
+	if err == nil && staleSlot(srec) {
+		// Nothing was installed: the slot is released as used, for
+		// Maintain to destroy.
+		if rerr := s.release(dir, key, true); rerr != nil {
+			return nil, errors.Join(fmt.Errorf("slot %s: %w", sdir, errStaleSlot), rerr)
+		}
+		return nil, fmt.Errorf("slot %s (format %d, want %d): %w", sdir, srec.Format, firewall.Format, errStaleSlot)
 	}
 	var ns *netns.NS
 	if err == nil {
@@ -502,7 +536,7 @@ func destroyUnused(ctx context.Context, c Config) (int, error) {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join(sdir, slotState))
-		if string(b) == stateFree {
+		if string(b) == stateFree && !staleFree(sdir) {
 			continue
 		}
 		destroyed, err := destroySlot(sdir, "", true)
@@ -520,9 +554,10 @@ func destroyUnused(ctx context.Context, c Config) (int, error) {
 // exist (as interfaces of this network namespace), and returns their
 // names. A sandbox's link exists before its first elements are added and
 // is deleted before they are removed, so elements without a link are
-// left-overs: of a removal whose read of the shared sets the kernel
-// interrupted (google/nftables does not report NLM_F_DUMP_INTR), or of an
-// owner killed between deleting its link and its elements. They match no
+// left-overs: of an owner killed between deleting its link and its
+// elements, or of a removal by an earlier build, whose read of the shared
+// sets a concurrent commit could cut short (reads are now checked against
+// the ruleset generation, see firewall's gen.go). They match no
 // traffic, but a later link of the same name would inherit them until
 // its first install. `ironclaw gc` runs this.
 func SweepHost() ([]string, error) {
@@ -678,8 +713,9 @@ func destroySlot(sdir string, owner sandbox.Key, skipFree bool) (bool, error) {
 	defer lock.Close()
 	if skipFree {
 		// Read again under the lock: the caller read the state before
-		// taking it, and a maker may have finished the slot since.
-		if b, _ := os.ReadFile(filepath.Join(sdir, slotState)); string(b) == stateFree {
+		// taking it, and a maker may have finished the slot since. A
+		// free slot of another firewall format goes too.
+		if b, _ := os.ReadFile(filepath.Join(sdir, slotState)); string(b) == stateFree && !staleFree(sdir) {
 			return false, nil
 		}
 	}

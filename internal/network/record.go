@@ -27,6 +27,10 @@ type record struct {
 	Target   *targetRecord `json:"target,omitempty"`
 	// Slot is the pool slot directory this network was claimed from.
 	Slot string `json:"slot,omitempty"`
+	// Format is the firewall.Format of the build that made the network
+	// (0 in records of builds before formats): a pool slot of another
+	// format is destroyed, never claimed.
+	Format int `json:"format,omitempty"`
 }
 
 // targetRecord is a firewall.Target in JSON form, so another process

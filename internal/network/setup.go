@@ -34,9 +34,11 @@ type Net struct {
 	slot *slot // set when the network came from the pool
 	// sc and hc are lasting nftables connections to the sandbox's
 	// namespace and the host (see conns); hr reads the host's elements
-	// back by key.
+	// back by key; sg and hg read the ruleset generation of the
+	// sandbox's namespace and of the host, for consistent reads.
 	sc, hc *nftables.Conn
 	hr     *firewall.ElementReader
+	sg, hg *firewall.GenReader
 	// prevInner is the sandbox ruleset last applied and verified, and
 	// prevPart what the host holds for the link since then: that apply's
 	// part and, until pruned, the superseded generation's elements (see
@@ -186,7 +188,7 @@ func Setup(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 
 func (n *Net) setup(ctx context.Context, policy firewall.Policy) error {
 	names := NamesOf(n.key)
-	n.rec = &record{Version: 1, Key: string(n.key), Names: names, NetnsDir: n.cfg.NetnsDir}
+	n.rec = &record{Version: 1, Key: string(n.key), Names: names, NetnsDir: n.cfg.NetnsDir, Format: firewall.Format}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
 	}
@@ -374,7 +376,10 @@ func (n *Net) applyRules(inner *firewall.SandboxRuleset, part *firewall.HostPart
 		}
 		if err == nil {
 			n.cfg.at("sandbox-rules")
-			err = firewall.VerifySandbox(sc, inner)
+			var sg *firewall.GenReader
+			if sg, err = n.sandboxGen(); err == nil {
+				err = firewall.VerifySandbox(sc, sg, inner)
+			}
 		}
 		errc <- err
 	}()
@@ -395,16 +400,20 @@ func (n *Net) applyHost(prev, part *firewall.HostPart) (*firewall.HostPart, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := firewall.EnsureHostBase(hc); err != nil {
+	hg, err := n.hostGen()
+	if err != nil {
 		return nil, err
 	}
-	held, err := firewall.ApplyHostHeld(hc, prev, part)
+	if err := firewall.EnsureHostBase(hc, hg); err != nil {
+		return nil, err
+	}
+	held, err := firewall.ApplyHostHeld(hc, hg, prev, part)
 	if err != nil {
 		return nil, err
 	}
 	n.cfg.at("host-rules")
 	if prev == nil {
-		if err := firewall.VerifyHostPart(hc, part); err != nil {
+		if err := firewall.VerifyHostPart(hc, hg, part); err != nil {
 			return nil, err
 		}
 		return &held, nil
@@ -444,6 +453,32 @@ func (n *Net) hostConn() (*nftables.Conn, error) {
 	return n.hc, nil
 }
 
+// sandboxGen returns the lasting reader of the sandbox namespace's
+// ruleset generation, made on first use.
+func (n *Net) sandboxGen() (*firewall.GenReader, error) {
+	if n.sg == nil {
+		g, err := firewall.NewGenReader(n.ns.Fd())
+		if err != nil {
+			return nil, fmt.Errorf("nftables generation in %s: %w", n.ns.Path(), err)
+		}
+		n.sg = g
+	}
+	return n.sg, nil
+}
+
+// hostGen returns the lasting reader of the host's ruleset generation,
+// made on first use.
+func (n *Net) hostGen() (*firewall.GenReader, error) {
+	if n.hg == nil {
+		g, err := firewall.NewGenReader(0)
+		if err != nil {
+			return nil, fmt.Errorf("nftables generation on the host: %w", err)
+		}
+		n.hg = g
+	}
+	return n.hg, nil
+}
+
 // conns returns the lasting nftables connections to the sandbox's
 // namespace and to the host, made on first use.
 func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
@@ -462,10 +497,13 @@ func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
 // exit path; async does it in the background and logs a failure.
 func (n *Net) closeConns(async bool) error {
 	conns := []*nftables.Conn{n.sc, n.hc}
-	hr := n.hr
-	n.sc, n.hc, n.hr = nil, nil, nil
+	hr, gens := n.hr, []*firewall.GenReader{n.sg, n.hg}
+	n.sc, n.hc, n.hr, n.sg, n.hg = nil, nil, nil, nil, nil
 	closeAll := func() error {
 		errs := []error{hr.Close()}
+		for _, g := range gens {
+			errs = append(errs, g.Close())
+		}
 		for _, c := range conns {
 			if c != nil {
 				errs = append(errs, c.CloseLasting())
@@ -647,7 +685,7 @@ func verify(sc, hc *nftables.Conn, t *firewall.Target, ver uint32) (Report, erro
 	if live, err := firewall.ReadHostPart(hc, t.HostIf); err == nil {
 		r.Elements = live.Live().Elements
 	}
-	r.Err = errors.Join(firewall.VerifySandbox(sc, &inner), firewall.VerifyHost(hc, &part))
+	r.Err = errors.Join(firewall.VerifySandbox(sc, nil, &inner), firewall.VerifyHost(hc, &part))
 	return r, nil
 }
 
