@@ -191,10 +191,35 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	if err := os.MkdirAll(plain, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// A group named like the sandbox's, but below someone else's group
+	// rather than at the top of the hierarchy, with a process in it.
+	nested := filepath.Join(foreign.Paths()[0], recordedRel(dir))
+	if err := os.MkdirAll(nested, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var cleanup []string // deepest first, before foreign.Destroy
+	for p := nested; p != foreign.Paths()[0]; p = filepath.Dir(p) {
+		cleanup = append(cleanup, p)
+	}
+	defer func() {
+		if err := cgroup.Remove(cleanup); err != nil {
+			t.Error(err)
+		}
+	}()
+	nestedSleeper := exec.Command("sleep", "60")
+	if err := nestedSleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer nestedSleeper.Wait()
+	defer nestedSleeper.Process.Kill()
+	if err := os.WriteFile(filepath.Join(nested, "cgroup.procs"), []byte(strconv.Itoa(nestedSleeper.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
 	for _, paths := range [][]string{
 		foreign.Paths(),
 		{filepath.Join(foreign.Paths()[0], "..", filepath.Base(dir))},
 		{plain},
+		{nested},
 	} {
 		if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: paths}); err != nil {
 			t.Fatal(err)
@@ -208,6 +233,9 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	}
 	if procs, err := cgroup.Procs(foreign.Paths()[0]); err != nil || len(procs) != 1 {
 		t.Errorf("the foreign group holds %v (%v) after the refusals, want the sleep", procs, err)
+	}
+	if procs, err := cgroup.Procs(nested); err != nil || len(procs) != 1 {
+		t.Errorf("the nested group %s holds %v (%v) after the refusals, want the sleep", nested, procs, err)
 	}
 
 	// The sandbox's own group goes.
