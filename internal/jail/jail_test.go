@@ -256,3 +256,42 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 		}
 	}
 }
+
+// TestAttachRefusesAForeignCgroupRel: a persistent sandbox's record whose
+// cgroup is not the sandbox's is refused on Attach even when it lists no
+// group directories: the handle Attach rebuilds from it reads usage and
+// OOM kills from that group, and would report another group's as the
+// sandbox's.
+func TestAttachRefusesAForeignCgroupRel(t *testing.T) {
+	j, root := newJail(t, nil)
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Wait()
+	defer sleeper.Process.Kill()
+	start, err := state.ProcStart(sleeper.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := root.SandboxDir(sandbox.KeyOf("foreign-rel"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for _, rel := range []string{"/", "/system.slice", recordedRel(dir) + "/.."} {
+		rec := record{CgroupRel: rel, Resources: sandbox.Resources{Pids: 10, MemoryBytes: 64 << 20},
+			InitPID: sleeper.Process.Pid, InitStart: start, Persistent: true}
+		if err := state.WriteJSON(filepath.Join(dir, recordName), rec); err != nil {
+			t.Fatal(err)
+		}
+		if sb, err := j.Attach("foreign-rel"); err == nil || !strings.Contains(err.Error(), "cgroup") {
+			if err == nil {
+				u, uerr := sb.Group().Usage()
+				t.Errorf("Attach of a record naming cgroup %q succeeded (usage read back: %+v, %v), want a refusal", rel, u, uerr)
+			} else {
+				t.Errorf("Attach of a record naming cgroup %q = %v, want a refusal naming the cgroup", rel, err)
+			}
+		}
+	}
+}
