@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/testutil/testroot"
@@ -127,4 +129,72 @@ func TestForwardWithoutIronclawd(t *testing.T) {
 			t.Errorf("ironclaw gc without ironclawd: status %d\n%s\n%s", code, out, stderr)
 		}
 	})
+}
+
+// TestForwardToLeanIronclawd: an ironclawd that is the lean ironclaw (a
+// symlink, a hard link or a copy of it) does not execute itself forever:
+// the command fails at once with status 125, saying why, and the variable
+// that marks a forwarded run does not reach what ironclawd starts.
+func TestForwardToLeanIronclawd(t *testing.T) {
+	src := build(t)
+	data, err := os.ReadFile(filepath.Join(src, "ironclaw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := func(t *testing.T, how string) string {
+		dir := t.TempDir()
+		ic := filepath.Join(dir, "ironclaw")
+		if err := os.WriteFile(ic, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		icd := filepath.Join(dir, "ironclawd")
+		switch how {
+		case "symlink":
+			err = os.Symlink("ironclaw", icd)
+		case "hard link":
+			err = os.Link(ic, icd)
+		case "copy":
+			err = os.WriteFile(icd, data, 0o755)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ic
+	}
+	path := "PATH=" + t.TempDir()
+	for _, how := range []string{"symlink", "hard link", "copy"} {
+		t.Run(how, func(t *testing.T) {
+			ic := install(t, how)
+			for _, args := range [][]string{{"audit", "--json"}, {"serve", "--help"}} {
+				var o, e bytes.Buffer
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				cmd := exec.CommandContext(ctx, ic, args...)
+				cmd.Env = append(os.Environ(), path)
+				cmd.Stdout, cmd.Stderr = &o, &e
+				err := cmd.Run()
+				cancel()
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					t.Fatalf("ironclaw %v with ironclawd a %s of it: still running after 20s (it executes itself)", args, how)
+				}
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 125 {
+					t.Errorf("ironclaw %v with ironclawd a %s of it: %v, want status 125\n%s", args, how, err, e.String())
+				}
+				if !strings.Contains(e.String(), "ironclawd") {
+					t.Errorf("ironclaw %v with ironclawd a %s of it: stderr %q does not say what is wrong", args, how, e.String())
+				}
+			}
+		})
+	}
+
+	// The real ironclawd does not pass the mark on: its own commands run.
+	ic := filepath.Join(src, "ironclaw")
+	out, stderr, code := run(t, []string{"IRONCLAW_FORWARDED=1"}, filepath.Join(src, "ironclawd"), "serve", "--help")
+	if code != 0 || !strings.Contains(out, "ironclawd serve [flags]") {
+		t.Errorf("ironclawd serve --help with the mark set: status %d\n%s\n%s", code, out, stderr)
+	}
+	out, stderr, code = run(t, nil, ic, "serve", "--help")
+	if code != 0 || !strings.Contains(out, "ironclawd serve [flags]") {
+		t.Errorf("ironclaw serve --help: status %d\n%s\n%s", code, out, stderr)
+	}
 }

@@ -16,13 +16,18 @@ func TestCanonicalNumber(t *testing.T) {
 		"1e30":             "1e30", "1e29": "100000000000000000000000000000",
 		"1e400": "1e400", "1.5e40": "1.5e40", "-25e-40": "-2.5e-39", "1e-30": "0.000000000000000000000000000001", "1e-31": "1e-31",
 		"123456789012345678901234567890123": "1.23456789012345678901234567890123e32",
+		// JSON bounds neither an exponent's digits nor its leading zeros.
+		"1e0000000000000003": "1000", "1E+00000000000000000000000003": "1000", "25e-0000000000000000001": "2.5",
+		"1e000": "1", "-0e-99999999999999999999": "0",
+		"1e1234567890123456": "1e1234567890123456", "-12e-99999999999999999999": "-1.2e-99999999999999999998",
+		"1e99999999999999999999999999": "1e99999999999999999999999999",
 	} {
 		got, ok := canonicalNumber(in)
 		if !ok || got != want {
 			t.Errorf("canonicalNumber(%q) = %q, %v; want %q", in, got, ok, want)
 		}
 	}
-	for _, bad := range []string{"", "-", "01", "1.", ".5", "+1", "1e", "1e+", "0x10", "1_000", "NaN", "Infinity", "1e1234567890123456", "--1", "1.2.3"} {
+	for _, bad := range []string{"", "-", "01", "1.", ".5", "+1", "1e", "1e+", "0x10", "1_000", "NaN", "Infinity", "1e+-3", "1e-+3", "1e--3", "1ee3", "1e3.5", "--1", "1.2.3"} {
 		if got, ok := canonicalNumber(bad); ok {
 			t.Errorf("canonicalNumber(%q) = %q, want not a number", bad, got)
 		}
@@ -59,7 +64,7 @@ func TestCardAndAuditKeepNumbers(t *testing.T) {
 // FuzzCanonicalNumber: the canonical spelling is a fixed point, keeps the
 // value, and never panics.
 func FuzzCanonicalNumber(f *testing.F) {
-	for _, s := range []string{"1000", "1e3", "-0.50", "9007199254740993", "1e400", "1.5e-40", "01", "1e99999"} {
+	for _, s := range []string{"1000", "1e3", "-0.50", "9007199254740993", "1e400", "1.5e-40", "01", "1e99999", "1e0000000000000003", "1e-99999999999999999999"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -76,4 +81,28 @@ func FuzzCanonicalNumber(f *testing.F) {
 			t.Fatalf("canonicalNumber(%q) = %q changes the value (%v vs %v)", s, c, a, b)
 		}
 	})
+}
+
+// TestRespelledNumberMeetsRule: no spelling of a number JSON allows steps
+// around a rule over it. A red rule over large amounts holds for 1000
+// written with a long exponent, which a tool reads as 1000.
+func TestRespelledNumberMeetsRule(t *testing.T) {
+	pol, err := ParsePolicy([]byte(`{"rules": [
+		{"tool": "pay", "args": {"amount": {"regex": "^[0-9]{4,}$"}}, "class": "red"},
+		{"tool": "pay", "args": {"amount": {"equals": 1e400}}, "class": "red"},
+		{"tool": "pay", "class": "green"}
+	]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, amount := range []string{"1000", "1e3", "1e0000000000000003", "1E+000000000000000000000003", "10000e-0000000000000000000000001",
+		"1e400", "1e0000000000000000400", "10e399"} {
+		call := Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number(amount)}}
+		if v := pol.Classify(call); v.Class != Red {
+			t.Errorf("amount %s: %s (%s), want red", amount, v.Class, v.Reason)
+		}
+	}
+	if v := pol.Classify(Call{Tool: "pay", Arguments: map[string]any{"amount": json.Number("999")}}); v.Class != Green {
+		t.Errorf("amount 999: %s (%s), want green", v.Class, v.Reason)
+	}
 }

@@ -596,6 +596,34 @@ func CheckRecorded(paths []string, rel string) error {
 		if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
 			return fmt.Errorf("recorded cgroup %q is not on a cgroup file system", p)
 		}
+		if err := hierarchyRoot(p[:i]); err != nil {
+			return fmt.Errorf("recorded cgroup %q is not a group of the sandbox (%s): %w", p, rel, err)
+		}
+	}
+	return nil
+}
+
+// hierarchyRoot returns an error unless dir is where a cgroup hierarchy is
+// mounted: on a cgroup file system, on another device than its parent. A
+// group named like a sandbox's below some other group is not the
+// sandbox's.
+func hierarchyRoot(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("check hierarchy %s: %w", dir, err)
+	}
+	if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("%s is not on a cgroup file system", dir)
+	}
+	var in, parent unix.Stat_t
+	if err := unix.Stat(dir, &in); err != nil {
+		return fmt.Errorf("check hierarchy %s: %w", dir, err)
+	}
+	if err := unix.Stat(filepath.Dir(dir), &parent); err != nil {
+		return fmt.Errorf("check hierarchy %s: %w", dir, err)
+	}
+	if in.Dev == parent.Dev {
+		return fmt.Errorf("%s is a group, not the root of a cgroup hierarchy", dir)
 	}
 	return nil
 }

@@ -29,6 +29,17 @@ const (
 	ForwardIfFound = "if-found"
 )
 
+// forwardedEnv is set in the environment of the ironclawd that ironclaw
+// executes, and removed by Main before any command runs: a binary that
+// finds it set and would forward again is not the complete one (a copy of
+// ironclaw installed as ironclawd), and forwarding would execute it
+// forever.
+const forwardedEnv = "IRONCLAW_FORWARDED"
+
+// errForwardLoop marks a forwarded command that reached a binary which
+// forwards it again.
+var errForwardLoop = errors.New(DaemonBinary + " forwarded the command back: it is not the complete binary")
+
 // ErrNoDaemonBinary marks a forwarded command whose ironclawd was found
 // neither next to ironclaw nor in $PATH.
 var ErrNoDaemonBinary = errors.New(DaemonBinary + " not found")
@@ -79,10 +90,16 @@ its flags.`, d.short, DaemonBinary, DaemonBinary, d.name, d.name),
 // error when ironclawd is needed but missing or does not start. It runs
 // before cloexecInherited: ironclawd inherits every descriptor ironclaw
 // did, as if it had been started itself.
-func forward(root *cobra.Command, args []string) error {
+// forwarded says whether this process is the ironclawd an ironclaw
+// executed (see forwardedEnv): then a command to forward is an error.
+func forward(root *cobra.Command, args []string, forwarded bool) error {
 	c, _, err := root.Find(args)
 	if err != nil {
 		return nil // not a forwarded command: cobra reports it
+	}
+	if a := c.Annotations[ForwardAnnotation]; forwarded && (a == ForwardAlways || a == ForwardIfFound) {
+		self, _ := os.Executable()
+		return fmt.Errorf("%s: %w (%s is a lean ironclaw; install the ironclawd that `go build -o bin/ ./cmd/...` builds)", c.Name(), errForwardLoop, self)
 	}
 	switch c.Annotations[ForwardAnnotation] {
 	case ForwardAlways:
@@ -107,33 +124,42 @@ func forwardTo(args []string) error {
 		return err
 	}
 	argv := append([]string{bin}, args...)
-	if err := syscall.Exec(bin, argv, os.Environ()); err != nil {
+	if err := syscall.Exec(bin, argv, append(os.Environ(), forwardedEnv+"=1")); err != nil {
 		return fmt.Errorf("exec %s: %w", bin, err)
 	}
 	return nil // not reached
 }
 
 // FindDaemonBinary returns the ironclawd to forward to: the one next to
-// the running executable (symlinks resolved), else the first in $PATH. Its
-// error (ErrNoDaemonBinary) names where it looked and how to build it.
+// the running executable (symlinks resolved), else the first in $PATH;
+// never the running executable itself (an ironclawd that is a link to
+// ironclaw). Its error (ErrNoDaemonBinary) names where it looked and how
+// to build it.
 func FindDaemonBinary() (string, error) {
 	var looked []string
 	self, err := os.Executable()
 	if err == nil {
 		self, err = filepath.EvalSymlinks(self)
 	}
+	var selfInfo os.FileInfo
+	if err == nil {
+		selfInfo, err = os.Stat(self)
+	}
+	isSelf := func(fi os.FileInfo) bool { return selfInfo != nil && os.SameFile(fi, selfInfo) }
 	if err != nil {
 		looked = append(looked, fmt.Sprintf("next to this executable (%v)", err))
 	} else {
 		p := filepath.Join(filepath.Dir(self), DaemonBinary)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 && !isSelf(fi) {
 			return p, nil
 		}
 		looked = append(looked, p)
 	}
 	p, err := exec.LookPath(DaemonBinary)
 	if err == nil {
-		return p, nil
+		if fi, err := os.Stat(p); err == nil && !isSelf(fi) {
+			return p, nil
+		}
 	}
 	looked = append(looked, DaemonBinary+" in $PATH")
 	return "", fmt.Errorf("%w: looked for %s; the daemon-side commands (serve, mcp, approvals, audit) are in %s: build it next to ironclaw with `go build -o bin/ ./cmd/...`",

@@ -162,9 +162,16 @@ func Main(name string, cmds []Command) {
 	if reexec() {
 		return
 	}
+	// Set only for the ironclawd an ironclaw executed; no command, sandbox
+	// or server this process starts sees it.
+	forwarded := os.Getenv(forwardedEnv) != ""
+	if err := os.Unsetenv(forwardedEnv); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: unset %s: %v\n", name, forwardedEnv, err)
+		os.Exit(125)
+	}
 	g := &Globals{logger: slog.Default()}
 	root := newRootCmd(name, g, cmds)
-	if err := forward(root, os.Args[1:]); err != nil {
+	if err := forward(root, os.Args[1:], forwarded); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(125)
 	}

@@ -1073,7 +1073,10 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 	if !rec.Persistent || rec.InitPID == 0 {
 		return nil, fmt.Errorf("attach %q: not a persistent sandbox", id)
 	}
-	if rel := recordedRel(dir); rec.CgroupRel != rel && len(rec.Cgroups) > 0 {
+	// The group handle is rebuilt from CgroupRel (usage and OOM kills are
+	// read through it, Close destroys its directories): it must be the
+	// sandbox's own, also when the record lists no directories.
+	if rel := recordedRel(dir); rec.CgroupRel != rel {
 		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
 	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
 		return nil, fmt.Errorf("attach %q: %w", id, err)

@@ -191,10 +191,35 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	if err := os.MkdirAll(plain, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// A group named like the sandbox's, but below someone else's group
+	// rather than at the top of the hierarchy, with a process in it.
+	nested := filepath.Join(foreign.Paths()[0], recordedRel(dir))
+	if err := os.MkdirAll(nested, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var cleanup []string // deepest first, before foreign.Destroy
+	for p := nested; p != foreign.Paths()[0]; p = filepath.Dir(p) {
+		cleanup = append(cleanup, p)
+	}
+	defer func() {
+		if err := cgroup.Remove(cleanup); err != nil {
+			t.Error(err)
+		}
+	}()
+	nestedSleeper := exec.Command("sleep", "60")
+	if err := nestedSleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer nestedSleeper.Wait()
+	defer nestedSleeper.Process.Kill()
+	if err := os.WriteFile(filepath.Join(nested, "cgroup.procs"), []byte(strconv.Itoa(nestedSleeper.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
 	for _, paths := range [][]string{
 		foreign.Paths(),
 		{filepath.Join(foreign.Paths()[0], "..", filepath.Base(dir))},
 		{plain},
+		{nested},
 	} {
 		if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: paths}); err != nil {
 			t.Fatal(err)
@@ -208,6 +233,9 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	}
 	if procs, err := cgroup.Procs(foreign.Paths()[0]); err != nil || len(procs) != 1 {
 		t.Errorf("the foreign group holds %v (%v) after the refusals, want the sleep", procs, err)
+	}
+	if procs, err := cgroup.Procs(nested); err != nil || len(procs) != 1 {
+		t.Errorf("the nested group %s holds %v (%v) after the refusals, want the sleep", nested, procs, err)
 	}
 
 	// The sandbox's own group goes.
@@ -225,6 +253,45 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	for _, p := range own.Paths() {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s remains after Reclaim", p)
+		}
+	}
+}
+
+// TestAttachRefusesAForeignCgroupRel: a persistent sandbox's record whose
+// cgroup is not the sandbox's is refused on Attach even when it lists no
+// group directories: the handle Attach rebuilds from it reads usage and
+// OOM kills from that group, and would report another group's as the
+// sandbox's.
+func TestAttachRefusesAForeignCgroupRel(t *testing.T) {
+	j, root := newJail(t, nil)
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.Wait()
+	defer sleeper.Process.Kill()
+	start, err := state.ProcStart(sleeper.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := root.SandboxDir(sandbox.KeyOf("foreign-rel"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for _, rel := range []string{"/", "/system.slice", recordedRel(dir) + "/.."} {
+		rec := record{CgroupRel: rel, Resources: sandbox.Resources{Pids: 10, MemoryBytes: 64 << 20},
+			InitPID: sleeper.Process.Pid, InitStart: start, Persistent: true}
+		if err := state.WriteJSON(filepath.Join(dir, recordName), rec); err != nil {
+			t.Fatal(err)
+		}
+		if sb, err := j.Attach("foreign-rel"); err == nil || !strings.Contains(err.Error(), "cgroup") {
+			if err == nil {
+				u, uerr := sb.Group().Usage()
+				t.Errorf("Attach of a record naming cgroup %q succeeded (usage read back: %+v, %v), want a refusal", rel, u, uerr)
+			} else {
+				t.Errorf("Attach of a record naming cgroup %q = %v, want a refusal naming the cgroup", rel, err)
+			}
 		}
 	}
 }

@@ -97,6 +97,13 @@ func (b *Backend) Attach(ctx context.Context, id string) (*Sandbox, error) {
 	if !rec.Persistent || rec.CgroupRel == "" {
 		return nil, fmt.Errorf("attach %q: not a persistent micro-VM sandbox", id)
 	}
+	// The group handle is rebuilt from CgroupRel, and Close destroys it,
+	// killing whatever runs in it: it must be the sandbox's own.
+	if rel := recordedRel(dir); rec.CgroupRel != rel {
+		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
+	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
+		return nil, fmt.Errorf("attach %q: %w", id, err)
+	}
 	log := b.cfg.Logger.With("sandbox", id)
 	v, err := qemu.Attach(ctx, qemu.Config{Dir: dir, Logger: log})
 	if errors.Is(err, qemu.ErrGone) {

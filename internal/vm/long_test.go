@@ -79,4 +79,19 @@ func TestAttachWithoutSandbox(t *testing.T) {
 	if _, err := b.Attach(context.Background(), "run"); err == nil || errors.Is(err, sandbox.ErrNotFound) || !strings.Contains(err.Error(), "not a persistent") {
 		t.Errorf("a run's VM: %v, want not persistent", err)
 	}
+	// A persistent VM's record whose cgroup is not the sandbox's (Close
+	// would destroy that group) is refused before the VM is looked at, as
+	// jail.Attach refuses one.
+	for _, rec := range []record{
+		{VMM: "qemu", Persistent: true, CgroupRel: "/system.slice"},
+		{VMM: "qemu", Persistent: true, CgroupRel: recordedRel(dir) + "/.."},
+		{VMM: "qemu", Persistent: true, CgroupRel: recordedRel(dir), Cgroups: []string{"/sys/fs/cgroup/pids/system.slice"}},
+	} {
+		if err := state.WriteJSON(filepath.Join(dir, RecordFile), rec); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Attach(context.Background(), "run"); err == nil || errors.Is(err, sandbox.ErrNotFound) || !strings.Contains(err.Error(), "cgroup") {
+			t.Errorf("a record naming cgroup %q %v: %v, want a refusal", rec.CgroupRel, rec.Cgroups, err)
+		}
+	}
 }
