@@ -410,8 +410,14 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 		n, err := claimSlot(ctx, c, sdir, lock, dir, key, policy)
 		if errors.Is(err, errStaleSlot) {
 			// Marked used: the maintainer destroys it and prepares a
-			// fresh one.
-			c.Logger.Info("pool slot of another firewall format skipped", "slot", sdir)
+			// fresh one. One that could not be marked stays claimed
+			// by this sandbox, which Maintain destroys once the
+			// sandbox is gone.
+			if errors.Is(err, errSlotRelease) {
+				c.Logger.Warn("pool slot of another firewall format skipped, not released", "slot", sdir, "err", err)
+			} else {
+				c.Logger.Info("pool slot of another firewall format skipped", "slot", sdir, "why", err)
+			}
 			c.wake()
 			continue
 		}
@@ -427,6 +433,9 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 // format (see firewall.Format): its rulesets are not the ones this build
 // makes and verifies, and no claim takes it.
 var errStaleSlot = errors.New("pool slot of another firewall format")
+
+// errSlotRelease marks a stale slot that a claim could not release.
+var errSlotRelease = errors.New("release pool slot")
 
 // staleSlot reports whether a slot's record is of another firewall format
 // than this build's.
@@ -450,7 +459,7 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 		// Nothing was installed: the slot is released as used, for
 		// Maintain to destroy.
 		if rerr := s.release(dir, key, true); rerr != nil {
-			return nil, errors.Join(fmt.Errorf("slot %s: %w", sdir, errStaleSlot), rerr)
+			return nil, fmt.Errorf("slot %s: %w; %w: %w", sdir, errStaleSlot, errSlotRelease, rerr)
 		}
 		return nil, fmt.Errorf("slot %s (format %d, want %d): %w", sdir, srec.Format, firewall.Format, errStaleSlot)
 	}
