@@ -51,7 +51,9 @@ type VMMConfig struct {
 	Watchdog bool
 	// Started, when set, is called with the launcher's PID as soon as it
 	// runs, before waiting for it to exec the VMM (e.g. to move it into a
-	// cgroup v1 group); an error kills it.
+	// cgroup v1 group); an error kills it. With Watchdog it is called
+	// again with the watchdog's PID once the VMM runs (the launcher may
+	// have forked it before it was moved).
 	Started func(pid int) error
 }
 
@@ -180,6 +182,11 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 	if owner != nil {
 		if err := watchdogOK(watchdog, pid); err != nil {
 			return fail(err)
+		}
+		if cfg.Started != nil {
+			if err := cfg.Started(watchdog); err != nil {
+				return fail(fmt.Errorf("watchdog %d: %w", watchdog, err))
+			}
 		}
 		if err := keepOwner(pid, owner); err != nil {
 			return fail(err)

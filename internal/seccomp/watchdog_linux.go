@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,8 +64,10 @@ func startWatchdog(ownerFD int, stderr io.Writer) (int, error) {
 	}
 	cmd.ExtraFiles = []*os.File{owner, vmm}
 	// The watchdog's parent is this thread, which becomes the VMM's
-	// (LauncherMain is locked to it and execs from it).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// (LauncherMain is locked to it and execs from it). A process group
+	// of its own: as a member of the VMM's, it (or its zombie, until
+	// init reaps it) would keep the VMM's PID in use after the VMM.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("watchdog: start: %w", err)
 	}
@@ -142,11 +145,14 @@ func watchdogOK(pid, vmmPID int) error {
 	// pid (comm) state ppid ...; comm may hold anything but ')'s last.
 	i := bytes.LastIndexByte(stat, ')')
 	fields := strings.Fields(string(stat[i+1:]))
-	if i < 0 || len(fields) < 2 {
+	if i < 0 || len(fields) < 3 {
 		return fmt.Errorf("watchdog %d: malformed /proc stat %q", pid, stat)
 	}
 	if ppid, err := strconv.Atoi(fields[1]); err != nil || ppid != vmmPID {
 		return fmt.Errorf("watchdog %d: parent %s, want the VMM %d", pid, fields[1], vmmPID)
+	}
+	if pgid, err := strconv.Atoi(fields[2]); err != nil || pgid != pid {
+		return fmt.Errorf("watchdog %d: process group %s, want its own", pid, fields[2])
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
@@ -196,4 +202,31 @@ func keepOwner(pid int, owner *os.File) error {
 		})
 	}()
 	return nil
+}
+
+// FindWatchdog returns the PID of the watchdog of the VMM vmmPID (its
+// child with the watchdog's command line), or 0 when it has none, from a
+// scan of /proc.
+func FindWatchdog(vmmPID int) (int, error) {
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return 0, fmt.Errorf("find the watchdog of %d: %w", vmmPID, err)
+	}
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		i := bytes.LastIndexByte(b, ')')
+		if err != nil || i < 0 {
+			continue // gone meanwhile
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(vmmPID) || f[0] == "Z" {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if err != nil || !bytes.HasPrefix(cmdline, []byte(LauncherArg0+"\x00-watchdog\x00")) {
+			continue
+		}
+		return strconv.Atoi(filepath.Base(filepath.Dir(p)))
+	}
+	return 0, nil
 }

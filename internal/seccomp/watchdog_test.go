@@ -2,7 +2,6 @@ package seccomp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -51,33 +50,6 @@ func helperVMMOwner(args []string) int {
 	return 0
 }
 
-// vmmChild is a child of the VMM (pid) with the watchdog's command line,
-// found from /proc; 0 if there is none.
-func vmmChild(t *testing.T, pid int) int {
-	t.Helper()
-	stats, err := filepath.Glob("/proc/[0-9]*/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		i := bytes.LastIndexByte(b, ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
-		if bytes.HasPrefix(cmdline, []byte(LauncherArg0+"\x00-watchdog\x00")) {
-			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			return child
-		}
-	}
-	return 0
-}
-
 // exited reports whether the process behind pidfd has exited, waiting at
 // most d.
 func exited(t *testing.T, pidfd int, d time.Duration) bool {
@@ -102,9 +74,13 @@ func exited(t *testing.T, pidfd int, d time.Duration) bool {
 func TestVMMWatchdog(t *testing.T) {
 	testutil.RequireRoot(t)
 	qemu := testutil.RequireCommand(t, "qemu-system-x86_64")
-	for _, mode := range []string{"watchdog", "pdeathsig", "detached"} {
+	for _, mode := range []string{"watchdog", "pdeathsig", "detached", "vmm-exits"} {
 		t.Run(mode, func(t *testing.T) {
-			owner := exec.Command(os.Args[0], qemu, mode)
+			ownerMode := mode
+			if mode == "vmm-exits" {
+				ownerMode = "watchdog"
+			}
+			owner := exec.Command(os.Args[0], qemu, ownerMode)
 			owner.Env = append(os.Environ(), helperEnv+"=vmm-owner")
 			// A file, not a pipe: QEMU (and the watchdog) inherit it.
 			stderrPath := filepath.Join(t.TempDir(), "stderr")
@@ -152,8 +128,11 @@ func TestVMMWatchdog(t *testing.T) {
 				}
 				time.Sleep(25 * time.Millisecond)
 			}
-			wd := vmmChild(t, pid)
-			if (wd != 0) != (mode == "watchdog") {
+			wd, err := FindWatchdog(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (wd != 0) != (ownerMode == "watchdog") {
 				t.Fatalf("QEMU %d has watchdog %d in mode %s", pid, wd, mode)
 			}
 			wfd := -1
@@ -166,6 +145,19 @@ func TestVMMWatchdog(t *testing.T) {
 				if err := watchdogOK(wd, pid); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if mode == "vmm-exits" {
+				// QEMU ends first: its watchdog ends with it, and the
+				// PID (also the process group's ID) is free again.
+				if err := unix.PidfdSendSignal(qfd, unix.SIGKILL, nil, 0); err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				if !exited(t, wfd, 5*time.Second) {
+					t.Fatalf("watchdog %d outlived its QEMU %d by 5s", wd, pid)
+				}
+				t.Logf("watchdog %d gone %v after its QEMU", wd, time.Since(start))
+				return
 			}
 			start := time.Now()
 			owner.Process.Kill()
