@@ -195,13 +195,35 @@ func keepOwner(pid int, owner *os.File) error {
 	go func() {
 		defer owner.Close()
 		defer pf.Close()
-		_ = rc.Read(func(fd uintptr) bool {
-			p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			n, err := unix.Poll(p, 0)
-			return err != nil || n > 0
-		})
+		var perr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, err := pollIn(int(fd), 0)
+			perr = err
+			return err != nil || n
+		}); err != nil || perr != nil {
+			// Not in the poller after all: block a thread instead.
+			// Closing owner early would kill a running VMM.
+			for {
+				if done, err := pollIn(fd, -1); done || err != nil {
+					return
+				}
+			}
+		}
 	}()
 	return nil
+}
+
+// pollIn polls fd for POLLIN for at most timeout ms (-1: no limit),
+// retrying on EINTR.
+func pollIn(fd, timeout int) (bool, error) {
+	for {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(p, timeout)
+		if err == unix.EINTR {
+			continue
+		}
+		return n > 0, err
+	}
 }
 
 // FindWatchdog returns the PID of the watchdog of the VMM vmmPID (its
