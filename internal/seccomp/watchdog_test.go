@@ -242,3 +242,16 @@ func BenchmarkLaunchVMMWatchdog(b *testing.B) {
 		})
 	}
 }
+
+// TestWatchdogBadDescriptors: the launcher refuses a -watchdog-fd that is
+// not an inherited descriptor, and the watchdog one without its two.
+func TestWatchdogBadDescriptors(t *testing.T) {
+	var out strings.Builder
+	if code := LauncherMain([]string{"-kind", "qemu", "-watchdog-fd", "1", "--", "/bin/true"}, &out); code != 125 || !strings.Contains(out.String(), "-watchdog-fd 1") {
+		t.Errorf("launcher with -watchdog-fd 1: exit %d, %q; want 125 naming the flag", code, out.String())
+	}
+	out.Reset()
+	if code := LauncherMain([]string{"-watchdog"}, &out); code != 1 || !strings.Contains(out.String(), "-owner-fd -1") {
+		t.Errorf("watchdog without descriptors: exit %d, %q; want 1 naming them", code, out.String())
+	}
+}
