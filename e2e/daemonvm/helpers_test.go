@@ -318,6 +318,13 @@ func checkVMM(t *testing.T, pid int, backendID string, guestMem int64) {
 	if st.Seccomp != 2 || !st.NoNewPrivs || st.SeccompFilters < 2 {
 		t.Errorf("QEMU %d: %+v, want Seccomp 2, NoNewPrivs, at least 2 filters (IronClaw's outer filter + QEMU's -sandbox)", pid, st)
 	}
+	// It runs as an unprivileged uid of its own (-runas), without
+	// capabilities.
+	id := strconv.Itoa(seccomp.VMMUID(pid))
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if !strings.Contains(string(status), "\nUid:\t"+id+"\t"+id+"\t"+id+"\t"+id+"\n") || st.CapEff != 0 {
+		t.Errorf("QEMU %d does not run as uid %s without capabilities:\n%s", pid, id, status)
+	}
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	key := string(sandbox.KeyOf(backendID))
 	if err != nil || !strings.Contains(string(cg), key) {

@@ -21,8 +21,10 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/seccomp"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/ironclaw/ironclaw/internal/vm"
+	"golang.org/x/sys/unix"
 )
 
 // TestDaemonVMLifecycle creates a micro-VM sandbox through the daemon and
@@ -208,6 +210,21 @@ func TestDaemonVMRestart(t *testing.T) {
 	}
 	mustSh(t, d.c, "vmkeep", "echo kept > /workspace/state; ls /sys/class/net")
 	keepPID, netPID := keep.InitPID, netSB.InitPID
+	// QEMU runs as a uid of its own, which clears a parent-death signal:
+	// the networked (non-detached) VM has a root watchdog for that, the
+	// detached one none.
+	netWatchdog, err := seccomp.FindWatchdog(netPID)
+	if err != nil || netWatchdog == 0 {
+		t.Fatalf("the networked VM's QEMU %d has no watchdog (%v)", netPID, err)
+	}
+	if w, err := seccomp.FindWatchdog(keepPID); err != nil || w != 0 {
+		t.Errorf("the detached VM's QEMU %d has a watchdog %d (%v)", keepPID, w, err)
+	}
+	wfd, err := unix.PidfdOpen(netWatchdog, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(wfd)
 
 	d.kill()
 	// The networked VM's QEMU dies with the daemon; the other one runs on
@@ -221,6 +238,9 @@ func TestDaemonVMRestart(t *testing.T) {
 	}
 	if !qemuAlive(keepPID) {
 		t.Fatalf("the loopback VM's QEMU %d died with the daemon", keepPID)
+	}
+	if n, err := unix.Poll([]unix.PollFd{{Fd: int32(wfd), Events: unix.POLLIN}}, 5000); err != nil || n != 1 {
+		t.Errorf("the networked VM's watchdog %d outlived its QEMU (%v)", netWatchdog, err)
 	}
 
 	d.start()

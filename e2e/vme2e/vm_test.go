@@ -31,6 +31,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/vm"
 	"github.com/ironclaw/ironclaw/internal/vm/qemu"
 	"github.com/ironclaw/ironclaw/internal/vm/vmtest"
+	"golang.org/x/sys/unix"
 )
 
 // bin is the ironclaw binary under test (with ironclaw-agent next to it)
@@ -369,16 +370,35 @@ func assertGone(t *testing.T, pid int, dir string, key sandbox.Key) {
 	}
 }
 
-// TestKilledOwnerReclaimedByGC SIGKILLs ironclaw while its VM runs: QEMU
-// dies with its owner (parent-death signal) and `ironclaw gc` removes the
-// rest from the records.
+// TestKilledOwnerReclaimedByGC SIGKILLs ironclaw while its VM runs: QEMU,
+// which runs as a uid of its own (so the kernel cleared its parent-death
+// signal), dies with its owner through its watchdog, the watchdog exits
+// with it, and `ironclaw gc` removes the rest from the records.
 func TestKilledOwnerReclaimedByGC(t *testing.T) {
 	setup(t)
 	testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
 	s := startReady(t, "vm-killed", "--allow", "203.0.113.10/32:8080", "--", "sh", "-c", "echo ready; exec sleep 60")
 	pid := qemuPID(t, s.dir)
+	wd, err := seccomp.FindWatchdog(pid)
+	if err != nil || wd == 0 {
+		t.Fatalf("QEMU %d has no watchdog (%v)", pid, err)
+	}
+	var pidfds []int
+	for _, p := range []int{pid, wd} {
+		fd, err := unix.PidfdOpen(p, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		pidfds = append(pidfds, fd)
+	}
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
+	for i, fd := range pidfds {
+		if n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 5000); err != nil || n != 1 {
+			t.Errorf("%s %d outlived its SIGKILLed owner by 5s (%v)", []string{"QEMU", "its watchdog"}[i], []int{pid, wd}[i], err)
+		}
+	}
 	key := sandbox.KeyOf("vm-killed")
 	if _, err := os.Stat(s.dir); err != nil {
 		t.Fatalf("the killed owner's state dir is gone before gc: %v", err)

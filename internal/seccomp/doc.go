@@ -46,5 +46,9 @@
 // LauncherMain) that installs an outer filter on all threads and execs the
 // VMM: for Firecracker, the union of its own per-thread rules (embedded
 // from its v1.16.1 release, see firecracker/) plus its start-up needs; for
-// QEMU, the default profile plus QEMU's own -sandbox.
+// QEMU, the default profile (and chroot) plus QEMU's own -sandbox, with
+// -runas VMMUID(pid). With VMMConfig.Watchdog the launcher first starts a
+// root watchdog that SIGKILLs the VMM once the owner's pipe reports EOF
+// (see watchdog_linux.go): the VMM's uid change clears its parent-death
+// signal.
 package seccomp

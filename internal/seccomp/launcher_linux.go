@@ -43,9 +43,17 @@ type VMMConfig struct {
 	// group, a parent-death signal, CgroupFD on cgroup v2), which the VMM
 	// keeps across execve; nil means none.
 	SysProcAttr *syscall.SysProcAttr
+	// Watchdog makes the VMM die with this process even after it has
+	// changed its uid (QEMU's -runas clears a parent-death signal): a
+	// root watchdog, started by the launcher, SIGKILLs it once this
+	// process is gone (see startWatchdog). Without it a VMM that drops
+	// privileges outlives its owner.
+	Watchdog bool
 	// Started, when set, is called with the launcher's PID as soon as it
 	// runs, before waiting for it to exec the VMM (e.g. to move it into a
-	// cgroup v1 group); an error kills it.
+	// cgroup v1 group); an error kills it. With Watchdog it is called
+	// again with the watchdog's PID once the VMM runs (the launcher may
+	// have forked it before it was moved).
 	Started func(pid int) error
 }
 
@@ -88,20 +96,42 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 	}
 	defer syncR.Close()
 	syncFD := 3 + len(cfg.ExtraFiles)
+	extra := append(slices.Clone(cfg.ExtraFiles), syncW)
+	launchArgs := []string{LauncherArg0, "-kind", string(cfg.Kind), "-sync-fd", strconv.Itoa(syncFD)}
+	// owner is the write end of the watchdog's pipe: only this process
+	// holds it (close-on-exec), until the VMM has exited (keepOwner).
+	var owner *os.File
+	if cfg.Watchdog {
+		ownerR, ownerW, err := os.Pipe()
+		if err != nil {
+			syncW.Close()
+			return nil, fmt.Errorf("launch %s: watchdog pipe: %w", cfg.Kind, err)
+		}
+		defer ownerR.Close()
+		owner = ownerW
+		launchArgs = append(launchArgs, "-watchdog-fd", strconv.Itoa(3+len(extra)))
+		extra = append(extra, ownerR)
+	}
 	cmd := exec.CommandContext(ctx, launcher)
-	cmd.Args = append([]string{LauncherArg0, "-kind", string(cfg.Kind), "-sync-fd", strconv.Itoa(syncFD), "--", cfg.Binary}, args...)
+	cmd.Args = append(append(launchArgs, "--", cfg.Binary), args...)
 	cmd.Env, cmd.Dir = cfg.Env, cfg.Dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = cfg.Stdin, cfg.Stdout, cfg.Stderr
-	cmd.ExtraFiles = append(slices.Clone(cfg.ExtraFiles), syncW)
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = cfg.SysProcAttr
 	err = cmd.Start()
 	syncW.Close()
 	if err != nil {
+		if owner != nil {
+			owner.Close()
+		}
 		return nil, fmt.Errorf("launch %s: start launcher: %w", cfg.Kind, err)
 	}
 	fail := func(err error) (*exec.Cmd, error) {
 		cmd.Process.Kill()
 		cmd.Wait()
+		if owner != nil {
+			owner.Close()
+		}
 		return nil, fmt.Errorf("launch %s: %w", cfg.Kind, err)
 	}
 	if cfg.Started != nil {
@@ -124,8 +154,15 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 	if err != nil {
 		return fail(fmt.Errorf("wait for the launcher to exec: %w", err))
 	}
+	watchdog, msg, err := parseSync(msg)
+	if err != nil {
+		return fail(err)
+	}
 	if len(msg) > 0 {
 		return fail(fmt.Errorf("launcher: %s", msg))
+	}
+	if cfg.Watchdog != (watchdog > 0) {
+		return fail(fmt.Errorf("launcher: watchdog pid %d, want one only with VMMConfig.Watchdog (%t)", watchdog, cfg.Watchdog))
 	}
 	pid := cmd.Process.Pid
 	exeInfo, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
@@ -142,7 +179,20 @@ func LaunchVMM(ctx context.Context, cfg VMMConfig) (*exec.Cmd, error) {
 	if err := st.RequireFiltered(); err != nil {
 		return fail(fmt.Errorf("VMM pid %d: %w", pid, err))
 	}
-	log.Info("VMM started under seccomp", "kind", cfg.Kind, "pid", pid, "seccomp_filters", st.SeccompFilters)
+	if owner != nil {
+		if err := watchdogOK(watchdog, pid); err != nil {
+			return fail(err)
+		}
+		if cfg.Started != nil {
+			if err := cfg.Started(watchdog); err != nil {
+				return fail(fmt.Errorf("watchdog %d: %w", watchdog, err))
+			}
+		}
+		if err := keepOwner(pid, owner); err != nil {
+			return fail(err)
+		}
+	}
+	log.Info("VMM started under seccomp", "kind", cfg.Kind, "pid", pid, "seccomp_filters", st.SeccompFilters, "watchdog", watchdog)
 	return cmd, nil
 }
 
@@ -161,6 +211,9 @@ func vmmArgs(kind VMMKind, args []string) ([]string, error) {
 			if flagIs(a, "sandbox") {
 				return nil, fmt.Errorf("argument %s: IronClaw sets QEMU's -sandbox itself", a)
 			}
+			if flagIs(a, "runas") {
+				return nil, fmt.Errorf("argument %s: IronClaw sets QEMU's -runas itself", a)
+			}
 		}
 		return append(slices.Clone(args), QEMUSandboxArgs()...), nil
 	}
@@ -171,14 +224,28 @@ func vmmArgs(kind VMMKind, args []string) ([]string, error) {
 // thread (TSYNC) and execs the VMM; it returns only on failure, with the
 // exit status to use. args are the arguments after argv[0]:
 //
-//	-kind KIND -sync-fd N -- /path/to/vmm ARGS...
+//	-kind KIND -sync-fd N [-watchdog-fd N] -- /path/to/vmm ARGS...
+//
+// With -watchdog-fd it starts the watchdog before the exec (startWatchdog);
+// the watchdog itself runs as -watchdog -owner-fd N -vmm-fd N.
 func LauncherMain(args []string, stderr io.Writer) int {
 	runtime.LockOSThread()
 	fs := flag.NewFlagSet(LauncherArg0, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	kind := fs.String("kind", "", "VMM kind")
 	syncFD := fs.Int("sync-fd", -1, "fd to report pre-exec failures on")
+	watchFD := fs.Int("watchdog-fd", -1, "read end of the owner's pipe: start a watchdog that kills the VMM at its EOF")
+	watchdog := fs.Bool("watchdog", false, "run as the watchdog")
+	ownerFD := fs.Int("owner-fd", -1, "watchdog: read end of the owner's pipe")
+	vmmFD := fs.Int("vmm-fd", -1, "watchdog: pidfd of the VMM")
 	if err := fs.Parse(args); err != nil {
+		return 125
+	}
+	if *watchdog {
+		return watchdogMain(*ownerFD, *vmmFD, stderr)
+	}
+	if *watchFD != -1 && *watchFD < 3 {
+		fmt.Fprintf(stderr, "%s: -watchdog-fd %d: want a descriptor >= 3\n", LauncherArg0, *watchFD)
 		return 125
 	}
 	var sync io.Writer = io.Discard
@@ -204,6 +271,14 @@ func LauncherMain(args []string, stderr io.Writer) int {
 		if VMMKind(*kind) == Firecracker && flagIs(a, "no-seccomp") {
 			return fail(fmt.Errorf("argument %s: Firecracker must keep its seccomp filters", a))
 		}
+		if VMMKind(*kind) == QEMU && flagIs(a, "runas") {
+			return fail(fmt.Errorf("argument %s: IronClaw sets QEMU's -runas itself", a))
+		}
+	}
+	if VMMKind(*kind) == QEMU {
+		// QEMU keeps this PID across exec: its uid is its own.
+		id := strconv.Itoa(VMMUID(os.Getpid()))
+		rest = append(slices.Clone(rest), "-runas", id+":"+id)
 	}
 	arch, err := NativeArch()
 	if err != nil {
@@ -215,6 +290,16 @@ func LauncherMain(args []string, stderr io.Writer) int {
 	}
 	if _, err := InstallProcess(prog); err != nil {
 		return fail(err)
+	}
+	if *watchFD >= 0 {
+		// Started under the outer filter, which it keeps.
+		pid, err := startWatchdog(*watchFD, stderr)
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := fmt.Fprintf(sync, "%s%d\n", watchdogMsg, pid); err != nil {
+			return fail(fmt.Errorf("report the watchdog: %w", err))
+		}
 	}
 	err = unix.Exec(rest[0], rest, os.Environ())
 	return fail(fmt.Errorf("exec %s: %w", rest[0], err))

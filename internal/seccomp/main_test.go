@@ -40,6 +40,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperJail(os.Args[1:]))
 	case "probe":
 		os.Exit(helperProbe(os.Args[1:]))
+	case "vmm-owner":
+		os.Exit(helperVMMOwner(os.Args[1:]))
 	}
 	code := m.Run()
 	if dir, err := standinDir(); err == nil {

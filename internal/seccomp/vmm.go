@@ -75,13 +75,21 @@ func firecrackerExtras() []vmmExtra {
 // rule kept with its argument conditions), plus firecrackerExtras; clone
 // only without namespace flags.
 //
-// QEMU: the "default" profile (QEMU adds its own -sandbox filter on top;
-// see QEMUSandboxArgs).
+// QEMU: the "default" profile and chroot (QEMU adds its own -sandbox
+// filter on top; see QEMUSandboxArgs).
 func VMMProfile(kind VMMKind, arch Arch) (*Policy, error) {
 	k := KernelVersion{Major: 6, Minor: 1} // resolves minKernel conditions deterministically
 	switch kind {
 	case QEMU:
-		return Resolve(DefaultProfile(), arch, k)
+		pol, err := Resolve(DefaultProfile(), arch, k)
+		if err != nil {
+			return nil, err
+		}
+		// -chroot: QEMU, still root, chroots into an empty directory
+		// before it runs the guest; once it is unprivileged the kernel
+		// refuses chroot (no CAP_SYS_CHROOT).
+		pol.Rules = append(pol.Rules, Rule{Syscall: "chroot", Action: Action{Kind: ActAllow}})
+		return pol, nil
 	case Firecracker:
 	default:
 		return nil, fmt.Errorf("VMM kind %q (want %s or %s): %w", kind, Firecracker, QEMU, ErrUnsupported)
@@ -140,11 +148,23 @@ func CompileVMM(kind VMMKind, arch Arch) (*Program, error) {
 }
 
 // QEMUSandboxArgs are the arguments that turn on QEMU's own seccomp
-// sandbox, denying obsolete syscalls, privilege changes, spawning
-// processes and resource control.
+// sandbox, denying obsolete syscalls, spawning processes and resource
+// control. Privilege changes stay allowed: QEMU needs them for -runas
+// (the launcher makes it drop to VMMUID before it runs the guest, and the
+// host checks it did), and without capabilities and with no_new_privs
+// they can only move between the ids QEMU already has.
 func QEMUSandboxArgs() []string {
-	return []string{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}
+	return []string{"-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"}
 }
+
+// VMMUIDBase is the first of the host uids (and gids) QEMU processes run
+// as: VMMUID(pid), next to the jail's range (jail.DefaultUIDBase).
+const VMMUIDBase = 1_100_000_000
+
+// VMMUID is the unprivileged uid and gid the QEMU process pid runs as once
+// it runs its guest. It is distinct for every live QEMU (PIDs are), so no
+// QEMU may signal another.
+func VMMUID(pid int) int { return VMMUIDBase + pid }
 
 // FirecrackerArgs builds Firecracker's command line: the API socket, the
 // microVM id, and --seccomp-filter only when the user supplied a compiled

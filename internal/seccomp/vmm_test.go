@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -149,6 +150,9 @@ func TestFirecrackerArgs(t *testing.T) {
 	}
 	if _, err := LaunchVMM(context.Background(), VMMConfig{Kind: QEMU, Binary: "/bin/true", Args: []string{"-sandbox", "off"}}); err == nil {
 		t.Fatal("LaunchVMM let the caller replace QEMU's -sandbox")
+	}
+	if _, err := LaunchVMM(context.Background(), VMMConfig{Kind: QEMU, Binary: "/bin/true", Args: []string{"-runas", "0:0"}}); err == nil {
+		t.Fatal("LaunchVMM let the caller choose QEMU's -runas")
 	}
 }
 
@@ -353,6 +357,15 @@ func TestLaunchVMMQEMU(t *testing.T) {
 	}
 	if err := st.RequireFiltered(); err != nil || st.SeccompFilters < 2 {
 		t.Fatalf("QEMU status %+v: %v; want Seccomp 2 with at least 2 filters (outer + -sandbox)", st, err)
+	}
+	// The launcher added -runas: QEMU serves QMP as the uid of its own.
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strconv.Itoa(VMMUID(cmd.Process.Pid))
+	if want := "\nUid:\t" + id + "\t" + id + "\t" + id + "\t" + id + "\n"; !strings.Contains(string(data), want) || st.CapEff != 0 {
+		t.Errorf("QEMU status lacks %q or has capabilities (%x):\n%s", want, st.CapEff, data)
 	}
 	status := send("query-status")
 	ret, _ := status["return"].(map[string]any)

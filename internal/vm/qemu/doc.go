@@ -11,7 +11,13 @@
 // default, SeccompStarter, goes through seccomp.LaunchVMM: the launcher
 // installs IronClaw's outer filter and execs QEMU with its own -sandbox
 // filter, and the host reads /proc/<pid>/status back (Seccomp 2,
-// NoNewPrivs 1) before anything else happens. The driver writes qemu.json
+// NoNewPrivs 1) before anything else happens. Before it runs the guest
+// QEMU chroots into an empty directory of the sandbox (-chroot) and drops
+// to seccomp.VMMUID(pid) (-runas, added by the launcher); the driver
+// checks both from /proc once QMP answers (dropped). A QEMU that is not
+// Detached dies with its owner through the launcher's watchdog
+// (seccomp.VMMConfig.Watchdog): -runas clears a parent-death signal.
+// The driver writes qemu.json
 // before QEMU starts and completes it with QEMU's PID and start time;
 // Reclaim works from it alone.
 //

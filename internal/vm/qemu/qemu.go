@@ -37,6 +37,7 @@ const (
 	agentSocket   = "agent.sock"     // virtio-serial chardev
 	qmpSocket     = "qmp.sock"       // QMP
 	initrdFile    = "initramfs.cpio" // shared initramfs + this sandbox's token
+	chrootDir     = "vmm-root"       // QEMU's empty root once it runs the guest (-chroot)
 	agentPortName = "org.ironclaw.agent"
 )
 
@@ -196,6 +197,10 @@ func Argv(cfg Config) ([]string, error) {
 		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
 		"-device", "virtio-rng-device",
 		"-qmp", "unix:" + filepath.Join(d, qmpSocket) + ",server=on,wait=off",
+		// Once it has opened what it needs, just before it runs the
+		// guest, QEMU chroots into an empty directory; the launcher adds
+		// -runas with an unprivileged uid of its own (seccomp.VMMUID).
+		"-chroot", filepath.Join(d, chrootDir),
 	}
 	if cfg.Incoming {
 		argv = append(argv, "-incoming", "defer")
@@ -284,6 +289,9 @@ func launch(ctx context.Context, cfg *Config) (_ *VM, err error) {
 	if err := image.WriteSandboxInitramfs(filepath.Join(cfg.Dir, initrdFile), cfg.Image.Initramfs, cfg.Token); err != nil {
 		return nil, fmt.Errorf("qemu start: %w", err)
 	}
+	if err := makeChroot(filepath.Join(cfg.Dir, chrootDir)); err != nil {
+		return nil, fmt.Errorf("qemu start: %w", err)
+	}
 	starter := cfg.Starter
 	if starter == nil {
 		starter = SeccompStarter(Launch{Logger: log})
@@ -363,8 +371,8 @@ func (v *VM) connect(ctx context.Context, token []byte) (err error) {
 		}
 	}()
 	if v.QMP == nil {
-		if v.QMP, err = dialRetry(bctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(v.cfg.Dir, qmpSocket)) }); err != nil {
-			return v.bootErr("connect QMP", err)
+		if err := v.dialQMP(bctx); err != nil {
+			return err
 		}
 	}
 	conn, err := dialRetry(bctx, func(c context.Context) (net.Conn, error) {
@@ -375,6 +383,20 @@ func (v *VM) connect(ctx context.Context, token []byte) (err error) {
 	}
 	if v.Agent, err = agentapi.Connect(bctx, conn, token); err != nil {
 		return v.bootErr("agent handshake", err)
+	}
+	return nil
+}
+
+// dialQMP connects to QMP and then checks that QEMU runs unprivileged in
+// its empty root: QEMU serves QMP only from its main loop, after it has
+// chrooted and changed its uid (see dropped). A QEMU that has not is
+// refused, and the start fails.
+func (v *VM) dialQMP(ctx context.Context) (err error) {
+	if v.QMP, err = dialRetry(ctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(v.cfg.Dir, qmpSocket)) }); err != nil {
+		return v.bootErr("connect QMP", err)
+	}
+	if err := dropped(v.pid, filepath.Join(v.cfg.Dir, chrootDir)); err != nil {
+		return fmt.Errorf("qemu start: %w", err)
 	}
 	return nil
 }
@@ -517,7 +539,7 @@ func (v *VM) kill() {
 
 func removeFiles(dir string) error {
 	var errs []error
-	for _, f := range []string{agentSocket, qmpSocket, initrdFile, RecordFile} {
+	for _, f := range []string{agentSocket, qmpSocket, initrdFile, chrootDir, RecordFile} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

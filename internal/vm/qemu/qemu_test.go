@@ -3,8 +3,10 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +46,24 @@ func TestBootExecFiles(t *testing.T) {
 		t.Fatalf("QEMU pid %d: %+v, want Seccomp 2, NoNewPrivs, at least 2 filters (outer + -sandbox)", v.PID(), sst)
 	}
 	t.Logf("QEMU pid %d: Seccomp %d, %d filters, NoNewPrivs %t", v.PID(), sst.Seccomp, sst.SeccompFilters, sst.NoNewPrivs)
+	// And it runs as an unprivileged uid of its own, without
+	// capabilities, chrooted into an empty directory it cannot write.
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", v.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strconv.Itoa(seccomp.VMMUID(v.PID()))
+	for _, want := range []string{"\nUid:\t" + id + "\t" + id + "\t" + id + "\t" + id + "\n", "\nGid:\t" + id + "\t", "\nCapEff:\t0000000000000000\n", "\nCapPrm:\t0000000000000000\n"} {
+		if !strings.Contains(string(status), want) {
+			t.Errorf("QEMU's /proc/%d/status lacks %q:\n%s", v.PID(), want, status)
+		}
+	}
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", v.PID())); err != nil || root != filepath.Join(dir, chrootDir) {
+		t.Errorf("QEMU's root = %q, %v; want %s", root, err, filepath.Join(dir, chrootDir))
+	}
+	if ents, err := os.ReadDir(filepath.Join(dir, chrootDir)); err != nil || len(ents) != 0 {
+		t.Errorf("QEMU's root holds %v (%v), want nothing", ents, err)
+	}
 	var out bytes.Buffer
 	st, err := v.Agent.Exec(ctx, agentapi.ExecSpec{Argv: []string{"uname", "-a"}}, agentapi.ExecIO{Stdout: &out})
 	if err != nil || st.Code != 0 {
@@ -78,5 +98,16 @@ func TestBootExecFiles(t *testing.T) {
 		if n := e.Name(); n != ConsoleLog && n != StdoutLog && n != StderrLog {
 			t.Errorf("left behind in the sandbox dir: %s", n)
 		}
+	}
+}
+
+// TestDroppedRefusesPrivileges: the start-time check refuses a process
+// that kept root, or another root directory.
+func TestDroppedRefusesPrivileges(t *testing.T) {
+	if err := dropped(os.Getpid(), "/"); err == nil || !strings.Contains(err.Error(), "Uid") {
+		t.Errorf("dropped(this test, as uid %d) = %v, want a refusal naming Uid", os.Getuid(), err)
+	}
+	if err := dropped(1<<30, "/"); err == nil {
+		t.Error("dropped of a missing process passed")
 	}
 }

@@ -209,8 +209,8 @@ func Restore(ctx context.Context, cfg Config, templateToken []byte, path string)
 		case <-bctx.Done():
 		}
 	}()
-	if v.QMP, err = dialRetry(bctx, func(c context.Context) (*QMP, error) { return DialQMP(c, filepath.Join(v.cfg.Dir, qmpSocket)) }); err != nil {
-		return nil, v.bootErr("connect QMP", err)
+	if err := v.dialQMP(bctx); err != nil {
+		return nil, err
 	}
 	if err := v.QMP.SendFD(bctx, snapFD, f); err != nil {
 		return nil, v.bootErr("restore", err)

@@ -33,8 +33,11 @@ type Launch struct {
 	// directory's lock, which then stays held for as long as QEMU runs).
 	Files []*os.File
 	// Detached lets QEMU outlive the process that started it: no
-	// parent-death signal. Without it QEMU gets SIGKILL when the thread
-	// that started it goes, so a killed owner takes its VMs along.
+	// parent-death signal, no watchdog. Without it QEMU gets SIGKILL
+	// when this process goes, so a killed owner takes its VMs along:
+	// from a root watchdog (seccomp.VMMConfig.Watchdog) that sees the
+	// owner's pipe close, since QEMU's -runas clears the parent-death
+	// signal (which still covers the launcher before the exec).
 	Detached bool
 	Logger   *slog.Logger
 }
@@ -44,8 +47,9 @@ type Launch struct {
 // sets no_new_privs and execs QEMU with -sandbox on; LaunchVMM then reads
 // /proc/PID/status back and kills QEMU unless it shows Seccomp 2 and
 // NoNewPrivs 1. QEMU gets a process group of its own (a terminal's ^C is
-// for ironclaw, not for the VMM) and SIGKILL when its parent dies (unless
-// Detached).
+// for ironclaw, not for the VMM) and SIGKILL when its owner dies (unless
+// Detached): from its watchdog, since it runs as an unprivileged uid of
+// its own (-runas seccomp.VMMUID, which clears a parent-death signal).
 func SeccompStarter(l Launch) Starter {
 	return func(ctx context.Context, argv []string, stdout, stderr *os.File) (*exec.Cmd, error) {
 		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -55,6 +59,7 @@ func SeccompStarter(l Launch) Starter {
 		cfg := seccomp.VMMConfig{
 			Kind: seccomp.QEMU, Binary: argv[0], Args: argv[1:], Launcher: l.Launcher,
 			Stdout: stdout, Stderr: stderr, ExtraFiles: l.Files, Logger: l.Logger, SysProcAttr: attr,
+			Watchdog: !l.Detached,
 		}
 		if l.Cgroup != nil {
 			fd, err := l.Cgroup.Open()
