@@ -90,6 +90,12 @@ func startDaemon(t *testing.T, root string, args ...string) *daemon {
 
 func (d *daemon) start() {
 	d.t.Helper()
+	d.startWithin(30 * time.Second)
+}
+
+// startWithin starts the daemon and waits up to timeout until it answers.
+func (d *daemon) startWithin(timeout time.Duration) {
+	d.t.Helper()
 	d.log = &syncBuffer{}
 	d.cmd = exec.Command(bin, append([]string{"--root", d.root, "serve", "--sweep-interval", "100ms"}, d.args...)...)
 	d.cmd.Stderr = d.log
@@ -98,7 +104,7 @@ func (d *daemon) start() {
 	}
 	d.exited = make(chan struct{})
 	go func() { d.cmd.Wait(); close(d.exited) }()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for !client.Reachable(context.Background(), d.socket, time.Second) {
 		select {
 		case <-d.exited:

@@ -17,10 +17,10 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // TestDaemonExecHangupWithStalledStdin: a client streams input to a
-// process that never reads it, then hangs up. The daemon stops reading
-// the connection once the process's input is full (back-pressure), so it
-// must still notice the hang-up and kill the process, as it does for any
-// exec stream whose connection ends: otherwise the process runs on, the
+// process that never reads it, then hangs up. The client stops sending
+// once the process's input is full (its stdin window is used up), so the
+// daemon must still notice the hang-up and kill the process, as it does
+// for any exec stream whose connection ends: otherwise the process runs on, the
 // sandbox stays busy (no idle timeout) and the exec never ends.
 func TestDaemonExecHangupWithStalledStdin(t *testing.T) {
 	root := newRoot(t)
@@ -37,7 +37,7 @@ func TestDaemonExecHangupWithStalledStdin(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Let the input fill every buffer on the way (pipe, agent stream
-	// window, daemon): the daemon then waits to hand over more.
+	// window, the daemon's stdin window): the client then waits for a grant.
 	time.Sleep(2 * time.Second)
 	e.Close()
 	ev := el.wait(t, 15*time.Second, "exec_exited", func(ev api.Event) bool {

@@ -11,16 +11,24 @@
 // # Exec streams
 //
 // POST /v1/sandboxes/{id}/exec with "Connection: Upgrade" and
-// "Upgrade: ironclaw-exec.v1" starts the process and answers
+// "Upgrade: ironclaw-exec.v2" starts the process and answers
 // "101 Switching Protocols"; the connection then carries frames in the
 // agent protocol's framing (agentapi.Frame: a type byte, a 4-byte
-// big-endian length, the payload), both ways, so no byte is lost and
-// back-pressure reaches the process through the agent's bounded windows:
+// big-endian length, the payload), both ways, so no byte is lost:
 //
-//	daemon → client: response {exec_id, pid} first, then stdout and stderr
-//	                 data frames, then exit (ExitStatus JSON), last
+//	daemon → client: response {exec_id, pid, stdin_window} first, then
+//	                 stdout and stderr data frames and response frames
+//	                 carrying ExecWindow JSON, then exit (ExitStatus
+//	                 JSON), last
 //	client → daemon: stdin data frames, stdin-eof, and request frames
 //	                 carrying ExecControl JSON (a signal or a resize)
+//
+// Stdin is flow-controlled by a window: the client sends at most
+// stdin_window bytes of input the daemon has not yet granted back with
+// ExecWindow frames, which it sends as the process takes its input; a
+// client that sends more is cut off. So the daemon always reads the
+// connection, and a signal or resize takes effect at once even while the
+// process ignores its input. Stdin-eof stays behind the input before it.
 //
 // A connection that drops before the exit frame kills the process. Without
 // the Upgrade header the same request is a buffered exec: stdin from the

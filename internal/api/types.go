@@ -8,7 +8,7 @@ import (
 const Version = "v1"
 
 // ExecUpgrade is the Upgrade token of an exec stream (see doc.go).
-const ExecUpgrade = "ironclaw-exec.v1"
+const ExecUpgrade = "ironclaw-exec.v2"
 
 // Mount grants a host path to a sandbox.
 type Mount struct {
@@ -160,6 +160,22 @@ type ExecResult struct {
 type ExecStarted struct {
 	ExecID string `json:"exec_id"`
 	PID    int    `json:"pid"`
+	// StdinWindow is how many bytes of stdin the client may send before
+	// the daemon grants more with ExecWindow frames.
+	StdinWindow int `json:"stdin_window"`
+}
+
+// ExecStdinWindow is the stdin window of an exec stream, in bytes: as much
+// as the agent's stream window.
+const ExecStdinWindow = 256 << 10
+
+// ExecWindow is a response frame the daemon sends on an exec stream once
+// it has passed Stdin more bytes of input on to the process: the client
+// may send that many more. The daemon never holds more than the window
+// of unread input, so it always reads the connection and control frames
+// never wait behind input the process does not read.
+type ExecWindow struct {
+	Stdin int `json:"stdin"`
 }
 
 // ExecControl is a request frame a client sends on an exec stream: a

@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/api"
 	"github.com/ironclaw/ironclaw/internal/daemon"
@@ -54,6 +52,10 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
+	if u := r.Header.Get("Upgrade"); u != "" && headerHas(r.Header, "Connection", "upgrade") && !wantsUpgrade(r) {
+		writeError(w, fieldErr("Upgrade", "exec stream protocol %q is not %s", u, api.ExecUpgrade))
+		return
+	}
 	if !wantsUpgrade(r) {
 		s.execBuffered(w, r, id, o, req.Stdin)
 		return
@@ -162,7 +164,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 	// The 101 and the start frame go out in one write: the client reads
 	// both before it sends anything.
 	hdr := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.ExecUpgrade + "\r\n\r\n"
-	started, _ := json.Marshal(api.ExecStarted{ExecID: e.ID, PID: e.PID})
+	started, _ := json.Marshal(api.ExecStarted{ExecID: e.ID, PID: e.PID, StdinWindow: api.ExecStdinWindow})
 	sw.conn = conn
 	_, err = brw.WriteString(hdr)
 	if err == nil {
@@ -180,14 +182,19 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 	}
 	close(sw.ready)
 
-	// Client → process: stdin, EOF, signals and resizes. A connection
-	// that ends (or breaks) kills the process.
+	// Client → process: stdin, EOF, signals and resizes. The reader
+	// never waits for the process: input goes to a queue bounded by the
+	// window the client keeps to, and a writer hands it on, so signals
+	// and resizes apply at once. A connection that ends (or breaks)
+	// kills the process.
+	q := newStdinQueue()
+	go q.pump(stdinW, sw)
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		in := newStdinFeed(stdinW)
-		defer in.stop()
+		defer q.close()
 		hangup := func() {
+			q.close() // before the pipe closes: no grant for dropped input
 			stdinW.CloseWithError(io.ErrUnexpectedEOF)
 			select {
 			case <-e.Done():
@@ -203,20 +210,18 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request, id string, o
 			}
 			switch f.Type {
 			case agentapi.FrameStdin:
-				// While the process does not take its input, this
-				// loop reads no more frames (back-pressure), so it
-				// watches the connection for a hang-up meanwhile.
-				if in.feed(conn, f.Payload) == errHungUp {
+				if !q.put(f.Payload) {
+					s.log.Warn("exec stream: client sent stdin over its window", "sandbox", id, "window", api.ExecStdinWindow)
 					hangup()
 					return
 				}
 			case agentapi.FrameStdinEOF:
-				stdinW.Close()
+				q.putEOF()
 			case agentapi.FrameRequest:
 				s.control(ctx, e, f.Payload)
 			default:
 				s.log.Warn("exec stream: unexpected frame from client", "sandbox", id, "type", f.Type.String())
-				e.Kill()
+				hangup()
 				return
 			}
 		}
@@ -261,82 +266,123 @@ func (s *Server) control(ctx context.Context, e *daemon.Exec, payload []byte) {
 	}
 }
 
-// errHungUp reports a client that hung up while its process's input was full.
-var errHungUp = errors.New("client hung up")
-
-// stdinFeed writes an exec stream's input to the process's stdin pipe on
-// a goroutine of its own, so that the frame reader, while a write waits
-// for the process, can watch the connection.
-type stdinFeed struct {
-	w     *io.PipeWriter
-	reqs  chan []byte
-	acks  chan error
-	timer *time.Timer
+// stdinQueue holds the input an exec stream's client sent that the
+// process has not taken yet. The client keeps to api.ExecStdinWindow bytes
+// not yet granted back, so the queue never holds more than that.
+type stdinQueue struct {
+	mu     sync.Mutex
+	chunks [][]byte
+	held   int  // bytes received and not yet granted back
+	eof    bool // stdin-eof received: after the chunks, close the input
+	closed bool // the stream ended: drop the rest
+	wake   chan struct{}
 }
 
-func newStdinFeed(w *io.PipeWriter) *stdinFeed {
-	f := &stdinFeed{w: w, reqs: make(chan []byte), acks: make(chan error, 1), timer: time.NewTimer(time.Hour)}
-	f.timer.Stop()
-	go func() {
-		for p := range f.reqs {
-			_, err := w.Write(p)
-			f.acks <- err
-		}
-	}()
-	return f
-}
+func newStdinQueue() *stdinQueue { return &stdinQueue{wake: make(chan struct{}, 1)} }
 
-// stop ends the writer goroutine (after a write under way, which a
-// closed pipe ends).
-func (f *stdinFeed) stop() { close(f.reqs) }
-
-// feed hands p to the process. A write error (the process closed its
-// input) drops p, as before. While the write waits, it polls conn for a
-// hang-up and returns errHungUp when the client went away.
-func (f *stdinFeed) feed(conn net.Conn, p []byte) error {
-	f.reqs <- p
-	f.timer.Reset(50 * time.Millisecond)
+func (q *stdinQueue) notify() {
 	select {
-	case <-f.acks:
-		if !f.timer.Stop() {
-			<-f.timer.C
-		}
-		return nil
-	case <-f.timer.C:
-	}
-	for {
-		select {
-		case <-f.acks:
-			return nil
-		default:
-		}
-		if peerClosed(conn, 200*time.Millisecond) {
-			f.w.CloseWithError(io.ErrClosedPipe) // ends the waiting write
-			<-f.acks
-			return errHungUp
-		}
+	case q.wake <- struct{}{}:
+	default:
 	}
 }
 
-// peerClosed waits up to timeout for the peer of conn to shut down or
-// close its end (POLLRDHUP), without reading from conn. A connection
-// without a descriptor never reports one.
-func peerClosed(conn net.Conn, timeout time.Duration) bool {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		time.Sleep(timeout)
+// put queues p; it reports false when p would take the queue over the
+// window (a client breaking the protocol). Input after stdin-eof is
+// dropped, as a closed pipe drops it.
+func (q *stdinQueue) put(p []byte) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.held+len(p) > api.ExecStdinWindow {
 		return false
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		time.Sleep(timeout)
-		return false
+	if q.eof || q.closed || len(p) == 0 {
+		return true
 	}
-	closed := false
-	_ = rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		n, err := unix.Poll(fds, int(timeout/time.Millisecond))
-		closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
-	})
-	return closed
+	q.held += len(p)
+	// Small frames (keystrokes) join the last chunk, so the number of
+	// chunks stays bounded along with their bytes.
+	if n := len(q.chunks); n > 0 && len(q.chunks[n-1])+len(p) <= agentapi.DataChunk {
+		q.chunks[n-1] = append(q.chunks[n-1], p...)
+	} else {
+		q.chunks = append(q.chunks, p)
+	}
+	q.notify()
+	return true
+}
+
+// putEOF queues the end of the input, after the chunks queued before it.
+func (q *stdinQueue) putEOF() {
+	q.mu.Lock()
+	q.eof = true
+	q.mu.Unlock()
+	q.notify()
+}
+
+// close ends the queue: pump stops at its next chunk.
+func (q *stdinQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.notify()
+}
+
+// next waits for the next chunk; eof reports the end of the input, and
+// ok false a closed queue.
+func (q *stdinQueue) next() (p []byte, eof, ok bool) {
+	for {
+		q.mu.Lock()
+		switch {
+		case q.closed:
+			q.mu.Unlock()
+			return nil, false, false
+		case len(q.chunks) > 0:
+			p = q.chunks[0]
+			q.chunks[0] = nil
+			q.chunks = q.chunks[1:]
+			q.mu.Unlock()
+			return p, false, true
+		case q.eof:
+			q.mu.Unlock()
+			return nil, true, true
+		}
+		q.mu.Unlock()
+		<-q.wake
+	}
+}
+
+// release frees n bytes of the window; it reports false once the queue
+// is closed.
+func (q *stdinQueue) release(n int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.held -= n
+	return !q.closed
+}
+
+// pump writes the queued input to the process's stdin pipe in order,
+// closes it at stdin-eof, and grants each chunk back to the client once
+// the process took it (or its input was closed, which drops the chunk).
+func (q *stdinQueue) pump(w *io.PipeWriter, sw *streamWriter) {
+	for {
+		p, eof, ok := q.next()
+		if !ok {
+			return
+		}
+		if eof {
+			w.Close()
+			return
+		}
+		_, _ = w.Write(p) // an error means the process closed its input: p is dropped
+		if !q.release(len(p)) {
+			return // the stream ended: grant nothing more
+		}
+		b, err := json.Marshal(api.ExecWindow{Stdin: len(p)})
+		if err != nil {
+			return
+		}
+		if err := sw.frame(agentapi.FrameResponse, b); err != nil {
+			return // the connection is gone; the reader sees it too
+		}
+	}
 }

@@ -1,17 +1,21 @@
 package apiserver
 
 import (
+	"encoding/json"
 	"io"
 	"net"
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/agentapi"
+	"github.com/ironclaw/ironclaw/internal/api"
 )
 
 // BenchmarkStdinHandoff measures handing one 32 KiB input frame to the
-// process's stdin pipe: directly (the code before stdinFeed) and through
-// stdinFeed (a writer goroutine, so the frame reader can watch for a
-// hang-up). Compare with -bench StdinHandoff -count N.
+// process's stdin pipe: directly (a frame reader that writes each frame
+// itself, and so waits for the process) and through stdinQueue (a
+// writer goroutine that grants each chunk back to the client, which
+// keeps to the window, so the frame reader never waits). Compare with
+// -bench StdinHandoff -count N.
 func BenchmarkStdinHandoff(b *testing.B) {
 	p := make([]byte, agentapi.DataChunk)
 	drain := func(r *io.PipeReader) {
@@ -28,19 +32,41 @@ func BenchmarkStdinHandoff(b *testing.B) {
 		}
 		w.Close()
 	})
-	b.Run("feed", func(b *testing.B) {
+	b.Run("queue", func(b *testing.B) {
 		r, w := io.Pipe()
 		drain(r)
 		c1, c2 := net.Pipe()
 		defer c1.Close()
 		defer c2.Close()
-		f := newStdinFeed(w)
-		defer f.stop()
+		sw := &streamWriter{ready: make(chan struct{}), conn: c1}
+		close(sw.ready)
+		credits := make(chan int, api.ExecStdinWindow/len(p)+1)
+		go func() {
+			for {
+				f, err := agentapi.ReadFrame(c2, agentapi.MaxFrame)
+				if err != nil {
+					return
+				}
+				var win api.ExecWindow
+				if err := json.Unmarshal(f.Payload, &win); err != nil {
+					return
+				}
+				credits <- win.Stdin
+			}
+		}()
+		q := newStdinQueue()
+		go q.pump(w, sw)
+		defer q.close()
+		held := 0
 		b.SetBytes(int64(len(p)))
 		for b.Loop() {
-			if err := f.feed(c1, p); err != nil {
-				b.Fatal(err)
+			for held+len(p) > api.ExecStdinWindow {
+				held -= <-credits
 			}
+			if !q.put(p) {
+				b.Fatal("put over the window")
+			}
+			held += len(p)
 		}
 		w.Close()
 	})

@@ -369,6 +369,7 @@ type Exec struct {
 	conn   io.ReadWriteCloser
 	wmu    sync.Mutex
 	done   chan struct{}
+	window *stdinWindow
 	status api.ExitStatus
 	err    error
 }
@@ -411,7 +412,11 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest, stdio
 		conn.Close()
 		return nil, fmt.Errorf("exec: unexpected first frame %s", f.Type)
 	}
-	e := &Exec{ID: st.ExecID, PID: st.PID, conn: conn, done: make(chan struct{})}
+	if st.StdinWindow <= 0 {
+		conn.Close()
+		return nil, fmt.Errorf("exec: start frame: stdin_window %d is not positive", st.StdinWindow)
+	}
+	e := &Exec{ID: st.ExecID, PID: st.PID, conn: conn, done: make(chan struct{}), window: newStdinWindow(st.StdinWindow)}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	go func() {
 		defer stop()
@@ -431,14 +436,22 @@ func (e *Exec) write(t agentapi.FrameType, p []byte) error {
 	return agentapi.WriteFrame(e.conn, t, p)
 }
 
+// pumpStdin sends r as stdin frames, never more than the daemon's window
+// allows: the daemon then always reads the connection, so a signal or
+// resize written meanwhile never waits behind input.
 func (e *Exec) pumpStdin(r io.Reader) {
 	buf := make([]byte, agentapi.DataChunk)
 	for {
 		n, err := r.Read(buf)
-		if n > 0 {
-			if werr := e.write(agentapi.FrameStdin, buf[:n]); werr != nil {
+		for p := buf[:n]; len(p) > 0; {
+			k := e.window.take(len(p))
+			if k == 0 {
+				return // the stream ended
+			}
+			if werr := e.write(agentapi.FrameStdin, p[:k]); werr != nil {
 				return
 			}
+			p = p[k:]
 		}
 		if err != nil {
 			// EOF or a read error: either way the input ends here.
@@ -450,6 +463,7 @@ func (e *Exec) pumpStdin(r io.Reader) {
 
 func (e *Exec) run(stdio ExecIO) {
 	defer close(e.done)
+	defer e.window.end()
 	defer e.conn.Close()
 	for {
 		f, err := agentapi.ReadFrame(e.conn, agentapi.MaxFrame)
@@ -463,6 +477,14 @@ func (e *Exec) run(stdio ExecIO) {
 			w = stdio.Stdout
 		case agentapi.FrameStderr:
 			w = stdio.Stderr
+		case agentapi.FrameResponse:
+			var win api.ExecWindow
+			if err := json.Unmarshal(f.Payload, &win); err != nil || win.Stdin <= 0 {
+				e.err = fmt.Errorf("exec %s: bad stdin window frame %q", e.ID, f.Payload)
+				return
+			}
+			e.window.grant(win.Stdin)
+			continue
 		case agentapi.FrameExit:
 			if err := json.Unmarshal(f.Payload, &e.status); err != nil {
 				e.err = fmt.Errorf("exec %s: decode exit status: %w", e.ID, err)
@@ -479,6 +501,52 @@ func (e *Exec) run(stdio ExecIO) {
 			}
 		}
 	}
+}
+
+// stdinWindow counts the stdin bytes an exec stream may still send.
+type stdinWindow struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	avail int
+	ended bool
+}
+
+func newStdinWindow(n int) *stdinWindow {
+	w := &stdinWindow{avail: n}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+// take waits until the window is open and takes up to n bytes of it; 0
+// means the stream ended.
+func (w *stdinWindow) take(n int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.avail == 0 && !w.ended {
+		w.cond.Wait()
+	}
+	if w.ended {
+		return 0
+	}
+	k := min(n, w.avail)
+	w.avail -= k
+	return k
+}
+
+// grant gives n bytes back to the window.
+func (w *stdinWindow) grant(n int) {
+	w.mu.Lock()
+	w.avail += n
+	w.mu.Unlock()
+	w.cond.Broadcast()
+}
+
+// end wakes a waiting take for good.
+func (w *stdinWindow) end() {
+	w.mu.Lock()
+	w.ended = true
+	w.mu.Unlock()
+	w.cond.Broadcast()
 }
 
 // Signal sends sig (a signal number) to the process.

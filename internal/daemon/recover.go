@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -13,6 +14,12 @@ import (
 	"github.com/ironclaw/ironclaw/internal/store"
 	"github.com/ironclaw/ironclaw/internal/vm"
 )
+
+// maxReattach bounds how many sandboxes recovery re-attaches at once.
+// Each may wait out its agent's handshake timeout (a guest that stalls
+// it); side by side, N such guests hold the daemon's start for about one
+// timeout, not N.
+const maxReattach = 8
 
 // ownerWait bounds how long recovery waits for the init of a sandbox whose
 // create was cut short to exit (it exits when it loses its host).
@@ -29,6 +36,10 @@ func (m *Manager) recover(ctx context.Context) error {
 		return err
 	}
 	known := map[string]bool{}
+	// Re-attaches run concurrently (at most maxReattach): each touches
+	// only its own sandbox, and the manager's tables under m.mu.
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, maxReattach)
 	for _, r := range rows {
 		known[r.BackendID] = true
 		var o CreateOptions
@@ -39,7 +50,11 @@ func (m *Manager) recover(ctx context.Context) error {
 		}
 		switch r.State {
 		case store.StateRunning, store.StatePooled:
-			m.reattach(ctx, r, o)
+			slots <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-slots }()
+				m.reattach(ctx, r, o)
+			})
 		case store.StateExited:
 			b := &box{backendID: r.BackendID, token: r.Token, class: r.PoolClass, gone: make(chan struct{}),
 				id: r.ID, opts: o, state: StateExited, fromPool: !r.Claimed.IsZero(), created: r.Created, started: r.Started,
@@ -52,6 +67,7 @@ func (m *Manager) recover(ctx context.Context) error {
 			m.reclaimRow(ctx, r, "the daemon stopped during the create")
 		}
 	}
+	wg.Wait()
 	live, err := m.cfg.Root.Live()
 	if err != nil {
 		return err
