@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/google/nftables"
@@ -28,8 +29,10 @@ import (
 // ErrRulesetChanging. A read that is not a dump (ElementReader's lookups
 // by key) is one request answered from one state and needs none of this.
 
-// maxReads bounds the attempts of a consistent read.
-const maxReads = 12
+// maxReads bounds the attempts of a consistent read: with the pauses of
+// retryFrom (about 130 ms in all), a read gives up on commits that never
+// leave it a quiet moment.
+const maxReads = 24
 
 // GenReader reads the ruleset generation of one network namespace over
 // its own lasting netlink socket (google/nftables v0.3.0 has no call for
@@ -199,8 +202,10 @@ func retryFrom(gen func() (uint32, error), known *uint32, attempts int, read fun
 	pause := 50 * time.Microsecond
 	for i := 0; i < attempts; i++ {
 		if i > 0 {
-			time.Sleep(pause)
-			pause = min(2*pause, 5*time.Millisecond)
+			// Jittered (0.5x to 1.5x), so that a read does not fall
+			// in step with a committer that commits at a fixed rate.
+			time.Sleep(pause/2 + rand.N(pause))
+			pause = min(2*pause, 8*time.Millisecond)
 			var err error
 			if before, err = gen(); err != nil {
 				return 0, err
