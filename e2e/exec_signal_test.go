@@ -44,27 +44,8 @@ func TestDaemonExecSignalPassesUnreadStdin(t *testing.T) {
 	}
 	// Let the input fill every buffer on the way.
 	time.Sleep(2 * time.Second)
-	sent := make(chan error, 1)
-	go func() { sent <- e.Signal(int(syscall.SIGINT)) }()
-	select {
-	case err := <-sent:
-		if err != nil {
-			t.Fatalf("send SIGINT: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		e.Close()
-		t.Fatal("sending SIGINT blocked behind unread stdin for 5s")
-	}
-	ended := make(chan struct{})
-	var st api.ExitStatus
-	go func() { st, err = e.Wait(); close(ended) }()
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		e.Close()
-		<-ended
-		t.Fatal("SIGINT did not end `sleep 60` within 5s while its stdin was full")
-	}
+	sendWithin(t, e, "sending SIGINT", func() error { return e.Signal(int(syscall.SIGINT)) })
+	st, err := waitWithin(t, e, "SIGINT did not end `sleep 60`", nil)
 	if err != nil || st.Signal != int(syscall.SIGINT) {
 		t.Errorf("sleep ended with %+v %v, want killed by SIGINT", st, err)
 	}
@@ -80,25 +61,8 @@ func TestDaemonExecSignalPassesUnreadStdin(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second)
-	go func() { sent <- e.Resize(33, 99) }()
-	select {
-	case err := <-sent:
-		if err != nil {
-			t.Fatalf("resize: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		e.Close()
-		t.Fatal("resize blocked behind unread stdin for 5s")
-	}
-	ended = make(chan struct{})
-	go func() { st, err = e.Wait(); close(ended) }()
-	select {
-	case <-ended:
-	case <-time.After(5 * time.Second):
-		e.Close()
-		<-ended
-		t.Fatalf("resize did not reach the TTY process within 5s while its stdin was full; output %q", out.String())
-	}
+	sendWithin(t, e, "resize", func() error { return e.Resize(33, 99) })
+	st, err = waitWithin(t, e, "resize did not reach the TTY process", out.String)
 	if err != nil || st.ExitCode != 3 || !strings.Contains(out.String(), "33 99") {
 		t.Errorf("resize: %+v %v %q", st, err, out.String())
 	}
@@ -117,6 +81,48 @@ func TestDaemonExecSignalPassesUnreadStdin(t *testing.T) {
 	}
 	if st, err := e.Wait(); err != nil || st.ExitCode != 0 || !strings.HasPrefix(sum.String(), want) {
 		t.Errorf("sha256sum of 8 MiB of input: %+v %v %q, want %s", st, err, sum.String(), want)
+	}
+}
+
+// sendWithin runs send (a signal or a resize of e) and fails the test if
+// it is still blocked after 5 s: behind unread stdin, say what.
+func sendWithin(t *testing.T, e *client.Exec, what string, send func() error) {
+	t.Helper()
+	sent := make(chan error, 1)
+	go func() { sent <- send() }()
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		e.Close()
+		t.Fatalf("%s blocked behind unread stdin for 5s", what)
+	}
+}
+
+// waitWithin waits for e to end and fails the test, saying what (and
+// output, when given, as it is then), if it has not within 5 s while its
+// stdin was full.
+func waitWithin(t *testing.T, e *client.Exec, what string, output func() string) (api.ExitStatus, error) {
+	t.Helper()
+	type result struct {
+		st  api.ExitStatus
+		err error
+	}
+	ended := make(chan result, 1)
+	go func() { st, err := e.Wait(); ended <- result{st, err} }()
+	select {
+	case r := <-ended:
+		return r.st, r.err
+	case <-time.After(5 * time.Second):
+		e.Close()
+		<-ended
+		if output != nil {
+			what += fmt.Sprintf(" (output %q)", output())
+		}
+		t.Fatalf("%s within 5s while its stdin was full", what)
+		return api.ExitStatus{}, nil
 	}
 }
 
