@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ironclaw/ironclaw/internal/sandbox"
+	"github.com/ironclaw/ironclaw/internal/state"
 )
 
 // Version is a cgroup hierarchy version.
@@ -568,6 +569,12 @@ func (g *Group) Usage() (Usage, error) {
 // SandboxRel is the group, relative to each hierarchy's root, of the
 // sandbox with key key in the state root named rootName (state.Root.Name).
 func SandboxRel(rootName, key string) string { return "/" + rootName + "/" + key }
+
+// SandboxRelOf is SandboxRel of the sandbox whose state directory is dir
+// (state.Root.SandboxDir): the only group its record may name.
+func SandboxRelOf(dir string) string {
+	return SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))
+}
 
 // CheckRecorded returns an error unless each of paths, as read from a
 // sandbox's record, is a group of that sandbox: a clean absolute directory

@@ -1076,7 +1076,7 @@ func (j *Jail) Attach(id string) (*Sandbox, error) {
 	// The group handle is rebuilt from CgroupRel (usage and OOM kills are
 	// read through it, Close destroys its directories): it must be the
 	// sandbox's own, also when the record lists no directories.
-	if rel := recordedRel(dir); rec.CgroupRel != rel {
+	if rel := cgroup.SandboxRelOf(dir); rec.CgroupRel != rel {
 		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
 	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
 		return nil, fmt.Errorf("attach %q: %w", id, err)
@@ -1159,7 +1159,7 @@ func Reclaim(dir string) error {
 		}
 		// Died before making a cgroup; the network may still have a record.
 	}
-	if err := cgroup.CheckRecorded(rec.Cgroups, recordedRel(dir)); err != nil {
+	if err := cgroup.CheckRecorded(rec.Cgroups, cgroup.SandboxRelOf(dir)); err != nil {
 		return fmt.Errorf("reclaim cgroups: %w", err)
 	}
 	if err := cgroup.Remove(rec.Cgroups); err != nil {
@@ -1171,12 +1171,6 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("reclaim network: %w", err)
 	}
 	return nil
-}
-
-// recordedRel is the cgroup (see cgroup.SandboxRel) of the sandbox whose
-// state directory is dir (state.Root.SandboxDir): what its record may name.
-func recordedRel(dir string) string {
-	return cgroup.SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))
 }
 
 // UpdateNetwork replaces the egress policy of a running networked

@@ -187,13 +187,13 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 	// A directory that is named like the sandbox's group but is not one.
-	plain := filepath.Join(t.TempDir(), recordedRel(dir))
+	plain := filepath.Join(t.TempDir(), cgroup.SandboxRelOf(dir))
 	if err := os.MkdirAll(plain, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// A group named like the sandbox's, but below someone else's group
 	// rather than at the top of the hierarchy, with a process in it.
-	nested := filepath.Join(foreign.Paths()[0], recordedRel(dir))
+	nested := filepath.Join(foreign.Paths()[0], cgroup.SandboxRelOf(dir))
 	if err := os.MkdirAll(nested, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -239,12 +239,12 @@ func TestReclaimActsOnlyOnTheSandboxsCgroups(t *testing.T) {
 	}
 
 	// The sandbox's own group goes.
-	own, err := h.Create(recordedRel(dir), res)
+	own, err := h.Create(cgroup.SandboxRelOf(dir), res)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer own.Destroy()
-	if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: own.Paths(), CgroupRel: recordedRel(dir)}); err != nil {
+	if err := state.WriteJSON(filepath.Join(dir, recordName), record{Cgroups: own.Paths(), CgroupRel: cgroup.SandboxRelOf(dir)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := Reclaim(dir); err != nil {
@@ -279,7 +279,7 @@ func TestAttachRefusesAForeignCgroupRel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	for _, rel := range []string{"/", "/system.slice", recordedRel(dir) + "/.."} {
+	for _, rel := range []string{"/", "/system.slice", cgroup.SandboxRelOf(dir) + "/.."} {
 		rec := record{CgroupRel: rel, Resources: sandbox.Resources{Pids: 10, MemoryBytes: 64 << 20},
 			InitPID: sleeper.Process.Pid, InitStart: start, Persistent: true}
 		if err := state.WriteJSON(filepath.Join(dir, recordName), rec); err != nil {

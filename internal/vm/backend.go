@@ -558,7 +558,7 @@ func Reclaim(dir string) error {
 	var rec record
 	if err := state.ReadJSON(filepath.Join(dir, RecordFile), &rec); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("read vm record: %w", err))
-	} else if err := cgroup.CheckRecorded(rec.Cgroups, recordedRel(dir)); err != nil {
+	} else if err := cgroup.CheckRecorded(rec.Cgroups, cgroup.SandboxRelOf(dir)); err != nil {
 		errs = append(errs, fmt.Errorf("reclaim cgroups: %w", err))
 	} else if err := cgroup.Remove(rec.Cgroups); err != nil {
 		errs = append(errs, fmt.Errorf("reclaim cgroups: %w", err))
@@ -573,12 +573,6 @@ func Reclaim(dir string) error {
 		return fmt.Errorf("reclaim: %w", err)
 	}
 	return nil
-}
-
-// recordedRel is the cgroup (see cgroup.SandboxRel) of the sandbox whose
-// state directory is dir (state.Root.SandboxDir): what its record may name.
-func recordedRel(dir string) string {
-	return cgroup.SandboxRel(state.NameOf(filepath.Dir(filepath.Dir(dir))), filepath.Base(dir))
 }
 
 // termSize returns the size of the terminal f, if it is one.

@@ -99,7 +99,7 @@ func (b *Backend) Attach(ctx context.Context, id string) (*Sandbox, error) {
 	}
 	// The group handle is rebuilt from CgroupRel, and Close destroys it,
 	// killing whatever runs in it: it must be the sandbox's own.
-	if rel := recordedRel(dir); rec.CgroupRel != rel {
+	if rel := cgroup.SandboxRelOf(dir); rec.CgroupRel != rel {
 		return nil, fmt.Errorf("attach %q: record names cgroup %q, not the sandbox's %s", id, rec.CgroupRel, rel)
 	} else if err := cgroup.CheckRecorded(rec.Cgroups, rel); err != nil {
 		return nil, fmt.Errorf("attach %q: %w", id, err)

@@ -84,8 +84,8 @@ func TestAttachWithoutSandbox(t *testing.T) {
 	// jail.Attach refuses one.
 	for _, rec := range []record{
 		{VMM: "qemu", Persistent: true, CgroupRel: "/system.slice"},
-		{VMM: "qemu", Persistent: true, CgroupRel: recordedRel(dir) + "/.."},
-		{VMM: "qemu", Persistent: true, CgroupRel: recordedRel(dir), Cgroups: []string{"/sys/fs/cgroup/pids/system.slice"}},
+		{VMM: "qemu", Persistent: true, CgroupRel: cgroup.SandboxRelOf(dir) + "/.."},
+		{VMM: "qemu", Persistent: true, CgroupRel: cgroup.SandboxRelOf(dir), Cgroups: []string{"/sys/fs/cgroup/pids/system.slice"}},
 	} {
 		if err := state.WriteJSON(filepath.Join(dir, RecordFile), rec); err != nil {
 			t.Fatal(err)
