@@ -339,32 +339,16 @@ func streamExec(ctx context.Context, c *client.Client, id string, req api.ExecRe
 	if err != nil {
 		return api.ExitStatus{}, err
 	}
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case s := <-sigs:
-				if s == syscall.SIGWINCH {
-					if req.TTY {
-						if w, h, err := term.GetSize(stdinFD); err == nil {
-							_ = e.Resize(uint16(h), uint16(w))
-						}
-					}
-					continue
-				}
-				_ = e.Signal(int(s.(syscall.Signal)))
-			}
-		}
-	}()
-	st, err := e.Wait()
-	if err != nil {
-		return st, err
-	}
-	return st, nil
+	stop := forwardSignals(sigs, req.TTY, execTarget{e})
+	defer stop()
+	return e.Wait()
 }
+
+// execTarget is a streamed exec as forwardSignals' signalTarget.
+type execTarget struct{ e *client.Exec }
+
+func (t execTarget) Signal(s syscall.Signal) error     { return t.e.Signal(int(s)) }
+func (t execTarget) ResizeTTY(rows, cols uint16) error { return t.e.Resize(rows, cols) }
 
 func newSandboxExecCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	var (
