@@ -138,15 +138,12 @@ func parseSync(msg []byte) (int, []byte, error) {
 // (vmmPID) running as root with no_new_privs under a seccomp filter, with
 // the watchdog's command line.
 func watchdogOK(pid, vmmPID int) error {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, err := statFields(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return fmt.Errorf("watchdog %d: %w", pid, err)
 	}
-	// pid (comm) state ppid ...; comm may hold anything but ')'s last.
-	i := bytes.LastIndexByte(stat, ')')
-	fields := strings.Fields(string(stat[i+1:]))
-	if i < 0 || len(fields) < 3 {
-		return fmt.Errorf("watchdog %d: malformed /proc stat %q", pid, stat)
+	if len(fields) < 3 {
+		return fmt.Errorf("watchdog %d: /proc stat has %d fields after the command", pid, len(fields))
 	}
 	if ppid, err := strconv.Atoi(fields[1]); err != nil || ppid != vmmPID {
 		return fmt.Errorf("watchdog %d: parent %s, want the VMM %d", pid, fields[1], vmmPID)
@@ -235,12 +232,10 @@ func FindWatchdog(vmmPID int) (int, error) {
 		return 0, fmt.Errorf("find the watchdog of %d: %w", vmmPID, err)
 	}
 	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		i := bytes.LastIndexByte(b, ')')
-		if err != nil || i < 0 {
+		f, err := statFields(p)
+		if err != nil {
 			continue // gone meanwhile
 		}
-		f := strings.Fields(string(b[i+1:]))
 		if len(f) < 2 || f[1] != strconv.Itoa(vmmPID) || f[0] == "Z" {
 			continue
 		}
@@ -251,4 +246,19 @@ func FindWatchdog(vmmPID int) (int, error) {
 		return strconv.Atoi(filepath.Base(filepath.Dir(p)))
 	}
 	return 0, nil
+}
+
+// statFields reads a /proc/PID/stat file and returns its fields after the
+// command name (state, ppid, pgrp, ...): the name may hold spaces and
+// parentheses, so they start after the last ')'.
+func statFields(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("malformed %s: no ')'", path)
+	}
+	return strings.Fields(string(b[i+1:])), nil
 }
