@@ -1177,6 +1177,17 @@ func Reclaim(dir string) error {
 // sandbox atomically; connections the new policy does not allow are cut.
 // A sandbox started without network rules has no link to give rules to.
 func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
+	return s.updateNetwork(ctx, allow, (*network.Net).Update)
+}
+
+// UpdateUnusedNetwork is UpdateNetwork for a sandbox that has run no
+// command yet, such as a warm pool member being handed out: there are no
+// connections to cut (see network.Net.UpdateUnused).
+func (s *Sandbox) UpdateUnusedNetwork(ctx context.Context, allow []string) error {
+	return s.updateNetwork(ctx, allow, (*network.Net).UpdateUnused)
+}
+
+func (s *Sandbox) updateNetwork(ctx context.Context, allow []string, update func(*network.Net, context.Context, firewall.Policy) error) error {
 	policy, err := firewall.ParsePolicy(allow)
 	if err != nil {
 		return err
@@ -1184,7 +1195,7 @@ func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
 	if s.net == nil {
 		return fmt.Errorf("%w: update network of %q: it was started without --allow rules (loopback only); its network namespace has no link", sandbox.ErrUnsupported, s.ID)
 	}
-	return s.net.Update(ctx, policy)
+	return update(s.net, ctx, policy)
 }
 
 // Network returns the sandbox's network, or nil for loopback only.

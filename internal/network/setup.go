@@ -578,6 +578,27 @@ func DefaultResolver() (string, error) {
 //     were put back (if putting them back failed too, the error says so,
 //     and Verify reports what the kernel holds).
 func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
+	return n.update(ctx, policy, true)
+}
+
+// UpdateUnused is Update for a network whose sandbox has run no workload
+// yet (a warm pool member being handed out), which is about to start its
+// first command. Two things Update does are left out:
+//   - No connection of the sandbox can exist, so it looks for none to
+//     cut. Finding them takes a conntrack dump in the sandbox's namespace
+//     and one on the host, and each walks the kernel's whole conntrack
+//     hash table whatever it holds: 10-20 ms each on a small host with the
+//     default 262144 buckets.
+//   - The superseded policy generation's host elements, which match
+//     nothing once the link has moved to the new generation, are not
+//     pruned in the background right away (about 16 ms of kernel work,
+//     beside the sandbox's first command). Closing the network removes
+//     them, and a later Update deletes them in its own transaction.
+func (n *Net) UpdateUnused(ctx context.Context, policy firewall.Policy) error {
+	return n.update(ctx, policy, false)
+}
+
+func (n *Net) update(ctx context.Context, policy firewall.Policy, used bool) error {
 	if err := n.Wait(ctx); err != nil {
 		return fmt.Errorf("network update: %w", err)
 	}
@@ -615,6 +636,9 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 		n.eg.SetPolicy(policy)
 	}
 	n.tgt = &t
+	if !used {
+		return nil
+	}
 	n.pruneLater()
 	err := n.cfg.injected("cut-flows")
 	if err == nil {

@@ -112,6 +112,54 @@ func TestUpdateCutsConnections(t *testing.T) {
 	}
 }
 
+// TestUpdateUnused gives a network that carried no traffic another policy
+// the way a claimed warm pool member gets its user's: the new rules are in
+// force and verify at once, the old ones let nothing through, and a later
+// Update (which finds the superseded host elements that UpdateUnused left)
+// still applies and verifies. Leaks are the env's check.
+func TestUpdateUnused(t *testing.T) {
+	e := newEnv(t)
+	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerA, 7000))
+	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerB, 7000))
+	n := e.setup(t, "unused", "203.0.113.10:7000/tcp")
+	reach := func(peer netip.Addr) bool {
+		c, err := dialIn(n.ns, "tcp", netip.AddrPortFrom(peer, 7000).String(), 500*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return echo(c, "hello") == nil
+	}
+	for _, step := range []struct {
+		unused     bool
+		rule       string
+		open, shut netip.Addr
+	}{
+		{true, "203.0.113.20:7000/tcp", peerB, peerA},
+		{false, "203.0.113.10:7000/tcp", peerA, peerB},
+		{true, "203.0.113.20:7000/tcp", peerB, peerA},
+	} {
+		p, err := firewall.ParsePolicy([]string{step.rule})
+		if err != nil {
+			t.Fatal(err)
+		}
+		update := n.Update
+		if step.unused {
+			update = n.UpdateUnused
+		}
+		if err := update(t.Context(), p); err != nil {
+			t.Fatalf("%s (unused %v): %v", step.rule, step.unused, err)
+		}
+		if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+			t.Fatalf("%s: verify: %v %v", step.rule, err, rep.Err)
+		}
+		if !reach(step.open) || reach(step.shut) {
+			t.Errorf("%s (unused %v): %v reachable %v, %v reachable %v", step.rule, step.unused,
+				step.open, reach(step.open), step.shut, reach(step.shut))
+		}
+	}
+}
+
 // TestReconcileStates replays a table of desired policies in random order
 // on one live sandbox (and a neighbour that must stay untouched) and checks
 // after each step that the kernel holds exactly the ruleset built for it.

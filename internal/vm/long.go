@@ -12,6 +12,7 @@ import (
 	"github.com/ironclaw/ironclaw/internal/agentapi"
 	"github.com/ironclaw/ironclaw/internal/cgroup"
 	"github.com/ironclaw/ironclaw/internal/firewall"
+	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/vm/image"
@@ -177,6 +178,17 @@ func (s *Sandbox) Done() <-chan struct{} { return s.vm.Exited() }
 // the new policy does not allow are cut. A loopback-only sandbox has no
 // link to give rules to.
 func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
+	return s.updateNetwork(ctx, allow, (*network.Net).Update)
+}
+
+// UpdateUnusedNetwork is UpdateNetwork for a sandbox that has run no
+// command yet, such as a warm pool member being handed out: there are no
+// connections to cut (see network.Net.UpdateUnused).
+func (s *Sandbox) UpdateUnusedNetwork(ctx context.Context, allow []string) error {
+	return s.updateNetwork(ctx, allow, (*network.Net).UpdateUnused)
+}
+
+func (s *Sandbox) updateNetwork(ctx context.Context, allow []string, update func(*network.Net, context.Context, firewall.Policy) error) error {
 	policy, err := firewall.ParsePolicy(allow)
 	if err != nil {
 		return err
@@ -184,7 +196,7 @@ func (s *Sandbox) UpdateNetwork(ctx context.Context, allow []string) error {
 	if s.net == nil {
 		return fmt.Errorf("%w: update network of %q: it was started without network allow rules (loopback only); its VM has no network device", sandbox.ErrUnsupported, s.ID)
 	}
-	return s.net.Update(ctx, policy)
+	return update(s.net, ctx, policy)
 }
 
 // takeOver claims the state directory of an attached sandbox once QEMU,
