@@ -2,18 +2,22 @@ package daemonnet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ironclaw/ironclaw/internal/api"
+	"github.com/ironclaw/ironclaw/internal/api/apitest"
 	"github.com/ironclaw/ironclaw/internal/client"
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/state"
 	"github.com/ironclaw/ironclaw/internal/testutil"
@@ -233,5 +237,113 @@ func TestDaemonKeepsNetworkPool(t *testing.T) {
 	}
 	if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
 		t.Errorf("links left after a drain: %v %v", links, err)
+	}
+}
+
+// TestDaemonWarmNetworkPool: a warm pool whose template has address rules
+// serves creates with any address rules. A member claimed with other rules
+// than its template's runs its first command under the asked ones only
+// (real traffic to a peer namespace, and the kernel's rules read back),
+// and `ironclaw run --allow` through the daemon takes such a member and
+// leaves its destroy to the daemon.
+func TestDaemonWarmNetworkPool(t *testing.T) {
+	build(t)
+	peer := netip.MustParseAddr("203.0.113.10")
+	inet := testutil.NewInternet(t, peer)
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:9090"))
+	pools, err := json.Marshal([]map[string]any{{"name": "net", "size": 1,
+		"template": map[string]any{"network": map[string]any{"allow": []string{"203.0.113.10/32:8080/tcp"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "pools.json")
+	if err := os.WriteFile(cfg, pools, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "--net-pool", "0", "--pool-config", cfg)
+	sock := filepath.Join(root, "ironclaw.sock")
+	waitPool := func() {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); apitest.Metric(t, sock, `ironclaw_pool_size{class="net"}`) != "1"; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the networked warm pool did not fill")
+			}
+		}
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		allow      string
+		open, shut string
+	}{
+		{"203.0.113.10/32:9090/tcp", "203.0.113.10:9090", "203.0.113.10:8080"}, // other rules than the template's
+		{"203.0.113.10/32:8080/tcp", "203.0.113.10:8080", "203.0.113.10:9090"}, // the template's own
+	} {
+		waitPool()
+		sb, err := d.c.Create(ctx, api.CreateRequest{ID: "warm-net", Network: &api.Network{Allow: []string{tc.allow}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sb.FromPool || len(sb.Network.Allow) != 1 || sb.Network.Allow[0] != tc.allow || len(sb.Addresses) != 2 {
+			t.Fatalf("%s: created %+v, want a pool member with the asked rules", tc.allow, sb)
+		}
+		if got := probe(t, d.c, "warm-net", tc.open, tc.shut); !got[tc.open] || got[tc.shut] {
+			t.Fatalf("%s: %v, want %s open and %s blocked", tc.allow, got, tc.open, tc.shut)
+		}
+		want, err := firewall.ParsePolicy([]string{tc.allow})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := network.Inspect(ctx, filepath.Join(root, "sandboxes", sb.Key))
+		if err != nil || st.Report.Err != nil || !slices.Equal(st.Allow, want.Rules()) {
+			t.Errorf("%s: inspect: %+v %v", tc.allow, st, err)
+		}
+		if err := d.c.Destroy(ctx, "warm-net"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// `ironclaw run` through the daemon: a pool member given the run's
+	// rules; the daemon destroys it once the command has ended.
+	waitPool()
+	before := apitest.Metric(t, sock, `ironclaw_sandbox_create_seconds_count{source="pool"}`)
+	script := `
+import socket, sys
+for t in sys.argv[1:]:
+    host, port = t.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.5)
+        print(t, "OK")
+    except Exception as e:
+        print(t, "BLOCKED")
+`
+	out, err := exec.Command(bin, "--root", root, "run", "--allow", "203.0.113.10/32:9090/tcp", "--",
+		"python3", "-c", script, "203.0.113.10:9090", "203.0.113.10:8080").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "203.0.113.10:9090 OK") || !strings.Contains(string(out), "203.0.113.10:8080 BLOCKED") {
+		t.Fatalf("ironclaw run through the daemon: %v\n%s", err, out)
+	}
+	if after := apitest.Metric(t, sock, `ironclaw_sandbox_create_seconds_count{source="pool"}`); after == before {
+		t.Errorf("the run did not take a pool member (pool creates %s before and after)", after)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		l, err := d.c.List(ctx, nil)
+		if err == nil && len(l) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the run's sandbox was not destroyed: %+v %v", l, err)
+		}
+	}
+
+	// Networked members die with their daemon; the next one reclaims
+	// them.
+	d.stop(syscall.SIGTERM)
+	d = startDaemon(t, "--net-pool", "0")
+	d.stop(syscall.SIGTERM)
+	if out, err := exec.Command(bin, "--root", root, "net", "pool", "drain").CombinedOutput(); err != nil {
+		t.Fatalf("drain: %v %s", err, out)
+	}
+	if links, err := testutil.LeakedLinks("ic"); err != nil || len(links) > 0 {
+		t.Errorf("links left: %v %v", links, err)
 	}
 }

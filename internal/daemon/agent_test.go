@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,11 +23,12 @@ func (stalledGuest) PID() int { return 1 }
 func (stalledGuest) Group() *cgroup.Group {
 	return (&cgroup.Host{Version: cgroup.V1}).Load("/ironclaw-test/stalled", sandbox.Resources{})
 }
-func (stalledGuest) Network() *network.Net                         { return nil }
-func (stalledGuest) Done() <-chan struct{}                         { return make(chan struct{}) }
-func (stalledGuest) Close() error                                  { return nil }
-func (stalledGuest) UpdateNetwork(context.Context, []string) error { return nil }
-func (stalledGuest) stateDir() string                              { return "" }
+func (stalledGuest) Network() *network.Net                               { return nil }
+func (stalledGuest) Done() <-chan struct{}                               { return make(chan struct{}) }
+func (stalledGuest) Close() error                                        { return nil }
+func (stalledGuest) UpdateNetwork(context.Context, []string) error       { return nil }
+func (stalledGuest) UpdateUnusedNetwork(context.Context, []string) error { return nil }
+func (stalledGuest) stateDir() string                                    { return "" }
 func (g stalledGuest) connect(ctx context.Context, _ []byte) (*agentapi.Client, error) {
 	g.dialing <- struct{}{}
 	<-ctx.Done()
@@ -84,5 +87,87 @@ func TestStalledHandshakeBlocksOnlyItsCallers(t *testing.T) {
 	cancel()
 	if err := <-agentErr; err == nil {
 		t.Error("the stalled connect succeeded")
+	}
+}
+
+// retargetGuest is a pool member whose network update waits for release
+// and then returns err; connect reports whether the update had finished.
+type retargetGuest struct {
+	stalledGuest
+	release   chan struct{}
+	err       error
+	updated   atomic.Bool
+	connected chan bool
+}
+
+func (g *retargetGuest) UpdateUnusedNetwork(context.Context, []string) error {
+	<-g.release
+	g.updated.Store(true)
+	return g.err
+}
+
+func (g *retargetGuest) connect(context.Context, []byte) (*agentapi.Client, error) {
+	g.connected <- g.updated.Load()
+	return nil, errors.New("no agent here")
+}
+
+// TestClaimedPolicyGatesTheAgent: a claimed member takes its user's allow
+// rules while the create's answer goes out. Nothing reaches its agent (no
+// exec, no file operation) before they are in force, and when they could
+// not be applied, every caller gets an error saying so, never the agent.
+func TestClaimedPolicyGatesTheAgent(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		g := &retargetGuest{release: make(chan struct{}), connected: make(chan bool, 4)}
+		if fail {
+			g.err = errors.New("injected apply failure")
+		}
+		b := &box{id: "user", backendID: "pool-x", state: StateRunning, inst: g, gone: make(chan struct{}),
+			policyDone: make(chan struct{})}
+		agentErr := make(chan error, 1)
+		go func() {
+			_, err := b.agent(context.Background())
+			agentErr <- err
+		}()
+		retargetErr := make(chan error, 1)
+		go func() { retargetErr <- b.retarget(context.Background(), []string{"198.51.100.7/32:80"}) }()
+		select {
+		case <-g.connected:
+			t.Fatalf("fail=%v: the agent was reached before the policy was applied", fail)
+		case err := <-agentErr:
+			t.Fatalf("fail=%v: agent returned before the policy was applied: %v", fail, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		// A caller with a deadline gives up on its own.
+		short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		if _, err := b.agent(short); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("fail=%v: a caller whose deadline passed: %v", fail, err)
+		}
+		cancel()
+		close(g.release)
+		if err := <-retargetErr; (err != nil) != fail {
+			t.Fatalf("fail=%v: retarget: %v", fail, err)
+		}
+		err := <-agentErr
+		if !fail {
+			if before := <-g.connected; !before {
+				t.Error("the agent was reached before the policy was applied")
+			}
+			if err == nil || !strings.Contains(err.Error(), "no agent here") {
+				t.Errorf("after the policy: %v, want the connect's own error", err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), "injected apply failure") {
+			t.Errorf("a member whose policy failed: %v, want ErrNotRunning naming the cause", err)
+		}
+		select {
+		case <-g.connected:
+			t.Error("the agent of a member whose policy failed was reached")
+		default:
+		}
+		// Later callers get the same answer at once.
+		if _, err := b.agent(context.Background()); !errors.Is(err, ErrNotRunning) {
+			t.Errorf("a later caller: %v", err)
+		}
 	}
 }

@@ -31,6 +31,9 @@ type instance interface {
 	// Close destroys the sandbox and removes everything it had.
 	Close() error
 	UpdateNetwork(ctx context.Context, allow []string) error
+	// UpdateUnusedNetwork is UpdateNetwork before the first command:
+	// it cuts no connections, as there can be none.
+	UpdateUnusedNetwork(ctx context.Context, allow []string) error
 	// stateDir is the sandbox's state directory.
 	stateDir() string
 	// connect returns a new agent connection authenticated with token.

@@ -71,6 +71,7 @@ func TestPoolClassKey(t *testing.T) {
 		"memory":  func(o *CreateOptions) { o.Spec.Resources.MemoryBytes = 1 << 30 },
 		"user":    func(o *CreateOptions) { o.Spec.User = sandbox.User{} },
 		"allow":   func(o *CreateOptions) { o.Spec.Network.Allow = []string{"1.2.3.4/32:80"} },
+		"domains": func(o *CreateOptions) { o.Spec.Network.Allow = []string{"example.com:443"} },
 		"seccomp": func(o *CreateOptions) { o.Spec.Seccomp.Profile = "strict" },
 		"mounts":  func(o *CreateOptions) { o.Spec.Mounts = []sandbox.Mount{{Source: "/a", Target: "/b"}} },
 		"workdir": func(o *CreateOptions) { o.Spec.Workdir = "/w" },
@@ -80,6 +81,40 @@ func TestPoolClassKey(t *testing.T) {
 		if o.classKey() == base.classKey() {
 			t.Errorf("%s does not change the pool class", name)
 		}
+	}
+}
+
+// TestPoolClassNetwork: a pool member takes its user's allow rules when
+// claimed, so members serve every policy of their kind (address rules
+// only, or with domain rules, which need the egress servers), and never
+// one of another kind or a loopback-only create.
+func TestPoolClassNetwork(t *testing.T) {
+	key := func(allow ...string) string {
+		o := CreateOptions{Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}}
+		o.Spec.Network.Allow = allow
+		return o.classKey()
+	}
+	cidr, domains, none := key("203.0.113.10/32:443"), key("example.com:443"), key()
+	for _, allow := range [][]string{{"198.51.100.0/24"}, {"203.0.113.10/32:443", "192.0.2.1/32:53/udp"}, {"198.51.100.7/32:1000-2000/udp"}} {
+		if key(allow...) != cidr {
+			t.Errorf("%v: not the class of other address rules", allow)
+		}
+	}
+	for _, allow := range [][]string{{"*.example.org"}, {"203.0.113.10/32:443", "example.com"}} {
+		if key(allow...) != domains {
+			t.Errorf("%v: not the class of other domain rules", allow)
+		}
+	}
+	if cidr == domains || cidr == none || domains == none {
+		t.Error("loopback only, address rules and domain rules share a class")
+	}
+	if bad := key("not a rule"); bad == cidr || bad == domains || bad == none {
+		t.Error("rules that do not parse share a valid class")
+	}
+	if !samePolicy([]string{"203.0.113.10/32:443", "198.51.100.0/24"}, []string{"198.51.100.0/24", "203.0.113.10/32:443"}) ||
+		samePolicy([]string{"203.0.113.10/32:443"}, []string{"203.0.113.10/32:80"}) || !samePolicy(nil, []string{}) ||
+		samePolicy([]string{"not a rule"}, []string{"not a rule"}) {
+		t.Error("samePolicy")
 	}
 }
 

@@ -135,6 +135,14 @@ type box struct {
 	// backend handle then has no network handle (see destroy).
 	attached bool
 	expiring bool
+	// policyDone is set while a claimed pool member takes its user's
+	// allow rules (see Manager.claim), and closed once they are in force
+	// or have failed (policyErr). Nothing reaches the agent before.
+	policyDone chan struct{}
+	policyErr  error
+	// addrs are the sandbox's and its gateway's addresses, when read
+	// ahead of a network update (see Manager.claim).
+	addrs []string
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -550,6 +558,9 @@ func (m *Manager) running(id string) (*box, instance, error) {
 // and the sweep read; concurrent callers wait for the one connect under
 // way, each within its own context.
 func (b *box) agent(ctx context.Context) (*agentapi.Client, error) {
+	if err := b.waitPolicy(ctx); err != nil {
+		return nil, err
+	}
 	c, dialing, err := b.liveClient()
 	if c != nil || err != nil {
 		return c, err
@@ -664,14 +675,16 @@ func (m *Manager) info(b *box, full bool) *Info {
 	if b.opts.TTL > 0 {
 		i.ExpiresAt = b.created.Add(b.opts.TTL)
 	}
-	inst := b.inst
+	inst, addrs := b.inst, b.addrs
 	b.mu.Unlock()
 	if inst != nil && i.State == StateRunning {
 		i.InitPID = inst.PID()
 		if u, err := inst.Group().Usage(); err == nil {
 			i.Usage = &u
 		}
-		if n := inst.Network(); n != nil {
+		if addrs != nil {
+			i.Addresses = append(i.Addresses, addrs...)
+		} else if n := inst.Network(); n != nil {
 			i.Addresses = append(i.Addresses, n.Addr().String(), n.Gateway().String())
 		} else if full {
 			// Re-attached: the record has the addresses.
@@ -792,6 +805,10 @@ type networkUpdater interface {
 func (m *Manager) UpdateNetwork(ctx context.Context, id string, allow []string) (*Info, error) {
 	b, inst, err := m.running(id)
 	if err != nil {
+		return nil, err
+	}
+	// The rules a claim is still applying come first.
+	if err := b.waitPolicy(ctx); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()

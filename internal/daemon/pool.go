@@ -16,12 +16,20 @@ import (
 // user's create has claimed it under another ID; the store records both.
 const PoolIDPrefix = "pool-"
 
-// pool is one warm pool. ready is guarded by Manager.mu.
+// refillDelay is how long a pool waits after a claim before it starts a
+// new member. Starting one takes both CPUs of a small host for some 20
+// ms (namespaces, cgroup, root, network); the delay keeps that work off
+// the claimed sandbox's first moments, when its user is waiting for the
+// first exec (`ironclaw run` through the daemon is a claim and one exec).
+const refillDelay = 50 * time.Millisecond
+
+// pool is one warm pool. ready and claimed are guarded by Manager.mu.
 type pool struct {
-	class PoolClass
-	key   string
-	ready []*box
-	kick  chan struct{}
+	class   PoolClass
+	key     string
+	ready   []*box
+	claimed time.Time // the last claim
+	kick    chan struct{}
 }
 
 func (p *pool) remove(b *box) {
@@ -54,6 +62,16 @@ func (m *Manager) fill(p *pool) {
 				return
 			case <-p.kick:
 				continue
+			}
+		}
+		m.mu.Lock()
+		wait := refillDelay - time.Since(p.claimed)
+		m.mu.Unlock()
+		if wait > 0 {
+			select {
+			case <-m.ctx.Done():
+				return
+			case <-time.After(wait):
 			}
 		}
 		if err := m.addMember(p); err != nil {
@@ -99,9 +117,83 @@ func (m *Manager) addMember(p *pool) error {
 	return nil
 }
 
+// needsPolicy reports whether the claimed member mb must take the allow
+// rules asked for: members of one class differ from the asked shape only
+// in them (see netClass). A member re-attached after a daemon restart
+// cannot: its network handle stayed with the daemon that made it.
+func needsPolicy(mb *box, allow []string) (bool, error) {
+	mb.mu.Lock()
+	have, inst, attached := mb.opts.Spec.Network.Allow, mb.inst, mb.attached
+	mb.mu.Unlock()
+	switch {
+	case samePolicy(have, allow):
+		return false, nil
+	case attached && inst.Network() == nil:
+		return false, fmt.Errorf("take policy: %w: the member was re-attached after a daemon restart and cannot take over its network", sandbox.ErrUnsupported)
+	}
+	return true, nil
+}
+
+// takePolicy gives the claimed member mb the allow rules its user asked
+// for (box.retarget). It runs while the create's answer goes out and the
+// first request comes in: every use of the agent, and so every command,
+// waits for it (box.waitPolicy), and a member whose rules could not be
+// applied is destroyed, so nothing ever runs under the template's rules.
+func (m *Manager) takePolicy(mb *box, allow []string) {
+	defer m.wg.Done()
+	t0 := time.Now()
+	if err := mb.retarget(m.ctx, allow); err != nil {
+		m.log.Error("warm pool member could not take its user's network policy; destroying it", "pool_id", mb.backendID, "err", err)
+		_ = m.destroy(mb, "network policy failed")
+		return
+	}
+	m.log.Debug("warm pool member took its user's network policy", "pool_id", mb.backendID, "took", time.Since(t0))
+}
+
+// retarget applies allow to b's network and verifies it in the kernel
+// (network.Net.UpdateUnused), then releases what waits in waitPolicy:
+// with nil, or with the error that the sandbox is unusable.
+func (b *box) retarget(ctx context.Context, allow []string) error {
+	b.mu.Lock()
+	inst, id, done := b.inst, b.id, b.policyDone
+	b.mu.Unlock()
+	// The member has run no command: only init and the agent, which
+	// open no connections, so there are none to cut.
+	err := inst.UpdateUnusedNetwork(ctx, allow)
+	if err != nil {
+		err = fmt.Errorf("%w: %q is being destroyed: its network policy could not be applied: %w", ErrNotRunning, id, err)
+	}
+	b.mu.Lock()
+	b.policyErr = err
+	b.mu.Unlock()
+	close(done)
+	return err
+}
+
+// waitPolicy waits until the allow rules a claim gave b are in force (at
+// once for every other sandbox), and returns why not if they never will.
+func (b *box) waitPolicy(ctx context.Context) error {
+	b.mu.Lock()
+	done := b.policyDone
+	b.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the network policy of %q: %w", b.id, ctx.Err())
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.policyErr
+}
+
 // claim hands a ready member of b's class to b's user: the store binds the
 // user's ID, labels and limits to the member's record in one statement,
-// and the member takes b's place. It returns nil when no member is ready.
+// the member takes b's place, and it starts taking the user's allow rules
+// (takePolicy), which its first command waits for. It returns nil when no
+// member is ready.
 func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 	p := m.pools[b.class]
 	if p == nil {
@@ -115,6 +207,7 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		}
 		mb := p.ready[0]
 		p.ready = p.ready[1:]
+		p.claimed = time.Now()
 		m.mu.Unlock()
 		p.wake()
 
@@ -128,8 +221,14 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		if !alive {
 			continue
 		}
-		now := time.Now().UTC()
 		o := b.opts
+		retarget, err := needsPolicy(mb, o.Spec.Network.Allow)
+		if err != nil {
+			m.log.Warn("warm pool member cannot take the asked network policy; destroying it", "pool_id", poolID, "err", err)
+			go m.destroy(mb, "claim failed")
+			continue
+		}
+		now := time.Now().UTC()
 		specJSON, err := json.Marshal(o)
 		if err != nil {
 			go m.destroy(mb, "claim failed")
@@ -146,8 +245,21 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 			return nil, err
 		}
 		mb.mu.Lock()
+		if retarget {
+			// Set before the member is visible under its new ID. Its
+			// addresses are read now: the network is locked while it
+			// takes the policy, and the create's answer names them.
+			mb.policyDone = make(chan struct{})
+			if n := mb.inst.Network(); n != nil {
+				mb.addrs = []string{n.Addr().String(), n.Gateway().String()}
+			}
+		}
 		mb.id, mb.opts, mb.fromPool, mb.state, mb.created, mb.lastActive = b.id, o, true, StateRunning, now, now
 		mb.mu.Unlock()
+		if retarget {
+			m.wg.Add(1)
+			go m.takePolicy(mb, o.Spec.Network.Allow)
+		}
 		m.mu.Lock()
 		m.boxes[b.id] = mb
 		m.mu.Unlock()

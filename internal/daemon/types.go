@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 	"github.com/ironclaw/ironclaw/internal/vm"
 )
@@ -146,9 +148,10 @@ func vmFits(spec sandbox.Spec) error {
 }
 
 // classKey names the pool class o belongs to: everything that shapes the
-// prepared sandbox (backend, user, file system, limits, seccomp,
-// network), nothing that is applied when it is handed out (ID, env,
-// labels, time limits).
+// prepared sandbox (backend, user, file system, limits, seccomp, whether
+// it has a network and of which kind), nothing that is applied when it is
+// handed out (ID, env, labels, time limits, the allow rules themselves:
+// see netClass).
 func (o *CreateOptions) classKey() string {
 	backend := o.Backend
 	if backend == "" {
@@ -162,13 +165,10 @@ func (o *CreateOptions) classKey() string {
 		Rootfs    string            `json:"rootfs"`
 		Resources sandbox.Resources `json:"resources"`
 		Seccomp   sandbox.Seccomp   `json:"seccomp"`
-		Allow     []string          `json:"allow"`
-	}{backend, o.Spec.User, o.Spec.Workdir, o.Spec.Mounts, o.Spec.Rootfs, o.Spec.Resources, o.Spec.Seccomp, o.Spec.Network.Allow}
+		Net       string            `json:"net"`
+	}{backend, o.Spec.User, o.Spec.Workdir, o.Spec.Mounts, o.Spec.Rootfs, o.Spec.Resources, o.Spec.Seccomp, netClass(o.Spec.Network.Allow)}
 	if len(shape.Mounts) == 0 {
 		shape.Mounts = nil
-	}
-	if len(shape.Allow) == 0 {
-		shape.Allow = nil
 	}
 	if shape.Seccomp.Profile == "" {
 		shape.Seccomp.Profile = "default"
@@ -179,6 +179,45 @@ func (o *CreateOptions) classKey() string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// netClass is the part of a network policy that shapes a prepared
+// sandbox: "" for loopback only; "cidr" for a link with address rules
+// only; "domains" for a link whose policy has domain rules, which also
+// need the egress proxy and DNS stub and a resolv.conf naming the stub.
+// A pool member takes the policy asked for when it is claimed (see
+// Manager.claim), so members of one kind serve every policy of that kind.
+// Rules that do not parse (refused by Validate) form classes of their
+// own that no valid request shares.
+func netClass(allow []string) string {
+	if len(allow) == 0 {
+		return ""
+	}
+	p, err := firewall.ParsePolicy(allow)
+	switch {
+	case err != nil:
+		return "invalid:" + strings.Join(allow, "\x00")
+	case len(p.Domains) > 0:
+		return "domains"
+	case len(p.CIDRs) > 0:
+		return "cidr"
+	default:
+		return ""
+	}
+}
+
+// samePolicy reports whether two lists of allow rules are one policy
+// (both parse and give the same canonical rules).
+func samePolicy(a, b []string) bool {
+	pa, err := firewall.ParsePolicy(a)
+	if err != nil {
+		return false
+	}
+	pb, err := firewall.ParsePolicy(b)
+	if err != nil {
+		return false
+	}
+	return slices.Equal(pa.Rules(), pb.Rules())
 }
 
 // Exit says how a sandbox's init ended on its own.
