@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"github.com/ironclaw/ironclaw/internal/api/apitest"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,5 +91,25 @@ func testKilledRunTakesItsSandbox(t *testing.T) {
 			t.Fatal("the daemon kept the sandbox of a killed run")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRunWithStaleDaemonSocketRunsEmbedded: a socket file left by a daemon
+// that died accepts no connection, and `ironclaw run` runs embedded.
+func TestRunWithStaleDaemonSocketRunsEmbedded(t *testing.T) {
+	ironclawGate(t)
+	sock := filepath.Join(root, "ironclaw.sock")
+	if _, err := os.Stat(sock); err == nil {
+		t.Fatal("a daemon socket exists already")
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	defer os.Remove(sock)
+	if r := ironclaw(t, nil, "run", "--name", "stale-socket", "--", "hostname"); r.code != 0 || r.stdout != "stale-socket\n" {
+		t.Errorf("run beside a stale socket: %d %q %q", r.code, r.stdout, r.stderr)
 	}
 }

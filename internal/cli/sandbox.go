@@ -314,11 +314,8 @@ func execStartFailure(id string, err error) error {
 
 // streamExec runs req in the sandbox id with the caller's stdio, terminal
 // and signals wired through, and returns its exit status.
-func streamExec(ctx context.Context, c *client.Client, id string, req api.ExecRequest) (api.ExitStatus, error) {
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
+func streamExec(ctx context.Context, c *client.Client, id string, req api.ExecRequest) (st api.ExitStatus, started bool, err error) {
+	sigs := catchSignals()
 	stdinFD := int(os.Stdin.Fd())
 	if req.TTY {
 		if w, h, err := term.GetSize(stdinFD); err == nil {
@@ -330,18 +327,19 @@ func streamExec(ctx context.Context, c *client.Client, id string, req api.ExecRe
 		if term.IsTerminal(stdinFD) {
 			old, err := term.MakeRaw(stdinFD)
 			if err != nil {
-				return api.ExitStatus{}, fmt.Errorf("set terminal raw mode: %w", err)
+				return api.ExitStatus{}, false, fmt.Errorf("set terminal raw mode: %w", err)
 			}
 			defer term.Restore(stdinFD, old)
 		}
 	}
 	e, err := c.Exec(ctx, id, req, client.ExecIO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	if err != nil {
-		return api.ExitStatus{}, err
+		return api.ExitStatus{}, false, err
 	}
 	stop := forwardSignals(sigs, req.TTY, execTarget{e})
 	defer stop()
-	return e.Wait()
+	st, err = e.Wait()
+	return st, true, err
 }
 
 // execTarget is a streamed exec as forwardSignals' signalTarget.
@@ -404,7 +402,7 @@ output capped at 1 MiB per stream) is printed as JSON.`,
 				}
 				return nil
 			}
-			st, err := streamExec(cmd.Context(), c, id, req)
+			st, _, err := streamExec(cmd.Context(), c, id, req)
 			if err != nil {
 				var ae *api.Error
 				if errors.As(err, &ae) {
@@ -713,14 +711,14 @@ func newSandboxEventsCmd(g *Globals, sg *sandboxGlobals) *cobra.Command {
 	return cmd
 }
 
-// daemonClient returns a client when a daemon answers on the socket, for
-// `ironclaw run` to go through it; nil means run embedded.
+// daemonClient returns a client when a daemon's socket exists, for
+// `ironclaw run` to go through it; nil means run embedded. It does not
+// connect: runViaDaemon falls back to an embedded run when its first
+// request cannot connect (errNoDaemon), which costs nothing on the path
+// where a daemon answers.
 func daemonClient(g *Globals) *client.Client {
 	sock := g.DaemonSocket()
 	if _, err := os.Stat(sock); err != nil {
-		return nil
-	}
-	if !client.Reachable(context.Background(), sock, 2*time.Second) {
 		return nil
 	}
 	c, err := client.New(client.Config{Socket: sock})
@@ -730,12 +728,21 @@ func daemonClient(g *Globals) *client.Client {
 	return c
 }
 
+// errNoDaemon is runViaDaemon's answer when no daemon took the create:
+// the socket did not accept a connection, or the daemon is shutting down.
+// Nothing was started; the caller runs embedded.
+var errNoDaemon = errors.New("no daemon answers")
+
 // runViaDaemon is `ironclaw run` through the daemon: create a sandbox with
-// the spec, exec the command in it with stdio, signals and the terminal
-// wired through, destroy it; the exit status follows `ironclaw run`'s
-// rules. The exec is bound to the sandbox (destroy_after), so a killed
-// CLI takes the sandbox with it; an idle timeout covers a CLI killed
-// between the create and the exec.
+// the spec (a warm pool member when one of its shape is ready), exec the
+// command in it with stdio, signals and the terminal wired through; the
+// exit status follows `ironclaw run`'s rules. The exec is bound to the
+// sandbox (destroy_after): the daemon destroys it when the command ends,
+// and a killed CLI takes the sandbox with it; an idle timeout covers a
+// CLI killed between the create and the exec. An unnamed run returns
+// without waiting for that destroy (the daemon owns the sandbox and
+// reclaims it even if it dies); a named one waits, so that its name is
+// free again when the command returns.
 func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) error {
 	defer c.Close()
 	ctx := context.Background()
@@ -749,11 +756,19 @@ func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) e
 		req.Pool = &no
 	}
 	sb, err := c.Create(ctx, req)
+	if client.IsUnreachable(err) || client.IsCode(err, api.CodeShuttingDown) {
+		g.logger.Debug("run embedded", "daemon", err)
+		return errNoDaemon
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ironclaw: start sandbox %q: %v\n", spec.ID, err)
 		return exitError{125}
 	}
+	started := false
 	defer func() {
+		if started && !named {
+			return // the daemon destroys it (destroy_after)
+		}
 		if err := c.Destroy(context.Background(), sb.ID); err != nil && !client.IsCode(err, api.CodeNotFound) {
 			g.logger.Warn("destroy sandbox", "sandbox", sb.ID, "err", err)
 		}
@@ -762,7 +777,7 @@ func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) e
 	if spec.Timeout > 0 {
 		ereq.Timeout = spec.Timeout.String()
 	}
-	st, err := streamExec(ctx, c, sb.ID, ereq)
+	st, started, err := streamExec(ctx, c, sb.ID, ereq)
 	if err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) {

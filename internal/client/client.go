@@ -88,6 +88,13 @@ func Reachable(ctx context.Context, socket string, timeout time.Duration) bool {
 	return err == nil
 }
 
+// IsUnreachable reports whether err is a failure to connect to the
+// daemon: the request never reached it (no socket, nobody listening).
+func IsUnreachable(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
 // Close releases idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 

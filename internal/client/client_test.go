@@ -3,8 +3,10 @@ package client
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 
 	"github.com/ironclaw/ironclaw/internal/api"
@@ -56,5 +58,56 @@ func TestErrorsAndToken(t *testing.T) {
 	}
 	if Reachable(context.Background(), "/nonexistent/socket", 0) {
 		t.Error("a missing socket is reachable")
+	}
+}
+
+// TestIsUnreachable: only a request that never reached a daemon (no
+// socket, a socket nobody listens on) is unreachable; an answer of any
+// kind, or a connection cut after the request went out, is not, since the
+// daemon may have acted on it.
+func TestIsUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	missing, _ := New(Config{Socket: filepath.Join(dir, "missing.sock")})
+	if _, err := missing.Create(ctx, api.CreateRequest{}); !IsUnreachable(err) {
+		t.Errorf("no socket: %v, want unreachable", err)
+	}
+	// A socket file left by a daemon that died: nobody accepts.
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	sc, _ := New(Config{Socket: stale})
+	if _, err := sc.Create(ctx, api.CreateRequest{}); !IsUnreachable(err) {
+		t.Errorf("stale socket: %v, want unreachable", err)
+	}
+	// A daemon that answers with an error, and one that cuts the
+	// connection after reading the request.
+	for name, h := range map[string]http.HandlerFunc{
+		"error": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(`{"error":{"code":"shutting_down","message":"closing"}}`))
+		},
+		"cut": func(w http.ResponseWriter, r *http.Request) {
+			conn, _, _ := w.(http.Hijacker).Hijack()
+			conn.Close()
+		},
+	} {
+		sock := filepath.Join(dir, name+".sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: h}
+		go srv.Serve(l)
+		c, _ := New(Config{Socket: sock})
+		_, err = c.Create(ctx, api.CreateRequest{})
+		if err == nil || IsUnreachable(err) {
+			t.Errorf("%s: %v, want an error that is not unreachable", name, err)
+		}
+		srv.Close()
 	}
 }
