@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/ironclaw/ironclaw/internal/bench"
 	"github.com/ironclaw/ironclaw/internal/cgroup"
+	"github.com/ironclaw/ironclaw/internal/jail/spawner"
 	"github.com/ironclaw/ironclaw/internal/state"
 )
 
@@ -28,6 +31,7 @@ func netBench(args []string) error {
 	var c common
 	c.register(fs)
 	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
+	viaDaemon := fs.Bool("daemon", false, "also measure runs through a daemon (ironclaw serve) with warm pools, on a root of its own: a member made for the measured --allow rules, one of the same pool given other rules when claimed, and a loopback-only one; every run then starts on an idle daemon with full pools")
 	selfPool := fs.Bool("self-pool", false, "also measure back-to-back networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own)")
 	fs.Parse(args)
 	cleanup, err := c.setup()
@@ -82,6 +86,31 @@ func netBench(args []string) error {
 		}
 	}
 	cs = append(cs, floorContestants()...)
+	if *viaDaemon {
+		droot := c.root + "-daemon"
+		d, err := startPooledServe(c.ironclaw, droot)
+		if err != nil {
+			return err
+		}
+		defer cleanRoot(c.ironclaw, droot)
+		defer d.stop()
+		drun := []string{c.ironclaw, "--root", droot, "run"}
+		cs = append(cs,
+			command("through the daemon: --allow 203.0.113.10/32:443 (warm pool made for it)", append(drun, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
+			command("through the daemon: --allow 198.51.100.7/32:80 (warm member of that pool given these rules)", append(drun, "--allow", "198.51.100.7/32:80", "--", "/bin/true")...),
+			command("through the daemon: loopback only (warm pool)", append(drun, "--", "/bin/true")...))
+		// Every contestant, not only the daemon's, starts on an idle
+		// daemon: a pool's refill after a claim must not run beside
+		// the next contestant's run.
+		for i := range cs {
+			cs[i].Prepare = d.settle
+		}
+		defer func() {
+			want := 3 * (c.runs + c.warmup)
+			got := int(d.metric(`ironclaw_sandbox_create_seconds_count{source="pool"}`))
+			fmt.Fprintf(os.Stderr, "runs through the daemon that took a warm pool member: %d of %d\n", got, want)
+		}()
+	}
 	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
 		return err
@@ -109,4 +138,70 @@ func cleanRoot(ironclaw, root string) {
 		}
 	}
 	os.RemoveAll(root)
+}
+
+// benchPools are the warm pools of the -daemon runs, sized so that one
+// contestant's claim leaves a member for the next.
+var benchPools = []map[string]any{
+	{"name": "net", "size": 2, "template": map[string]any{"network": map[string]any{"allow": []string{"203.0.113.10/32:443"}}}},
+	{"name": "plain", "size": 2, "template": map[string]any{}},
+}
+
+// startPooledServe starts a daemon on root with benchPools.
+func startPooledServe(ironclaw, root string) (*serveProc, error) {
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(benchPools)
+	if err != nil {
+		return nil, err
+	}
+	cfg := root + "-pools.json"
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		return nil, err
+	}
+	d, err := startServe(ironclaw, root, "--pool-config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	return d, d.settle(context.Background())
+}
+
+// settle waits until every pool of benchPools is full and the daemon (with
+// its spawner) has used no CPU for 50 ms: the claimed member's destroy,
+// the refill and the network slot upkeep are over.
+func (d *serveProc) settle(ctx context.Context) error {
+	deadline := time.Now().Add(time.Minute)
+	for _, p := range benchPools {
+		q := fmt.Sprintf("ironclaw_pool_size{class=%q}", p["name"])
+		for int(d.metric(q)) < p["size"].(int) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pool %s did not fill", p["name"])
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	pid := d.cmd.Process.Pid
+	last, err := bench.ProcStatWith(pid, spawner.Arg0)
+	if err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		now, err := bench.ProcStatWith(pid, spawner.Arg0)
+		if err != nil {
+			return err
+		}
+		if now.CPU == last.CPU {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the daemon did not go idle")
+		}
+		last = now
+	}
 }

@@ -19,6 +19,8 @@ type Contestant struct {
 	Name string
 	// Run performs one measured operation.
 	Run func(ctx context.Context) error
+	// Prepare, when set, runs before each Run, untimed.
+	Prepare func(ctx context.Context) error
 }
 
 // Result is the timing distribution of one contestant.
@@ -47,6 +49,11 @@ func Run(ctx context.Context, title, peer string, runs, warmup int, cs []Contest
 		for j, c := range cs {
 			if err := ctx.Err(); err != nil {
 				return nil, err
+			}
+			if c.Prepare != nil {
+				if err := c.Prepare(ctx); err != nil {
+					return nil, fmt.Errorf("%s: prepare: %w", c.Name, err)
+				}
 			}
 			start := time.Now()
 			if err := c.Run(ctx); err != nil {
