@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -240,20 +241,25 @@ func TestDaemonKeepsNetworkPool(t *testing.T) {
 	}
 }
 
-// TestDaemonWarmNetworkPool: a warm pool whose template has address rules
-// serves creates with any address rules. A member claimed with other rules
-// than its template's runs its first command under the asked ones only
-// (real traffic to a peer namespace, and the kernel's rules read back),
-// and `ironclaw run --allow` through the daemon takes such a member and
-// leaves its destroy to the daemon.
+// TestDaemonWarmNetworkPool: warm pools whose templates have address
+// rules serve creates with any address rules: a member of the create's
+// own rules when one is ready, else one of another pool of the same
+// shape, given the create's rules. Such a member runs its first command
+// under the asked rules only (real traffic to a peer namespace, the
+// kernel's rules read back, and the network_updated event before the
+// exec_started one), and `ironclaw run --allow` through the daemon takes
+// such a member and leaves its destroy to the daemon.
 func TestDaemonWarmNetworkPool(t *testing.T) {
 	build(t)
 	peer := netip.MustParseAddr("203.0.113.10")
 	inet := testutil.NewInternet(t, peer)
-	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
-	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:9090"))
-	pools, err := json.Marshal([]map[string]any{{"name": "net", "size": 1,
-		"template": map[string]any{"network": map[string]any{"allow": []string{"203.0.113.10/32:8080/tcp"}}}}})
+	for _, port := range []string{"7070", "8080", "9090"} {
+		testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:"+port))
+	}
+	pool := func(name, rule string) map[string]any {
+		return map[string]any{"name": name, "size": 1, "template": map[string]any{"network": map[string]any{"allow": []string{rule}}}}
+	}
+	pools, err := json.Marshal([]map[string]any{pool("net8080", "203.0.113.10/32:8080/tcp"), pool("net9090", "203.0.113.10/32:9090/tcp")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,32 +269,44 @@ func TestDaemonWarmNetworkPool(t *testing.T) {
 	}
 	d := startDaemon(t, "--net-pool", "0", "--pool-config", cfg)
 	sock := filepath.Join(root, "ironclaw.sock")
-	waitPool := func() {
+	size := func(name string) string { return apitest.Metric(t, sock, `ironclaw_pool_size{class="`+name+`"}`) }
+	waitPools := func() {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); apitest.Metric(t, sock, `ironclaw_pool_size{class="net"}`) != "1"; time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(30 * time.Second); size("net8080") != "1" || size("net9090") != "1"; time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatal("the networked warm pool did not fill")
+				t.Fatal("the networked warm pools did not fill")
 			}
 		}
 	}
 	ctx := context.Background()
-	for _, tc := range []struct {
-		allow      string
-		open, shut string
+	ports := []string{"203.0.113.10:7070", "203.0.113.10:8080", "203.0.113.10:9090"}
+	for i, tc := range []struct {
+		allow, open string
+		from        string // the pool that must have served it
+		retargeted  bool
 	}{
-		{"203.0.113.10/32:9090/tcp", "203.0.113.10:9090", "203.0.113.10:8080"}, // other rules than the template's
-		{"203.0.113.10/32:8080/tcp", "203.0.113.10:8080", "203.0.113.10:9090"}, // the template's own
+		{"203.0.113.10/32:9090/tcp", "203.0.113.10:9090", "net9090", false}, // its own pool, though not the first
+		{"203.0.113.10/32:7070/tcp", "203.0.113.10:7070", "net8080", true},  // the first pool of its shape
+		{"203.0.113.10/32:8080/tcp", "203.0.113.10:8080", "net8080", false},
 	} {
-		waitPool()
-		sb, err := d.c.Create(ctx, api.CreateRequest{ID: "warm-net", Network: &api.Network{Allow: []string{tc.allow}}})
+		waitPools()
+		id := "warm-net-" + strconv.Itoa(i)
+		sb, err := d.c.Create(ctx, api.CreateRequest{ID: id, Network: &api.Network{Allow: []string{tc.allow}}})
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The pool refills 50 ms after a claim, and a start takes longer.
+		if size(tc.from) != "0" {
+			t.Errorf("%s: not served by pool %s (sizes: net8080 %s, net9090 %s)", tc.allow, tc.from, size("net8080"), size("net9090"))
 		}
 		if !sb.FromPool || len(sb.Network.Allow) != 1 || sb.Network.Allow[0] != tc.allow || len(sb.Addresses) != 2 {
 			t.Fatalf("%s: created %+v, want a pool member with the asked rules", tc.allow, sb)
 		}
-		if got := probe(t, d.c, "warm-net", tc.open, tc.shut); !got[tc.open] || got[tc.shut] {
-			t.Fatalf("%s: %v, want %s open and %s blocked", tc.allow, got, tc.open, tc.shut)
+		got := probe(t, d.c, id, ports...)
+		for _, p := range ports {
+			if got[p] != (p == tc.open) {
+				t.Errorf("%s: %s reachable %v", tc.allow, p, got[p])
+			}
 		}
 		want, err := firewall.ParsePolicy([]string{tc.allow})
 		if err != nil {
@@ -298,14 +316,36 @@ func TestDaemonWarmNetworkPool(t *testing.T) {
 		if err != nil || st.Report.Err != nil || !slices.Equal(st.Allow, want.Rules()) {
 			t.Errorf("%s: inspect: %+v %v", tc.allow, st, err)
 		}
-		if err := d.c.Destroy(ctx, "warm-net"); err != nil {
+		// The log says when the rules were given: before the first exec.
+		var types []string
+		for deadline := time.Now().Add(5 * time.Second); !slices.Contains(types, "exec_started"); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no exec_started in the log: %v", tc.allow, types)
+			}
+			evs, err := d.c.Logs(ctx, id, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			types = types[:0]
+			for _, ev := range evs {
+				types = append(types, ev.Type)
+			}
+		}
+		updated := slices.Index(types, "network_updated")
+		if tc.retargeted && (updated < 0 || updated > slices.Index(types, "exec_started")) {
+			t.Errorf("%s: log %v, want network_updated before exec_started", tc.allow, types)
+		}
+		if !tc.retargeted && updated >= 0 {
+			t.Errorf("%s: log %v: a member of the asked rules was given them again", tc.allow, types)
+		}
+		if err := d.c.Destroy(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	// `ironclaw run` through the daemon: a pool member given the run's
 	// rules; the daemon destroys it once the command has ended.
-	waitPool()
+	waitPools()
 	before := apitest.Metric(t, sock, `ironclaw_sandbox_create_seconds_count{source="pool"}`)
 	script := `
 import socket, sys

@@ -84,15 +84,15 @@ func TestPoolClassKey(t *testing.T) {
 	}
 }
 
-// TestPoolClassNetwork: a pool member takes its user's allow rules when
+// TestPoolShapeNetwork: a pool member takes its user's allow rules when
 // claimed, so members serve every policy of their kind (address rules
 // only, or with domain rules, which need the egress servers), and never
 // one of another kind or a loopback-only create.
-func TestPoolClassNetwork(t *testing.T) {
+func TestPoolShapeNetwork(t *testing.T) {
 	key := func(allow ...string) string {
 		o := CreateOptions{Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}}
 		o.Spec.Network.Allow = allow
-		return o.classKey()
+		return o.shapeKey()
 	}
 	cidr, domains, none := key("203.0.113.10/32:443"), key("example.com:443"), key()
 	for _, allow := range [][]string{{"198.51.100.0/24"}, {"203.0.113.10/32:443", "192.0.2.1/32:53/udp"}, {"198.51.100.7/32:1000-2000/udp"}} {
@@ -110,6 +110,14 @@ func TestPoolClassNetwork(t *testing.T) {
 	}
 	if bad := key("not a rule"); bad == cidr || bad == domains || bad == none {
 		t.Error("rules that do not parse share a valid class")
+	}
+	// The shape is the class without the rules: what else changes the
+	// class changes the shape.
+	base := CreateOptions{Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}}
+	other := base
+	other.Spec.Resources.MemoryBytes = 1 << 30
+	if base.shapeKey() == other.shapeKey() || base.shapeKey() == base.classKey() {
+		t.Error("the shape ignores the limits, or equals the class")
 	}
 	if !samePolicy([]string{"203.0.113.10/32:443", "198.51.100.0/24"}, []string{"198.51.100.0/24", "203.0.113.10/32:443"}) ||
 		samePolicy([]string{"203.0.113.10/32:443"}, []string{"203.0.113.10/32:80"}) || !samePolicy(nil, []string{}) ||

@@ -138,13 +138,11 @@ func (e *Exec) wait(id string) {
 	}
 }
 
-// destroyLater destroys b in the background.
+// destroyLater destroys b in the background. Once the manager is
+// closing, it leaves b to the next daemon (its recovery, and b's idle
+// timeout).
 func (m *Manager) destroyLater(b *box, reason string) {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		_ = m.destroy(b, reason)
-	}()
+	m.spawn(func() { _ = m.destroy(b, reason) })
 }
 
 // Wait returns how the exec ended, once it has and its output was delivered.

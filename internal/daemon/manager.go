@@ -105,6 +105,9 @@ type Manager struct {
 	mu     sync.Mutex
 	boxes  map[string]*box // by user-visible ID
 	pools  map[string]*pool
+	// shapes lists the pools of each shape (CreateOptions.shapeKey), in
+	// the order of the configuration.
+	shapes map[string][]*pool
 	closed bool
 }
 
@@ -113,6 +116,7 @@ type box struct {
 	backendID string
 	token     []byte
 	class     string
+	shape     string // of a create: the pools it may take a member from
 	gone      chan struct{} // closed when destroyed
 
 	mu       sync.Mutex
@@ -191,7 +195,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, lock: lock, dataLock: dataLock, sem: make(chan struct{}, cfg.MaxConcurrentCreates),
-		boxes: map[string]*box{}, pools: map[string]*pool{}}
+		boxes: map[string]*box{}, pools: map[string]*pool{}, shapes: map[string][]*pool{}}
 	fail := func(err error) (*Manager, error) {
 		m.unlock()
 		return nil, err
@@ -216,7 +220,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		if _, dup := m.pools[k]; dup {
 			return fail(fmt.Errorf("pool %q: same class as another pool", pc.Name))
 		}
-		m.pools[k] = &pool{class: pc, key: k, kick: make(chan struct{}, 1)}
+		p := &pool{class: pc, key: k, kick: make(chan struct{}, 1)}
+		m.pools[k] = p
+		shape := pc.Template.shapeKey()
+		m.shapes[shape] = append(m.shapes[shape], p)
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.recover(ctx); err != nil {
@@ -263,6 +270,22 @@ func (m *Manager) goBackground() {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.fill(p) }()
 	}
+}
+
+// spawn runs f in the background, counted in the work Close waits for,
+// and reports false, without running it, once Close has begun.
+func (m *Manager) spawn(f func()) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // Close stops the background work and disconnects from the agents. The
@@ -338,7 +361,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOptions) (*Info, error) {
 		o.ID = sandbox.NewID()
 	}
 	t0 := time.Now()
-	b := &box{backendID: o.ID, id: o.ID, opts: o, state: StateCreating, created: t0.UTC(), class: o.classKey(), gone: make(chan struct{})}
+	b := &box{backendID: o.ID, id: o.ID, opts: o, state: StateCreating, created: t0.UTC(), class: o.classKey(), shape: o.shapeKey(), gone: make(chan struct{})}
 	m.mu.Lock()
 	switch {
 	case m.closed:

@@ -16,11 +16,13 @@ import (
 // user's create has claimed it under another ID; the store records both.
 const PoolIDPrefix = "pool-"
 
-// refillDelay is how long a pool waits after a claim before it starts a
-// new member. Starting one takes both CPUs of a small host for some 20
+// refillDelay is how long a full pool waits after a claim before it starts
+// a new member. Starting one takes both CPUs of a small host for some 20
 // ms (namespaces, cgroup, root, network); the delay keeps that work off
 // the claimed sandbox's first moments, when its user is waiting for the
 // first exec (`ironclaw run` through the daemon is a claim and one exec).
+// Once refilling, a pool starts members back to back until it is full
+// again, so a steady stream of claims does not hold its refill back.
 const refillDelay = 50 * time.Millisecond
 
 // pool is one warm pool. ready and claimed are guarded by Manager.mu.
@@ -52,11 +54,14 @@ func (p *pool) wake() {
 // backing off when starts fail.
 func (m *Manager) fill(p *pool) {
 	backoff := time.Second
+	refilling := false
 	for {
 		m.mu.Lock()
 		need := p.class.Size - len(p.ready)
+		wait := refillDelay - time.Since(p.claimed)
 		m.mu.Unlock()
 		if need <= 0 {
+			refilling = false
 			select {
 			case <-m.ctx.Done():
 				return
@@ -64,16 +69,14 @@ func (m *Manager) fill(p *pool) {
 				continue
 			}
 		}
-		m.mu.Lock()
-		wait := refillDelay - time.Since(p.claimed)
-		m.mu.Unlock()
-		if wait > 0 {
+		if !refilling && wait > 0 {
 			select {
 			case <-m.ctx.Done():
 				return
 			case <-time.After(wait):
 			}
 		}
+		refilling = true
 		if err := m.addMember(p); err != nil {
 			if m.ctx.Err() != nil {
 				return
@@ -139,23 +142,27 @@ func needsPolicy(mb *box, allow []string) (bool, error) {
 // first request comes in: every use of the agent, and so every command,
 // waits for it (box.waitPolicy), and a member whose rules could not be
 // applied is destroyed, so nothing ever runs under the template's rules.
+// A daemon's shutdown does not cut it short: the network update is a
+// few milliseconds.
 func (m *Manager) takePolicy(mb *box, allow []string) {
-	defer m.wg.Done()
 	t0 := time.Now()
-	if err := mb.retarget(m.ctx, allow); err != nil {
+	if err := mb.retarget(context.WithoutCancel(m.ctx), allow); err != nil {
 		m.log.Error("warm pool member could not take its user's network policy; destroying it", "pool_id", mb.backendID, "err", err)
 		_ = m.destroy(mb, "network policy failed")
 		return
 	}
-	m.log.Debug("warm pool member took its user's network policy", "pool_id", mb.backendID, "took", time.Since(t0))
+	mb.mu.Lock()
+	id := mb.id
+	mb.mu.Unlock()
+	m.bus.emit(id, EventNetworkUpdated, Detail{Allow: allow})
+	m.log.Debug("warm pool member took its user's network policy", "sandbox", id, "pool_id", mb.backendID, "took", time.Since(t0))
 }
 
 // retarget applies allow to b's network and verifies it in the kernel
-// (network.Net.UpdateUnused), then releases what waits in waitPolicy:
-// with nil, or with the error that the sandbox is unusable.
+// (network.Net.UpdateUnused), then releases what waits in waitPolicy.
 func (b *box) retarget(ctx context.Context, allow []string) error {
 	b.mu.Lock()
-	inst, id, done := b.inst, b.id, b.policyDone
+	inst, id := b.inst, b.id
 	b.mu.Unlock()
 	// The member has run no command: only init and the agent, which
 	// open no connections, so there are none to cut.
@@ -163,11 +170,18 @@ func (b *box) retarget(ctx context.Context, allow []string) error {
 	if err != nil {
 		err = fmt.Errorf("%w: %q is being destroyed: its network policy could not be applied: %w", ErrNotRunning, id, err)
 	}
+	b.release(err)
+	return err
+}
+
+// release ends the wait for b's policy: with nil, the rules are in force;
+// with an error, the sandbox will never be usable.
+func (b *box) release(err error) {
 	b.mu.Lock()
 	b.policyErr = err
+	done := b.policyDone
 	b.mu.Unlock()
 	close(done)
-	return err
 }
 
 // waitPolicy waits until the allow rules a claim gave b are in force (at
@@ -189,26 +203,34 @@ func (b *box) waitPolicy(ctx context.Context) error {
 	return b.policyErr
 }
 
-// claim hands a ready member of b's class to b's user: the store binds the
-// user's ID, labels and limits to the member's record in one statement,
-// the member takes b's place, and it starts taking the user's allow rules
+// takeReady takes a ready member for b out of its pool: one of b's own
+// class first, else one of the first pool of b's shape that has one.
+func (m *Manager) takeReady(b *box) (*box, *pool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range append([]*pool{m.pools[b.class]}, m.shapes[b.shape]...) {
+		if p != nil && len(p.ready) > 0 {
+			mb := p.ready[0]
+			p.ready = p.ready[1:]
+			p.claimed = time.Now()
+			return mb, p
+		}
+	}
+	return nil, nil
+}
+
+// claim hands a ready member of b's class, or of its shape (takeReady), to
+// b's user: the store binds the user's ID, labels and limits to the
+// member's record in one statement, the member takes b's place, and it
+// starts taking the user's allow rules when they are not its own
 // (takePolicy), which its first command waits for. It returns nil when no
 // member is ready.
 func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
-	p := m.pools[b.class]
-	if p == nil {
-		return nil, nil
-	}
 	for {
-		m.mu.Lock()
-		if len(p.ready) == 0 {
-			m.mu.Unlock()
+		mb, p := m.takeReady(b)
+		if mb == nil {
 			return nil, nil
 		}
-		mb := p.ready[0]
-		p.ready = p.ready[1:]
-		p.claimed = time.Now()
-		m.mu.Unlock()
 		p.wake()
 
 		mb.mu.Lock()
@@ -256,13 +278,17 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		}
 		mb.id, mb.opts, mb.fromPool, mb.state, mb.created, mb.lastActive = b.id, o, true, StateRunning, now, now
 		mb.mu.Unlock()
-		if retarget {
-			m.wg.Add(1)
-			go m.takePolicy(mb, o.Spec.Network.Allow)
-		}
 		m.mu.Lock()
 		m.boxes[b.id] = mb
 		m.mu.Unlock()
+		if retarget {
+			// After the member took b's place: a failure destroys it
+			// under the user's ID.
+			allow := o.Spec.Network.Allow
+			if !m.spawn(func() { m.takePolicy(mb, allow) }) {
+				mb.release(fmt.Errorf("%w: %q: the daemon is shutting down", ErrClosed, b.id))
+			}
+		}
 		m.bus.emit(b.id, EventCreated, Detail{PoolID: poolID})
 		m.bus.emit(b.id, EventStarted, Detail{PoolID: poolID})
 		m.log.Info("sandbox started from the warm pool", "sandbox", b.id, "pool_id", poolID)

@@ -148,11 +148,20 @@ func vmFits(spec sandbox.Spec) error {
 }
 
 // classKey names the pool class o belongs to: everything that shapes the
-// prepared sandbox (backend, user, file system, limits, seccomp, whether
-// it has a network and of which kind), nothing that is applied when it is
-// handed out (ID, env, labels, time limits, the allow rules themselves:
-// see netClass).
-func (o *CreateOptions) classKey() string {
+// prepared sandbox (backend, user, file system, limits, seccomp, network
+// rules), nothing that is applied when it is handed out (ID, env, labels,
+// time limits). A create takes a member of its own class first; see
+// shapeKey for the members it may take otherwise.
+func (o *CreateOptions) classKey() string { return o.key(o.Spec.Network.Allow) }
+
+// shapeKey is classKey with the allow rules reduced to their kind (see
+// netClass): pool members of one shape differ only in the rules they
+// were started with, and a claimed member is given its user's rules
+// (Manager.claim), so a create may take a member of any pool of its
+// shape when its own class has none ready.
+func (o *CreateOptions) shapeKey() string { return o.key(netClass(o.Spec.Network.Allow)) }
+
+func (o *CreateOptions) key(net any) string {
 	backend := o.Backend
 	if backend == "" {
 		backend = BackendJail
@@ -165,10 +174,13 @@ func (o *CreateOptions) classKey() string {
 		Rootfs    string            `json:"rootfs"`
 		Resources sandbox.Resources `json:"resources"`
 		Seccomp   sandbox.Seccomp   `json:"seccomp"`
-		Net       string            `json:"net"`
-	}{backend, o.Spec.User, o.Spec.Workdir, o.Spec.Mounts, o.Spec.Rootfs, o.Spec.Resources, o.Spec.Seccomp, netClass(o.Spec.Network.Allow)}
+		Allow     any               `json:"allow"`
+	}{backend, o.Spec.User, o.Spec.Workdir, o.Spec.Mounts, o.Spec.Rootfs, o.Spec.Resources, o.Spec.Seccomp, net}
 	if len(shape.Mounts) == 0 {
 		shape.Mounts = nil
+	}
+	if l, ok := net.([]string); ok && len(l) == 0 {
+		shape.Allow = nil
 	}
 	if shape.Seccomp.Profile == "" {
 		shape.Seccomp.Profile = "default"
@@ -185,10 +197,8 @@ func (o *CreateOptions) classKey() string {
 // sandbox: "" for loopback only; "cidr" for a link with address rules
 // only; "domains" for a link whose policy has domain rules, which also
 // need the egress proxy and DNS stub and a resolv.conf naming the stub.
-// A pool member takes the policy asked for when it is claimed (see
-// Manager.claim), so members of one kind serve every policy of that kind.
-// Rules that do not parse (refused by Validate) form classes of their
-// own that no valid request shares.
+// Rules that do not parse (refused by the API) form shapes of their own
+// that no valid request shares.
 func netClass(allow []string) string {
 	if len(allow) == 0 {
 		return ""
