@@ -592,8 +592,10 @@ func (n *Net) Update(ctx context.Context, policy firewall.Policy) error {
 //   - The superseded policy generation's host elements, which match
 //     nothing once the link has moved to the new generation, are not
 //     pruned in the background right away (about 16 ms of kernel work,
-//     beside the sandbox's first command). Closing the network removes
-//     them, and a later Update deletes them in its own transaction.
+//     beside the sandbox's first command). A later Update deletes them in
+//     its own transaction, and the removal of the link's host elements
+//     takes them with the rest: Close for a network of its own, the pool's
+//     Maintain when it destroys a used slot.
 func (n *Net) UpdateUnused(ctx context.Context, policy firewall.Policy) error {
 	return n.update(ctx, policy, false)
 }

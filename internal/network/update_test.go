@@ -122,6 +122,10 @@ func TestUpdateUnused(t *testing.T) {
 	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerA, 7000))
 	serveEcho(t, e.inet.NS, netip.AddrPortFrom(peerB, 7000))
 	n := e.setup(t, "unused", "203.0.113.10:7000/tcp")
+	hc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
 	reach := func(peer netip.Addr) bool {
 		c, err := dialIn(n.ns, "tcp", netip.AddrPortFrom(peer, 7000).String(), 500*time.Millisecond)
 		if err != nil {
@@ -156,6 +160,16 @@ func TestUpdateUnused(t *testing.T) {
 		if !reach(step.open) || reach(step.shut) {
 			t.Errorf("%s (unused %v): %v reachable %v, %v reachable %v", step.rule, step.unused,
 				step.open, reach(step.open), step.shut, reach(step.shut))
+		}
+		// UpdateUnused leaves the superseded generation's host
+		// elements (they match nothing); Update prunes them after.
+		n.prunes.Wait()
+		hp, err := firewall.ReadHostPart(hc, n.rec.Names.HostIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := len(hp.Superseded()); (left > 0) != step.unused {
+			t.Errorf("%s (unused %v): %d superseded host elements left", step.rule, step.unused, left)
 		}
 	}
 }
