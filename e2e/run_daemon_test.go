@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,13 +95,18 @@ func testKilledRunTakesItsSandbox(t *testing.T) {
 	}
 }
 
-// TestRunWithStaleDaemonSocketRunsEmbedded: a socket file left by a daemon
-// that died accepts no connection, and `ironclaw run` runs embedded.
-func TestRunWithStaleDaemonSocketRunsEmbedded(t *testing.T) {
+// TestRunWithoutAnsweringDaemonRunsEmbedded: `ironclaw run` runs embedded
+// beside a socket file left by a daemon that died (no connection), and
+// beside one whose daemon accepts connections but never answers (stopped,
+// wedged), after a bounded wait that it reports.
+func TestRunWithoutAnsweringDaemonRunsEmbedded(t *testing.T) {
 	ironclawGate(t)
 	sock := filepath.Join(root, "ironclaw.sock")
 	if _, err := os.Stat(sock); err == nil {
 		t.Fatal("a daemon socket exists already")
+	}
+	if r := ironclaw(t, nil, "run", "--", "true"); r.code != 0 { // makes the state root
+		t.Fatalf("run: %d %q", r.code, r.stderr)
 	}
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -111,5 +117,29 @@ func TestRunWithStaleDaemonSocketRunsEmbedded(t *testing.T) {
 	defer os.Remove(sock)
 	if r := ironclaw(t, nil, "run", "--name", "stale-socket", "--", "hostname"); r.code != 0 || r.stdout != "stale-socket\n" {
 		t.Errorf("run beside a stale socket: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+
+	os.Remove(sock)
+	hung, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		var held []net.Conn // read nothing, answer nothing
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	r := ironclaw(t, nil, "run", "--", "echo", "embedded")
+	if r.code != 0 || r.stdout != "embedded\n" || !strings.Contains(r.stderr, "did not answer") {
+		t.Errorf("run beside a daemon that never answers: %d %q %q", r.code, r.stdout, r.stderr)
 	}
 }

@@ -293,19 +293,27 @@ type signalTarget interface {
 	ResizeTTY(rows, cols uint16) error
 }
 
-// catchSignals starts catching the signals that `ironclaw run` and
-// `ironclaw sandbox exec` forward to the sandbox's command (see
-// forwardSignals). The catch lasts until the process exits, which these
-// commands do as soon as the command has ended: signal.Stop would first
-// wait for the runtime's signal goroutine to go idle, which at the end of
-// a short run through the daemon took 0.2-1.6 ms. A signal that comes
-// after forwarding has stopped is dropped.
+// forwarded are the signals `ironclaw run` and `ironclaw sandbox exec`
+// pass on to the sandbox's command.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+
+// catchSignals starts catching the forwarded signals (see forwardSignals).
+// The catch lasts until the process exits, which these commands do as
+// soon as the command has ended, or until releaseSignals: signal.Stop
+// would first wait for the runtime's signal goroutine to go idle, which
+// at the end of a short run through the daemon took 0.2-1.6 ms. A signal
+// that comes after forwarding has stopped is dropped.
 func catchSignals() chan os.Signal {
 	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	signal.Notify(sigs, forwarded...)
 	return sigs
 }
+
+// releaseSignals gives the forwarded signals their default action back,
+// for a command that waits for something else once its sandbox's command
+// has ended.
+func releaseSignals() { signal.Reset(forwarded...) }
 
 // forwardSignals passes the signals arriving on sigs to sb, and with a
 // TTY turns SIGWINCH into a resize of the sandbox's terminal, until stop.

@@ -729,9 +729,16 @@ func daemonClient(g *Globals) *client.Client {
 }
 
 // errNoDaemon is runViaDaemon's answer when no daemon took the create:
-// the socket did not accept a connection, or the daemon is shutting down.
-// Nothing was started; the caller runs embedded.
+// the socket did not accept a connection, the daemon is shutting down, or
+// it did not answer within daemonAnswerTimeout. Nothing was started (a
+// sandbox the daemon makes after all gets no exec, and its idle timeout
+// ends it); the caller runs embedded.
 var errNoDaemon = errors.New("no daemon answers")
+
+// daemonAnswerTimeout is how long `ironclaw run` waits for a daemon's
+// answer to its create before it runs embedded: a daemon that accepts
+// connections but is stopped or wedged must not hang every run.
+const daemonAnswerTimeout = 5 * time.Second
 
 // runViaDaemon is `ironclaw run` through the daemon: create a sandbox with
 // the spec (a warm pool member when one of its shape is ready), exec the
@@ -755,9 +762,15 @@ func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) e
 		no := false
 		req.Pool = &no
 	}
-	sb, err := c.Create(ctx, req)
-	if client.IsUnreachable(err) || client.IsCode(err, api.CodeShuttingDown) {
+	cctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
+	sb, err := c.Create(cctx, req)
+	cancel()
+	switch {
+	case client.IsUnreachable(err) || client.IsCode(err, api.CodeShuttingDown):
 		g.logger.Debug("run embedded", "daemon", err)
+		return errNoDaemon
+	case errors.Is(err, context.DeadlineExceeded):
+		fmt.Fprintf(os.Stderr, "ironclaw: the daemon on %s did not answer in %s; running embedded\n", g.DaemonSocket(), daemonAnswerTimeout)
 		return errNoDaemon
 	}
 	if err != nil {
@@ -769,6 +782,10 @@ func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) e
 		if started && !named {
 			return // the daemon destroys it (destroy_after)
 		}
+		// The command has ended or never started: signals are no
+		// longer forwarded, and a Ctrl-C during the wait below
+		// interrupts this process.
+		releaseSignals()
 		if err := c.Destroy(context.Background(), sb.ID); err != nil && !client.IsCode(err, api.CodeNotFound) {
 			g.logger.Warn("destroy sandbox", "sandbox", sb.ID, "err", err)
 		}
