@@ -31,7 +31,7 @@ func netBench(args []string) error {
 	var c common
 	c.register(fs)
 	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
-	viaDaemon := fs.Bool("daemon", false, "also measure runs through a daemon (ironclaw serve) with warm pools, on a root of its own: a member made for the measured --allow rules, one of the same pool given other rules when claimed, and a loopback-only one; every run then starts on an idle daemon with full pools")
+	viaDaemon := fs.Bool("daemon", false, "also measure runs through a daemon (ironclaw serve) with warm pools, on a root of its own: a member made for the measured --allow rules, one of the same pool given other rules when claimed, and a loopback-only one (with -baseline, through the earlier build's daemon too); every run then starts on idle daemons with full pools")
 	selfPool := fs.Bool("self-pool", false, "also measure back-to-back networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own)")
 	fs.Parse(args)
 	cleanup, err := c.setup()
@@ -87,29 +87,46 @@ func netBench(args []string) error {
 	}
 	cs = append(cs, floorContestants()...)
 	if *viaDaemon {
-		droot := c.root + "-daemon"
-		d, err := startPooledServe(c.ironclaw, droot)
-		if err != nil {
-			return err
+		// With -baseline, the earlier build's daemon serves the same runs
+		// on a root of its own (its ironclaw runs the ironclawd beside it).
+		builds := []struct{ label, bin, root string }{{"", c.ironclaw, c.root + "-daemon"}}
+		if *baseline != "" {
+			builds = append(builds, struct{ label, bin, root string }{"baseline ", *baseline, c.root + "-daemon-baseline"})
 		}
-		defer cleanRoot(c.ironclaw, droot)
-		defer d.stop()
-		drun := []string{c.ironclaw, "--root", droot, "run"}
-		cs = append(cs,
-			command("through the daemon: --allow 203.0.113.10/32:443 (warm pool made for it)", append(drun, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
-			command("through the daemon: --allow 198.51.100.7/32:80 (warm member of that pool given these rules)", append(drun, "--allow", "198.51.100.7/32:80", "--", "/bin/true")...),
-			command("through the daemon: loopback only (warm pool)", append(drun, "--", "/bin/true")...))
-		// Every contestant, not only the daemon's, starts on an idle
-		// daemon: a pool's refill after a claim must not run beside
+		var daemons []*serveProc
+		for _, b := range builds {
+			d, err := startPooledServe(b.bin, b.root)
+			if err != nil {
+				return err
+			}
+			defer cleanRoot(c.ironclaw, b.root)
+			defer d.stop()
+			daemons = append(daemons, d)
+			drun := []string{b.bin, "--root", b.root, "run"}
+			cs = append(cs,
+				command(b.label+"through the daemon: --allow 203.0.113.10/32:443 (warm pool made for it)", append(drun, "--allow", "203.0.113.10/32:443", "--", "/bin/true")...),
+				command(b.label+"through the daemon: --allow 198.51.100.7/32:80 (warm member of that pool given these rules)", append(drun, "--allow", "198.51.100.7/32:80", "--", "/bin/true")...),
+				command(b.label+"through the daemon: loopback only (warm pool)", append(drun, "--", "/bin/true")...))
+			defer func() {
+				want := 3 * (c.runs + c.warmup)
+				got := int(d.metric(`ironclaw_sandbox_create_seconds_count{source="pool"}`))
+				fmt.Fprintf(os.Stderr, "%sruns through the daemon that took a warm pool member: %d of %d\n", b.label, got, want)
+			}()
+		}
+		// Every contestant, not only the daemons', starts on idle
+		// daemons: a pool's refill after a claim must not run beside
 		// the next contestant's run.
-		for i := range cs {
-			cs[i].Prepare = d.settle
+		settle := func(ctx context.Context) error {
+			for _, d := range daemons {
+				if err := d.settle(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
-		defer func() {
-			want := 3 * (c.runs + c.warmup)
-			got := int(d.metric(`ironclaw_sandbox_create_seconds_count{source="pool"}`))
-			fmt.Fprintf(os.Stderr, "runs through the daemon that took a warm pool member: %d of %d\n", got, want)
-		}()
+		for i := range cs {
+			cs[i].Prepare = settle
+		}
 	}
 	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
 	if err != nil {
