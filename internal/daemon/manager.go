@@ -102,9 +102,9 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	boxes  map[string]*box // by user-visible ID
-	pools  map[string]*pool
+	mu    sync.Mutex
+	boxes map[string]*box // by user-visible ID
+	pools map[string]*pool
 	// shapes lists the pools of each shape (CreateOptions.shapeKey), in
 	// the order of the configuration.
 	shapes map[string][]*pool
@@ -116,7 +116,7 @@ type box struct {
 	backendID string
 	token     []byte
 	class     string
-	shape     string // of a create: the pools it may take a member from
+	shape     string        // of a create: the pools it may take a member from
 	gone      chan struct{} // closed when destroyed
 
 	mu       sync.Mutex
