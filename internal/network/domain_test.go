@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/testutil"
 	"github.com/miekg/dns"
 	"golang.org/x/net/websocket"
@@ -213,3 +214,34 @@ func TestDomainRules(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestUpdateUnusedDomains: a network made with domain rules and given
+// other domain rules before any use (a claimed warm pool member) answers
+// DNS and proxies for the new names only.
+func TestUpdateUnusedDomains(t *testing.T) {
+	e := newEnv(t)
+	n := e.setup(t, "domains-unused", "allowed.test")
+	gw := n.Gateway().String()
+	p, err := firewall.ParsePolicy([]string{"denied.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.UpdateUnused(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+		t.Fatalf("verify: %v %v", err, rep.Err)
+	}
+	for name, rcode := range map[string]int{"denied.test": dns.RcodeSuccess, "allowed.test": dns.RcodeRefused} {
+		r, err := lookup(n.ns, gw+":53", name)
+		if err != nil || r.Rcode != rcode {
+			t.Errorf("%s: %v %v, want rcode %s", name, r, err, dns.RcodeToString[rcode])
+		}
+	}
+	if code, body, err := httpGet(t.Context(), n.ns, gw+":80", "denied.test"); err != nil || code != 200 || body != "web 203.0.113.10 host=denied.test" {
+		t.Errorf("denied.test, now allowed: %d %q %v", code, body, err)
+	}
+	if code, _, err := httpGet(t.Context(), n.ns, gw+":80", "allowed.test"); err != nil || code != 403 {
+		t.Errorf("allowed.test, no longer allowed: %d %v, want 403", code, err)
+	}
+}
