@@ -229,6 +229,7 @@ type Event struct {
 	Step      string    `json:"step,omitempty"`
 	Error     string    `json:"error,omitempty"`
 	PoolID    string    `json:"pool_id,omitempty"`
+	Pool      string    `json:"pool,omitempty"`
 	ExecID    string    `json:"exec_id,omitempty"`
 	Argv      []string  `json:"argv,omitempty"`
 	ExitCode  *int      `json:"exit_code,omitempty"`

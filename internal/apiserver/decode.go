@@ -291,7 +291,7 @@ func toSandbox(i *daemon.Info, now time.Time) api.Sandbox {
 
 func toEvent(e daemon.Event) api.Event {
 	return api.Event{Seq: e.Seq, Time: e.Time.UTC(), Sandbox: e.Sandbox, Type: e.Type, Reason: e.Reason, Step: e.Step,
-		Error: e.Detail.Error, PoolID: e.PoolID, ExecID: e.ExecID, Argv: e.Argv, ExitCode: e.ExitCode, Signal: e.Signal,
+		Error: e.Detail.Error, PoolID: e.PoolID, Pool: e.Pool, ExecID: e.ExecID, Argv: e.Argv, ExitCode: e.ExitCode, Signal: e.Signal,
 		OOMKilled: e.OOMKilled, TimedOut: e.TimedOut, Allow: e.Allow, Duration: e.Duration}
 }
 

@@ -129,7 +129,15 @@ func TestClaimedPolicyGatesTheAgent(t *testing.T) {
 			agentErr <- err
 		}()
 		retargetErr := make(chan error, 1)
-		go func() { retargetErr <- b.retarget(context.Background(), []string{"198.51.100.7/32:80"}) }()
+		var applied atomic.Bool
+		go func() {
+			retargetErr <- b.retarget(context.Background(), []string{"198.51.100.7/32:80"}, func(string) {
+				if len(g.connected) > 0 {
+					t.Error("the agent was reached before the rules were reported applied")
+				}
+				applied.Store(true)
+			})
+		}()
 		select {
 		case <-g.connected:
 			t.Fatalf("fail=%v: the agent was reached before the policy was applied", fail)
@@ -144,8 +152,8 @@ func TestClaimedPolicyGatesTheAgent(t *testing.T) {
 		}
 		cancel()
 		close(g.release)
-		if err := <-retargetErr; (err != nil) != fail {
-			t.Fatalf("fail=%v: retarget: %v", fail, err)
+		if err := <-retargetErr; (err != nil) != fail || applied.Load() == fail {
+			t.Fatalf("fail=%v: retarget: %v (applied reported: %v)", fail, err, applied.Load())
 		}
 		err := <-agentErr
 		if !fail {

@@ -253,3 +253,69 @@ func TestResolveBackend(t *testing.T) {
 		t.Errorf("vm without the backend: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestTakeReadyOrder: a create takes a member of its own class first, then
+// one of a pool whose template has its rules spelled otherwise, then one
+// of the first pool of its shape; never one of another shape.
+func TestTakeReadyOrder(t *testing.T) {
+	opts := func(allow ...string) CreateOptions {
+		o := CreateOptions{Spec: sandbox.Spec{User: sandbox.SandboxUser, Resources: sandbox.DefaultResources}}
+		o.Spec.Network.Allow = allow
+		return o
+	}
+	m := &Manager{pools: map[string]*pool{}, shapes: map[string][]*pool{}}
+	var all []*pool
+	for _, pc := range []PoolClass{
+		{Name: "a", Template: opts("203.0.113.10/32:443")},
+		{Name: "b", Template: opts("203.0.113.20:80/tcp", "198.51.100.0/24")},
+		{Name: "c", Template: opts("203.0.113.30/32:443")},
+		{Name: "loopback", Template: opts()},
+	} {
+		p := &pool{class: pc, key: pc.Template.classKey(), kick: make(chan struct{}, 1)}
+		m.pools[p.key] = p
+		m.shapes[pc.Template.shapeKey()] = append(m.shapes[pc.Template.shapeKey()], p)
+		all = append(all, p)
+	}
+	fill := func() {
+		for _, p := range all {
+			p.ready = []*box{{id: "member-of-" + p.class.Name}}
+		}
+	}
+	take := func(allow ...string) string {
+		o := opts(allow...)
+		mb, p := m.takeReady(&box{opts: o, class: o.classKey(), shape: o.shapeKey()})
+		if mb == nil {
+			return ""
+		}
+		if mb.id != "member-of-"+p.class.Name {
+			t.Fatalf("member %s reported from pool %s", mb.id, p.class.Name)
+		}
+		return p.class.Name
+	}
+	fill()
+	for _, c := range []struct {
+		allow []string
+		want  string
+	}{
+		{[]string{"203.0.113.30/32:443"}, "c"},                       // its own class
+		{[]string{"198.51.100.0/24", "203.0.113.20/32:80/tcp"}, "b"}, // b's rules, spelled otherwise
+		{[]string{"192.0.2.1/32:53/udp"}, "a"},                       // the first of its shape
+		{nil, "loopback"},                                            // its own
+	} {
+		if got := take(c.allow...); got != c.want {
+			t.Errorf("%v: took from %q, want %q", c.allow, got, c.want)
+		}
+		fill()
+	}
+	// Drained in order: a, then b, then c; then nothing, and a
+	// loopback-only create never takes a networked member.
+	for _, want := range []string{"a", "b", "c", ""} {
+		if got := take("192.0.2.1/32:53/udp"); got != want {
+			t.Errorf("draining: took from %q, want %q", got, want)
+		}
+	}
+	all[3].ready = nil
+	if got := take(); got != "" {
+		t.Errorf("a loopback-only create took a member of pool %q", got)
+	}
+}

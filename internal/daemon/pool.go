@@ -146,21 +146,28 @@ func needsPolicy(mb *box, allow []string) (bool, error) {
 // few milliseconds.
 func (m *Manager) takePolicy(mb *box, allow []string) {
 	t0 := time.Now()
-	if err := mb.retarget(context.WithoutCancel(m.ctx), allow); err != nil {
+	// Not cut short by the daemon's shutdown, but bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(m.ctx), policyTimeout)
+	defer cancel()
+	err := mb.retarget(ctx, allow, func(id string) {
+		m.bus.emit(id, EventNetworkUpdated, Detail{Allow: allow})
+	})
+	if err != nil {
 		m.log.Error("warm pool member could not take its user's network policy; destroying it", "pool_id", mb.backendID, "err", err)
 		_ = m.destroy(mb, "network policy failed")
 		return
 	}
-	mb.mu.Lock()
-	id := mb.id
-	mb.mu.Unlock()
-	m.bus.emit(id, EventNetworkUpdated, Detail{Allow: allow})
-	m.log.Debug("warm pool member took its user's network policy", "sandbox", id, "pool_id", mb.backendID, "took", time.Since(t0))
+	m.log.Debug("warm pool member took its user's network policy", "pool_id", mb.backendID, "took", time.Since(t0))
 }
 
+// policyTimeout bounds a claimed member's network update (a few
+// milliseconds, read back and verified).
+const policyTimeout = 30 * time.Second
+
 // retarget applies allow to b's network and verifies it in the kernel
-// (network.Net.UpdateUnused), then releases what waits in waitPolicy.
-func (b *box) retarget(ctx context.Context, allow []string) error {
+// (network.Net.UpdateUnused), calls applied (when not nil) with b's ID
+// once the rules are in force, then releases what waits in waitPolicy.
+func (b *box) retarget(ctx context.Context, allow []string, applied func(id string)) error {
 	b.mu.Lock()
 	inst, id := b.inst, b.id
 	b.mu.Unlock()
@@ -169,6 +176,8 @@ func (b *box) retarget(ctx context.Context, allow []string) error {
 	err := inst.UpdateUnusedNetwork(ctx, allow)
 	if err != nil {
 		err = fmt.Errorf("%w: %q is being destroyed: its network policy could not be applied: %w", ErrNotRunning, id, err)
+	} else if applied != nil {
+		applied(id)
 	}
 	b.release(err)
 	return err
@@ -204,11 +213,22 @@ func (b *box) waitPolicy(ctx context.Context) error {
 }
 
 // takeReady takes a ready member for b out of its pool: one of b's own
-// class first, else one of the first pool of b's shape that has one.
+// class first, then one of a pool of b's shape whose template's rules are
+// b's spelled otherwise, then one of the first pool of b's shape that has
+// one (that member is then given b's rules).
 func (m *Manager) takeReady(b *box) (*box, *pool) {
+	shaped := m.shapes[b.shape]
+	order := make([]*pool, 0, 1+2*len(shaped))
+	order = append(order, m.pools[b.class])
+	for _, p := range shaped {
+		if samePolicy(p.class.Template.Spec.Network.Allow, b.opts.Spec.Network.Allow) {
+			order = append(order, p)
+		}
+	}
+	order = append(order, shaped...)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, p := range append([]*pool{m.pools[b.class]}, m.shapes[b.shape]...) {
+	for _, p := range order {
 		if p != nil && len(p.ready) > 0 {
 			mb := p.ready[0]
 			p.ready = p.ready[1:]
@@ -281,17 +301,21 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		m.mu.Lock()
 		m.boxes[b.id] = mb
 		m.mu.Unlock()
+		m.bus.emit(b.id, EventCreated, Detail{PoolID: poolID, Pool: p.class.Name})
+		m.bus.emit(b.id, EventStarted, Detail{PoolID: poolID, Pool: p.class.Name})
+		m.log.Info("sandbox started from the warm pool", "sandbox", b.id, "pool_id", poolID, "pool", p.class.Name)
 		if retarget {
-			// After the member took b's place: a failure destroys it
-			// under the user's ID.
+			// After the member took b's place (a failure destroys it
+			// under the user's ID) and its create events. A member
+			// that needs rules is never persistent (it has a network),
+			// so a daemon that stops or dies before they are in force
+			// takes it along: no record outlives it with the
+			// template's rules in force.
 			allow := o.Spec.Network.Allow
 			if !m.spawn(func() { m.takePolicy(mb, allow) }) {
 				mb.release(fmt.Errorf("%w: %q: the daemon is shutting down", ErrClosed, b.id))
 			}
 		}
-		m.bus.emit(b.id, EventCreated, Detail{PoolID: poolID})
-		m.bus.emit(b.id, EventStarted, Detail{PoolID: poolID})
-		m.log.Info("sandbox started from the warm pool", "sandbox", b.id, "pool_id", poolID)
 		// An exit while the member was being claimed was ignored by the
 		// watcher: handle it now.
 		select {

@@ -303,6 +303,7 @@ type Detail struct {
 	Step      string   `json:"step,omitempty"`
 	Error     string   `json:"error,omitempty"`
 	PoolID    string   `json:"pool_id,omitempty"`
+	Pool      string   `json:"pool,omitempty"` // the warm pool a member came from
 	ExecID    string   `json:"exec_id,omitempty"`
 	Argv      []string `json:"argv,omitempty"`
 	ExitCode  *int     `json:"exit_code,omitempty"`
