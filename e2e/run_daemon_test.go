@@ -98,7 +98,7 @@ func testKilledRunTakesItsSandbox(t *testing.T) {
 // TestRunWithoutAnsweringDaemonRunsEmbedded: `ironclaw run` runs embedded
 // beside a socket file left by a daemon that died (no connection), and
 // beside one whose daemon accepts connections but never answers (stopped,
-// wedged), after a bounded wait that it reports.
+// wedged), after a bounded wait that it reports; a named run fails there.
 func TestRunWithoutAnsweringDaemonRunsEmbedded(t *testing.T) {
 	ironclawGate(t)
 	sock := filepath.Join(root, "ironclaw.sock")
@@ -141,5 +141,11 @@ func TestRunWithoutAnsweringDaemonRunsEmbedded(t *testing.T) {
 	r := ironclaw(t, nil, "run", "--", "echo", "embedded")
 	if r.code != 0 || r.stdout != "embedded\n" || !strings.Contains(r.stderr, "did not answer") {
 		t.Errorf("run beside a daemon that never answers: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	// A named run does not: the daemon may yet make a sandbox of that
+	// name.
+	r = ironclaw(t, nil, "run", "--name", "hung-daemon", "--", "echo", "embedded")
+	if r.code != 125 || r.stdout != "" || !strings.Contains(r.stderr, "did not answer") {
+		t.Errorf("named run beside a daemon that never answers: %d %q %q", r.code, r.stdout, r.stderr)
 	}
 }

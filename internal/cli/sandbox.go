@@ -730,14 +730,15 @@ func daemonClient(g *Globals) *client.Client {
 
 // errNoDaemon is runViaDaemon's answer when no daemon took the create:
 // the socket did not accept a connection, the daemon is shutting down, or
-// it did not answer within daemonAnswerTimeout. Nothing was started (a
-// sandbox the daemon makes after all gets no exec, and its idle timeout
-// ends it); the caller runs embedded.
+// (for an unnamed run) it did not answer within daemonAnswerTimeout. No
+// exec was sent (a sandbox the daemon makes after all runs nothing, and
+// its idle timeout ends it); the caller runs embedded.
 var errNoDaemon = errors.New("no daemon answers")
 
 // daemonAnswerTimeout is how long `ironclaw run` waits for a daemon's
-// answer to its create before it runs embedded: a daemon that accepts
-// connections but is stopped or wedged must not hang every run.
+// answer to its create: a daemon that accepts connections but is stopped
+// or wedged must not hang every run. An unnamed run then runs embedded; a
+// named one fails, since the daemon may still make a sandbox of its name.
 const daemonAnswerTimeout = 5 * time.Second
 
 // runViaDaemon is `ironclaw run` through the daemon: create a sandbox with
@@ -769,6 +770,10 @@ func runViaDaemon(g *Globals, c *client.Client, spec sandbox.Spec, named bool) e
 	case client.IsUnreachable(err) || client.IsCode(err, api.CodeShuttingDown):
 		g.logger.Debug("run embedded", "daemon", err)
 		return errNoDaemon
+	case errors.Is(err, context.DeadlineExceeded) && named:
+		fmt.Fprintf(os.Stderr, "ironclaw: start sandbox %q: the daemon on %s did not answer in %s (--no-daemon runs embedded)\n",
+			spec.ID, g.DaemonSocket(), daemonAnswerTimeout)
+		return exitError{125}
 	case errors.Is(err, context.DeadlineExceeded):
 		fmt.Fprintf(os.Stderr, "ironclaw: the daemon on %s did not answer in %s; running embedded\n", g.DaemonSocket(), daemonAnswerTimeout)
 		return errNoDaemon
