@@ -56,10 +56,8 @@ func NetPoolSize(v string) (int, error) {
 // It runs after the sandbox ended, so that none of its work (making and
 // removing namespaces holds the kernel's rtnl lock for milliseconds)
 // competes with the run's own setup or teardown. Any failure is logged:
-// the run's outcome never depends on it. It inherits keep (the run's
-// nftables sockets, see network.Config.KeepSockets), which it leaves
-// alone and which close when it exits.
-func spawnMaintainer(g *Globals, free int, keep []*os.File) {
+// the run's outcome never depends on it.
+func spawnMaintainer(g *Globals, free int) {
 	dir := filepath.Join(g.root, "net")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		g.logger.Warn("start network pool maintainer", "err", err)
@@ -80,8 +78,6 @@ func spawnMaintainer(g *Globals, free int, keep []*os.File) {
 	cmd := exec.Command("/proc/self/exe", "--root", g.root, "net", "pool", "maintain", "--free", strconv.Itoa(free))
 	cmd.Args[0] = os.Args[0]
 	cmd.Stderr = logf
-	// keep: descriptors the maintainer holds, unused, until it exits.
-	cmd.ExtraFiles = keep
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		g.logger.Warn("start network pool maintainer", "err", err)

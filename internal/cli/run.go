@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -206,23 +205,11 @@ func runSandbox(g *Globals, spec sandbox.Spec, reportFile string, netPool int) e
 	netCfg := network.Config{Root: root.Dir(), Logger: g.logger}
 	if netPool > 0 {
 		var wanted atomic.Bool
-		var keptMu sync.Mutex
-		var kept []*os.File
 		netCfg.DeferRemoval = true
 		netCfg.Wake = func() { wanted.Store(true) }
-		// The maintainer also takes over the network's nftables
-		// sockets, whose release would hold this process's exit
-		// (network.Config.KeepSockets).
-		netCfg.KeepSockets = func(f *os.File) {
-			keptMu.Lock()
-			kept = append(kept, f)
-			keptMu.Unlock()
-		}
 		defer func() {
-			keptMu.Lock()
-			defer keptMu.Unlock()
 			if wanted.Load() {
-				spawnMaintainer(g, netPool, kept)
+				spawnMaintainer(g, netPool)
 			}
 		}()
 	}

@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 
 	"github.com/ironclaw/ironclaw/internal/netns"
@@ -62,16 +61,6 @@ type Config struct {
 	// took a slot from it or found none, or Close left a used slot. It
 	// must not block.
 	Wake func()
-	// KeepSockets, if set, is given a duplicate of each of a network's
-	// nftables sockets when the network closes (the network then closes
-	// its own descriptors). The kernel releases a socket when its last
-	// descriptor closes, and releasing any nftables socket while a
-	// commit's transactions wait to be destroyed (an RCU grace period after
-	// the commit: 8-16 ms here) waits for them; a process holding such a
-	// descriptor cannot exit before. The CLI hands the duplicates to the
-	// detached pool maintainer it starts after a networked run, so the run
-	// itself exits at once.
-	KeepSockets func(*os.File)
 
 	// step, when set (by tests), is called at each step of setup, so a
 	// test can kill the process there.

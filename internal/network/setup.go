@@ -17,7 +17,6 @@ import (
 	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
-	"github.com/mdlayher/netlink"
 )
 
 // Net is the live network of one sandbox. It owns the namespace, the link,
@@ -40,8 +39,6 @@ type Net struct {
 	sc, hc *nftables.Conn
 	hr     *firewall.ElementReader
 	sg, hg *firewall.GenReader
-	// socks are the netlink sockets of sc and hc (for KeepSockets).
-	socks []*netlink.Conn
 	// prevInner is the sandbox ruleset last applied and verified, and
 	// prevPart what the host holds for the link since then: that apply's
 	// part and, until pruned, the superseded generation's elements (see
@@ -436,7 +433,7 @@ func (n *Net) applyHost(prev, part *firewall.HostPart) (*firewall.HostPart, erro
 
 func (n *Net) sandboxConn() (*nftables.Conn, error) {
 	if n.sc == nil {
-		c, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting(), n.keepSock())
+		c, err := nftables.New(nftables.WithNetNSFd(n.ns.Fd()), nftables.AsLasting())
 		if err != nil {
 			return nil, fmt.Errorf("nftables in %s: %w", n.ns.Path(), err)
 		}
@@ -447,7 +444,7 @@ func (n *Net) sandboxConn() (*nftables.Conn, error) {
 
 func (n *Net) hostConn() (*nftables.Conn, error) {
 	if n.hc == nil {
-		c, err := nftables.New(nftables.AsLasting(), n.keepSock())
+		c, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return nil, fmt.Errorf("nftables on the host: %w", err)
 		}
@@ -494,47 +491,14 @@ func (n *Net) conns() (sandboxConn, hostConn *nftables.Conn, err error) {
 	return sandboxConn, hostConn, nil
 }
 
-// keepSock records a lasting connection's socket for KeepSockets.
-func (n *Net) keepSock() nftables.ConnOption {
-	return nftables.WithSockOptions(func(c *netlink.Conn) error {
-		n.socks = append(n.socks, c)
-		return nil
-	})
-}
-
-// keepSockets hands a duplicate of every open nftables socket to
-// KeepSockets, when set, before closeConns closes them.
-func (n *Net) keepSockets() {
-	if n.cfg.KeepSockets == nil {
-		return
-	}
-	var errs []error
-	keep := func(f *os.File, err error) {
-		if f != nil {
-			n.cfg.KeepSockets(f)
-		}
-		errs = append(errs, err)
-	}
-	for _, c := range n.socks {
-		keep(firewall.DupSocket(c))
-	}
-	keep(n.hr.Dup())
-	keep(n.sg.Dup())
-	keep(n.hg.Dup())
-	if err := errors.Join(errs...); err != nil {
-		n.log.Warn("keep nftables sockets for release elsewhere", "err", err)
-	}
-}
-
 // closeConns closes the lasting connections. Closing a netlink socket
 // that lives in another namespace takes milliseconds (the netlink library
 // tears down the thread it made there), which would sit on every sandbox's
 // exit path; async does it in the background and logs a failure.
 func (n *Net) closeConns(async bool) error {
-	n.keepSockets()
 	conns := []*nftables.Conn{n.sc, n.hc}
 	hr, gens := n.hr, []*firewall.GenReader{n.sg, n.hg}
-	n.sc, n.hc, n.hr, n.sg, n.hg, n.socks = nil, nil, nil, nil, nil, nil
+	n.sc, n.hc, n.hr, n.sg, n.hg = nil, nil, nil, nil, nil
 	closeAll := func() error {
 		errs := []error{hr.Close()}
 		for _, g := range gens {
