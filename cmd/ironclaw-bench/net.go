@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -26,13 +28,17 @@ import (
 // documentation address and /bin/true opens no socket. With -baseline, a
 // second ironclaw binary (an earlier build) runs the networked case in the
 // same interleaved run, on the same pool, for a before/after comparison.
+// -self-pool adds runs on roots whose pool keeps itself (the default), and
+// -daemon runs through daemons with warm pools; with either, every
+// contestant starts once the background work they leave (maintainers,
+// refills) is over, so that none of it runs beside another contestant.
 func netBench(args []string) error {
 	fs := flag.NewFlagSet("net", flag.ExitOnError)
 	var c common
 	c.register(fs)
 	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
 	viaDaemon := fs.Bool("daemon", false, "also measure runs through a daemon (ironclaw serve) with warm pools, on a root of its own: a member made for the measured --allow rules, one of the same pool given other rules when claimed, and a loopback-only one (with -baseline, through the earlier build's daemon too); every run then starts on idle daemons with full pools")
-	selfPool := fs.Bool("self-pool", false, "also measure back-to-back networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own)")
+	selfPool := fs.Bool("self-pool", false, "also measure networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own); every run then starts once no pool maintainer of these roots runs")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
@@ -69,23 +75,32 @@ func netBench(args []string) error {
 		cs = append(cs, command("baseline --allow 203.0.113.10/32:443 (pool slot)",
 			*baseline, "--root", c.root, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
 	}
+	var selfRoots []string
 	if *selfPool {
-		// Roots of their own, never filled by hand: the runs of the
-		// new binary keep their pool themselves (the default
-		// --net-pool, its maintainer running between and during the
-		// runs); an earlier binary makes and removes a network per run.
+		// Roots of their own, never filled by hand: the runs keep
+		// their pool themselves (the default --net-pool: a maintainer
+		// starts after each run).
 		self := c.root + "-self"
+		selfRoots = append(selfRoots, self)
 		defer cleanRoot(c.ironclaw, self)
 		cs = append(cs, command("ironclaw --allow (self-maintained pool, starts empty)",
 			c.ironclaw, "--root", self, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
 		if *baseline != "" {
 			old := c.root + "-baseline-self"
+			selfRoots = append(selfRoots, old)
 			defer cleanRoot(c.ironclaw, old)
 			cs = append(cs, command("baseline --allow (no pool filled)",
 				*baseline, "--root", old, "run", "--allow", "203.0.113.10/32:443", "--", "/bin/true"))
 		}
 	}
 	cs = append(cs, floorContestants()...)
+	var settles []func(context.Context) error
+	if len(selfRoots) > 0 {
+		// A maintainer works after its run has ended; every contestant
+		// starts once none runs, so that none works beside the next
+		// contestant's run.
+		settles = append(settles, func(ctx context.Context) error { return waitMaintainers(ctx, selfRoots) })
+	}
 	if *viaDaemon {
 		// With -baseline, the earlier build's daemon serves the same runs
 		// on a root of its own (its ironclaw runs the ironclawd beside it).
@@ -116,16 +131,20 @@ func netBench(args []string) error {
 		// Every contestant, not only the daemons', starts on idle
 		// daemons: a pool's refill after a claim must not run beside
 		// the next contestant's run.
-		settle := func(ctx context.Context) error {
-			for _, d := range daemons {
-				if err := d.settle(ctx); err != nil {
-					return err
-				}
-			}
-			return nil
+		for _, d := range daemons {
+			settles = append(settles, d.settle)
 		}
+	}
+	if len(settles) > 0 {
 		for i := range cs {
-			cs[i].Prepare = settle
+			cs[i].Prepare = func(ctx context.Context) error {
+				for _, s := range settles {
+					if err := s(ctx); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 		}
 	}
 	rep, err := bench.Run(context.Background(), "networked ironclaw run -- /bin/true, end to end (wall time per run)", "bwrap", c.runs, c.warmup, cs)
@@ -220,5 +239,53 @@ func (d *serveProc) settle(ctx context.Context) error {
 			return errors.New("the daemon did not go idle")
 		}
 		last = now
+	}
+}
+
+// waitMaintainers waits until no `net pool maintain` process of the roots
+// runs: it finds them by their command lines in /proc and waits until
+// each is gone, its exit included (an exiting process has no command line
+// left, and it may still be releasing its nftables sockets).
+func waitMaintainers(ctx context.Context, roots []string) error {
+	var marks [][]byte
+	for _, r := range roots {
+		marks = append(marks, []byte("\x00--root\x00"+r+"\x00net\x00pool\x00maintain\x00"))
+	}
+	seen := map[string]bool{}
+	for deadline := time.Now().Add(time.Minute); ; {
+		procs, err := os.ReadDir("/proc")
+		if err != nil {
+			return err
+		}
+		for _, p := range procs {
+			if p.Name()[0] < '0' || p.Name()[0] > '9' || seen[p.Name()] {
+				continue
+			}
+			cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+			if err != nil {
+				continue // it ended
+			}
+			for _, m := range marks {
+				if bytes.Contains(cmdline, m) {
+					seen[p.Name()] = true
+				}
+			}
+		}
+		for pid := range seen {
+			if _, err := os.Stat(filepath.Join("/proc", pid)); err != nil {
+				delete(seen, pid)
+			}
+		}
+		if len(seen) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("a pool maintainer did not finish")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
