@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -379,6 +380,74 @@ func TestDaemonVMPool(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(root, "sandboxes"))
 	if len(entries) != 0 {
 		t.Errorf("surplus pool member left: %v", entries)
+	}
+}
+
+// TestDaemonVMNetworkPool: a warm micro-VM whose template has address
+// rules serves a create with other address rules. It is given them before
+// its first command (network_updated before exec_started in its log):
+// the guest reaches the asked port through its tap and not the
+// template's. Networked members die with their daemon; the next one
+// reclaims them.
+func TestDaemonVMNetworkPool(t *testing.T) {
+	setup(t)
+	inet := testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:8080"))
+	testutil.Serve(t, inet.NS, netip.MustParseAddrPort("203.0.113.10:9090"))
+	cfg := filepath.Join(t.TempDir(), "pools.json")
+	tmpl := `[{"name": "vmnet", "size": 1, "template": {"backend": "vm", "resources": {"memory_bytes": 268435456},
+		"network": {"allow": ["203.0.113.10/32:8080/tcp"]}}}]`
+	if err := os.WriteFile(cfg, []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, nil, "--pool-config", cfg)
+	ctx := ctxT(t)
+	for deadline := time.Now().Add(2 * time.Minute); apitest.Metric(t, d.socket, `ironclaw_pool_size{class="vmnet"}`) != "1"; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the networked vm pool did not fill\n%s", d.log.String())
+		}
+	}
+	sb, err := d.c.Create(ctx, api.CreateRequest{ID: "vmpoolnet", Backend: "vm", Resources: &api.Resources{MemoryBytes: ptr(int64(256 << 20))},
+		Network: &api.Network{Allow: []string{"203.0.113.10/32:9090/tcp"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sb.FromPool || sb.Backend != "vm" || len(sb.Addresses) != 2 {
+		t.Fatalf("not a networked member of the vm pool: %+v", sb)
+	}
+	out := mustSh(t, d.c, "vmpoolnet", `for p in 8080 9090; do (o=$(nc -w 2 203.0.113.10 $p </dev/null 2>&1); echo "$p ${o:-nothing}") & done; wait`)
+	got := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		port, rest, _ := strings.Cut(l, " ")
+		got[port] = strings.Contains(rest, "tcp 203.0.113.10:"+port)
+	}
+	if got["8080"] || !got["9090"] {
+		t.Errorf("a member given 9090: %v, want 9090 reached and 8080 (its template's) dropped", got)
+	}
+	evs, err := d.c.Logs(ctx, "vmpoolnet", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, ev := range evs {
+		types = append(types, ev.Type)
+	}
+	if u, e := slices.Index(types, "network_updated"), slices.Index(types, "exec_started"); u < 0 || e < 0 || u > e {
+		t.Errorf("log %v, want network_updated before exec_started", types)
+	}
+	pid := sb.InitPID
+	if err := d.c.Destroy(ctx, "vmpoolnet"); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, pid, sb.BackendID)
+	// The refilled member is networked: it dies with the daemon, and a
+	// daemon without the pool reclaims it.
+	d.stop()
+	d.args = nil
+	d.start()
+	entries, _ := os.ReadDir(filepath.Join(root, "sandboxes"))
+	if len(entries) != 0 {
+		t.Errorf("left after the restart: %v", entries)
 	}
 }
 
