@@ -64,7 +64,7 @@ func daemonBench(args []string) error {
 	}
 	defer d.stop()
 	ctx := context.Background()
-	if err := d.waitPool(ctx, *pool); err != nil {
+	if err := d.waitPool(ctx, "default", *pool); err != nil {
 		return err
 	}
 	if parts["latency"] {
@@ -202,16 +202,20 @@ func (d *serveProc) metric(prefix string) float64 {
 	return 0
 }
 
-func (d *serveProc) waitPool(ctx context.Context, n int) error {
+func (d *serveProc) waitPool(ctx context.Context, class string, n int) error {
 	if n == 0 {
 		return nil
 	}
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if int(d.metric(`ironclaw_pool_size{class="default"}`)) >= n {
+	q := fmt.Sprintf("ironclaw_pool_size{class=%q}", class)
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if int(d.metric(q)) >= n {
 			return nil
 		}
 	}
-	return fmt.Errorf("the warm pool did not fill to %d", n)
+	return fmt.Errorf("the warm pool %s did not fill to %d", class, n)
 }
 
 func latencyBench(ctx context.Context, c *common, d *serveProc) error {
@@ -221,7 +225,7 @@ func latencyBench(ctx context.Context, c *common, d *serveProc) error {
 			req := api.CreateRequest{}
 			if !pool {
 				req.Pool = &no
-			} else if err := d.waitPool(ctx, 1); err != nil {
+			} else if err := d.waitPool(ctx, "default", 1); err != nil {
 				return err
 			}
 			sb, err := d.c.Create(ctx, req)

@@ -178,9 +178,13 @@ func cleanRoot(ironclaw, root string) {
 
 // benchPools are the warm pools of the -daemon runs, sized so that one
 // contestant's claim leaves a member for the next.
-var benchPools = []map[string]any{
-	{"name": "net", "size": 2, "template": map[string]any{"network": map[string]any{"allow": []string{"203.0.113.10/32:443"}}}},
-	{"name": "plain", "size": 2, "template": map[string]any{}},
+var benchPools = []struct {
+	Name     string         `json:"name"`
+	Size     int            `json:"size"`
+	Template map[string]any `json:"template"`
+}{
+	{"net", 2, map[string]any{"network": map[string]any{"allow": []string{"203.0.113.10/32:443"}}}},
+	{"plain", 2, map[string]any{}},
 }
 
 // startPooledServe starts a daemon on root with benchPools.
@@ -207,16 +211,12 @@ func startPooledServe(ironclaw, root string) (*serveProc, error) {
 // its spawner) has used no CPU for 50 ms: the claimed member's destroy,
 // the refill and the network slot upkeep are over.
 func (d *serveProc) settle(ctx context.Context) error {
-	deadline := time.Now().Add(time.Minute)
 	for _, p := range benchPools {
-		q := fmt.Sprintf("ironclaw_pool_size{class=%q}", p["name"])
-		for int(d.metric(q)) < p["size"].(int) {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("pool %s did not fill", p["name"])
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := d.waitPool(ctx, p.Name, p.Size); err != nil {
+			return err
 		}
 	}
+	deadline := time.Now().Add(time.Minute)
 	pid := d.cmd.Process.Pid
 	last, err := bench.ProcStatWith(pid, spawner.Arg0)
 	if err != nil {

@@ -334,16 +334,6 @@ func TestDaemonWarmNetworkPool(t *testing.T) {
 	// the command has ended.
 	waitPools()
 	before := apitest.Metric(t, sock, `ironclaw_sandbox_create_seconds_count{source="pool"}`)
-	var runEvents []api.Event
-	evctx, stopEvents := context.WithCancel(ctx)
-	evdone := make(chan error, 1)
-	go func() {
-		evdone <- d.c.Events(evctx, client.EventFilter{Since: -1}, func(ev api.Event) error {
-			runEvents = append(runEvents, ev)
-			return nil
-		})
-	}()
-	time.Sleep(200 * time.Millisecond) // the follower is subscribed
 	script := `
 import socket, sys
 for t in sys.argv[1:]:
@@ -363,17 +353,25 @@ for t in sys.argv[1:]:
 	if after := apitest.Metric(t, sock, `ironclaw_sandbox_create_seconds_count{source="pool"}`); after == before {
 		t.Errorf("the run did not take a pool member (pool creates %s before and after)", after)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		l, err := d.c.List(ctx, nil)
-		if err == nil && len(l) == 0 {
-			break
+	// Its events, stored and then live, until the daemon destroyed it
+	// (the run's sandbox has a generated ic- ID, the ones above not).
+	var runEvents []api.Event
+	errDestroyed := errors.New("destroyed")
+	evctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = d.c.Events(evctx, client.EventFilter{Since: 0}, func(ev api.Event) error {
+		if !strings.HasPrefix(ev.Sandbox, "ic-") {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the run's sandbox was not destroyed: %+v %v", l, err)
+		runEvents = append(runEvents, ev)
+		if ev.Type == "destroyed" {
+			return errDestroyed
 		}
+		return nil
+	})
+	if !errors.Is(err, errDestroyed) {
+		t.Fatalf("the run's sandbox was not destroyed: %v, events %+v", err, runEvents)
 	}
-	stopEvents()
-	<-evdone
 	checkClaimLog(t, "ironclaw run", runEvents, "net8080", true)
 
 	// Networked members die with their daemon; the next one reclaims

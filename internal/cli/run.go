@@ -84,7 +84,7 @@ could not be executed or found.`,
 			// owns the sandbox: with --seccomp-report, run embedded.
 			if !f.noDaemon && f.seccompReport == "" {
 				if c := daemonClient(g); c != nil {
-					if err := runViaDaemon(g, c, spec, f.name != ""); err != errNoDaemon {
+					if err := runViaDaemon(g, c, spec, f.name != ""); !errors.Is(err, errNoDaemon) {
 						return err
 					}
 				}

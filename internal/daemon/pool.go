@@ -120,23 +120,6 @@ func (m *Manager) addMember(p *pool) error {
 	return nil
 }
 
-// needsPolicy reports whether the claimed member mb must take the allow
-// rules asked for: members of one class differ from the asked shape only
-// in them (see netClass). A member re-attached after a daemon restart
-// cannot: its network handle stayed with the daemon that made it.
-func needsPolicy(mb *box, allow []string) (bool, error) {
-	mb.mu.Lock()
-	have, inst, attached := mb.opts.Spec.Network.Allow, mb.inst, mb.attached
-	mb.mu.Unlock()
-	switch {
-	case samePolicy(have, allow):
-		return false, nil
-	case attached && inst.Network() == nil:
-		return false, fmt.Errorf("take policy: %w: the member was re-attached after a daemon restart and cannot take over its network", sandbox.ErrUnsupported)
-	}
-	return true, nil
-}
-
 // takePolicy gives the claimed member mb the allow rules its user asked
 // for (box.retarget). It runs while the create's answer goes out and the
 // first request comes in: every use of the agent, and so every command,
@@ -258,18 +241,15 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		if alive {
 			mb.state = StateCreating // claimed: no longer a free member
 		}
-		poolID, inst := mb.id, mb.inst
+		poolID, inst, have := mb.id, mb.inst, mb.opts.Spec.Network.Allow
 		mb.mu.Unlock()
 		if !alive {
 			continue
 		}
 		o := b.opts
-		retarget, err := needsPolicy(mb, o.Spec.Network.Allow)
-		if err != nil {
-			m.log.Warn("warm pool member cannot take the asked network policy; destroying it", "pool_id", poolID, "err", err)
-			go m.destroy(mb, "claim failed")
-			continue
-		}
+		// Members of one shape differ from the asked one only in their
+		// allow rules (see shapeKey).
+		retarget := !samePolicy(have, o.Spec.Network.Allow)
 		now := time.Now().UTC()
 		specJSON, err := json.Marshal(o)
 		if err != nil {
