@@ -233,9 +233,10 @@ func runTrue(t *testing.T, env ...string) {
 }
 
 // TestPoolMaintainsItself: a networked run on an empty pool, with no
-// manual command, leads to --net-pool free slots and no used slot, and
-// its maintainer ends; the next run takes a free slot; with --net-pool 0
-// nothing is prepared and no maintainer starts.
+// manual command, leads to --net-pool free slots, prepared for the run's
+// rules, and no used slot, and its maintainer ends; the next run takes a
+// free slot; a run with a domain rule leads to slots that let nothing out;
+// with --net-pool 0 nothing is prepared and no maintainer starts.
 func TestPoolMaintainsItself(t *testing.T) {
 	build(t)
 	testutil.NewInternet(t, netip.MustParseAddr("203.0.113.10"))
@@ -245,13 +246,13 @@ func TestPoolMaintainsItself(t *testing.T) {
 	if st := poolState(t); st != (network.PoolState{}) {
 		t.Fatalf("pool not empty after a drain: %+v", st)
 	}
-	waitFree := func(want int) {
+	waitFree := func(want, prepared int) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			st := poolState(t)
 			gone := len(testutil.Maintainers(root)) == 0
-			if st == (network.PoolState{Free: want}) && gone {
+			if st == (network.PoolState{Free: want, Prepared: prepared}) && gone {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -262,13 +263,28 @@ func TestPoolMaintainsItself(t *testing.T) {
 		}
 	}
 	runTrue(t, "IRONCLAW_NET_POOL=")
-	waitFree(2)
+	waitFree(2, 2)
+	fors, _ := filepath.Glob(root + "/net/slots/*/for")
+	for _, f := range fors {
+		if b, err := os.ReadFile(f); err != nil || string(b) != "203.0.113.10:8080" {
+			t.Errorf("%s: %q %v; want the run's rule", f, b, err)
+		}
+	}
 	// The next run takes a free slot; its maintainer refills the pool
 	// to the size it is given.
 	runTrue(t, "IRONCLAW_NET_POOL=3")
-	waitFree(3)
+	waitFree(3, 3)
+	// A run with a domain rule: its maintainer prepares slots that let
+	// nothing out (a domain rule needs the egress servers of its run).
+	if out, err := exec.Command(bin, "--root", root, "run", "--net-pool", "4", "--allow", "example.test:443", "--", "true").CombinedOutput(); err != nil {
+		t.Fatalf("run: %v\n%s", err, out)
+	}
+	waitFree(4, 2)
 	if log, err := os.ReadFile(root + "/net/maintain.log"); err != nil || len(log) > 0 {
 		t.Errorf("maintainers logged (or no log): %v\n%s", err, log)
+	}
+	if out, err := exec.Command(bin, "--root", root, "net", "pool", "fill", "1", "--allow", "bogus:rule:1").CombinedOutput(); err == nil || !strings.Contains(string(out), "--allow") {
+		t.Errorf("a bad --allow of net pool fill was not refused by name: %v %s", err, out)
 	}
 
 	// Maintenance off: the run makes and removes its own network, and

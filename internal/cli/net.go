@@ -104,14 +104,18 @@ func newNetPoolCmd(g *Globals) *cobra.Command {
 		Use:   "pool",
 		Short: "Maintain the pool of prepared sandbox networks",
 		Long: `Networked sandboxes (--allow) take a prepared network slot (namespace, veth
-pair, address, a firewall that lets nothing out) from the pool under
-<root>/net/slots, and leave it used when they end: a used slot is never
-reused. By default (--net-pool, IRONCLAW_NET_POOL) the pool maintains
-itself: after a networked run a background 'net pool maintain' destroys used
-slots and refills the pool, and the daemon does the same in the background.
-These commands do it by hand.`,
+pair, address, firewall) from the pool under <root>/net/slots, and leave it
+used when they end: a used slot is never reused. A slot is prepared either
+with a firewall that lets nothing out or with the rules of one policy of
+address rules (--allow); a sandbox with that policy takes such a slot first
+and only verifies its rules. By default (--net-pool, IRONCLAW_NET_POOL) the
+pool maintains itself: after a networked run a background 'net pool
+maintain' destroys used slots and refills the pool with slots for that run's
+rules, and the daemon does the same in the background. These commands do it
+by hand.`,
 	}
-	cmd.AddCommand(&cobra.Command{
+	var fillAllow []string
+	fill := &cobra.Command{
 		Use:   "fill N",
 		Short: "Destroy used slots and prepare free ones until N are free",
 		Args:  cobra.ExactArgs(1),
@@ -124,6 +128,9 @@ These commands do it by hand.`,
 			if err != nil {
 				return err
 			}
+			if cfg.Prepare, err = preparePolicy(fillAllow); err != nil {
+				return err
+			}
 			destroyed, err := network.Maintain(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -132,7 +139,9 @@ These commands do it by hand.`,
 			fmt.Fprintf(cmd.OutOrStdout(), "destroyed %d used slots, prepared %d\n", destroyed, made)
 			return err
 		},
-	}, &cobra.Command{
+	}
+	prepareFlag(fill.Flags(), &fillAllow)
+	cmd.AddCommand(fill, &cobra.Command{
 		Use:   "drain",
 		Short: "Destroy every slot not in use",
 		Args:  cobra.NoArgs,

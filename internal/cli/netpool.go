@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/network"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
@@ -50,14 +51,32 @@ func NetPoolSize(v string) (int, error) {
 	return n, nil
 }
 
+// prepareFlag registers --allow on fl: the rules new slots are prepared
+// with.
+func prepareFlag(fl *pflag.FlagSet, p *[]string) {
+	fl.StringArrayVar(p, "allow", nil, "prepare new slots with these address rules (CIDR[:PORT[-PORT]][/tcp|/udp], repeatable), so that sandboxes with exactly these rules only verify them; without it, or with a domain rule, new slots let nothing out")
+}
+
+// preparePolicy parses the --allow rules of the pool commands.
+func preparePolicy(allow []string) (firewall.Policy, error) {
+	p, err := firewall.ParsePolicy(allow)
+	if err != nil {
+		return p, fmt.Errorf("--allow: %w", err)
+	}
+	return p, nil
+}
+
 // spawnMaintainer starts `ironclaw net pool maintain --free free` for this
 // root as a detached process: a new session, stdin and stdout on
 // /dev/null, stderr appended to <root>/net/maintain.log, not waited for.
 // It runs after the sandbox ended, so that none of its work (making and
 // removing namespaces holds the kernel's rtnl lock for milliseconds)
-// competes with the run's own setup or teardown. Any failure is logged:
-// the run's outcome never depends on it.
-func spawnMaintainer(g *Globals, free int) {
+// competes with the run's own setup or teardown. It prepares the new slots
+// for allow, the run's rules, when they are address rules only (see
+// network.Config.Prepare): the next run with the same rules then makes no
+// nftables commit. Any failure is logged: the run's outcome never depends
+// on it.
+func spawnMaintainer(g *Globals, free int, allow []string) {
 	dir := filepath.Join(g.root, "net")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		g.logger.Warn("start network pool maintainer", "err", err)
@@ -76,6 +95,11 @@ func spawnMaintainer(g *Globals, free int) {
 	// pipe, a jobserver) are close-on-exec since main: the maintainer does
 	// not hold them open after the run has exited.
 	cmd := exec.Command("/proc/self/exe", "--root", g.root, "net", "pool", "maintain", "--free", strconv.Itoa(free))
+	if p, err := firewall.ParsePolicy(allow); err == nil && len(p.Domains) == 0 {
+		for _, r := range allow {
+			cmd.Args = append(cmd.Args, "--allow", r)
+		}
+	}
 	cmd.Args[0] = os.Args[0]
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -89,6 +113,7 @@ func spawnMaintainer(g *Globals, free int) {
 
 func newNetPoolMaintainCmd(g *Globals) *cobra.Command {
 	var free string
+	var allow []string
 	cmd := &cobra.Command{
 		Use:   "maintain",
 		Short: "Destroy used slots and prepare free ones, once, unless another maintainer is at work",
@@ -109,6 +134,9 @@ sandbox holds.`,
 			if err != nil {
 				return err
 			}
+			if cfg.Prepare, err = preparePolicy(allow); err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), maintainTimeout)
 			defer cancel()
 			kept, err := network.KeepPool(ctx, cfg, n)
@@ -124,13 +152,14 @@ sandbox holds.`,
 		},
 	}
 	cmd.Flags().StringVar(&free, "free", os.Getenv("IRONCLAW_NET_POOL"), fmt.Sprintf("free slots to prepare (env IRONCLAW_NET_POOL; default %d)", defaultNetPool))
+	prepareFlag(cmd.Flags(), &allow)
 	return cmd
 }
 
 func newNetPoolStatusCmd(g *Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Count the pool's slots: free, claimed (in use), used and orphaned (waiting to be destroyed)",
+		Short: "Count the pool's slots: free (and of those, prepared with allow rules), claimed (in use), used and orphaned (waiting to be destroyed)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := netConfig(g)
@@ -141,7 +170,7 @@ func newNetPoolStatusCmd(g *Globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "free %d\nclaimed %d\nused %d\norphaned %d\n", st.Free, st.Claimed, st.Used, st.Orphaned)
+			fmt.Fprintf(cmd.OutOrStdout(), "free %d (%d prepared with allow rules)\nclaimed %d\nused %d\norphaned %d\n", st.Free, st.Prepared, st.Claimed, st.Used, st.Orphaned)
 			return nil
 		},
 	}

@@ -209,7 +209,7 @@ func runSandbox(g *Globals, spec sandbox.Spec, reportFile string, netPool int) e
 		netCfg.Wake = func() { wanted.Store(true) }
 		defer func() {
 			if wanted.Load() {
-				spawnMaintainer(g, netPool)
+				spawnMaintainer(g, netPool, spec.Network.Allow)
 			}
 		}()
 	}

@@ -125,6 +125,9 @@ func pending(c Config, free int) (bool, error) {
 type PoolState struct {
 	// Free slots wait for a claim.
 	Free int
+	// Prepared counts the free slots prepared with allow rules (see
+	// Config.Prepare); the others let nothing out.
+	Prepared int
 	// Claimed slots belong to running sandboxes (their flock is held),
 	// or are being prepared.
 	Claimed int
@@ -167,6 +170,9 @@ func poolState(c Config) (PoolState, error) {
 				st.Used++ // of another firewall format: never claimed
 			} else {
 				st.Free++
+				if b, err := os.ReadFile(filepath.Join(sdir, slotFor)); err == nil && len(b) > 0 {
+					st.Prepared++
+				}
 			}
 			continue
 		}

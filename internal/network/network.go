@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"github.com/ironclaw/ironclaw/internal/firewall"
 	"github.com/ironclaw/ironclaw/internal/netns"
 	"github.com/ironclaw/ironclaw/internal/sandbox"
 )
@@ -57,6 +58,16 @@ type Config struct {
 	// maintainer runs after the sandbox (Wake starts one); otherwise used
 	// slots wait for `ironclaw gc`.
 	DeferRemoval bool
+	// Prepare is the policy Fill prepares new pool slots with, so that a
+	// sandbox that claims one for the same policy finds its rules in
+	// place and only reads them back and verifies them: no nftables
+	// commit on its start path (see Net.holds). A slot prepared for one
+	// policy may still be claimed for another, which is then installed
+	// as on a slot prepared with none. Only address rules are prepared: a
+	// policy with domain rules needs the egress servers of the process
+	// that claims the slot, and its slots, like the zero Policy's, let
+	// nothing out.
+	Prepare firewall.Policy
 	// Wake, if set, is called when the pool needs maintenance: Begin
 	// took a slot from it or found none, or Close left a used slot. It
 	// must not block.

@@ -22,12 +22,16 @@ import (
 // making a namespace and veth pair (about 11 ms here) and removing them
 // (about 30 ms) happen off a sandbox's critical path:
 //
-//   - Fill prepares slots: namespace, veth pair, address, and a firewall
-//     that lets nothing out (sandbox table and host chains of an empty
-//     policy). Its state file says "free".
+//   - Fill prepares slots: namespace, veth pair, address, and a firewall:
+//     the rulesets of Config.Prepare, or of an empty policy, which lets
+//     nothing out. No process is in a free slot's namespace, so nothing
+//     can use what its rules allow. Its file "for" names the prepared
+//     policy's rules, its state file says "free".
 //   - Claim takes a free slot under its flock, which the sandbox holds for
 //     its whole life, writes "claimed KEY", and installs the sandbox's
-//     policy (a rule install, well under a millisecond).
+//     policy (a rule install, well under a millisecond). It takes a slot
+//     prepared for that policy first: its rules are only read back and
+//     verified, with no commit (see Net.holds).
 //   - When the sandbox ends the host side of its link is set down (see
 //     shutSlot), and its slot is marked "used" and is never given to
 //     another sandbox: a workload may have left state behind (conntrack
@@ -42,9 +46,24 @@ import (
 const (
 	slotLock  = "lock"
 	slotState = "state"
+	slotFor   = "for"
 	stateFree = "free"
 	stateUsed = "used"
 )
+
+// preparable returns the policy a slot is prepared with for p (see
+// Config.Prepare): p itself if it has address rules only, else the empty
+// policy.
+func preparable(p firewall.Policy) firewall.Policy {
+	if len(p.Domains) > 0 || !p.Networked() {
+		return firewall.Policy{}
+	}
+	return p
+}
+
+// preparedFor is the content of a slot's "for" file for a slot prepared
+// with p: its rules, one a line ("" for the empty policy).
+func preparedFor(p firewall.Policy) string { return strings.Join(preparable(p).Rules(), "\n") }
 
 func (c *Config) slotsDir() string { return filepath.Join(c.Root, "net", "slots") }
 
@@ -192,7 +211,8 @@ func prepareSlot(ctx context.Context, c Config) error {
 	}
 	defer lock.Close()
 	n := &Net{cfg: c, dir: dir, key: key, log: c.Logger, ready: readyNow()}
-	if err := n.setup(ctx, firewall.Policy{}); err != nil {
+	policy := preparable(c.Prepare)
+	if err := n.setup(ctx, policy); err != nil {
 		// teardown removes the record only once the objects are gone;
 		// a slot directory that still has one is left (not "free") for
 		// Maintain to destroy.
@@ -202,10 +222,13 @@ func prepareSlot(ctx context.Context, c Config) error {
 		}
 		return fmt.Errorf("prepare slot: %w", errors.Join(err, rerr))
 	}
-	// A slot lets nothing out: its sandbox table is the empty policy's
-	// (the chains of its addresses, sets without allow elements), read
-	// back and verified by setup; a claim only adds elements.
+	// A slot's rulesets are its prepared policy's, read back and verified
+	// by setup (the empty policy's let nothing out); a claim for another
+	// policy only rewrites what differs.
 	err = c.injected("slot-rules")
+	if err == nil {
+		err = writeState(filepath.Join(dir, slotFor), preparedFor(policy))
+	}
 	err = errors.Join(err, n.closeConns(false))
 	n.ns.Close()
 	if err != nil {
@@ -390,43 +413,83 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("network claim: %w", err)
 	}
-	for _, e := range ents {
-		sdir := filepath.Join(c.slotsDir(), e.Name())
+	// A slot prepared for this policy first. The search for one ends at
+	// the maxMismatched'th free slot prepared otherwise (a pool kept for
+	// other rules would cost a read of every slot), then the slots seen
+	// and the rest are tried in order.
+	want := preparedFor(policy)
+	var others []string
+	i := 0
+	for ; i < len(ents) && len(others) < maxMismatched; i++ {
+		sdir := filepath.Join(c.slotsDir(), ents[i].Name())
 		// The state is read before the flock is tried, so that used
 		// slots (most of the directory on a busy host) cost one read;
 		// it is read again under the flock.
 		if b, err := os.ReadFile(filepath.Join(sdir, slotState)); err != nil || string(b) != stateFree {
 			continue
 		}
-		lock, err := lockFile(filepath.Join(sdir, slotLock), false)
-		if err != nil {
-			continue // held: being prepared or in use
-		}
-		b, err := os.ReadFile(filepath.Join(sdir, slotState))
-		if err != nil || string(b) != stateFree {
-			lock.Close()
-			continue
-		}
-		n, err := claimSlot(ctx, c, sdir, lock, dir, key, policy)
-		if errors.Is(err, errStaleSlot) {
-			// Marked used: the maintainer destroys it and prepares a
-			// fresh one. One that could not be marked stays claimed
-			// by this sandbox, which Maintain destroys once the
-			// sandbox is gone.
-			if errors.Is(err, errSlotRelease) {
-				c.Logger.Warn("pool slot of another firewall format skipped, not released", "slot", sdir, "err", err)
-			} else {
-				c.Logger.Info("pool slot of another firewall format skipped", "slot", sdir, "why", err)
+		if want != "" {
+			if b, err := os.ReadFile(filepath.Join(sdir, slotFor)); err != nil || string(b) != want {
+				others = append(others, sdir)
+				continue
 			}
-			c.wake()
+		}
+		if n, ok, err := tryClaim(ctx, c, sdir, dir, key, policy); ok {
+			return n, err
+		}
+	}
+	for _, sdir := range others {
+		if n, ok, err := tryClaim(ctx, c, sdir, dir, key, policy); ok {
+			return n, err
+		}
+	}
+	for _, e := range ents[i:] {
+		sdir := filepath.Join(c.slotsDir(), e.Name())
+		if b, err := os.ReadFile(filepath.Join(sdir, slotState)); err != nil || string(b) != stateFree {
 			continue
 		}
-		if err != nil {
-			return nil, fmt.Errorf("network claim: %w", err)
+		if n, ok, err := tryClaim(ctx, c, sdir, dir, key, policy); ok {
+			return n, err
 		}
-		return n, nil
 	}
 	return nil, ErrPoolEmpty
+}
+
+// maxMismatched bounds the free slots prepared for other rules that a
+// claim reads before it settles for one of them.
+const maxMismatched = 8
+
+// tryClaim claims the slot sdir, which was free when its state was read,
+// for key. ok is false when the slot is no longer free or is of another
+// firewall format: the caller tries the next.
+func tryClaim(ctx context.Context, c Config, sdir, dir string, key sandbox.Key, policy firewall.Policy) (_ *Net, ok bool, _ error) {
+	lock, err := lockFile(filepath.Join(sdir, slotLock), false)
+	if err != nil {
+		return nil, false, nil // held: being prepared or in use
+	}
+	b, err := os.ReadFile(filepath.Join(sdir, slotState))
+	if err != nil || string(b) != stateFree {
+		lock.Close()
+		return nil, false, nil
+	}
+	n, err := claimSlot(ctx, c, sdir, lock, dir, key, policy)
+	if errors.Is(err, errStaleSlot) {
+		// Marked used: the maintainer destroys it and prepares a
+		// fresh one. One that could not be marked stays claimed by
+		// this sandbox, which Maintain destroys once the sandbox is
+		// gone.
+		if errors.Is(err, errSlotRelease) {
+			c.Logger.Warn("pool slot of another firewall format skipped, not released", "slot", sdir, "err", err)
+		} else {
+			c.Logger.Info("pool slot of another firewall format skipped", "slot", sdir, "why", err)
+		}
+		c.wake()
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, true, fmt.Errorf("network claim: %w", err)
+	}
+	return n, true, nil
 }
 
 // errStaleSlot marks a free slot prepared by a build of another firewall
@@ -443,7 +506,8 @@ func staleSlot(rec *record) bool { return rec.Format != firewall.Format }
 
 // claimSlot marks the slot claimed by key and opens its namespace, then
 // installs policy in the background. Until the installation is done the
-// slot's rules are the ones it was prepared with, which let nothing out.
+// slot's rules are the ones it was prepared with; the sandbox's workload
+// starts only once the installation is verified (Net.Wait).
 func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	s := &slot{dir: sdir, lock: lock}
 	c.at("slot-dir")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -296,11 +297,16 @@ func (n *Net) apply(t *firewall.Target) error {
 	// path unless changes come faster than prunes).
 	n.pruneMu.Lock()
 	defer n.pruneMu.Unlock()
-	// Every apply gets a new host version, whose parity is the
-	// generation it writes: the other one than the live one, whose
-	// elements stay until pruned; the switch is one element moved from
-	// one generation set to the other.
-	n.ver++
+	// Every apply that changes the target gets a new host version, whose
+	// parity is the generation it writes: the other one than the live
+	// one, whose elements stay until pruned; the switch is one element
+	// moved from one generation set to the other. One that changes
+	// nothing (a pool slot prepared for this very policy) keeps the
+	// version: both rulesets then equal what the kernel is known to
+	// hold, no commit is made, and they are verified all the same.
+	if !n.holds(t) {
+		n.ver++
+	}
 	n.rec.Target = &targetRecord{Allow: t.Policy.Rules(), Sandbox: t.SandboxAddr, Host: t.HostAddr, Deny: t.Deny, Services: t.Services, Guest: t.Guest, Version: n.ver}
 	if err := writeRecord(n.dir, RecordFile, n.rec); err != nil {
 		return err
@@ -331,6 +337,23 @@ func (n *Net) apply(t *firewall.Target) error {
 	}
 	n.prevInner, n.prevPart, n.live = &inner, held, n.ver
 	return nil
+}
+
+// holds reports whether the rulesets last applied and verified on this
+// network (prevInner and prevPart) were built from a target equal to t, so
+// that applying t again changes nothing.
+func (n *Net) holds(t *firewall.Target) bool {
+	if n.prevInner == nil || n.prevPart == nil || n.rec.Target == nil {
+		return false
+	}
+	r := n.rec.Target
+	return slices.Equal(r.Allow, t.Policy.Rules()) &&
+		r.Sandbox == t.SandboxAddr && r.Host == t.HostAddr &&
+		n.rec.Names.HostIf == t.HostIf &&
+		slices.Equal(r.Deny, t.Deny) &&
+		r.Services == t.Services &&
+		(r.Guest == nil) == (t.Guest == nil) && (r.Guest == nil || *r.Guest == *t.Guest) &&
+		n.prevPart.Version == n.ver
 }
 
 // pruneLater deletes the host elements of the superseded generation in
