@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -97,4 +98,74 @@ func MountTmpfs(dir string) (unmount func() error, err error) {
 		}
 		return nil
 	}, nil
+}
+
+// HostBusy returns the share of all CPUs' time (0 to 1) that was not idle
+// (nor waiting for I/O) over window, from /proc/stat.
+func HostBusy(window time.Duration) (float64, error) {
+	idle0, total0, err := cpuTimes()
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(window)
+	idle1, total1, err := cpuTimes()
+	if err != nil {
+		return 0, err
+	}
+	if total1 <= total0 {
+		return 0, nil
+	}
+	return 1 - float64(idle1-idle0)/float64(total1-total0), nil
+}
+
+// cpuTimes reads the idle (idle + iowait) and total jiffies of all CPUs.
+func cpuTimes() (idle, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, s := range f[1:] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		// user nice system idle iowait irq softirq steal (guest and
+		// guest_nice are counted in user and nice already)
+		if i >= 8 {
+			break
+		}
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return idle, total, nil
+}
+
+// WaitIdle waits until the host's CPUs were busy less than maxBusy (a
+// share, 0 to 1) over one window: background work that an earlier run left
+// (a pool maintainer, the kernel destroying a namespace) is over. It gives
+// up with an error after timeout.
+func WaitIdle(ctx context.Context, window time.Duration, maxBusy float64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		busy, err := HostBusy(window)
+		if err != nil {
+			return err
+		}
+		if busy < maxBusy {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the host did not go idle in %s (last %.0f%% busy over %s)", timeout, busy*100, window)
+		}
+	}
 }
