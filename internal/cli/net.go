@@ -111,8 +111,9 @@ address rules (--allow); a sandbox with that policy takes such a slot first
 and only verifies its rules. By default (--net-pool, IRONCLAW_NET_POOL) the
 pool maintains itself: after a networked run a background 'net pool
 maintain' destroys used slots and refills the pool with slots for that run's
-rules, and the daemon does the same in the background. These commands do it
-by hand.`,
+rules, and the daemon does the same in the background (with slots that let
+nothing out). Free slots count toward N whatever they were prepared with.
+These commands do it by hand.`,
 	}
 	var fillAllow []string
 	fill := &cobra.Command{

@@ -432,8 +432,9 @@ func (j *Jail) Start(ctx context.Context, spec sandbox.Spec, opts Options) (_ *S
 	if policy.Networked() {
 		// The network's own record (net.json) is written before any of
 		// its objects exist; GC reclaims from it. A pool slot's policy
-		// is installed while init starts (its namespace lets nothing
-		// out until then); handshake waits for it before the command.
+		// is installed while init starts (until then the slot has the
+		// rules it was prepared with, and only init runs in it);
+		// handshake waits for it before the command.
 		s.net, err = network.Begin(ctx, j.cfg.Network, claim.Dir, claim.Key, policy)
 		if err != nil {
 			return nil, &StartError{Step: "network", Err: err}

@@ -413,14 +413,15 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("network claim: %w", err)
 	}
-	// A slot prepared for this policy first. The search for one ends at
-	// the maxMismatched'th free slot prepared otherwise (a pool kept for
-	// other rules would cost a read of every slot), then the slots seen
-	// and the rest are tried in order.
+	// A slot prepared for this policy first, then one prepared with no
+	// rules (whose rules let nothing out until the claim's are in), then
+	// any. The search for the first ends at the maxMismatched'th free slot
+	// prepared otherwise (a pool kept for other rules would cost a read of
+	// every slot); the slots seen are tried next, then the rest in order.
 	want := preparedFor(policy)
-	var others []string
+	var plain, others []string
 	i := 0
-	for ; i < len(ents) && len(others) < maxMismatched; i++ {
+	for ; i < len(ents) && len(plain)+len(others) < maxMismatched; i++ {
 		sdir := filepath.Join(c.slotsDir(), ents[i].Name())
 		// The state is read before the flock is tried, so that used
 		// slots (most of the directory on a busy host) cost one read;
@@ -428,17 +429,26 @@ func claim(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy 
 		if b, err := os.ReadFile(filepath.Join(sdir, slotState)); err != nil || string(b) != stateFree {
 			continue
 		}
-		if want != "" {
-			if b, err := os.ReadFile(filepath.Join(sdir, slotFor)); err != nil || string(b) != want {
+		// A slot of a build before prepared slots has no "for": it
+		// was prepared with no rules.
+		b, err := os.ReadFile(filepath.Join(sdir, slotFor))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			others = append(others, sdir)
+			continue
+		}
+		if string(b) != want {
+			if len(b) == 0 {
+				plain = append(plain, sdir)
+			} else {
 				others = append(others, sdir)
-				continue
 			}
+			continue
 		}
 		if n, ok, err := tryClaim(ctx, c, sdir, dir, key, policy); ok {
 			return n, err
 		}
 	}
-	for _, sdir := range others {
+	for _, sdir := range append(plain, others...) {
 		if n, ok, err := tryClaim(ctx, c, sdir, dir, key, policy); ok {
 			return n, err
 		}
@@ -532,7 +542,9 @@ func claimSlot(ctx context.Context, c Config, sdir string, lock *os.File, dir st
 		ns, err = netns.Open(srec.netnsPath())
 	}
 	if err != nil {
-		// Nothing was installed: the slot still lets nothing out.
+		// Nothing was installed and no process joined the slot: it
+		// still holds the rules it was prepared with, and goes to
+		// Maintain as used.
 		return nil, errors.Join(err, s.release(dir, key, true))
 	}
 	rec := *srec
@@ -843,10 +855,12 @@ func Acquire(ctx context.Context, cfg Config, dir string, key sandbox.Key, polic
 // Begin is Acquire that returns as soon as the sandbox's namespace is
 // known. From a pool slot it returns before the policy is installed and
 // installs it in the background, while the caller starts the sandbox's
-// init in the namespace: the slot's rules, as prepared and verified, let
-// nothing out until the policy's are applied and verified. The caller
-// must not start the workload before Wait returned nil. Close waits for
-// the installation. Any other network is complete when Begin returns.
+// init in the namespace: until the policy's rules are applied and
+// verified, the slot has the rules it was prepared with (none, which let
+// nothing out, or another policy's; a claim takes one of those only when
+// no slot prepared for its own rules or with none is free). Only the
+// sandbox's own init runs meanwhile: the caller must not start the
+// workload before Wait returned nil. Close waits for the installation. Any other network is complete when Begin returns.
 func Begin(ctx context.Context, cfg Config, dir string, key sandbox.Key, policy firewall.Policy) (*Net, error) {
 	if policy.Networked() && cfg.Link == LinkVeth {
 		// The pool has one slot fewer, or none: time to maintain it.

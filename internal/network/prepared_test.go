@@ -87,37 +87,60 @@ func TestPreparedSlot(t *testing.T) {
 	}
 	prep := e.cfg
 	prep.Prepare = p
-	fill := func(cfg Config, n int) {
+	e.fillPool(t, 0) // drains the pool at the end
+	// addSlot prepares one more free slot with cfg's Prepare.
+	addSlot := func(cfg Config) {
 		t.Helper()
-		if _, err := Fill(t.Context(), cfg, n); err != nil {
+		st, err := Pool(e.cfg)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if made, err := Fill(t.Context(), cfg, st.Free+1); err != nil || made != 1 {
+			t.Fatalf("fill: made %d, %v", made, err)
+		}
 	}
-	e.fillPool(t, 0) // drains the pool at the end
+	// onlySlotFor returns the one free slot prepared for p.
+	onlySlotFor := func() preparedSlot {
+		t.Helper()
+		slots := freeSlotsFor(t, e.cfg, forP)
+		if len(slots) != 1 {
+			t.Fatalf("%d free slots prepared for %q, want 1", len(slots), forP)
+		}
+		return slots[0]
+	}
+	claim := func(id string, pol firewall.Policy) *Net {
+		t.Helper()
+		dir, key := e.sandboxDir(t, id)
+		n, err := Claim(t.Context(), e.cfg, dir, key, pol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() }) // after a failure; Close is idempotent
+		return n
+	}
+	verify := func(n *Net) {
+		t.Helper()
+		if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
+			t.Fatal(err, rep.Err)
+		}
+	}
 	hc, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// A slot prepared for p, claimed for q: q's rules, not p's.
-	fill(prep, 1)
-	slots := freeSlotsFor(t, e.cfg, forP)
-	if len(slots) != 1 {
-		t.Fatalf("%d slots prepared for %q, want 1", len(slots), forP)
-	}
-	if tgt, err := slots[0].rec.target(); err != nil || !slices.Equal(tgt.Policy.Rules(), p.Rules()) {
+	addSlot(prep)
+	s := onlySlotFor()
+	if tgt, err := s.rec.target(); err != nil || !slices.Equal(tgt.Policy.Rules(), p.Rules()) {
 		t.Fatalf("prepared slot's record: %v %v", tgt, err)
 	}
-	before := generation(t, slots[0].ns)
-	dir, key := e.sandboxDir(t, "other-rules")
-	n, err := Claim(t.Context(), e.cfg, dir, key, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n.slot.dir != slots[0].dir {
+	before := generation(t, s.ns)
+	n := claim("other-rules", q)
+	if n.slot.dir != s.dir {
 		t.Fatal("claim did not take the only free slot")
 	}
-	if generation(t, slots[0].ns) == before {
+	if generation(t, s.ns) == before {
 		t.Fatal("claim for other rules made no commit in the slot's namespace")
 	}
 	runProbes(t, "prepared for p, claimed for q", &testutil.Probe{NS: n.ns}, []probe{
@@ -125,32 +148,35 @@ func TestPreparedSlot(t *testing.T) {
 		tcp("p's port", peerA, 8080, false),
 		tcp("other host", peerB, 9090, false),
 	})
-	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
-		t.Fatal(err, rep.Err)
-	}
+	verify(n)
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	// Three slots with no rules and one for p: a claim for p takes the
-	// one for p and commits nothing.
-	fill(e.cfg, 3)
-	fill(prep, 4)
-	slots = freeSlotsFor(t, e.cfg, forP)
-	if len(slots) != 1 || len(freeSlotsFor(t, e.cfg, "")) != 3 {
-		t.Fatalf("%d slots for p, want 1 (and 3 with no rules)", len(slots))
+	// Slots with no rules and one for p, at least one of the others
+	// before it in the directory (the order claims scan): a claim for p
+	// takes the one for p and commits nothing.
+	for range 3 {
+		addSlot(e.cfg)
 	}
-	s := slots[0]
+	addSlot(prep)
+	s = onlySlotFor()
+	for tries := 0; ; tries++ {
+		plain := freeSlotsFor(t, e.cfg, "")
+		if slices.ContainsFunc(plain, func(o preparedSlot) bool { return o.dir < s.dir }) {
+			break
+		}
+		if tries == 20 {
+			t.Fatal("no slot with no rules sorts before the slot for p")
+		}
+		addSlot(e.cfg)
+	}
 	before = generation(t, s.ns)
 	hostBefore, err := firewall.ReadHostPart(hc, s.rec.Names.HostIf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, key = e.sandboxDir(t, "same-rules")
-	n, err = Claim(t.Context(), e.cfg, dir, key, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n = claim("same-rules", p)
 	if n.slot.dir != s.dir {
 		t.Fatal("claim for p did not take the slot prepared for p")
 	}
@@ -170,22 +196,49 @@ func TestPreparedSlot(t *testing.T) {
 		tcp("other host", peerB, 8080, false),
 		tcp("metadata", peerMeta, 8080, false),
 	})
-	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
-		t.Fatal(err, rep.Err)
-	}
+	verify(n)
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	// A slot for p whose rules were changed behind the pool's back: a
-	// wider allow set in its namespace and a missing allow element on
-	// the host. The claim's verification finds both and applies p again.
-	fill(prep, 4)
-	slots = freeSlotsFor(t, e.cfg, forP)
-	if len(slots) != 1 {
-		t.Fatalf("%d slots for p, want 1", len(slots))
+	// A slot for p whose host lost its allow element behind the pool's
+	// back: the claim's check of the host elements finds it, and the
+	// rules are applied again (p's port would be dropped on the host
+	// otherwise).
+	addSlot(prep)
+	s = onlySlotFor()
+	cur, err := firewall.ReadHostPart(hc, s.rec.Names.HostIf)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s = slots[0]
+	fewer := firewall.HostPart{Iface: cur.Iface, Version: cur.Version}
+	for _, el := range cur.Elements {
+		if el.Set != firewall.SetAllowPublicPortsA && el.Set != firewall.SetAllowPublicPortsB {
+			fewer.Elements = append(fewer.Elements, el)
+		}
+	}
+	if len(fewer.Elements) != len(cur.Elements)-1 {
+		t.Fatalf("the slot for p has not one public allow element on the host: %v", cur.Elements)
+	}
+	if err := firewall.ApplyHostChanges(hc, &cur, &fewer); err != nil {
+		t.Fatal(err)
+	}
+	n = claim("host-tampered", p)
+	if n.slot.dir != s.dir {
+		t.Fatal("claim for p did not take the slot prepared for p")
+	}
+	verify(n)
+	runProbes(t, "host element removed, claimed for p", &testutil.Probe{NS: n.ns}, []probe{
+		tcp("p's port", peerA, 8080, true),
+	})
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A slot for p whose own table lets more out than p: the claim's
+	// reading of that table finds it and applies p again.
+	addSlot(prep)
+	s = onlySlotFor()
 	tgt, err := s.rec.target()
 	if err != nil {
 		t.Fatal(err)
@@ -207,43 +260,23 @@ func TestPreparedSlot(t *testing.T) {
 	if err := firewall.ApplySandboxChanges(sc, &prepared, &wider); err != nil {
 		t.Fatal(err)
 	}
-	cur, err := firewall.ReadHostPart(hc, s.rec.Names.HostIf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fewer := firewall.HostPart{Iface: cur.Iface, Version: cur.Version}
-	dropped := 0
-	for _, el := range cur.Elements {
-		if dropped == 0 && el.Set == firewall.SetAllowPublicPortsA || dropped == 0 && el.Set == firewall.SetAllowPublicPortsB {
-			dropped++
-			continue
-		}
-		fewer.Elements = append(fewer.Elements, el)
-	}
-	if dropped != 1 {
-		t.Fatalf("the prepared slot has no public allow element on the host: %v", cur.Elements)
-	}
-	if err := firewall.ApplyHostChanges(hc, &cur, &fewer); err != nil {
-		t.Fatal(err)
+	if err := firewall.VerifySandbox(sc, nil, &prepared); err == nil {
+		t.Fatal("the widened table still verifies as p's")
 	}
 	before = generation(t, s.ns)
-	dir, key = e.sandboxDir(t, "tampered")
-	n, err = Claim(t.Context(), e.cfg, dir, key, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n = claim("sandbox-tampered", p)
 	if n.slot.dir != s.dir {
 		t.Fatal("claim for p did not take the slot prepared for p")
 	}
 	if generation(t, s.ns) == before {
 		t.Fatal("the claim did not apply the rules again in the slot's namespace")
 	}
-	if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
-		t.Fatal(err, rep.Err)
+	if err := firewall.VerifySandbox(sc, nil, &prepared); err != nil {
+		t.Fatalf("after the claim the slot's table is not p's: %v", err)
 	}
-	runProbes(t, "tampered slot, claimed for p", &testutil.Probe{NS: n.ns}, []probe{
+	verify(n)
+	runProbes(t, "sandbox table widened, claimed for p", &testutil.Probe{NS: n.ns}, []probe{
 		tcp("p's port", peerA, 8080, true),
-		tcp("the host that was let in behind the pool's back", peerB, 8080, false),
 	})
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
