@@ -30,7 +30,9 @@ import (
 // starts on an idle host. No packet is sent: the allowed address is a
 // documentation address and /bin/true opens no socket. With -baseline, a
 // second ironclaw binary (an earlier build) runs the networked case in the
-// same interleaved run, on the same pool, for a before/after comparison.
+// same interleaved run, on a pool of its own that it keeps itself, for a
+// before/after comparison. The order of the contestants rotates by one
+// every round (bench.Run).
 // -self-pool adds runs on roots whose pool keeps itself (the default), and
 // -daemon runs through daemons with warm pools; with either, every
 // contestant starts once the background work they leave (maintainers,
@@ -42,12 +44,20 @@ func netBench(args []string) error {
 	baseline := fs.String("baseline", "", "an earlier ironclaw binary to run the networked case with too")
 	viaDaemon := fs.Bool("daemon", false, "also measure runs through a daemon (ironclaw serve) with warm pools, on a root of its own: a member made for the measured --allow rules, one of the same pool given other rules when claimed, and a loopback-only one (with -baseline, through the earlier build's daemon too); every run then starts on idle daemons with full pools")
 	selfPool := fs.Bool("self-pool", false, "also measure networked runs on a root whose pool starts empty and is never filled by hand, as a user sees them (with -baseline, the earlier binary too, on a root of its own); every run then starts once no pool maintainer of these roots runs")
+	crowd := fs.Int("crowd", 0, "keep this many extra prepared pool slots (namespaces with their veth pairs) alive on a root of their own during the runs, as the bench's pool of one slot per run did before: it slows every namespace made beside them, bwrap's included")
 	fs.Parse(args)
 	cleanup, err := c.setup()
 	if err != nil {
 		return err
 	}
 	defer cleanup()
+	if *crowd > 0 {
+		croot := c.root + "-crowd"
+		defer cleanRoot(c.ironclaw, croot)
+		if out, err := exec.Command(c.ironclaw, "--root", croot, "net", "pool", "fill", strconv.Itoa(*crowd)).CombinedOutput(); err != nil {
+			return fmt.Errorf("crowd the host: %v: %s", err, out)
+		}
+	}
 	bwrap, err := exec.LookPath("bwrap")
 	if err != nil {
 		return fmt.Errorf("bwrap not found: apt-get install bubblewrap")
@@ -60,23 +70,23 @@ func netBench(args []string) error {
 	// of namespaces would slow every namespace made beside it: bwrap's own
 	// run took 10.7 ms with 200 prepared slots against 6.9 ms with none
 	// (perf stat -r 60, this VM).
-	fill := func(ctx context.Context) error {
-		out, err := exec.CommandContext(ctx, ic[0], append(ic[1:], "net", "pool", "fill", strconv.Itoa(benchFree), "--allow", benchAllow)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("fill the network pool: %v: %s", err, out)
+	fill := func(bin, root string, args ...string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			out, err := exec.CommandContext(ctx, bin, append([]string{"--root", root, "net", "pool", "fill", strconv.Itoa(benchFree)}, args...)...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("fill the network pool of %s: %v: %s", root, err, out)
+			}
+			return nil
 		}
-		return nil
 	}
-	if err := fill(context.Background()); err != nil {
-		return err
-	}
+	settles := []func(context.Context) error{fill(c.ironclaw, c.root, "--allow", benchAllow)}
 	defer func() {
 		exec.Command(ic[0], append(ic[1:], "gc")...).Run()
 		exec.Command(ic[0], append(ic[1:], "net", "pool", "drain")...).Run()
 	}()
 	run := append(append([]string{}, ic...), "run")
-	// The prefilled case measures a claimed slot only: no maintainer
-	// (--net-pool 0), as with an earlier binary that has none.
+	// The prefilled cases measure a claimed slot only: no maintainer
+	// (--net-pool 0).
 	cs := []bench.Contestant{
 		command("ironclaw --allow 203.0.113.10/32:443 (pool slot)", append(run, "--net-pool", "0", "--allow", benchAllow, "--", "/bin/true")...),
 		command("ironclaw --allow 203.0.113.11/32:443 (pool slot prepared for other rules)", append(run, "--net-pool", "0", "--allow", "203.0.113.11/32:443", "--", "/bin/true")...),
@@ -86,8 +96,23 @@ func netBench(args []string) error {
 			"--proc", "/proc", "--dev", "/dev", "/bin/true"),
 	}
 	if *baseline != "" {
+		// The earlier build gets a pool of its own, kept by itself as
+		// it keeps it (prepared with no rules, as its maintainers did),
+		// and --net-pool 0 if it has the flag.
+		old := c.root + "-baseline"
+		defer cleanRoot(c.ironclaw, old)
+		settles = append(settles, fill(*baseline, old))
+		args := []string{"--root", old, "run"}
+		if help, _ := exec.Command(*baseline, "run", "--help").CombinedOutput(); bytes.Contains(help, []byte("--net-pool")) {
+			args = append(args, "--net-pool", "0")
+		}
 		cs = append(cs, command("baseline --allow 203.0.113.10/32:443 (pool slot)",
-			*baseline, "--root", c.root, "run", "--net-pool", "0", "--allow", benchAllow, "--", "/bin/true"))
+			append(append([]string{*baseline}, args...), "--allow", benchAllow, "--", "/bin/true")...))
+	}
+	for _, f := range settles {
+		if err := f(context.Background()); err != nil {
+			return err
+		}
 	}
 	var selfRoots []string
 	if *selfPool {
@@ -108,7 +133,6 @@ func netBench(args []string) error {
 		}
 	}
 	cs = append(cs, floorContestants()...)
-	settles := []func(context.Context) error{fill}
 	if len(selfRoots) > 0 {
 		// A maintainer works after its run has ended; every contestant
 		// starts once none runs, so that none works beside the next
@@ -152,8 +176,14 @@ func netBench(args []string) error {
 	// Last, whatever the settles and the run before left to the kernel
 	// (a namespace's destruction runs in a kernel worker after its
 	// removal) must be over too.
+	notIdle := 0
 	settles = append(settles, func(ctx context.Context) error {
-		return bench.WaitIdle(ctx, 50*time.Millisecond, 0.15, 5*time.Second)
+		err := bench.WaitIdle(ctx, benchIdleWindow, benchIdleBusy, 5*time.Second)
+		if errors.Is(err, bench.ErrNotIdle) {
+			notIdle++ // measured anyway, and counted in the report
+			return nil
+		}
+		return err
 	})
 	for i := range cs {
 		cs[i].Prepare = func(ctx context.Context) error {
@@ -169,7 +199,8 @@ func netBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "before every run: %d free pool slots prepared for %s, and a host idle for 50 ms\n", benchFree, benchAllow)
+	fmt.Fprintf(os.Stderr, "before every run: %d free pool slots prepared for %s, and a host under %.0f%% busy for %s (not reached in 5 s before %d runs)\n",
+		benchFree, benchAllow, benchIdleBusy*100, benchIdleWindow, notIdle)
 	return c.print(rep)
 }
 
@@ -200,6 +231,13 @@ const benchAllow = "203.0.113.10/32:443"
 
 // benchFree is the size the bench keeps its pool at.
 const benchFree = 2
+
+// Every run starts once the host's CPUs were less than benchIdleBusy busy
+// over benchIdleWindow (bench.WaitIdle).
+const (
+	benchIdleWindow = 30 * time.Millisecond
+	benchIdleBusy   = 0.15
+)
 
 // benchPools are the warm pools of the -daemon runs, sized so that one
 // contestant's claim leaves a member for the next.

@@ -42,11 +42,17 @@ type Report struct {
 }
 
 // Run measures each contestant runs times after warmup untimed rounds,
-// interleaving them, and computes ratios against the contestant named peer.
+// interleaving them (each round in the order of cs, rotated by one from
+// the round before), and computes ratios against the contestant named
+// peer.
 func Run(ctx context.Context, title, peer string, runs, warmup int, cs []Contestant) (*Report, error) {
 	samples := make([][]time.Duration, len(cs))
 	for i := 0; i < warmup+runs; i++ {
-		for j, c := range cs {
+		// Each round starts one contestant later than the one before,
+		// so that none always follows the same neighbour.
+		for k := range cs {
+			j := (i + k) % len(cs)
+			c := cs[j]
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}

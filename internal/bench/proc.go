@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -100,57 +101,88 @@ func MountTmpfs(dir string) (unmount func() error, err error) {
 	}, nil
 }
 
-// HostBusy returns the share of all CPUs' time (0 to 1) that was not idle
-// (nor waiting for I/O) over window, from /proc/stat.
+// HostBusy returns the share of all CPUs' time (0 to 1) that tasks ran
+// over window. It reads the root cgroup's CPU usage (cgroup v2 cpu.stat, or
+// v1 cpuacct.usage: every task's, kernel threads' included, in µs or ns);
+// /proc/stat, whose ticks of 10 ms are too coarse for a short window, only
+// where neither exists.
 func HostBusy(window time.Duration) (float64, error) {
-	idle0, total0, err := cpuTimes()
+	u0, err := cpuUsage()
 	if err != nil {
 		return 0, err
 	}
+	t0 := time.Now()
 	time.Sleep(window)
-	idle1, total1, err := cpuTimes()
+	u1, err := cpuUsage()
 	if err != nil {
 		return 0, err
 	}
-	if total1 <= total0 {
-		return 0, nil
-	}
-	return 1 - float64(idle1-idle0)/float64(total1-total0), nil
+	elapsed := time.Since(t0) * time.Duration(runtime.NumCPU())
+	return float64(u1-u0) / float64(elapsed), nil
 }
 
-// cpuTimes reads the idle (idle + iowait) and total jiffies of all CPUs.
-func cpuTimes() (idle, total uint64, err error) {
+// cpuUsage returns the CPU time every task has used since boot.
+func cpuUsage() (time.Duration, error) {
+	for _, f := range []string{"/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/unified/cpu.stat"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				us, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("%s: %w", f, err)
+				}
+				return time.Duration(us) * time.Microsecond, nil
+			}
+		}
+	}
+	for _, f := range []string{"/sys/fs/cgroup/cpuacct/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		ns, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", f, err)
+		}
+		return time.Duration(ns), nil
+	}
+	return procStatUsage()
+}
+
+// procStatUsage is the CPU time of /proc/stat's first line: user, nice,
+// system, irq and softirq (guest time is in user and nice already; idle,
+// iowait and steal are not the host's work).
+func procStatUsage() (time.Duration, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 8 || f[0] != "cpu" {
-		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
 	}
-	for i, s := range f[1:] {
-		v, err := strconv.ParseUint(s, 10, 64)
+	var ticks uint64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseUint(f[i], 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+			return 0, fmt.Errorf("/proc/stat: %w", err)
 		}
-		// user nice system idle iowait irq softirq steal (guest and
-		// guest_nice are counted in user and nice already)
-		if i >= 8 {
-			break
-		}
-		total += v
-		if i == 3 || i == 4 {
-			idle += v
-		}
+		ticks += v
 	}
-	return idle, total, nil
+	return time.Duration(ticks) * 10 * time.Millisecond, nil // USER_HZ is 100
 }
+
+// ErrNotIdle is WaitIdle's error when the host did not go idle in time.
+var ErrNotIdle = errors.New("the host did not go idle")
 
 // WaitIdle waits until the host's CPUs were busy less than maxBusy (a
 // share, 0 to 1) over one window: background work that an earlier run left
-// (a pool maintainer, the kernel destroying a namespace) is over. It gives
-// up with an error after timeout.
+// (a pool maintainer, a kernel worker destroying a namespace) is over. After
+// timeout it returns an error wrapping ErrNotIdle.
 func WaitIdle(ctx context.Context, window time.Duration, maxBusy float64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -165,7 +197,7 @@ func WaitIdle(ctx context.Context, window time.Duration, maxBusy float64, timeou
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the host did not go idle in %s (last %.0f%% busy over %s)", timeout, busy*100, window)
+			return fmt.Errorf("%w in %s: the last %s was %.0f%% busy", ErrNotIdle, timeout, window, busy*100)
 		}
 	}
 }
