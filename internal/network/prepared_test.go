@@ -156,20 +156,25 @@ func TestPreparedSlot(t *testing.T) {
 	// Slots with no rules and one for p, at least one of the others
 	// before it in the directory (the order claims scan): a claim for p
 	// takes the one for p and commits nothing.
+	// Slot names are random: a slot for p that sorts first is set aside
+	// (marked used, for Maintain) and another one prepared; with three
+	// plain slots each one sorts first with a chance of one in four.
 	for range 3 {
 		addSlot(e.cfg)
 	}
-	addSlot(prep)
-	s = onlySlotFor()
+	plain := freeSlotsFor(t, e.cfg, "")
 	for tries := 0; ; tries++ {
-		plain := freeSlotsFor(t, e.cfg, "")
+		addSlot(prep)
+		s = onlySlotFor()
 		if slices.ContainsFunc(plain, func(o preparedSlot) bool { return o.dir < s.dir }) {
 			break
 		}
-		if tries == 20 {
-			t.Fatal("no slot with no rules sorts before the slot for p")
+		if tries == 30 {
+			t.Fatal("no slot for p sorts after a slot with no rules")
 		}
-		addSlot(e.cfg)
+		if err := writeState(filepath.Join(s.dir, slotState), stateUsed); err != nil {
+			t.Fatal(err)
+		}
 	}
 	before = generation(t, s.ns)
 	hostBefore, err := firewall.ReadHostPart(hc, s.rec.Names.HostIf)
