@@ -25,6 +25,14 @@ const defaultNetPool = 2
 // maxNetPool bounds --net-pool and `net pool fill`.
 const maxNetPool = 1024
 
+// maintainDelay is how long the maintainer a run starts waits before its
+// first pass: its namespace and nftables work (rtnl lock, commits whose
+// transactions the kernel destroys an RCU grace period later) would
+// otherwise run beside the run's own exit, which closes nftables sockets
+// (see docs/performance.md). The daemon's pools wait after a claim for
+// the same reason.
+const maintainDelay = 50 * time.Millisecond
+
 // maintainTimeout bounds one detached maintainer.
 const maintainTimeout = 5 * time.Minute
 
@@ -69,9 +77,10 @@ func preparePolicy(allow []string) (firewall.Policy, error) {
 // spawnMaintainer starts `ironclaw net pool maintain --free free` for this
 // root as a detached process: a new session, stdin and stdout on
 // /dev/null, stderr appended to <root>/net/maintain.log, not waited for.
-// It runs after the sandbox ended, so that none of its work (making and
-// removing namespaces holds the kernel's rtnl lock for milliseconds)
-// competes with the run's own setup or teardown. It prepares the new slots
+// It starts after the sandbox ended and begins its work maintainDelay
+// later, so that none of it (making and removing namespaces holds the
+// kernel's rtnl lock for milliseconds) competes with the run's own setup,
+// teardown or exit. It prepares the new slots
 // for allow, the run's rules, when they are address rules only (see
 // network.Config.Prepare): the next run with the same rules then makes no
 // nftables commit. Any failure is logged: the run's outcome never depends
@@ -94,7 +103,7 @@ func spawnMaintainer(g *Globals, free int, allow []string) {
 	// Descriptors this run inherited without close-on-exec (a harness's
 	// pipe, a jobserver) are close-on-exec since main: the maintainer does
 	// not hold them open after the run has exited.
-	cmd := exec.Command("/proc/self/exe", "--root", g.root, "net", "pool", "maintain", "--free", strconv.Itoa(free))
+	cmd := exec.Command("/proc/self/exe", "--root", g.root, "net", "pool", "maintain", "--free", strconv.Itoa(free), "--delay", maintainDelay.String())
 	if p, err := firewall.ParsePolicy(allow); err == nil && len(p.Domains) == 0 {
 		for _, r := range allow {
 			cmd.Args = append(cmd.Args, "--allow", r)
@@ -114,6 +123,7 @@ func spawnMaintainer(g *Globals, free int, allow []string) {
 func newNetPoolMaintainCmd(g *Globals) *cobra.Command {
 	var free string
 	var allow []string
+	var delay time.Duration
 	cmd := &cobra.Command{
 		Use:   "maintain",
 		Short: "Destroy used slots and prepare free ones, once, unless another maintainer is at work",
@@ -130,6 +140,10 @@ sandbox holds.`,
 			if err != nil {
 				return err
 			}
+			if delay < 0 || delay > time.Minute {
+				return fmt.Errorf("%w: --delay %s: want 0 to 1m", sandbox.ErrInvalid, delay)
+			}
+			time.Sleep(delay)
 			cfg, err := netConfig(g)
 			if err != nil {
 				return err
@@ -153,6 +167,7 @@ sandbox holds.`,
 	}
 	cmd.Flags().StringVar(&free, "free", os.Getenv("IRONCLAW_NET_POOL"), fmt.Sprintf("free slots to prepare (env IRONCLAW_NET_POOL; default %d)", defaultNetPool))
 	prepareFlag(cmd.Flags(), &allow)
+	cmd.Flags().DurationVar(&delay, "delay", 0, "wait this long before the first pass (a run passes 50ms, so that the work does not run beside its exit)")
 	return cmd
 }
 
