@@ -125,8 +125,33 @@ func (n *Net) shutSlot() error {
 	return nil
 }
 
+// lockFile opens path, creating it if needed, and takes its flock
+// (waiting for it if block is set).
 func lockFile(path string, block bool) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	return flockPath(path, os.O_CREATE, block)
+}
+
+// lockSlot takes the flock of a slot's lock file without waiting. A
+// destroyer removes the slot's state before its files (destroySlot), so a
+// slot whose lock file is gone and whose state is gone too is being
+// removed: lockSlot fails with os.ErrNotExist rather than make the lock
+// file again, which would leave that removal with a directory that is not
+// empty. A slot that has its state but no lock file was never being
+// removed (a lock file deleted by hand): the file is made, as the maker
+// would have.
+func lockSlot(sdir string) (*os.File, error) {
+	path := filepath.Join(sdir, slotLock)
+	f, err := flockPath(path, 0, false)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(filepath.Join(sdir, slotState)); serr == nil {
+			return flockPath(path, os.O_CREATE, false)
+		}
+	}
+	return f, err
+}
+
+func flockPath(path string, create int, block bool) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|create|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -473,9 +498,9 @@ const maxMismatched = 8
 // for key. ok is false when the slot is no longer free or is of another
 // firewall format: the caller tries the next.
 func tryClaim(ctx context.Context, c Config, sdir, dir string, key sandbox.Key, policy firewall.Policy) (_ *Net, ok bool, _ error) {
-	lock, err := lockFile(filepath.Join(sdir, slotLock), false)
+	lock, err := lockSlot(sdir)
 	if err != nil {
-		return nil, false, nil // held: being prepared or in use
+		return nil, false, nil // held (being prepared or in use), or being removed
 	}
 	b, err := os.ReadFile(filepath.Join(sdir, slotState))
 	if err != nil || string(b) != stateFree {
@@ -785,9 +810,9 @@ func destroySlot(sdir string, owner sandbox.Key, skipFree bool) (bool, error) {
 	if filepath.Base(filepath.Dir(sdir)) != "slots" || !sandbox.Key(filepath.Base(sdir)).Valid() || !filepath.IsAbs(sdir) {
 		return false, fmt.Errorf("destroy slot: %q is not a pool slot directory", sdir)
 	}
-	lock, err := lockFile(filepath.Join(sdir, slotLock), false)
+	lock, err := lockSlot(sdir)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return false, nil // being removed, or gone
 	}
 	if err != nil {
 		if errors.Is(err, unix.EWOULDBLOCK) {
@@ -813,9 +838,9 @@ func destroySlot(sdir string, owner sandbox.Key, skipFree bool) (bool, error) {
 			return false, fmt.Errorf("destroy slot %s: it is %q, not claimed by %s", sdir, st, owner)
 		}
 	}
-	// The state goes first: a claim that locks the path of this slot's
-	// lock file once RemoveAll below has unlinked it (a new file, so an
-	// uncontended lock) must not find the slot free.
+	// The state goes first: a claim that opened this slot's lock file
+	// before RemoveAll below unlinked it takes the flock once this one
+	// is dropped, and must not find the slot free.
 	if err := os.Remove(filepath.Join(sdir, slotState)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("destroy slot %s: %w", sdir, err)
 	}
