@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -67,9 +66,8 @@ func netBench(args []string) error {
 	// 2): before every run, untimed, used slots are destroyed and free
 	// ones prepared until benchFree are, for the measured rules (as the
 	// maintainer after a run with them prepares them). A pool of hundreds
-	// of namespaces would slow every namespace made beside it: bwrap's own
-	// run took 10.7 ms with 200 prepared slots against 6.9 ms with none
-	// (perf stat -r 60, this VM).
+	// of namespaces would slow every namespace made beside it, bwrap's
+	// included (-crowd measures that).
 	fill := func(bin, root string, args ...string) func(context.Context) error {
 		return func(ctx context.Context) error {
 			out, err := exec.CommandContext(ctx, bin, append([]string{"--root", root, "net", "pool", "fill", strconv.Itoa(benchFree)}, args...)...).CombinedOutput()
@@ -306,36 +304,19 @@ func (d *serveProc) settle(ctx context.Context) error {
 }
 
 // waitMaintainers waits until no `net pool maintain` process of the roots
-// runs: it finds them by their command lines in /proc and waits until
-// each is gone, its exit included (an exiting process has no command line
-// left, and it may still be releasing its nftables sockets).
+// runs (bench.Maintainers), its exit included: a process seen once is
+// waited for until /proc has no entry for it, since an exiting one has no
+// command line left and may still be releasing its nftables sockets.
 func waitMaintainers(ctx context.Context, roots []string) error {
-	var marks [][]byte
-	for _, r := range roots {
-		marks = append(marks, []byte("\x00--root\x00"+r+"\x00net\x00pool\x00maintain\x00"))
-	}
-	seen := map[string]bool{}
+	seen := map[int]bool{}
 	for deadline := time.Now().Add(time.Minute); ; {
-		procs, err := os.ReadDir("/proc")
-		if err != nil {
-			return err
-		}
-		for _, p := range procs {
-			if p.Name()[0] < '0' || p.Name()[0] > '9' || seen[p.Name()] {
-				continue
-			}
-			cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-			if err != nil {
-				continue // it ended
-			}
-			for _, m := range marks {
-				if bytes.Contains(cmdline, m) {
-					seen[p.Name()] = true
-				}
+		for _, r := range roots {
+			for _, pid := range bench.Maintainers(r) {
+				seen[pid] = true
 			}
 		}
 		for pid := range seen {
-			if _, err := os.Stat(filepath.Join("/proc", pid)); err != nil {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
 				delete(seen, pid)
 			}
 		}

@@ -201,3 +201,26 @@ func WaitIdle(ctx context.Context, window time.Duration, maxBusy float64, timeou
 		}
 	}
 }
+
+// Maintainers returns the PIDs of the running `ironclaw net pool
+// maintain` processes of state root root, found by their command lines.
+// A process that is exiting has no command line left and is not listed.
+func Maintainers(root string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue // it ended
+		}
+		c := string(b)
+		if strings.Contains(c, "\x00--root\x00"+root+"\x00") && strings.Contains(c, "\x00pool\x00maintain\x00") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

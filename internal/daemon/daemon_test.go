@@ -271,7 +271,7 @@ func TestTakeReadyOrder(t *testing.T) {
 		{Name: "c", Template: opts("203.0.113.30/32:443")},
 		{Name: "loopback", Template: opts()},
 	} {
-		p := &pool{class: pc, key: pc.Template.classKey(), kick: make(chan struct{}, 1)}
+		p := newPool(pc)
 		m.pools[p.key] = p
 		m.shapes[pc.Template.shapeKey()] = append(m.shapes[pc.Template.shapeKey()], p)
 		all = append(all, p)
@@ -281,9 +281,12 @@ func TestTakeReadyOrder(t *testing.T) {
 			p.ready = []*box{{id: "member-of-" + p.class.Name}}
 		}
 	}
+	var retarget bool
 	take := func(allow ...string) string {
 		o := opts(allow...)
-		mb, p := m.takeReady(&box{opts: o, class: o.classKey(), shape: o.shapeKey()})
+		var mb *box
+		var p *pool
+		mb, p, retarget = m.takeReady(&box{opts: o, class: o.classKey(), shape: o.shapeKey()})
 		if mb == nil {
 			return ""
 		}
@@ -294,16 +297,17 @@ func TestTakeReadyOrder(t *testing.T) {
 	}
 	fill()
 	for _, c := range []struct {
-		allow []string
-		want  string
+		allow    []string
+		want     string
+		retarget bool
 	}{
-		{[]string{"203.0.113.30/32:443"}, "c"},                       // its own class
-		{[]string{"198.51.100.0/24", "203.0.113.20/32:80/tcp"}, "b"}, // b's rules, spelled otherwise
-		{[]string{"192.0.2.1/32:53/udp"}, "a"},                       // the first of its shape
-		{nil, "loopback"},                                            // its own
+		{[]string{"203.0.113.30/32:443"}, "c", false},                       // its own class
+		{[]string{"198.51.100.0/24", "203.0.113.20/32:80/tcp"}, "b", false}, // b's rules, spelled otherwise
+		{[]string{"192.0.2.1/32:53/udp"}, "a", true},                        // the first of its shape, given these rules
+		{nil, "loopback", false},                                            // its own
 	} {
-		if got := take(c.allow...); got != c.want {
-			t.Errorf("%v: took from %q, want %q", c.allow, got, c.want)
+		if got := take(c.allow...); got != c.want || retarget != c.retarget {
+			t.Errorf("%v: took from %q (retarget %v), want %q (retarget %v)", c.allow, got, retarget, c.want, c.retarget)
 		}
 		fill()
 	}

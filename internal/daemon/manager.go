@@ -216,12 +216,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		if pc.Template.Backend == BackendVM && cfg.VM == nil {
 			return fail(fmt.Errorf("pool %q: %w", pc.Name, errNoVM))
 		}
-		k := pc.Template.classKey()
-		if _, dup := m.pools[k]; dup {
+		p := newPool(pc)
+		if _, dup := m.pools[p.key]; dup {
 			return fail(fmt.Errorf("pool %q: same class as another pool", pc.Name))
 		}
-		p := &pool{class: pc, key: k, kick: make(chan struct{}, 1)}
-		m.pools[k] = p
+		m.pools[p.key] = p
 		shape := pc.Template.shapeKey()
 		m.shapes[shape] = append(m.shapes[shape], p)
 	}

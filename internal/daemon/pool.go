@@ -27,11 +27,22 @@ const refillDelay = 50 * time.Millisecond
 
 // pool is one warm pool. ready and claimed are guarded by Manager.mu.
 type pool struct {
-	class   PoolClass
-	key     string
-	ready   []*box
-	claimed time.Time // the last claim
-	kick    chan struct{}
+	class PoolClass
+	key   string
+	// policy is the policyKey of the template's allow rules (policyOK
+	// false when they do not parse), which every member has.
+	policy   string
+	policyOK bool
+	ready    []*box
+	claimed  time.Time // the last claim
+	kick     chan struct{}
+}
+
+// newPool makes the pool of class pc.
+func newPool(pc PoolClass) *pool {
+	p := &pool{class: pc, key: pc.Template.classKey(), kick: make(chan struct{}, 1)}
+	p.policy, p.policyOK = policyKey(pc.Template.Spec.Network.Allow)
+	return p
 }
 
 func (p *pool) remove(b *box) {
@@ -198,13 +209,17 @@ func (b *box) waitPolicy(ctx context.Context) error {
 // takeReady takes a ready member for b out of its pool: one of b's own
 // class first, then one of a pool of b's shape whose template's rules are
 // b's spelled otherwise, then one of the first pool of b's shape that has
-// one (that member is then given b's rules).
-func (m *Manager) takeReady(b *box) (*box, *pool) {
+// one. retarget says the member's rules are not b's: it must be given
+// them (members of one shape differ only in their allow rules, see
+// shapeKey).
+func (m *Manager) takeReady(b *box) (mb *box, p *pool, retarget bool) {
+	want, wantOK := policyKey(b.opts.Spec.Network.Allow)
+	same := func(p *pool) bool { return wantOK && p.policyOK && p.policy == want }
 	shaped := m.shapes[b.shape]
 	order := make([]*pool, 0, 1+2*len(shaped))
 	order = append(order, m.pools[b.class])
 	for _, p := range shaped {
-		if samePolicy(p.class.Template.Spec.Network.Allow, b.opts.Spec.Network.Allow) {
+		if same(p) {
 			order = append(order, p)
 		}
 	}
@@ -216,10 +231,10 @@ func (m *Manager) takeReady(b *box) (*box, *pool) {
 			mb := p.ready[0]
 			p.ready = p.ready[1:]
 			p.claimed = time.Now()
-			return mb, p
+			return mb, p, !same(p)
 		}
 	}
-	return nil, nil
+	return nil, nil, false
 }
 
 // claim hands a ready member of b's class, or of its shape (takeReady), to
@@ -230,7 +245,7 @@ func (m *Manager) takeReady(b *box) (*box, *pool) {
 // member is ready.
 func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 	for {
-		mb, p := m.takeReady(b)
+		mb, p, retarget := m.takeReady(b)
 		if mb == nil {
 			return nil, nil
 		}
@@ -241,15 +256,12 @@ func (m *Manager) claim(ctx context.Context, b *box) (*box, error) {
 		if alive {
 			mb.state = StateCreating // claimed: no longer a free member
 		}
-		poolID, inst, have := mb.id, mb.inst, mb.opts.Spec.Network.Allow
+		poolID, inst := mb.id, mb.inst
 		mb.mu.Unlock()
 		if !alive {
 			continue
 		}
 		o := b.opts
-		// Members of one shape differ from the asked one only in their
-		// allow rules (see shapeKey).
-		retarget := !samePolicy(have, o.Spec.Network.Allow)
 		now := time.Now().UTC()
 		specJSON, err := json.Marshal(o)
 		if err != nil {

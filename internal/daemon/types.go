@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -216,18 +215,23 @@ func netClass(allow []string) string {
 	}
 }
 
+// policyKey is the canonical form of a list of allow rules (the parsed
+// policy's rules): two lists are one policy when both have a key and the
+// keys are equal. Rules that do not parse have none (ok false).
+func policyKey(allow []string) (key string, ok bool) {
+	p, err := firewall.ParsePolicy(allow)
+	if err != nil {
+		return "", false
+	}
+	return strings.Join(p.Rules(), "\n"), true
+}
+
 // samePolicy reports whether two lists of allow rules are one policy
 // (both parse and give the same canonical rules).
 func samePolicy(a, b []string) bool {
-	pa, err := firewall.ParsePolicy(a)
-	if err != nil {
-		return false
-	}
-	pb, err := firewall.ParsePolicy(b)
-	if err != nil {
-		return false
-	}
-	return slices.Equal(pa.Rules(), pb.Rules())
+	ka, oka := policyKey(a)
+	kb, okb := policyKey(b)
+	return oka && okb && ka == kb
 }
 
 // Exit says how a sandbox's init ended on its own.

@@ -108,7 +108,8 @@ func TestPreparedSlot(t *testing.T) {
 		}
 		return slots[0]
 	}
-	claim := func(id string, pol firewall.Policy) *Net {
+	// claim claims a slot for pol and requires it to be s.
+	claim := func(id string, pol firewall.Policy, s preparedSlot) *Net {
 		t.Helper()
 		dir, key := e.sandboxDir(t, id)
 		n, err := Claim(t.Context(), e.cfg, dir, key, pol)
@@ -116,12 +117,19 @@ func TestPreparedSlot(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { n.Close() }) // after a failure; Close is idempotent
+		if n.slot.dir != s.dir {
+			t.Fatalf("claim %s took slot %s, not %s", id, n.slot.dir, s.dir)
+		}
 		return n
 	}
-	verify := func(n *Net) {
+	// verifyClose verifies n's rules in the kernel and closes it.
+	verifyClose := func(n *Net) {
 		t.Helper()
 		if rep, err := n.Verify(t.Context()); err != nil || rep.Err != nil {
 			t.Fatal(err, rep.Err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
 		}
 	}
 	hc, err := nftables.New()
@@ -136,10 +144,7 @@ func TestPreparedSlot(t *testing.T) {
 		t.Fatalf("prepared slot's record: %v %v", tgt, err)
 	}
 	before := generation(t, s.ns)
-	n := claim("other-rules", q)
-	if n.slot.dir != s.dir {
-		t.Fatal("claim did not take the only free slot")
-	}
+	n := claim("other-rules", q, s)
 	if generation(t, s.ns) == before {
 		t.Fatal("claim for other rules made no commit in the slot's namespace")
 	}
@@ -148,10 +153,7 @@ func TestPreparedSlot(t *testing.T) {
 		tcp("p's port", peerA, 8080, false),
 		tcp("other host", peerB, 9090, false),
 	})
-	verify(n)
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	verifyClose(n)
 
 	// Slots with no rules and one for p, at least one of the others
 	// before it in the directory (the order claims scan): a claim for p
@@ -181,10 +183,7 @@ func TestPreparedSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n = claim("same-rules", p)
-	if n.slot.dir != s.dir {
-		t.Fatal("claim for p did not take the slot prepared for p")
-	}
+	n = claim("same-rules", p, s)
 	if after := generation(t, s.ns); after != before {
 		t.Fatalf("claim of a slot prepared for its rules committed in the slot's namespace (generation %d -> %d)", before, after)
 	}
@@ -201,10 +200,7 @@ func TestPreparedSlot(t *testing.T) {
 		tcp("other host", peerB, 8080, false),
 		tcp("metadata", peerMeta, 8080, false),
 	})
-	verify(n)
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	verifyClose(n)
 
 	// A slot for p whose host lost its allow element behind the pool's
 	// back: the claim's check of the host elements finds it, and the
@@ -228,17 +224,11 @@ func TestPreparedSlot(t *testing.T) {
 	if err := firewall.ApplyHostChanges(hc, &cur, &fewer); err != nil {
 		t.Fatal(err)
 	}
-	n = claim("host-tampered", p)
-	if n.slot.dir != s.dir {
-		t.Fatal("claim for p did not take the slot prepared for p")
-	}
-	verify(n)
+	n = claim("host-tampered", p, s)
 	runProbes(t, "host element removed, claimed for p", &testutil.Probe{NS: n.ns}, []probe{
 		tcp("p's port", peerA, 8080, true),
 	})
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	verifyClose(n)
 
 	// A slot for p whose own table lets more out than p: the claim's
 	// reading of that table finds it and applies p again.
@@ -269,21 +259,15 @@ func TestPreparedSlot(t *testing.T) {
 		t.Fatal("the widened table still verifies as p's")
 	}
 	before = generation(t, s.ns)
-	n = claim("sandbox-tampered", p)
-	if n.slot.dir != s.dir {
-		t.Fatal("claim for p did not take the slot prepared for p")
-	}
+	n = claim("sandbox-tampered", p, s)
 	if generation(t, s.ns) == before {
 		t.Fatal("the claim did not apply the rules again in the slot's namespace")
 	}
 	if err := firewall.VerifySandbox(sc, nil, &prepared); err != nil {
 		t.Fatalf("after the claim the slot's table is not p's: %v", err)
 	}
-	verify(n)
 	runProbes(t, "sandbox table widened, claimed for p", &testutil.Probe{NS: n.ns}, []probe{
 		tcp("p's port", peerA, 8080, true),
 	})
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	verifyClose(n)
 }

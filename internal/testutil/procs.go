@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ironclaw/ironclaw/internal/bench"
 )
 
 // ChildrenRunning returns the PIDs of the live children of process pid
@@ -70,25 +72,7 @@ func RequireGone(t testing.TB, pids []int, timeout time.Duration) {
 
 // Maintainers returns the PIDs of `ironclaw --root root net pool maintain`
 // processes (the network pool's detached maintainers).
-func Maintainers(root string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		c := string(b)
-		if strings.Contains(c, "\x00--root\x00"+root+"\x00") && strings.Contains(c, "\x00pool\x00maintain\x00") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+func Maintainers(root string) []int { return bench.Maintainers(root) }
 
 // WaitMaintainers waits up to timeout for every network pool maintainer
 // of root to end and reports whether none is left.
